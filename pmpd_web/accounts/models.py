@@ -1,0 +1,112 @@
+"""Per-cohort memberships with roles, and the append-only audit trail."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.db import models
+
+
+class Role(models.TextChoices):
+    COORDINATOR = "coordinator", "Study coordinator"
+    CLINICIAN = "clinician", "Clinician"
+    STATISTICIAN = "statistician", "Statistician"
+
+
+class Membership(models.Model):
+    """A user's role in one cohort: the only way to see a cohort's data."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    cohort = models.ForeignKey(
+        "cohorts.Cohort", on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=20, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "cohort"], name="one_role_per_user_and_cohort")
+        ]
+        ordering = ["cohort_id", "user_id"]
+
+    def __str__(self) -> str:
+        return f"{self.user} as {self.get_role_display()} in {self.cohort}"
+
+
+class AuditAction(models.TextChoices):
+    VIEW_PATIENT = "view_patient", "Viewed patient"
+    CHANGE_PATIENT = "change_patient", "Changed patient"
+    VIEW_COHORT = "view_cohort", "Viewed cohort"
+    CREATE_COHORT = "create_cohort", "Created cohort"
+    CHANGE_COHORT = "change_cohort", "Changed cohort"
+    IMPORT_PREVIEW = "import_preview", "Previewed table import"
+    IMPORT_COMMIT = "import_commit", "Imported table"
+    EXPORT_TABLE = "export_table", "Exported table"
+    DOWNLOAD_TEMPLATE = "download_template", "Downloaded template"
+    LOGIN = "login", "Logged in"
+    LOGOUT = "logout", "Logged out"
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def update(self, **kwargs):  # noqa: ARG002 - the audit trail is append-only
+        raise PermissionDenied("The audit trail cannot be edited.")
+
+    def delete(self):
+        raise PermissionDenied("The audit trail cannot be edited.")
+
+
+class AuditEvent(models.Model):
+    """Who viewed or changed which patient, who imported or exported what, and when.
+
+    Append-only: saving an existing row, updating or deleting raises. On PostgreSQL a trigger
+    (migration 0002) refuses UPDATE and DELETE at the database too.
+    """
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # No database constraints and no cascades: deleting a user, cohort or patient never
+    # touches the trail, which keeps the ids they had.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    username = models.CharField(max_length=150, help_text="Kept when the user is deleted")
+    action = models.CharField(max_length=32, choices=AuditAction.choices, db_index=True)
+    cohort = models.ForeignKey(
+        "cohorts.Cohort",
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    patient = models.ForeignKey(
+        "cohorts.Patient",
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    object_label = models.CharField(max_length=200, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.username} {self.action} {self.object_label}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise PermissionDenied("The audit trail cannot be edited.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise PermissionDenied("The audit trail cannot be edited.")

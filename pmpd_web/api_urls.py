@@ -1,0 +1,18 @@
+from django.urls import include, path
+from rest_framework.routers import DefaultRouter
+
+from pmpd_web.cohorts.api import CohortViewSet, JobViewSet, PatientViewSet, TableImportViewSet
+
+router = DefaultRouter(trailing_slash=True)
+router.register("cohorts", CohortViewSet, basename="cohort")
+router.register("jobs", JobViewSet, basename="job")
+
+cohort_router = DefaultRouter(trailing_slash=True)
+cohort_router.include_root_view = False
+cohort_router.register("patients", PatientViewSet, basename="patient")
+cohort_router.register("imports", TableImportViewSet, basename="import")
+
+urlpatterns = [
+    path("", include(router.urls)),
+    path("cohorts/<int:cohort_pk>/", include(cohort_router.urls)),
+]

@@ -1,0 +1,215 @@
+"""REST API over cohorts, patients, imports and jobs. Every endpoint goes through ``can``."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import Count
+from django.shortcuts import get_object_or_404
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+
+from pmpd_web.accounts.audit import record as audit
+from pmpd_web.accounts.models import AuditAction, Membership, Role
+from pmpd_web.accounts.permissions import Action, can, role_of, visible_cohorts
+from pmpd_web.jobs.models import Job
+from pmpd_web.jobs.runner import UserFacingError
+
+from . import services
+from .importer import start_commit, upload_table
+from .models import Cohort, Patient, TableImport
+from .serializers import CohortSerializer, JobSerializer, PatientSerializer, TableImportSerializer
+from .table import FIELD_NAMES, write_csv, write_xlsx
+from .views import CONTENT_TYPES, _download
+
+
+def check(user, cohort_id: int, action: Action) -> None:
+    """The API face of the one permission check: 404 for outsiders, 403 for a lacking role."""
+    if can(user, cohort_id, action):
+        return
+    if role_of(user, cohort_id) is not None:
+        raise PermissionDenied(f"Your role in this cohort does not allow: {action.value}.")
+    raise NotFound("No such cohort.")
+
+
+class CohortViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = CohortSerializer
+    filterset_fields = ["role", "is_synthetic"]
+    search_fields = ["name", "description", "centres"]
+    ordering_fields = ["name", "created_at"]
+
+    def get_queryset(self):
+        return (
+            visible_cohorts(self.request.user, Cohort.objects.all())
+            .annotate(n_patients=Count("patients", distinct=True))
+            .order_by("name")
+        )
+
+    def perform_create(self, serializer):
+        if not self.request.user.has_perm("cohorts.add_cohort"):
+            raise PermissionDenied("You are not allowed to create cohorts.")
+        with transaction.atomic():
+            cohort = serializer.save()
+            Membership.objects.create(user=self.request.user, cohort=cohort, role=Role.COORDINATOR)
+            audit(self.request.user, AuditAction.CREATE_COHORT, cohort=cohort)
+
+    def perform_update(self, serializer):
+        check(self.request.user, serializer.instance.pk, Action.EDIT_DATA)
+        cohort = serializer.save()
+        audit(
+            self.request.user,
+            AuditAction.CHANGE_COHORT,
+            cohort=cohort,
+            fields=sorted(serializer.validated_data),
+        )
+
+    @extend_schema(
+        parameters=[OpenApiParameter("file_format", str, enum=["csv", "xlsx"])],
+        responses={(200, "text/csv"): bytes},
+    )
+    @action(detail=True, methods=["get"])
+    def export(self, request, pk=None):
+        """The cohort's clinical table in the import template's columns."""
+        cohort = self.get_object()
+        check(request.user, cohort.pk, Action.EXPORT_TABLE)
+        fmt = request.query_params.get("file_format", "csv")
+        if fmt not in CONTENT_TYPES:
+            raise ValidationError({"file_format": "csv or xlsx"})
+        records = Patient.objects.filter(cohort=cohort).order_by("study_id").values(*FIELD_NAMES)
+        audit(request.user, AuditAction.EXPORT_TABLE, cohort=cohort, format=fmt, via="api")
+        data = write_xlsx(records) if fmt == "xlsx" else write_csv(records)
+        return _download(data, f"cohort-{cohort.pk}.{fmt}")
+
+
+class PatientFilter(filters.FilterSet):
+    class Meta:
+        model = Patient
+        fields = {
+            "sex": ["exact"],
+            "tumour_location": ["exact"],
+            "nccn_resectability": ["exact"],
+            "metastasis_at_diagnosis": ["exact"],
+            "vital_status": ["exact"],
+            "centre": ["exact"],
+            "ct_manufacturer": ["exact"],
+            "age_at_diagnosis_years": ["gte", "lte"],
+            "ca19_9_u_per_ml": ["gte", "lte", "isnull"],
+            "site_liver": ["exact"],
+        }
+
+
+class CohortScoped:
+    """Mixin: resolves ``cohort_pk`` from the URL and checks ``action`` for the request."""
+
+    read_action = Action.VIEW_PATIENTS
+    write_action = Action.EDIT_DATA
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        cohort_id = int(kwargs["cohort_pk"])
+        safe = request.method in ("GET", "HEAD", "OPTIONS")
+        check(request.user, cohort_id, self.read_action if safe else self.write_action)
+        self.cohort = get_object_or_404(Cohort, pk=cohort_id)
+
+
+class PatientViewSet(
+    CohortScoped,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = PatientSerializer
+    lookup_field = "study_id"
+    lookup_value_regex = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+    filterset_class = PatientFilter
+    search_fields = ["study_id"]
+    ordering_fields = list(services.SORTABLE)
+    ordering = ["study_id"]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Patient.objects.none()
+        return Patient.objects.filter(cohort_id=self.kwargs["cohort_pk"])
+
+    def retrieve(self, request, *args, **kwargs):
+        patient = self.get_object()
+        audit(request.user, AuditAction.VIEW_PATIENT, patient=patient, via="api")
+        return Response(self.get_serializer(patient).data)
+
+    def perform_update(self, serializer):
+        with transaction.atomic():
+            patient = serializer.save()
+            self.cohort.bump_data_version()
+            audit(
+                self.request.user,
+                AuditAction.CHANGE_PATIENT,
+                patient=patient,
+                via="api",
+                fields=sorted(serializer.validated_data),
+            )
+
+
+class TableImportViewSet(
+    CohortScoped,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Upload a table (CSV or XLSX) for a dry-run preview, then commit it as a job."""
+
+    serializer_class = TableImportSerializer
+    parser_classes = [MultiPartParser, FormParser]
+    read_action = Action.EDIT_DATA
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return TableImport.objects.none()
+        return TableImport.objects.filter(cohort_id=self.kwargs["cohort_pk"]).select_related("job")
+
+    def create(self, request, *args, **kwargs):
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise ValidationError({"file": "Attach the table as 'file' (CSV or XLSX)."})
+        try:
+            table_import = upload_table(
+                cohort=self.cohort, user=request.user, data=upload.read(), filename=upload.name
+            )
+        except UserFacingError as exc:
+            raise ValidationError({"file": str(exc)}) from None
+        return Response(self.get_serializer(table_import).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=JobSerializer)
+    @action(detail=True, methods=["post"])
+    def commit(self, request, cohort_pk=None, pk=None):
+        """Import the previewed table, all rows or none, as a job; poll /api/jobs/{id}/."""
+        table_import = self.get_object()
+        try:
+            job = start_commit(table_import, request.user)
+        except UserFacingError as exc:
+            raise ValidationError({"detail": str(exc)}) from None
+        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class JobViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = JobSerializer
+    filterset_fields = ["status", "kind", "cohort"]
+
+    def get_queryset(self):
+        user = self.request.user
+        jobs = Job.objects.all()
+        if user.is_superuser:
+            return jobs
+        cohorts = visible_cohorts(user, Cohort.objects.all()).values("pk")
+        return jobs.filter(cohort__in=cohorts)
