@@ -25,6 +25,9 @@ app.conf.update(
     task_default_queue="cpu",
     task_default_exchange="cpu",
     task_default_routing_key="cpu",
+    # Training and scoring need the GPU; everything else (imports, ingest, preprocessing,
+    # analytics) runs on the cpu queue.
+    task_routes={"inference.tasks.gpu_*": {"queue": "gpu", "routing_key": "gpu"}},
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     task_track_started=True,

@@ -19,16 +19,16 @@ urlpatterns = [
         cohort_views.patient_detail,
         name="patient-detail",
     ),
-    path("cohorts/<int:cohort_id>/import/", cohort_views.import_page, name="import"),
+    path("cohorts/<int:cohort_id>/import/", cohort_views.import_page, name="table-import"),
     path(
         "cohorts/<int:cohort_id>/import/<int:import_id>/",
         cohort_views.import_detail,
-        name="import-detail",
+        name="table-import-detail",
     ),
     path(
         "cohorts/<int:cohort_id>/import/<int:import_id>/commit/",
         cohort_views.import_commit,
-        name="import-commit",
+        name="table-import-commit",
     ),
     path(
         "cohorts/<int:cohort_id>/export.<str:fmt>",

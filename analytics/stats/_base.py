@@ -81,6 +81,12 @@ def format_p_value(p_value: float | None) -> str:
     return f"{p_value:.3f}"
 
 
+def p_text(p_value: float | None) -> str:
+    """``"p < 0.001"`` or ``"p = 0.012"``: a p-value as a phrase for annotations."""
+    formatted = format_p_value(p_value)
+    return f"p {formatted[0]} {formatted[1:]}" if formatted.startswith("<") else f"p = {formatted}"
+
+
 @dataclasses.dataclass(frozen=True)
 class NotComputable:
     """An analysis that could not be computed, with the reason in words a user understands.

@@ -33,7 +33,7 @@ from ._base import (
     binary_labels,
     check_same_length,
     format_number,
-    format_p_value,
+    p_text,
 )
 
 __all__ = [
@@ -235,6 +235,7 @@ class ConfusionMatrixResult(StatResult):
 class BinaryClassificationResult(StatResult):
     """Everything the paper reports for one score in one cohort at one level."""
 
+    name: str
     level: str
     n: int
     n_positive: int
@@ -253,6 +254,7 @@ class BinaryClassificationResult(StatResult):
     def to_frame(self) -> pd.DataFrame:
         cm = self.at_threshold
         row = {
+            "analysis": self.name,
             "level": self.level,
             "n": self.n,
             "n positive": self.n_positive,
@@ -273,7 +275,7 @@ class BinaryClassificationResult(StatResult):
 
     def __str__(self) -> str:
         lines = [
-            f"{self.title}, {self.level} level: n={self.n} "
+            f"{self.name}, {self.level} level: n={self.n} "
             f"({self.n_positive} positive, {self.n_negative} negative"
             + (f", {self.n_missing} missing dropped)" if self.n_missing else ")"),
             f"AUROC {self.auroc.formatted()}  AUPRC {self.average_precision:.3f}",
@@ -444,7 +446,7 @@ class PairedDelongTest(StatResult):
         )
 
     def __str__(self) -> str:
-        return f"{super().__str__()}\np = {format_p_value(self.p_value)}"
+        return f"{super().__str__()}\n{p_text(self.p_value)}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -816,21 +818,24 @@ def evaluate_binary(
     scores: ArrayLike,
     *,
     level: str = "patient",
+    name: str = "metastasis",
     threshold: float | None = None,
     confidence_level: float = 0.95,
 ) -> BinaryClassificationResult | NotComputable:
     """The paper's evaluation of one score: AUROC (DeLong CI), AUPRC, ROC and PR curves, the
     Youden threshold, and the confusion matrix and metrics at ``threshold`` (the Youden
     threshold of these data when ``None``, e.g. for the internal test fold; pass the training
-    fold's threshold to evaluate an external set).
+    fold's threshold to evaluate an external set). ``name`` says what is predicted (shown in
+    tables and figure titles).
     """
-    data = _prepare(labels, scores, f"Classification ({level} level)")
+    data = _prepare(labels, scores, f"Classification of {name} ({level} level)")
     if isinstance(data, NotComputable):
         return data
     youden = _youden_from_data(data)
     chosen = youden.threshold if threshold is None else float(threshold)
     pr = _pr_from_data(data)
     return BinaryClassificationResult(
+        name=name,
         level=level,
         n=int(data.labels.size),
         n_positive=data.n_positive,

@@ -416,8 +416,8 @@ def extract_patch(
     theta = math.radians(angle_deg)
     cos_t, sin_t = math.cos(theta), math.sin(theta)
     # Rotating the content counter-clockwise means sampling the source rotated clockwise.
-    src_y = box.center_y + (cos_t * off_y - sin_t * off_x) / sy
-    src_x = box.center_x + (sin_t * off_y + cos_t * off_x) / sx
+    src_y = box.center_y + (cos_t * off_y + sin_t * off_x) / sy
+    src_x = box.center_x + (cos_t * off_x - sin_t * off_y) / sx
     source = np.asarray(image, dtype=np.float32)
     if order > 0 and antialias:
         sigma = (max(step_mm / sy - 1.0, 0.0) / 2.0, max(step_mm / sx - 1.0, 0.0) / 2.0)

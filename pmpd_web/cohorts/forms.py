@@ -11,4 +11,6 @@ class CohortForm(forms.ModelForm):
 
 
 class TableUploadForm(forms.Form):
-    table = forms.FileField(help_text="CSV (UTF-8) or XLSX in the template's columns")
+    table = forms.FileField(
+        allow_empty_file=True, help_text="CSV (UTF-8) or XLSX in the template's columns"
+    )

@@ -13,7 +13,6 @@ from .models import TableImport
 
 @shared_task(
     bind=True,
-    queue="cpu",
     autoretry_for=TRANSIENT_ERRORS,
     max_retries=settings.CELERY_TASK_MAX_RETRIES,
     retry_backoff=True,

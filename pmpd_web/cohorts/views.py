@@ -154,7 +154,7 @@ def import_page(request, cohort):
         except UserFacingError as exc:
             form.add_error("table", str(exc))
         else:
-            return redirect("import-detail", cohort_id=cohort.pk, import_id=table_import.pk)
+            return redirect("table-import-detail", cohort_id=cohort.pk, import_id=table_import.pk)
     return render(
         request,
         "cohorts/import.html",
@@ -181,7 +181,7 @@ def import_commit(request, cohort, import_id: int):
         start_commit(table_import, request.user)
     except UserFacingError as exc:
         messages.error(request, str(exc))
-    return redirect("import-detail", cohort_id=cohort.pk, import_id=table_import.pk)
+    return redirect("table-import-detail", cohort_id=cohort.pk, import_id=table_import.pk)
 
 
 @cohort_page(Action.EXPORT_TABLE)

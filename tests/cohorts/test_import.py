@@ -1,0 +1,238 @@
+"""Importing and exporting clinical tables through the pages and the API, against the database."""
+
+from __future__ import annotations
+
+import html
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+from rest_framework.test import APIClient
+from tablemaker import GOOD_ROW, NON_METASTATIC_ROW, rows, to_csv, to_xlsx
+
+from pmpd_web.accounts.models import AuditEvent
+from pmpd_web.cohorts.models import Patient, TableImport
+from pmpd_web.cohorts.table import read_table
+from pmpd_web.jobs.models import Job
+
+pytestmark = pytest.mark.django_db
+
+
+def snapshot(cohort):
+    return sorted(
+        Patient.objects.filter(cohort=cohort).values_list(
+            "study_id",
+            "age_at_diagnosis_years",
+            "ca19_9_u_per_ml",
+            "metastasis_at_diagnosis",
+            "site_liver",
+            "overall_survival_days",
+            "updated_at",
+        )
+    )
+
+
+def upload(client, cohort, data: bytes, name: str = "table.csv"):
+    return client.post(
+        reverse("table-import", args=[cohort.pk]),
+        {"table": SimpleUploadedFile(name, data)},
+    )
+
+
+def test_preview_then_commit_through_the_pages(client_for, cohort, members):
+    client = client_for(members["coordinator"])
+    response = upload(client, cohort, to_csv([GOOD_ROW, NON_METASTATIC_ROW]))
+    table_import = TableImport.objects.get()
+    assert response.status_code == 302
+    assert table_import.status == "previewed"
+    assert table_import.summary["created"] == 2
+    assert Patient.objects.count() == 0  # a preview changes nothing
+    page = client.get(reverse("table-import-detail", args=[cohort.pk, table_import.pk]))
+    assert b"2</span> new patients" in page.content
+
+    client.post(reverse("table-import-commit", args=[cohort.pk, table_import.pk]))
+    table_import.refresh_from_db()
+    assert table_import.status == "committed"
+    assert table_import.job.status == "succeeded" and table_import.job.progress == 100
+    assert Patient.objects.filter(cohort=cohort).count() == 2
+    cohort.refresh_from_db()
+    assert cohort.data_version == 1
+    assert AuditEvent.objects.filter(action="import_commit", cohort=cohort).count() == 1
+    progress = client.get(reverse("job-progress", args=[table_import.job.pk]))
+    assert b"Succeeded" in progress.content and b"hx-get" not in progress.content
+
+
+def test_reimport_updates_by_study_id_and_counts(client_for, cohort, members):
+    client = client_for(members["coordinator"])
+    upload(client, cohort, to_csv(rows(5)))
+    client.post(reverse("table-import-commit", args=[cohort.pk, TableImport.objects.get().pk]))
+    changed = rows(6)
+    changed[0]["age_at_diagnosis_years"] = "77"
+    upload(client, cohort, to_csv(changed))
+    second = TableImport.objects.order_by("-pk").first()
+    assert (second.summary["created"], second.summary["updated"], second.summary["unchanged"]) == (
+        1,
+        1,
+        4,
+    )
+    assert second.summary["changed_fields"] == {"age_at_diagnosis_years": 1}
+    client.post(reverse("table-import-commit", args=[cohort.pk, second.pk]))
+    second.refresh_from_db()
+    assert second.job.result["updated"] == 1
+    assert Patient.objects.get(cohort=cohort, study_id="P-00001").age_at_diagnosis_years == 77
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "expected"),
+    [
+        (
+            to_csv([{**GOOD_ROW, "nccn_resectability": "operable"}]),
+            "t.csv",
+            "'operable' is not one of",
+        ),
+        (to_csv([GOOD_ROW, GOOD_ROW]), "t.csv", "already appears in row 2"),
+        (
+            to_csv([{**NON_METASTATIC_ROW, "metastasis_sites": "lung"}]),
+            "t.csv",
+            "sites are allowed only when",
+        ),
+        (
+            to_csv([{**NON_METASTATIC_ROW, "overall_survival_days": "-1"}]),
+            "t.csv",
+            "must be 0 or more days",
+        ),
+        (to_xlsx([GOOD_ROW], formulas={"C2": "=A1"}), "t.xlsx", "contains a formula"),
+    ],
+)
+def test_bad_tables_change_nothing(client_for, cohort, members, data, name, expected):
+    client = client_for(members["coordinator"])
+    upload(client, cohort, to_csv([NON_METASTATIC_ROW]))
+    client.post(reverse("table-import-commit", args=[cohort.pk, TableImport.objects.get().pk]))
+    before = snapshot(cohort)
+    response = upload(client, cohort, data, name)
+    bad = TableImport.objects.order_by("-pk").first()
+    assert bad.status == "invalid"
+    page = client.get(response["Location"])
+    assert html.escape(expected).encode() in page.content
+    assert b"nothing was imported" in page.content
+    commit = client.post(reverse("table-import-commit", args=[cohort.pk, bad.pk]), follow=True)
+    assert b"only a previewed table" in commit.content
+    assert snapshot(cohort) == before
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [(b"", "the file is empty"), ("Málaga".encode("latin-1"), "not UTF-8")],
+)
+def test_unreadable_files_are_refused_on_the_page(client_for, cohort, members, data, expected):
+    client = client_for(members["coordinator"])
+    response = upload(client, cohort, data)
+    assert response.status_code == 200
+    assert expected.encode() in response.content
+    assert not TableImport.objects.exists()
+
+
+def test_file_over_the_limit(client_for, cohort, members, settings):
+    settings.PMPD_TABLE_MAX_BYTES = 500
+    response = upload(client_for(members["coordinator"]), cohort, to_csv(rows(20)))
+    assert b"over the limit of 0.0 MB" in response.content
+    assert not Patient.objects.exists()
+
+
+def test_commit_is_all_or_nothing_when_the_database_refuses(
+    client_for, cohort, members, monkeypatch
+):
+    client = client_for(members["coordinator"])
+    upload(client, cohort, to_csv(rows(30)))
+    table_import = TableImport.objects.get()
+    from pmpd_web.cohorts import importer
+
+    original = importer.Patient.objects.bulk_create
+
+    def explode(objs, **kwargs):
+        original(objs[:10], **kwargs)  # half-written when it fails
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(importer.Patient.objects, "bulk_create", explode)
+    client.post(reverse("table-import-commit", args=[cohort.pk, table_import.pk]))
+    job = Job.objects.get()
+    assert job.status == "failed" and "Internal error" in job.error
+    assert Patient.objects.count() == 0
+    table_import.refresh_from_db()
+    assert table_import.status == "failed"
+
+
+def test_stale_preview_is_rechecked_on_commit(client_for, cohort, members):
+    client = client_for(members["coordinator"])
+    upload(client, cohort, to_csv(rows(3)))
+    first = TableImport.objects.get()
+    upload(client, cohort, to_csv(rows(3)))
+    second = TableImport.objects.order_by("-pk").first()
+    client.post(reverse("table-import-commit", args=[cohort.pk, first.pk]))
+    client.post(reverse("table-import-commit", args=[cohort.pk, second.pk]))
+    second.refresh_from_db()
+    assert second.job.result["created"] == 0 and second.job.result["unchanged"] == 3
+
+
+def test_export_then_import_gives_back_the_same_data(client_for, cohort, members):
+    client = client_for(members["coordinator"])
+    source = rows(12)
+    source[1]["centre"] = '=HYPERLINK("x")'
+    source[2]["ct_manufacturer"] = "@Philips"
+    upload(client, cohort, to_csv(source))
+    client.post(reverse("table-import-commit", args=[cohort.pk, TableImport.objects.get().pk]))
+    original = read_table(to_csv(source), "s.csv", max_bytes=10**7).records
+    for fmt in ("csv", "xlsx"):
+        response = client.get(reverse("export", args=[cohort.pk, fmt]))
+        assert response.status_code == 200
+        data = b"".join(response.streaming_content) if response.streaming else response.content
+        if fmt == "csv":
+            assert b"'=HYPERLINK" in data and b"'@Philips" in data
+        exported = read_table(data, f"export.{fmt}", max_bytes=10**7)
+        assert exported.ok, exported.problems
+        assert sorted(exported.records, key=lambda r: r["study_id"]) == sorted(
+            original, key=lambda r: r["study_id"]
+        )
+        # and importing the export back changes nothing
+        upload(client, cohort, data, f"export.{fmt}")
+        assert TableImport.objects.order_by("-pk").first().summary["unchanged"] == 12
+    assert AuditEvent.objects.filter(action="export_table").count() == 2
+
+
+def test_template_downloads(client_for, members):
+    client = client_for(members["coordinator"])
+    csv_template = client.get(reverse("template", args=["csv"]))
+    assert csv_template.content.decode().startswith("study_id,age_at_diagnosis_years,sex,")
+    xlsx = client.get(reverse("template", args=["xlsx"]))
+    import io
+
+    import openpyxl
+
+    book = openpyxl.load_workbook(io.BytesIO(xlsx.content))
+    assert book.sheetnames == ["patients", "columns"]
+    documented = [row[0].value for row in book["columns"].iter_rows(min_row=2)]
+    assert "nccn_resectability" in documented
+
+
+def test_import_through_the_api(cohort, members):
+    from rest_framework.authtoken.models import Token
+
+    api = APIClient()
+    token = Token.objects.create(user=members["coordinator"])
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    url = f"/api/cohorts/{cohort.pk}/imports/"
+    bad = api.post(url, {"file": SimpleUploadedFile("t.csv", to_csv([GOOD_ROW, GOOD_ROW]))})
+    assert bad.status_code == 201 and bad.json()["status"] == "invalid"
+    assert bad.json()["problems"] == [
+        {"row": 3, "column": "study_id", "message": "'P-001' already appears in row 2"}
+    ]
+    empty = api.post(url, {"file": SimpleUploadedFile("t.csv", b"")})
+    assert empty.status_code == 400 and "the file is empty" in empty.json()["file"]
+    good = api.post(url, {"file": SimpleUploadedFile("t.xlsx", to_xlsx(rows(4)))})
+    assert good.json()["summary"]["created"] == 4
+    job = api.post(f"{url}{good.json()['id']}/commit/").json()
+    assert api.get(f"/api/jobs/{job['id']}/").json()["status"] == "succeeded"
+    patients = api.get(f"/api/cohorts/{cohort.pk}/patients/?sex=male&ordering=-study_id").json()
+    assert [p["study_id"] for p in patients["results"]] == ["P-00004", "P-00002", "P-00001"]
+    export = api.get(f"/api/cohorts/{cohort.pk}/export/?file_format=csv")
+    assert export.content.count(b"\r\n") == 5

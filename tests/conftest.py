@@ -1,0 +1,68 @@
+"""Fixtures shared by the Django tests: users for each role, a cohort, a logged-in client."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from factories import make_cohort, make_user
+
+from pmpd_web.accounts.models import Membership, Role
+from pmpd_web.cohorts.models import Cohort
+
+
+@pytest.fixture(autouse=True)
+def _media_and_eager(request, settings, tmp_path, monkeypatch):
+    real_transactions = {"transactional_db", "live_server"} & set(request.fixturenames)
+    if not real_transactions:
+        # The test's transaction never commits: run on-commit work (queueing tasks) at once.
+        from django.db import transaction
+
+        monkeypatch.setattr(transaction, "on_commit", lambda func, using=None, robust=False: func())
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    from pmpd_web.celery import app
+
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False
+
+
+@pytest.fixture
+def cohort(db) -> Cohort:
+    return make_cohort()
+
+
+@pytest.fixture
+def other_cohort(db) -> Cohort:
+    return make_cohort("Other cohort")
+
+
+@pytest.fixture
+def members(cohort, other_cohort) -> dict[str, User]:
+    """One user per role in ``cohort``, an outsider (coordinator of another cohort), a site
+    admin and a user with no membership at all."""
+    users = {}
+    for role in Role:
+        user = make_user(role.value, can_create_cohorts=role == Role.COORDINATOR)
+        Membership.objects.create(user=user, cohort=cohort, role=role)
+        users[role.value] = user
+    outsider = make_user("outsider", can_create_cohorts=True)
+    Membership.objects.create(user=outsider, cohort=other_cohort, role=Role.COORDINATOR)
+    users["outsider"] = outsider
+    users["nobody"] = make_user("nobody")
+    users["admin"] = User.objects.create_superuser("admin", password="pw-admin")
+    return users
+
+
+@pytest.fixture
+def client_for(client):
+    def login(user: User):
+        client.force_login(user)
+        return client
+
+    return login
