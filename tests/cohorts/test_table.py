@@ -38,7 +38,7 @@ def test_good_csv_reads_typed_records():
 def test_labels_and_semicolon_delimiter_are_accepted():
     row = {
         **GOOD_ROW,
-        "nccn_resectability": "Borderline resectable",
+        "tumour_location": "Head",
         "sex": "Female",
         "metastasis_at_diagnosis": "YES",
         "nccn_resectability": "borderline-resectable",
