@@ -142,6 +142,13 @@ STORAGES = {
     },
 }
 
+# Keys the hash that remaps DICOM UIDs on de-identification: a stable site secret.
+PMPD_DEID_SECRET = os.environ.get("PMPD_DEID_SECRET", "")
+if not PMPD_DEID_SECRET:
+    if PRODUCTION:
+        raise ImproperlyConfigured("PMPD_DEID_SECRET must be set in the production profile")
+    PMPD_DEID_SECRET = "development-deidentification-secret"
+
 # Uploads: clinical tables are small; the limit is the import's own, enforced with a message.
 PMPD_TABLE_MAX_BYTES = int(os.environ.get("PMPD_TABLE_MAX_BYTES", str(20 * 1024 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = PMPD_TABLE_MAX_BYTES + 1024 * 1024
@@ -190,7 +197,8 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_MAX_RETRIES = int(os.environ.get("CELERY_TASK_MAX_RETRIES", "3"))
 
 # Security. The production profile is what `check --deploy` vets.
-X_FRAME_OPTIONS = "SAMEORIGIN"  # the OHIF viewer is embedded same-origin
+# Pages may not be framed; the embedded viewer's own responses opt in to SAMEORIGIN.
+X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
 SECURE_CONTENT_TYPE_NOSNIFF = True

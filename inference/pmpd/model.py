@@ -300,7 +300,9 @@ def autocast_context(
     return contextlib.nullcontext()
 
 
-def build_model(config: ModelConfig | None = None, *, pretrained_weights: str | None = None) -> PMPDNet:
+def build_model(
+    config: ModelConfig | None = None, *, pretrained_weights: str | None = None
+) -> PMPDNet:
     """A fresh PMPDNet; with ImageNet-style weights in the backbone when a file is given,
     trained from scratch otherwise."""
     model = PMPDNet(config)

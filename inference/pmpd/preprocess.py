@@ -193,7 +193,9 @@ def load_volume(path: str | Path) -> Volume:
     else:
         raise PreprocessError(f"{path} is neither a DICOM folder nor an image file")
     if image.GetDimension() != 3:
-        raise PreprocessError(f"{path} holds a {image.GetDimension()}D image, a 3D volume is needed")
+        raise PreprocessError(
+            f"{path} holds a {image.GetDimension()}D image, a 3D volume is needed"
+        )
     return Volume(
         array=sitk.GetArrayFromImage(image),
         spacing=tuple(float(v) for v in image.GetSpacing()),

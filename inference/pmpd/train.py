@@ -249,9 +249,7 @@ def safe_auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
     return float(roc_auc_score(labels, np.asarray(scores, dtype=float)))
 
 
-def classification_metrics(
-    labels: Sequence[int], predicted: Sequence[bool]
-) -> dict[str, float]:
+def classification_metrics(labels: Sequence[int], predicted: Sequence[bool]) -> dict[str, float]:
     """Accuracy, sensitivity and specificity of yes/no calls."""
     labels = np.asarray(labels, dtype=bool)
     predicted = np.asarray(predicted, dtype=bool)
@@ -268,7 +266,9 @@ def classification_metrics(
 def _prediction_metrics(predictions: Sequence[OutOfFoldPrediction]) -> dict[str, float]:
     """Slice and patient AUROC and the calls' accuracy/sensitivity/specificity."""
     labels = np.array([p.label for p in predictions])
-    slice_labels = np.concatenate([np.full(len(p.slice_probabilities), p.label) for p in predictions])
+    slice_labels = np.concatenate(
+        [np.full(len(p.slice_probabilities), p.label) for p in predictions]
+    )
     return {
         "slice_auroc": safe_auroc(
             slice_labels, np.concatenate([p.slice_probabilities for p in predictions])
@@ -367,7 +367,9 @@ def code_version() -> str:
     return f"pmpd:{__version__}"
 
 
-def data_hash(patient_ids: Sequence[str], input_hashes: Sequence[str], labels: Sequence[int]) -> str:
+def data_hash(
+    patient_ids: Sequence[str], input_hashes: Sequence[str], labels: Sequence[int]
+) -> str:
     """SHA-256 of the training set (ids, input hashes, labels, in the order that seeds the split)."""
     digest = hashlib.sha256()
     for patient_id, content, label in zip(patient_ids, input_hashes, labels, strict=True):
@@ -633,9 +635,7 @@ def cross_validate(
                 predicted_metastasis=bool(fraction >= thresholds.patient_threshold),
                 site_probabilities={
                     name: float(v)
-                    for name, v in zip(
-                        SITE_NAMES, site_probabilities[i].mean(axis=0), strict=False
-                    )
+                    for name, v in zip(SITE_NAMES, site_probabilities[i].mean(axis=0), strict=False)
                 },
             )
         )

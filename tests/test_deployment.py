@@ -1,0 +1,159 @@
+"""Settings profiles, the production check, and the compose file against the settings."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PMPD_"))}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+PRODUCTION = {
+    "PMPD_PROFILE": "production",
+    "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+    "DJANGO_ALLOWED_HOSTS": "pmpd.example.org",
+    "PMPD_DEID_SECRET": secrets.token_urlsafe(20),
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
+}
+
+
+def test_production_profile_passes_check_deploy_without_warnings():
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_production_profile_requires_a_secret_key():
+    env = {**PRODUCTION, "DJANGO_SECRET_KEY": ""}
+    result = manage("check", env=env)
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set in the production profile" in result.stderr
+
+
+def test_embedded_defaults_need_no_server(tmp_path):
+    env = {"PMPD_DATA_DIR": str(tmp_path), "DATABASE_URL": "", "CELERY_BROKER_URL": ""}
+    env = {k: v for k, v in env.items() if v}
+    script = (
+        "import django, os; os.environ.pop('DATABASE_URL', None); django.setup();"
+        "from django.conf import settings as s;"
+        "print(s.DATABASES['default']['ENGINE'], s.DATABASES['default']['NAME']);"
+        "print(s.CELERY_BROKER_URL, s.CELERY_TASK_ALWAYS_EAGER, s.DEBUG)"
+    )
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "CELERY_BROKER_URL") and not k.startswith("PMPD_")
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**clean, **env, "DJANGO_SETTINGS_MODULE": "pmpd_web.settings"},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    engine_line, broker_line = result.stdout.strip().splitlines()
+    assert engine_line == f"django.db.backends.sqlite3 {tmp_path / 'pmpd.sqlite3'}"
+    # A real worker consumes the file-system broker: not eager mode.
+    assert broker_line == "filesystem:// False True"
+
+
+def compose() -> dict:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def test_compose_services_and_health():
+    services = compose()["services"]
+    assert set(services) == {"postgres", "redis", "web", "worker-cpu", "worker-gpu"}
+    assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert services["web"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    web_command = services["web"]["command"]
+    assert "manage.py migrate --noinput" in web_command and "gunicorn pmpd_web.wsgi" in web_command
+
+
+def test_compose_workers_listen_on_the_settings_queues():
+    from pmpd_web.celery import app
+
+    services = compose()["services"]
+    queues = {q.name for q in app.conf.task_queues}
+
+    def option(command, flag):
+        return command[command.index(flag) + 1]
+
+    cpu, gpu = services["worker-cpu"]["command"], services["worker-gpu"]["command"]
+    assert option(cpu, "-Q") == "cpu" and option(gpu, "-Q") == "gpu"
+    assert {option(cpu, "-Q"), option(gpu, "-Q")} == queues
+    assert option(gpu, "--concurrency") == "1" and option(gpu, "--prefetch-multiplier") == "1"
+    device = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    gpu_docker = (REPO / services["worker-gpu"]["build"]["dockerfile"]).read_text()
+    assert "whl/cu" in gpu_docker and "torch==2.13.0" in gpu_docker
+
+
+def test_compose_environment_matches_settings_and_env_example():
+    config = compose()
+    settings_source = (REPO / "pmpd_web" / "settings.py").read_text()
+    read_by_settings = set(re.findall(r'os\.environ\.get\("([A-Z_]+)"', settings_source))
+    read_by_settings |= set(re.findall(r'env_(?:bool|list)\("([A-Z_]+)"', settings_source))
+    example = {
+        line.split("=", 1)[0]
+        for line in (REPO / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    for name in ("web", "worker-cpu", "worker-gpu"):
+        env = config["services"][name]["environment"]
+        unknown = set(env) - read_by_settings
+        assert not unknown, f"{name} sets variables the settings never read: {unknown}"
+        assert env["PMPD_PROFILE"] == "production"
+        assert (
+            env["DATABASE_URL"].startswith("postgres://")
+            and "@postgres:5432/" in env["DATABASE_URL"]
+        )
+        assert env["CELERY_BROKER_URL"].startswith("redis://redis:6379")
+        for volume in config["services"][name]["volumes"]:
+            source, target = volume.split(":")
+            assert source in config["volumes"] and target == env["PMPD_DATA_DIR"]
+        assert env["DJANGO_MEDIA_ROOT"].startswith(env["PMPD_DATA_DIR"])
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", (REPO / "docker-compose.yml").read_text()))
+    assert required <= example, f"not documented in .env.example: {required - example}"
+
+
+def test_containers_run_commands_that_exist_here():
+    """The commands the containers run, started by hand: the Celery app and WSGI load."""
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "pmpd_web", "inspect", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    result = subprocess.run(
+        [sys.executable, "-c", "import pmpd_web.wsgi as w; print(callable(w.application))"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DATABASE_URL": PRODUCTION["DATABASE_URL"]},
+    )
+    assert result.stdout.strip() == "True", result.stderr
