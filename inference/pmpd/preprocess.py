@@ -460,7 +460,7 @@ def input_hash(
     for array in (ct, mask):
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.tobytes())
+        digest.update(array.data)
     digest.update(json.dumps([list(map(float, spacing)), list(map(float, direction))]).encode())
     digest.update(json.dumps(config.to_dict(), sort_keys=True).encode())
     return digest.hexdigest()
@@ -550,37 +550,58 @@ def preprocess_patient(
     )
     labels = _sample_z(mask, positions, order=0)
     tumour = labels == config.tumour_label
-    region = tumour | (labels == config.pancreas_label)
     if not tumour.any():
         raise PreprocessError("the tumour vanished when resampled to 2 mm slices (too thin)")
+    region = tumour | (labels == config.pancreas_label)
+
+    # Morphology on the labels' bounding box only, padded by the elements' reach: outside it the
+    # masks are empty, so the result equals working on the whole volume, at a fraction of the cost.
+    reach = [
+        a // 2 + b // 2 + 1
+        for a, b in zip(
+            config.opening_structure_xyz[::-1], config.margin_structure_xyz[::-1], strict=True
+        )
+    ]
+    bounds = []
+    for axis, (r, n) in enumerate(zip(reach, region.shape, strict=True)):
+        present = np.flatnonzero(region.any(axis=tuple(a for a in range(3) if a != axis)))
+        bounds.append(slice(max(int(present[0]) - r, 0), min(int(present[-1]) + r + 1, n)))
+    box_slices = tuple(bounds)
+    z_offset = bounds[0].start
 
     # Step 4 and 5: opening, then the 3x3x1 margin, each label on its own.
-    region, tumour, warnings = _clean_labels(region, tumour, config)
-    expanded = np.zeros(labels.shape, dtype=np.uint8)
-    expanded[dilate_margin(region, structure_xyz=config.margin_structure_xyz)] = 1
-    expanded[dilate_margin(tumour, structure_xyz=config.margin_structure_xyz)] = 2
+    region, tumour, warnings = _clean_labels(region[box_slices], tumour[box_slices], config)
+    expanded_box = np.zeros(region.shape, dtype=np.uint8)
+    expanded_box[dilate_margin(region, structure_xyz=config.margin_structure_xyz)] = 1
+    expanded_box[dilate_margin(tumour, structure_xyz=config.margin_structure_xyz)] = 2
+
+    # Step 6: the slices with the largest (cleaned) tumour area.
+    selected_in_box = select_tumour_slices(tumour, n_slices=config.n_slices)
+    selected = selected_in_box + z_offset
+    n_tumour_slices = int(tumour.any(axis=(1, 2)).sum())
+    hu_slices = _sample_z(ct, positions[selected], order=1)
+    expanded = np.zeros((len(selected), *labels.shape[1:]), dtype=np.uint8)
+    expanded[:, box_slices[1], box_slices[2]] = expanded_box[selected_in_box]
     mask_channel = encode_mask_channel(
         expanded, pancreas_label=1, tumour_label=2, mode=config.mask_channel
     )
 
-    # Step 6: the slices with the largest (cleaned) tumour area.
-    selected = select_tumour_slices(tumour, n_slices=config.n_slices)
-    n_tumour_slices = int(tumour.any(axis=(1, 2)).sum())
-    hu_slices = _sample_z(ct, positions[selected], order=1)
-
-    volume_box_region = expanded.any(axis=0) if config.crop_scope == "volume" else None
+    volume_box_region = None
+    if config.crop_scope == "volume":
+        volume_box_region = np.zeros(labels.shape[1:], dtype=bool)
+        volume_box_region[box_slices[1], box_slices[2]] = expanded_box.any(axis=0)
     angles = config.rotation_angles_deg if augment else (0.0,)
     patches: list[np.ndarray] = []
     slice_indices: list[int] = []
     patch_angles: list[float] = []
-    for position, slice_index in enumerate(selected):
+    for position, slice_index in enumerate(selected.tolist()):
         # Step 3: window (pointwise, so windowing the cut slices equals windowing the volume).
         windowed = apply_window(
             hu_slices[position],
             window_level=config.window_level,
             window_width=config.window_width,
         )
-        box_region = volume_box_region if volume_box_region is not None else expanded[slice_index]
+        box_region = volume_box_region if volume_box_region is not None else expanded[position]
         box = square_bounding_box(
             box_region,
             spacing_yx=spacing_yx,
@@ -599,7 +620,7 @@ def preprocess_patient(
                 antialias=config.antialias,
             )
             mask_patch = extract_patch(
-                mask_channel[slice_index],
+                mask_channel[position],
                 box,
                 spacing_yx=spacing_yx,
                 input_size=config.input_size,
@@ -610,7 +631,7 @@ def preprocess_patient(
             slice_indices.append(int(slice_index))
             patch_angles.append(float(angle))
 
-    tumour_areas = tumour[selected].reshape(len(selected), -1).sum(axis=1)
+    tumour_areas = tumour[selected_in_box].reshape(len(selected), -1).sum(axis=1)
     pixel_area = spacing_xyz[0] * spacing_xyz[1]
     return PreprocessedPatient(
         patches=np.stack(patches).astype(np.float32),

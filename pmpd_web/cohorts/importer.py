@@ -12,7 +12,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import transaction
+from django.db import connection, transaction
+from django.utils import timezone
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction
@@ -64,6 +65,37 @@ def plan_import(cohort: Cohort, parsed: ParsedTable) -> ImportPlan:
             plan.unchanged += 1
     plan.kept_not_in_file = len(set(existing) - seen)
     return plan
+
+
+def insert_patients(cohort: Cohort, records: list[dict[str, Any]]) -> None:
+    """Insert new patients; on PostgreSQL through COPY, many times faster than INSERTs.
+
+    The records were checked by ``read_table`` (types, ranges, consistency rules); the database
+    still enforces the unique study ID and the column types.
+    """
+    if not records:
+        return
+    if connection.vendor != "postgresql":
+        Patient.objects.bulk_create(
+            [Patient(cohort=cohort, **record) for record in records], batch_size=BATCH
+        )
+        return
+    now = timezone.now()
+    fields = [Patient._meta.get_field(name) for name in FIELD_NAMES]
+    columns = ", ".join(
+        connection.ops.quote_name(f.column) for f in [*fields, *_STAMP_FIELDS, _COHORT_FIELD]
+    )
+    table = connection.ops.quote_name(Patient._meta.db_table)
+    with (
+        connection.cursor() as cursor,
+        cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
+    ):
+        for record in records:
+            copy.write_row([*(record[f.name] for f in fields), now, now, cohort.pk])
+
+
+_STAMP_FIELDS = [Patient._meta.get_field("created_at"), Patient._meta.get_field("updated_at")]
+_COHORT_FIELD = Patient._meta.get_field("cohort")
 
 
 def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableImport:
@@ -132,9 +164,7 @@ def commit_import(
         "patients in one transaction",
     )
     with transaction.atomic():
-        Patient.objects.bulk_create(
-            [Patient(cohort=cohort, **record) for record in plan.to_create], batch_size=BATCH
-        )
+        insert_patients(cohort, plan.to_create)
         changed_fields: set[str] = set()
         for patient, changes in plan.to_update:
             for name, value in changes.items():

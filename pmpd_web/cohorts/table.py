@@ -276,6 +276,9 @@ def check_rows(
 
     index = {name: names.index(name) for name in COLUMN_NAMES}
     seen: dict[str, int] = {}
+    memo: dict[str, dict[tuple[type, Any], dict[str, Any] | str]] = {
+        name: {} for name in COLUMN_NAMES
+    }
     for number, row in body:
         if all(_blank(cell) for cell in row):
             continue
@@ -284,7 +287,7 @@ def check_rows(
                 TableProblem(number, None, "has more cells than the header has columns")
             )
             continue
-        record, problems = _convert_row(number, row, index)
+        record, problems = _convert_row(number, row, index, memo)
         parsed.problems.extend(problems)
         study_id = record.get("study_id")
         if study_id:
@@ -329,17 +332,34 @@ def _text(cell: Any) -> str:
 
 
 def _convert_row(
-    number: int, row: Sequence[Any], index: Mapping[str, int]
+    number: int,
+    row: Sequence[Any],
+    index: Mapping[str, int],
+    memo: dict[str, dict[tuple[type, Any], dict[str, Any] | str]],
 ) -> tuple[dict[str, Any], list[TableProblem]]:
     record: dict[str, Any] = {}
     problems: list[TableProblem] = []
     for column in COLUMNS:
         position = index[column.name]
-        raw = _text(row[position]) if position < len(row) else ""
-        try:
-            _convert_cell(column, raw, record)
-        except ValueError as exc:
-            problems.append(TableProblem(number, column.name, str(exc)))
+        cell = row[position] if position < len(row) else ""
+        # Clinical tables repeat their values (codes, ages, days): convert each distinct cell
+        # of a column once (text columns, mostly distinct, are not kept).
+        seen = memo[column.name]
+        key = (type(cell), cell)  # True == 1 in Python, but not in a table
+        outcome = seen.get(key)
+        if outcome is None:
+            converted: dict[str, Any] = {}
+            try:
+                _convert_cell(column, _text(cell), converted)
+                outcome = converted
+            except ValueError as exc:
+                outcome = str(exc)
+            if column.kind != "text":
+                seen[key] = outcome
+        if isinstance(outcome, str):
+            problems.append(TableProblem(number, column.name, outcome))
+        else:
+            record.update(outcome)
     return record, problems
 
 

@@ -147,13 +147,13 @@ def test_commit_is_all_or_nothing_when_the_database_refuses(
     table_import = TableImport.objects.get()
     from pmpd_web.cohorts import importer
 
-    original = importer.Patient.objects.bulk_create
+    original = importer.insert_patients
 
-    def explode(objs, **kwargs):
-        original(objs[:10], **kwargs)  # half-written when it fails
+    def explode(cohort, records):
+        original(cohort, records[:10])  # half-written when it fails
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(importer.Patient.objects, "bulk_create", explode)
+    monkeypatch.setattr(importer, "insert_patients", explode)
     client.post(reverse("table-import-commit", args=[cohort.pk, table_import.pk]))
     job = Job.objects.get()
     assert job.status == "failed" and "Internal error" in job.error

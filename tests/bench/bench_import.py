@@ -1,0 +1,131 @@
+"""Benchmark: the clinical table import and the patient list at 10,000 patients.
+
+Prints each figure beside its baseline measured in the same run; asserts no time.
+- importing a 10,000-row CSV (preview + commit), beside pandas reading the same file
+  (goal: whole import within 10x of the bare read, under 10 s);
+- the cohort page and the patients API for a 10,000-patient cohort (goal under 300 ms), beside
+  a bare SELECT of the same page of rows.
+
+Runs against DATABASE_URL (make bench passes the PostgreSQL of the machine) in a throw-away
+test database.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "support")]
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pmpd_web.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+import pandas as pd  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.test import Client  # noqa: E402
+from django.test.utils import setup_test_environment  # noqa: E402
+
+N = 10_000
+
+
+def best_of(func, repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    from factories import make_user
+    from tablemaker import rows, to_csv
+
+    from pmpd_web.accounts.models import Membership, Role
+    from pmpd_web.cohorts.importer import commit_import, upload_table
+    from pmpd_web.cohorts.models import Cohort, Patient
+
+    setup_test_environment()
+    settings.ALLOWED_HOSTS = ["testserver"]
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    try:
+        data = to_csv(rows(N))
+        print(f"database: {connection.vendor}; table: {N} rows, {len(data) / 1e6:.2f} MB")
+        pandas_s = best_of(lambda: pd.read_csv(io.BytesIO(data)), repeat=5)
+
+        user = make_user("bench", can_create_cohorts=True)
+        cohort = Cohort.objects.create(name="bench")
+        Membership.objects.create(user=user, cohort=cohort, role=Role.COORDINATOR)
+
+        start = time.perf_counter()
+        table_import = upload_table(cohort=cohort, user=user, data=data, filename="bench.csv")
+        preview_s = time.perf_counter() - start
+        start = time.perf_counter()
+        summary = commit_import(table_import, lambda p, s: None)
+        commit_s = time.perf_counter() - start
+        assert summary["created"] == N and Patient.objects.filter(cohort=cohort).count() == N
+
+        start = time.perf_counter()
+        again = upload_table(cohort=cohort, user=user, data=data, filename="bench.csv")
+        reimport_preview_s = time.perf_counter() - start
+        assert again.summary["unchanged"] == N
+
+        whole = preview_s + commit_s
+        print(f"pandas.read_csv (baseline)        {pandas_s * 1000:8.1f} ms")
+        print(f"import preview (parse + check)    {preview_s * 1000:8.1f} ms")
+        print(f"import commit (re-check + write)  {commit_s * 1000:8.1f} ms")
+        print(
+            f"whole import                      {whole * 1000:8.1f} ms  "
+            f"= {whole / pandas_s:.1f}x the bare read (goal <= 10x, < 10 s)"
+        )
+        print(f"re-import preview, all unchanged  {reimport_preview_s * 1000:8.1f} ms")
+
+        client = Client()
+        client.force_login(user)
+        page_url = f"/cohorts/{cohort.pk}/"
+        api_url = f"/api/cohorts/{cohort.pk}/patients/"
+        for url in (page_url, api_url, page_url + "?sort=-ca19_9_u_per_ml&sex=female"):
+            assert client.get(url).status_code == 200
+
+        def bare_select():
+            list(Patient.objects.filter(cohort=cohort).order_by("study_id").values()[:100])
+
+        def timed(url: str) -> list[float]:
+            out = []
+            for _ in range(7):
+                start = time.perf_counter()
+                client.get(url)
+                out.append(time.perf_counter() - start)
+            return out
+
+        bare = best_of(bare_select, repeat=7)
+        print(f"bare SELECT of one page (baseline) {bare * 1000:7.1f} ms")
+        for label, url in (
+            ("cohort page (100 rows, counts, completeness)", page_url),
+            ("cohort page sorted and filtered", page_url + "?sort=-ca19_9_u_per_ml&sex=female"),
+            ("patients API (page of 100)", api_url),
+            (
+                "patients API filtered and ordered",
+                api_url + "?sex=male&ordering=-age_at_diagnosis_years",
+            ),
+        ):
+            times = timed(url)
+            print(
+                f"{label:<48} median {statistics.median(times) * 1000:7.1f} ms, "
+                f"best {min(times) * 1000:7.1f} ms (goal < 300 ms)"
+            )
+    finally:
+        connection.creation.destroy_test_db(old_name, verbosity=0)
+
+
+if __name__ == "__main__":
+    main()
