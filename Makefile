@@ -32,8 +32,8 @@ lint: $(STAMP)
 
 test: install lint
 	$(PY) manage.py makemigrations --check --dry-run
-	DATABASE_URL=$(TEST_DATABASE_URL) PMPD_TEST_REDIS_URL=$(TEST_REDIS_URL) \
-		$(PY) -m pytest -p no:cacheprovider
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
+		PMPD_TEST_REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest -p no:cacheprovider
 
 demo: install
 	$(PY) manage.py migrate --noinput

@@ -4,13 +4,13 @@ from rest_framework.routers import DefaultRouter
 from pmpd_web.cohorts.api import CohortViewSet, JobViewSet, PatientViewSet, TableImportViewSet
 
 router = DefaultRouter(trailing_slash=True)
-router.register("cohorts", CohortViewSet, basename="cohort")
-router.register("jobs", JobViewSet, basename="job")
+router.register("cohorts", CohortViewSet, basename="api-cohort")
+router.register("jobs", JobViewSet, basename="api-job")
 
 cohort_router = DefaultRouter(trailing_slash=True)
 cohort_router.include_root_view = False
-cohort_router.register("patients", PatientViewSet, basename="patient")
-cohort_router.register("imports", TableImportViewSet, basename="import")
+cohort_router.register("patients", PatientViewSet, basename="api-patient")
+cohort_router.register("imports", TableImportViewSet, basename="api-import")
 
 urlpatterns = [
     path("", include(router.urls)),

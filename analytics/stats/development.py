@@ -198,7 +198,7 @@ def metastasis_development_analysis(
     labels = development_groups(
         days, boundaries_months=boundaries_months, days_per_month=days_per_month
     )
-    keep = np.array([label is not None for label in labels]) & np.isfinite(mrs)
+    keep = pd.notna(labels) & np.isfinite(mrs)
     n = int(keep.sum())
     if n == 0:
         return NotComputable(

@@ -71,12 +71,12 @@ def test_celery_is_configured_for_reliable_work():
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_a_real_worker_on_redis_runs_an_import(tmp_path, settings, cohort, members):
-    settings.MEDIA_ROOT = tmp_path / "shared-media"
-    app.conf.task_always_eager = False
-    previous_broker = app.conf.broker_url
     from workers import redis_url
 
-    app.conf.broker_url = redis_url()
+    if app.conf.broker_url != redis_url():
+        pytest.fail(f"run the tests with CELERY_BROKER_URL={redis_url()} (make test does)")
+    settings.MEDIA_ROOT = tmp_path / "shared-media"
+    app.conf.task_always_eager = False
     log = tmp_path / "worker.log"
     try:
         with celery_worker(log=log, extra_env={"DJANGO_MEDIA_ROOT": str(settings.MEDIA_ROOT)}):
@@ -94,7 +94,6 @@ def test_a_real_worker_on_redis_runs_an_import(tmp_path, settings, cohort, membe
 
             wait_for(finished, timeout=60, log=log)
     finally:
-        app.conf.broker_url = previous_broker
         app.pool.force_close_all()
     assert job.status == "succeeded", job.error
     assert job.result["created"] == 50 and job.attempts == 1
