@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "pmpd_web.accounts",
     "pmpd_web.jobs",
     "pmpd_web.cohorts",
+    "pmpd_web.imaging",
     "inference",
     "analytics",
 ]

@@ -37,6 +37,11 @@ class IllegalTransition(Exception):
 class Job(models.Model):
     class Kind(models.TextChoices):
         TABLE_IMPORT = "table_import", "Clinical table import"
+        IMAGE_INGEST = "image_ingest", "Image ingest"
+        PREPROCESS = "preprocess", "Preprocessing"
+        TRAINING = "training", "Model training"
+        SCORING = "scoring", "Cohort scoring"
+        ANALYSIS = "analysis", "Analysis"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     cohort = models.ForeignKey(

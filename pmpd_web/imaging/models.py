@@ -1,0 +1,175 @@
+"""Images of a patient: uploads and their files, the de-identified DICOM studies, series and
+instances served over DICOMweb, and the canonical volumes the engine reads.
+
+Uploaded names are labels only; stored files get opaque names under MEDIA_ROOT (storage API).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class ImageUpload(models.Model):
+    """One upload session (a patient's files, or a bulk ZIP / folder for many patients)."""
+
+    class Status(models.TextChoices):
+        RECEIVING = "receiving", "Receiving files"
+        QUEUED = "queued", "Queued"
+        PROCESSING = "processing", "Processing"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    cohort = models.ForeignKey("cohorts.Cohort", on_delete=models.CASCADE, related_name="uploads")
+    patient = models.ForeignKey(
+        "cohorts.Patient",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="uploads",
+        help_text="Set for a single patient's upload; empty for bulk",
+    )
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    label_pancreas = models.PositiveSmallIntegerField(default=1)
+    label_tumour = models.PositiveSmallIntegerField(default=2)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.RECEIVING)
+    error = models.TextField(blank=True)
+    job = models.OneToOneField(
+        "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="image_upload"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Upload #{self.pk} into {self.cohort}"
+
+
+class UploadFile(models.Model):
+    """A file of an upload, received in resumable chunks, then sniffed and ingested."""
+
+    class Status(models.TextChoices):
+        RECEIVING = "receiving", "Receiving"
+        QUEUED = "queued", "Queued"
+        PROCESSING = "processing", "Processing"
+        DONE = "done", "Done"
+        SKIPPED = "skipped", "Skipped"
+        FAILED = "failed", "Failed"
+
+    upload = models.ForeignKey(ImageUpload, on_delete=models.CASCADE, related_name="files")
+    client_name = models.CharField(max_length=512, help_text="The name the browser sent: a label")
+    study_id = models.CharField(max_length=64, blank=True)
+    size_bytes = models.PositiveBigIntegerField()
+    received_bytes = models.PositiveBigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True)
+    stored_name = models.CharField(max_length=200, blank=True)
+    detected_kind = models.CharField(max_length=24, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.RECEIVING)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["upload_id", "id"]
+
+    def __str__(self) -> str:
+        return self.client_name
+
+
+class ImagingStudy(models.Model):
+    patient = models.ForeignKey(
+        "cohorts.Patient", on_delete=models.CASCADE, related_name="imaging_studies"
+    )
+    study_instance_uid = models.CharField(max_length=64, unique=True)
+    study_date = models.CharField(max_length=8, blank=True)
+    description = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["patient_id", "study_date", "id"]
+        verbose_name_plural = "imaging studies"
+
+    def __str__(self) -> str:
+        return f"{self.patient} {self.study_instance_uid}"
+
+
+class ImageSeries(models.Model):
+    """A de-identified series: the CT (DICOM) or its segmentation (DICOM SEG)."""
+
+    study = models.ForeignKey(ImagingStudy, on_delete=models.CASCADE, related_name="series")
+    series_instance_uid = models.CharField(max_length=64, unique=True)
+    modality = models.CharField(max_length=8)
+    series_number = models.IntegerField(null=True, blank=True)
+    description = models.CharField(max_length=200, blank=True)
+    manufacturer = models.CharField(max_length=64, blank=True)
+    slice_thickness_mm = models.FloatField(null=True, blank=True)
+    pixel_spacing_mm = models.JSONField(default=list, blank=True)
+    geometry = models.JSONField(
+        default=dict, blank=True, help_text="size, spacing, origin, direction of the volume"
+    )
+    frame_of_reference_uid = models.CharField(max_length=64, blank=True)
+    n_instances = models.PositiveIntegerField(default=0)
+    content_hash = models.CharField(max_length=64, blank=True)
+    is_selected = models.BooleanField(
+        default=False, help_text="The CT series the engine uses for this patient"
+    )
+    referenced_series = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="segmentations"
+    )
+    source_upload = models.ForeignKey(
+        ImageUpload, null=True, blank=True, on_delete=models.SET_NULL, related_name="series"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["study_id", "series_number", "id"]
+        verbose_name_plural = "image series"
+
+    def __str__(self) -> str:
+        return f"{self.modality} {self.series_instance_uid}"
+
+
+class DicomInstance(models.Model):
+    series = models.ForeignKey(ImageSeries, on_delete=models.CASCADE, related_name="instances")
+    sop_instance_uid = models.CharField(max_length=64, unique=True)
+    sop_class_uid = models.CharField(max_length=64)
+    instance_number = models.IntegerField(null=True, blank=True)
+    number_of_frames = models.PositiveIntegerField(default=1)
+    transfer_syntax_uid = models.CharField(max_length=64)
+    file = models.FileField(max_length=300)
+    metadata = models.JSONField(
+        default=dict, help_text="DICOM JSON without pixel data, for WADO-RS metadata"
+    )
+
+    class Meta:
+        ordering = ["series_id", "instance_number", "id"]
+
+    def __str__(self) -> str:
+        return self.sop_instance_uid
+
+
+class CanonicalVolume(models.Model):
+    """The volume the engine reads: one per CT series and one per mask, as NIfTI."""
+
+    class Kind(models.TextChoices):
+        CT = "ct", "CT"
+        MASK = "mask", "Mask (0 background, 1 pancreas, 2 tumour)"
+
+    patient = models.ForeignKey("cohorts.Patient", on_delete=models.CASCADE, related_name="volumes")
+    series = models.ForeignKey(ImageSeries, on_delete=models.CASCADE, related_name="volumes")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    file = models.FileField(max_length=300)
+    content_hash = models.CharField(max_length=64)
+    geometry = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["series", "kind"], name="one_volume_per_series_kind")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of {self.patient}"
