@@ -37,6 +37,8 @@ urlpatterns = [
     ),
     path("template.<str:fmt>", cohort_views.template_download, name="template"),
     path("jobs/<int:job_id>/progress/", job_views.job_progress, name="job-progress"),
+    path("", include("pmpd_web.imaging.urls")),
+    path("dicomweb/", include("pmpd_web.imaging.dicomweb_urls")),
     path("api/", include("pmpd_web.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

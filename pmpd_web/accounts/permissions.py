@@ -78,10 +78,8 @@ def can(user: AbstractBaseUser | AnonymousUser, cohort, action: Action) -> bool:
 
 
 def require(user, cohort, action: Action) -> None:
-    """Raise 404 for outsiders (the cohort's existence is not revealed) and 403-style 404 too.
-
-    Members whose role lacks the action get PermissionDenied (403): they know the cohort exists.
-    """
+    """Pages: 404 for outsiders (the cohort's existence is not revealed); PermissionDenied (403)
+    for members whose role lacks the action (they know the cohort exists)."""
     from django.core.exceptions import PermissionDenied
 
     if can(user, cohort, action):
@@ -100,3 +98,15 @@ def visible_cohorts(user, queryset: QuerySet, action: Action = Action.VIEW_COHOR
         return queryset
     roles = [role for role, actions in ROLE_ACTIONS.items() if action in actions]
     return queryset.filter(memberships__user=user, memberships__role__in=roles).distinct()
+
+
+def api_check(user, cohort_id: int, action: Action) -> None:
+    """The API face of the same check: 404 for outsiders, 403 for a member lacking the role."""
+    from rest_framework.exceptions import NotFound
+    from rest_framework.exceptions import PermissionDenied as ApiPermissionDenied
+
+    if can(user, cohort_id, action):
+        return
+    if role_of(user, cohort_id) is not None:
+        raise ApiPermissionDenied(f"Your role in this cohort does not allow: {action.value}.")
+    raise NotFound("No such cohort.")

@@ -9,13 +9,14 @@ from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction, Membership, Role
-from pmpd_web.accounts.permissions import Action, can, role_of, visible_cohorts
+from pmpd_web.accounts.permissions import Action, visible_cohorts
+from pmpd_web.accounts.permissions import api_check as check
 from pmpd_web.jobs.models import Job
 from pmpd_web.jobs.runner import UserFacingError
 
@@ -25,15 +26,6 @@ from .models import Cohort, Patient, TableImport
 from .serializers import CohortSerializer, JobSerializer, PatientSerializer, TableImportSerializer
 from .table import FIELD_NAMES, write_csv, write_xlsx
 from .views import CONTENT_TYPES, _download
-
-
-def check(user, cohort_id: int, action: Action) -> None:
-    """The API face of the one permission check: 404 for outsiders, 403 for a lacking role."""
-    if can(user, cohort_id, action):
-        return
-    if role_of(user, cohort_id) is not None:
-        raise PermissionDenied(f"Your role in this cohort does not allow: {action.value}.")
-    raise NotFound("No such cohort.")
 
 
 class CohortViewSet(
