@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analytics.stats import (
+    AurocEstimate,
     BinaryClassificationResult,
     CalibrationResult,
     ConfusionMatrixResult,
@@ -35,13 +36,12 @@ from analytics.stats import (
     KaplanMeierCurve,
     KaplanMeierResult,
     NotComputable,
+    PairwiseComparison,
     RocCurve,
     SiteRocResult,
     SubgroupAurocTable,
+    p_text,
 )
-from analytics.stats._base import p_text
-from analytics.stats.classification import AurocEstimate
-from analytics.stats.development import PairwiseComparison
 
 __all__ = [
     "SYNTHETIC_CAPTION",
@@ -322,11 +322,10 @@ def confusion_matrix_figure(
     matrix = result.at_threshold if isinstance(result, BinaryClassificationResult) else result
     counts = matrix.matrix().to_numpy()
     row_totals = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, row_totals, out=np.zeros_like(counts, dtype=float),
-                       where=row_totals > 0)
-    text = [
-        [f"<b>{counts[i, j]}</b><br>{shares[i, j]:.1%}" for j in range(2)] for i in range(2)
-    ]
+    shares = np.divide(
+        counts, row_totals, out=np.zeros_like(counts, dtype=float), where=row_totals > 0
+    )
+    text = [[f"<b>{counts[i, j]}</b><br>{shares[i, j]:.1%}" for j in range(2)] for i in range(2)]
     fig = go.Figure(
         go.Heatmap(
             z=shares,
@@ -353,12 +352,20 @@ def confusion_matrix_figure(
         f"NPV {show(matrix.npv)} | F1 {show(matrix.f1)}"
     )
     fig.add_annotation(
-        name="metrics", text=metrics, xref="paper", yref="paper", x=0.5, y=-0.2,
-        showarrow=False, font={"size": 12},
+        name="metrics",
+        text=metrics,
+        xref="paper",
+        yref="paper",
+        x=0.5,
+        y=-0.2,
+        showarrow=False,
+        font={"size": 12},
     )
     fig.update_yaxes(autorange="reversed", title="Actual")
     fig.update_xaxes(title="", side="top")
-    default = f"Confusion matrix at threshold {matrix.threshold:.3g} (positive if score >= threshold)"
+    default = (
+        f"Confusion matrix at threshold {matrix.threshold:.3g} (positive if score >= threshold)"
+    )
     fig = _finish(fig, title=title or default, synthetic=synthetic, height=460)
     fig.update_layout(margin={"b": 110, "t": 110})
     return fig
@@ -400,12 +407,22 @@ def site_roc_figure(
     note = f"macro-average AUROC {result.macro_auroc:.3f}; weighted-average {result.weighted_auroc:.3f}"
     if excluded:
         note += f"<br>not computable: {', '.join(excluded)} (one class only)"
-    fig.add_annotation(name="averages", text=note, xref="paper", yref="paper", x=0.98, y=0.45,
-                       xanchor="right", showarrow=False, align="right")
+    fig.add_annotation(
+        name="averages",
+        text=note,
+        xref="paper",
+        yref="paper",
+        x=0.98,
+        y=0.45,
+        xanchor="right",
+        showarrow=False,
+        align="right",
+    )
     _square_axes(fig, "1 - specificity", "Sensitivity")
     fig.update_layout(legend={"x": 0.98, "y": 0.02, "xanchor": "right", "yanchor": "bottom"})
-    return _finish(fig, title=title or "ROC by metastasis site (one-vs-rest)",
-                   synthetic=synthetic, height=560)
+    return _finish(
+        fig, title=title or "ROC by metastasis site (one-vs-rest)", synthetic=synthetic, height=560
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,20 +578,34 @@ def kaplan_meier_figure(
         else f"Log-rank: not computable ({logrank.reason})"
     )
     fig.add_annotation(
-        name="p-value", text=p_label, xref="x domain", yref="y domain", x=0.98, y=0.98,
-        xanchor="right", yanchor="top", showarrow=False, font={"size": 13},
+        name="p-value",
+        text=p_label,
+        xref="x domain",
+        yref="y domain",
+        x=0.98,
+        y=0.98,
+        xanchor="right",
+        yanchor="top",
+        showarrow=False,
+        font={"size": 13},
     )
     if highlight_group is not None and highlight_group not in computed:
         fig.add_annotation(
             name="highlight-missing",
             text=f"Group '{highlight_group}' has no curve here",
-            xref="x domain", yref="y domain", x=0.98, y=0.88, xanchor="right",
-            showarrow=False, font={"color": "#B00020"},
+            xref="x domain",
+            yref="y domain",
+            x=0.98,
+            y=0.88,
+            xanchor="right",
+            showarrow=False,
+            font={"color": "#B00020"},
         )
     fig.update_layout(legend={"x": 0.98, "y": 0.82, "xanchor": "right", "yanchor": "top"})
     default = f"Overall survival by {result.group_variable}"
-    return _finish(fig, title=title or default, synthetic=synthetic,
-                   height=620 if show_at_risk else 480)
+    return _finish(
+        fig, title=title or default, synthetic=synthetic, height=620 if show_at_risk else 480
+    )
 
 
 def risk_group_figure(
@@ -592,6 +623,33 @@ def risk_group_figure(
         colours=_GROUP_COLOURS,
         title=title or "Overall survival by risk group (MRS x CA19-9)",
         synthetic=synthetic,
+    )
+
+
+def _row_labels(fig: go.Figure, rows: list[str], texts: list[str], *, names: list[str]) -> None:
+    """Text beside each row of a forest plot, right of the plot area (added in one update:
+    one ``add_annotation`` per row is slow with many rows)."""
+    fig.update_layout(
+        annotations=[
+            *fig.layout.annotations,
+            *(
+                {
+                    "name": name,
+                    "text": text,
+                    "xref": "paper",
+                    "x": 1.01,
+                    "yref": "y",
+                    "y": row,
+                    "xanchor": "left",
+                    "showarrow": False,
+                    "font": {
+                        "size": 11,
+                        "color": "#B00020" if name == "not-computable" else "#000000",
+                    },
+                }
+                for row, text, name in zip(rows, texts, names, strict=True)
+            ),
+        ]
     )
 
 
@@ -616,13 +674,17 @@ def cox_forest_figure(
         return not_computable_figure(result, title=title, synthetic=synthetic)
     if isinstance(result, CoxTable):
         models = [model for model in result.models.values() if isinstance(model, CoxResult)]
-        skipped = {name: model.reason for name, model in result.models.items()
-                   if isinstance(model, NotComputable)}
+        skipped = {
+            name: model.reason
+            for name, model in result.models.items()
+            if isinstance(model, NotComputable)
+        }
         if not models:
             reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
             return not_computable_figure(
                 NotComputable("Univariable Cox regression", reasons or "no models"),
-                title=title, synthetic=synthetic,
+                title=title,
+                synthetic=synthetic,
             )
         terms = [term for model in models for term in model.terms]
         default = "Univariable Cox regression: hazard ratios"
@@ -642,32 +704,45 @@ def cox_forest_figure(
             y=labels,
             mode="markers",
             marker={"symbol": "square", "size": 10, "color": "#1F77B4"},
-            error_x={"type": "data", "symmetric": False, "array": upper - hr,
-                     "arrayminus": hr - lower, "thickness": 2},
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": upper - hr,
+                "arrayminus": hr - lower,
+                "thickness": 2,
+            },
             name="hazard ratio (95% CI)",
             hovertemplate="%{y}: HR %{x:.2f}<extra></extra>",
         )
     )
     fig.add_vline(x=1.0, line={"dash": "dash", "color": "#999999"})
-    for label, term in zip(labels, terms, strict=True):
-        fig.add_annotation(
-            name="hr-text",
-            text=f"{term.hazard_ratio:.2f} ({term.hr_lower:.2f}-{term.hr_upper:.2f}), "
-            f"{p_text(term.p_value)}",
-            xref="paper", x=1.01, y=label, yref="y", xanchor="left", showarrow=False,
-            font={"size": 11},
-        )
+    _row_labels(
+        fig,
+        labels,
+        [
+            f"{term.hazard_ratio:.2f} ({term.hr_lower:.2f}-{term.hr_upper:.2f}), "
+            f"{p_text(term.p_value)}"
+            for term in terms
+        ],
+        names=["hr-text"] * len(terms),
+    )
     if skipped:
         fig.add_annotation(
             name="not-computable",
             text="Not computable: " + "; ".join(f"{n} ({r})" for n, r in skipped.items()),
-            xref="paper", yref="paper", x=0, y=-0.15, showarrow=False, xanchor="left",
+            xref="paper",
+            yref="paper",
+            x=0,
+            y=-0.15,
+            showarrow=False,
+            xanchor="left",
             font={"size": 11, "color": "#B00020"},
         )
     fig.update_xaxes(type="log", title="Hazard ratio (log scale)")
     fig.update_yaxes(autorange="reversed")
-    fig = _finish(fig, title=title or default, synthetic=synthetic,
-                  height=max(320, 60 + 34 * len(terms)))
+    fig = _finish(
+        fig, title=title or default, synthetic=synthetic, height=max(320, 60 + 34 * len(terms))
+    )
     fig.update_layout(margin={"r": 230}, showlegend=False)
     return fig
 
@@ -689,13 +764,18 @@ def cutpoint_figure(
     )
     fig.add_vline(x=result.cutpoint, line={"dash": "dash"})
     fig.add_annotation(
-        name="cutpoint", text=f"cut-point {result.cutpoint:.4g} (statistic {result.statistic:.2f})",
-        x=result.cutpoint, y=result.statistic, showarrow=True, arrowhead=2,
+        name="cutpoint",
+        text=f"cut-point {result.cutpoint:.4g} (statistic {result.statistic:.2f})",
+        x=result.cutpoint,
+        y=result.statistic,
+        showarrow=True,
+        arrowhead=2,
     )
     fig.update_xaxes(title=result.variable)
     fig.update_yaxes(title="Standardised log-rank statistic")
-    return _finish(fig, title=title or "Maximally selected rank statistics", synthetic=synthetic,
-                   height=420)
+    return _finish(
+        fig, title=title or "Maximally selected rank statistics", synthetic=synthetic, height=420
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -738,13 +818,26 @@ def development_figure(
         level += 1
         height = top + step * level
         x0, x1 = comparison.group_1, comparison.group_2
-        fig.add_shape(type="line", x0=x0, x1=x1, y0=height, y1=height, xref="x", yref="y",
-                      line={"color": "#555555", "width": 1})
+        fig.add_shape(
+            type="line",
+            x0=x0,
+            x1=x1,
+            y0=height,
+            y1=height,
+            xref="x",
+            yref="y",
+            line={"color": "#555555", "width": 1},
+        )
         middle = (position[x0] + position[x1]) / 2.0
         fig.add_annotation(
             name="p-value",
             text=f"{p_text(comparison.p_value)} (Holm {p_text(comparison.p_value_holm)[2:]})",
-            x=middle, y=height, xref="x", yref="y", yanchor="bottom", showarrow=False,
+            x=middle,
+            y=height,
+            xref="x",
+            yref="y",
+            yanchor="bottom",
+            showarrow=False,
             font={"size": 11},
         )
     kruskal = result.kruskal_wallis
@@ -755,15 +848,24 @@ def development_figure(
             if not isinstance(kruskal, NotComputable)
             else f"Kruskal-Wallis: not computable ({kruskal.reason})"
         ),
-        xref="paper", yref="paper", x=0.0, y=1.0, xanchor="left", yanchor="bottom",
+        xref="paper",
+        yref="paper",
+        x=0.0,
+        y=1.0,
+        xanchor="left",
+        yanchor="bottom",
         showarrow=False,
     )
-    fig.update_xaxes(title="Time from diagnosis to metastasis", categoryorder="array",
-                     categoryarray=list(result.groups))
+    fig.update_xaxes(
+        title="Time from diagnosis to metastasis",
+        categoryorder="array",
+        categoryarray=list(result.groups),
+    )
     fig.update_yaxes(title="Metastasis Risk Score", range=[0, top + step * (level + 1.5)])
     fig.update_layout(showlegend=False)
-    return _finish(fig, title=title or "MRS by time to metastasis development",
-                   synthetic=synthetic, height=520)
+    return _finish(
+        fig, title=title or "MRS by time to metastasis development", synthetic=synthetic, height=520
+    )
 
 
 def subgroup_forest_figure(
@@ -777,14 +879,20 @@ def subgroup_forest_figure(
     if isinstance(result, NotComputable):
         return not_computable_figure(result, title=title, synthetic=synthetic)
     rows: list[tuple[str, Any, int]] = [("Overall", result.overall, -1)]
-    rows += [(f"{row.variable}: {row.level} (n={row.n})", row.estimate, index)
-             for index, row in enumerate(result.rows)]
+    rows += [
+        (f"{row.variable}: {row.level} (n={row.n})", row.estimate, index)
+        for index, row in enumerate(result.rows)
+    ]
     labels = [label for label, _, _ in rows]
     estimates = [estimate for _, estimate, _ in rows]
     computed = [isinstance(estimate, AurocEstimate) for estimate in estimates]
     auc = np.array([e.auroc if ok else np.nan for e, ok in zip(estimates, computed, strict=True)])
-    lower = np.array([e.ci_lower if ok else np.nan for e, ok in zip(estimates, computed, strict=True)])
-    upper = np.array([e.ci_upper if ok else np.nan for e, ok in zip(estimates, computed, strict=True)])
+    lower = np.array(
+        [e.ci_lower if ok else np.nan for e, ok in zip(estimates, computed, strict=True)]
+    )
+    upper = np.array(
+        [e.ci_upper if ok else np.nan for e, ok in zip(estimates, computed, strict=True)]
+    )
     colours = ["#000000" if label == "Overall" else "#1F77B4" for label in labels]
     fig = go.Figure(
         go.Scatter(
@@ -792,8 +900,13 @@ def subgroup_forest_figure(
             y=labels,
             mode="markers",
             marker={"symbol": "square", "size": 10, "color": colours},
-            error_x={"type": "data", "symmetric": False, "array": upper - auc,
-                     "arrayminus": auc - lower, "thickness": 2},
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": upper - auc,
+                "arrayminus": auc - lower,
+                "thickness": 2,
+            },
             name="AUROC (95% CI)",
             hovertemplate="%{y}: AUROC %{x:.3f}<extra></extra>",
         )
@@ -801,17 +914,23 @@ def subgroup_forest_figure(
     fig.add_vline(x=0.5, line={"dash": "dot", "color": "#999999"})
     if isinstance(result.overall, AurocEstimate):
         fig.add_vline(x=result.overall.auroc, line={"dash": "dash", "color": "#555555"})
-    for label, estimate, ok in zip(labels, estimates, computed, strict=True):
-        fig.add_annotation(
-            name="auroc-text" if ok else "not-computable",
-            text=estimate.formatted() if ok else f"not computable: {estimate.reason}",
-            xref="paper", x=1.01, y=label, yref="y", xanchor="left", showarrow=False,
-            font={"size": 11, "color": "#000000" if ok else "#B00020"},
-        )
+    _row_labels(
+        fig,
+        labels,
+        [
+            estimate.formatted() if ok else f"not computable: {estimate.reason}"
+            for estimate, ok in zip(estimates, computed, strict=True)
+        ],
+        names=["auroc-text" if ok else "not-computable" for ok in computed],
+    )
     fig.update_xaxes(title="AUROC", range=[0.0, 1.0])
     fig.update_yaxes(autorange="reversed")
-    fig = _finish(fig, title=title or "AUROC by subgroup", synthetic=synthetic,
-                  height=max(320, 60 + 28 * len(labels)))
+    fig = _finish(
+        fig,
+        title=title or "AUROC by subgroup",
+        synthetic=synthetic,
+        height=max(320, 60 + 28 * len(labels)),
+    )
     fig.update_layout(margin={"r": 260}, showlegend=False)
     return fig
 
@@ -829,7 +948,10 @@ def calibration_figure(
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(
-            x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            name="perfect calibration",
             line={"dash": "dash", "color": "#999999", "width": 1},
         )
     )
@@ -839,9 +961,12 @@ def calibration_figure(
             y=result.observed_fraction,
             mode="lines+markers",
             marker={"size": 8, "color": "#1F77B4"},
-            error_y={"type": "data", "symmetric": False,
-                     "array": result.observed_upper - result.observed_fraction,
-                     "arrayminus": result.observed_fraction - result.observed_lower},
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": result.observed_upper - result.observed_fraction,
+                "arrayminus": result.observed_fraction - result.observed_lower,
+            },
             customdata=result.counts,
             name=f"observed ({result.confidence_level:.0%} CI), {len(result.counts)} bins",
             hovertemplate="predicted %{x:.3f}<br>observed %{y:.3f}<br>n %{customdata}"
@@ -849,8 +974,14 @@ def calibration_figure(
         )
     )
     fig.add_annotation(
-        name="brier", text=f"Brier score {result.brier_score:.3f} (n = {result.n})",
-        xref="paper", yref="paper", x=0.02, y=0.98, xanchor="left", yanchor="top",
+        name="brier",
+        text=f"Brier score {result.brier_score:.3f} (n = {result.n})",
+        xref="paper",
+        yref="paper",
+        x=0.02,
+        y=0.98,
+        xanchor="left",
+        yanchor="top",
         showarrow=False,
     )
     _square_axes(fig, "Mean predicted probability (MRS)", "Observed fraction with metastasis")
@@ -858,9 +989,7 @@ def calibration_figure(
     return _finish(fig, title=title or "Calibration", synthetic=synthetic, height=560)
 
 
-def figures_for_analysis(
-    result: Any, *, synthetic: bool | None = None
-) -> dict[str, go.Figure]:
+def figures_for_analysis(result: Any, *, synthetic: bool | None = None) -> dict[str, go.Figure]:
     """Every figure of an :class:`~analytics.stats.AnalysisResult`, keyed by section name.
 
     ``synthetic`` defaults to the analysis options' flag.
@@ -893,4 +1022,3 @@ def figures_for_analysis(
             figures[f"development/roc {name}"] = roc_figure(item, synthetic=flag)
             figures[f"development/confusion {name}"] = confusion_matrix_figure(item, synthetic=flag)
     return figures
-

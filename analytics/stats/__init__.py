@@ -6,7 +6,7 @@ results print as tables and offer ``to_dict()`` (JSON) and ``to_frame()`` (CSV).
 :func:`run_full_analysis` computes the whole set for one cohort.
 """
 
-from ._base import NotComputable, StatResult
+from ._base import NotComputable, StatResult, format_p_value, p_text
 from .calibration import CalibrationResult, brier_score, calibration_curve
 from .classification import (
     AurocEstimate,
@@ -137,6 +137,7 @@ __all__ = [
     "evaluate_binary",
     "fold_auroc_summary",
     "fold_roc_summary",
+    "format_p_value",
     "harrell_c_index",
     "kaplan_meier",
     "kaplan_meier_by_group",
@@ -146,6 +147,7 @@ __all__ = [
     "metastasis_development_analysis",
     "missed_at_imaging_flagged",
     "numbers_at_risk",
+    "p_text",
     "paired_delong_test",
     "precision_recall_curve",
     "risk_groups",

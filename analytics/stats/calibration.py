@@ -57,17 +57,21 @@ class CalibrationResult(StatResult):
         return f"{super().__str__()}\nBrier score {self.brier_score:.4f} (n = {self.n})"
 
 
-def _prepare(labels: ArrayLike, probabilities: ArrayLike) -> tuple[np.ndarray, np.ndarray, int] | NotComputable:
+def _prepare(
+    labels: ArrayLike, probabilities: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, int] | NotComputable:
     y, bad = binary_labels(labels)
     p = as_float_array(probabilities, name="probabilities")
     check_same_length(labels=y, probabilities=p)
     if bad:
-        return NotComputable("Calibration", f"labels must be 0 or 1; found {', '.join(bad[:5])}",
-                             ("0/1 labels",))
+        return NotComputable(
+            "Calibration", f"labels must be 0 or 1; found {', '.join(bad[:5])}", ("0/1 labels",)
+        )
     complete = ~np.isnan(y) & np.isfinite(p)
     if not complete.any():
-        return NotComputable("Calibration", "no case has both a label and a probability",
-                             ("labelled, scored cases",))
+        return NotComputable(
+            "Calibration", "no case has both a label and a probability", ("labelled, scored cases",)
+        )
     y, p = y[complete], p[complete]
     if p.min() < 0 or p.max() > 1:
         return NotComputable(

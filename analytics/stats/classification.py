@@ -281,9 +281,9 @@ class BinaryClassificationResult(StatResult):
             f"AUROC {self.auroc.formatted()}  AUPRC {self.average_precision:.3f}",
             f"threshold {format_number(self.at_threshold.threshold)} ({self.threshold_source})",
             self.at_threshold.matrix().to_string(),
-            self.at_threshold.to_frame().iloc[5:].to_string(
-                index=False, float_format=lambda v: f"{v:.3f}"
-            ),
+            self.at_threshold.to_frame()
+            .iloc[5:]
+            .to_string(index=False, float_format=lambda v: f"{v:.3f}"),
         ]
         return "\n".join(lines)
 
@@ -307,7 +307,10 @@ class FoldAurocSummary(StatResult):
     title: ClassVar[str] = "AUROC across folds (mean, t-based CI)"
 
     def to_frame(self) -> pd.DataFrame:
-        rows = [{"fold": name, "AUROC": value} for name, value in zip(self.fold_names, self.fold_aurocs, strict=True)]
+        rows = [
+            {"fold": name, "AUROC": value}
+            for name, value in zip(self.fold_names, self.fold_aurocs, strict=True)
+        ]
         rows.append({"fold": "mean", "AUROC": self.mean})
         rows.append({"fold": f"{self.confidence_level:.0%} CI lower", "AUROC": self.ci_lower})
         rows.append({"fold": f"{self.confidence_level:.0%} CI upper", "AUROC": self.ci_upper})
@@ -530,9 +533,7 @@ def _z_value(confidence_level: float) -> float:
 def _roc_from_data(data: _BinaryData, *, drop_intermediate: bool) -> RocCurve:
     fps, tps, thresholds = _binary_clf_curve(data.labels, data.scores)
     if drop_intermediate and fps.size > 2:
-        keep = np.flatnonzero(
-            np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
-        )
+        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
         fps, tps, thresholds = fps[keep], tps[keep], thresholds[keep]
     fpr = np.r_[0.0, fps / data.n_negative]
     tpr = np.r_[0.0, tps / data.n_positive]
@@ -573,7 +574,9 @@ def _pr_from_data(data: _BinaryData) -> PrecisionRecallCurve:
     )
 
 
-def precision_recall_curve(labels: ArrayLike, scores: ArrayLike) -> PrecisionRecallCurve | NotComputable:
+def precision_recall_curve(
+    labels: ArrayLike, scores: ArrayLike
+) -> PrecisionRecallCurve | NotComputable:
     """Precision-recall curve and average precision (scikit-learn's definitions)."""
     data = _prepare(labels, scores, "Precision-recall curve")
     if isinstance(data, NotComputable):
@@ -594,9 +597,7 @@ def average_precision(labels: ArrayLike, scores: ArrayLike) -> float | NotComput
 # --------------------------------------------------------------------------------------------
 
 
-def delong_auroc_covariance(
-    labels: ArrayLike, scores: ArrayLike
-) -> tuple[np.ndarray, np.ndarray]:
+def delong_auroc_covariance(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """AUROCs and their DeLong covariance matrix for one or more scores on the same cases.
 
     ``scores`` is (n_cases,) or (n_scores, n_cases); ``labels`` must hold both classes and no
@@ -801,7 +802,9 @@ def confusion_at_threshold(
     check_same_length(labels=label_array, scores=score_array)
     if bad:
         return NotComputable(
-            "Confusion matrix", f"labels must be 0 or 1; found {', '.join(bad[:5])}", ("0/1 labels",)
+            "Confusion matrix",
+            f"labels must be 0 or 1; found {', '.join(bad[:5])}",
+            ("0/1 labels",),
         )
     if not np.isfinite(threshold):
         return NotComputable("Confusion matrix", "the threshold is missing", ("threshold",))
@@ -906,7 +909,8 @@ def fold_roc_summary(
     curves: dict[str, RocCurve] = {}
     excluded: dict[str, str] = {}
     for name, scores in fold_scores.items():
-        curve = roc_curve(labels, scores, drop_intermediate=False)
+        # Dropping collinear points leaves the linear interpolation below unchanged.
+        curve = roc_curve(labels, scores)
         if isinstance(curve, NotComputable):
             excluded[str(name)] = curve.reason
         else:
@@ -917,7 +921,9 @@ def fold_roc_summary(
     if isinstance(summary, NotComputable):
         reasons = "; ".join(f"{name}: {reason}" for name, reason in excluded.items())
         return NotComputable(
-            "ROC across folds", summary.reason + (f" ({reasons})" if reasons else ""), summary.missing
+            "ROC across folds",
+            summary.reason + (f" ({reasons})" if reasons else ""),
+            summary.missing,
         )
     grid = np.linspace(0.0, 1.0, grid_points)
     tprs = np.vstack([np.interp(grid, curve.fpr, curve.tpr) for curve in curves.values()])

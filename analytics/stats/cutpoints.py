@@ -81,9 +81,7 @@ class CutpointResult(StatResult):
     candidate_cuts: np.ndarray
     candidate_statistics: np.ndarray
     groups: np.ndarray  # "low"/"high"/None per input row, input order
-    method: str = (
-        "maxstat.test(Surv ~ x, smethod='LogRank', pmethod='none'); low = x <= cut"
-    )
+    method: str = "maxstat.test(Surv ~ x, smethod='LogRank', pmethod='none'); low = x <= cut"
 
     title: ClassVar[str] = "Maximally selected rank statistic cut-point"
 
@@ -165,14 +163,16 @@ def maxstat_cutpoint(
     n_missing = int(t.size - n)
     if n < 2:
         return NotComputable(
-            analysis, f"{n} patient(s) with time, status and {variable}; at least 2 needed",
+            analysis,
+            f"{n} patient(s) with time, status and {variable}; at least 2 needed",
             ("patients",),
         )
     t_kept, d_kept, x_kept = t[keep], d[keep], x[keep]
     n_events = int(d_kept.sum())
     if n_events == 0:
         return NotComputable(
-            analysis, "all patients are censored: the log-rank statistic is undefined",
+            analysis,
+            "all patients are censored: the log-rank statistic is undefined",
             ("deaths",),
         )
     scores = logrank_scores(t_kept, d_kept)
@@ -233,11 +233,13 @@ def maxstat_cutpoint(
 def ca19_9_groups(
     ca19_9_u_per_ml: ArrayLike, *, threshold_u_per_ml: float = CA19_9_THRESHOLD_U_PER_ML
 ) -> np.ndarray:
-    """"high" when CA19-9 > threshold (500 U/mL), "low" when <= threshold, ``None`` if missing."""
+    """ "high" when CA19-9 > threshold (500 U/mL), "low" when <= threshold, ``None`` if missing."""
     return dichotomise(ca19_9_u_per_ml, threshold_u_per_ml)
 
 
-def risk_groups(mrs_groups: Sequence[Any] | np.ndarray, ca19_9: Sequence[Any] | np.ndarray) -> np.ndarray:
+def risk_groups(
+    mrs_groups: Sequence[Any] | np.ndarray, ca19_9: Sequence[Any] | np.ndarray
+) -> np.ndarray:
     """MRS x CA19-9 risk groups: high & high = "high", low & low = "low", otherwise "mid".
 
     A patient missing either group (no CA19-9 measured, no MRS) is "unknown": the risk group

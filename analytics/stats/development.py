@@ -13,8 +13,9 @@ months" (positive = before 6 months; a patient at exactly 6 months is in "3-6 mo
 the ">= 6" class). A higher MRS is expected to mean earlier metastasis.
 
 Group comparisons: Kruskal-Wallis across the groups, then pairwise two-sided Mann-Whitney U
-tests (``scipy.stats.mannwhitneyu``: exact p for small samples without ties, otherwise the
-normal approximation with continuity correction, as R's ``wilcox.test`` does for the latter),
+tests with R's ``wilcox.test`` rule for the p-value: exact when both groups have fewer than
+50 patients and there are no ties, otherwise the normal approximation with continuity
+correction (scipy's own "auto" rule switches to the approximation above 8 patients),
 reported unadjusted and Holm-adjusted.
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -136,7 +137,9 @@ class DevelopmentResult(StatResult):
                 q1, median, q3 = np.percentile(values, [25, 50, 75])
             else:
                 q1 = median = q3 = np.nan
-            rows.append({"group": group, "n": values.size, "median MRS": median, "Q1": q1, "Q3": q3})
+            rows.append(
+                {"group": group, "n": values.size, "median MRS": median, "Q1": q1, "Q3": q3}
+            )
         return pd.DataFrame(rows)
 
     def __str__(self) -> str:
@@ -166,6 +169,19 @@ class DevelopmentResult(StatResult):
             else:
                 parts.append(f"ROC {name}: {result}")
         return "\n".join(parts)
+
+
+def _wilcox_test(first: np.ndarray, second: np.ndarray) -> Any:
+    """Two-sided Mann-Whitney U test with R's ``wilcox.test`` choice of exact or normal p."""
+    pooled = np.concatenate([first, second])
+    exact = first.size < 50 and second.size < 50 and np.unique(pooled).size == pooled.size
+    return scipy_stats.mannwhitneyu(
+        first,
+        second,
+        alternative="two-sided",
+        method="exact" if exact else "asymptotic",
+        use_continuity=True,
+    )
 
 
 def _holm(p_values: list[float]) -> list[float]:
@@ -234,10 +250,16 @@ def metastasis_development_analysis(
                 )
             )
             continue
-        test = scipy_stats.mannwhitneyu(values[first], values[second], alternative="two-sided")
+        test = _wilcox_test(values[first], values[second])
         entries.append(
-            (first, second, values[first].size, values[second].size,
-             float(test.statistic), float(test.pvalue))
+            (
+                first,
+                second,
+                values[first].size,
+                values[second].size,
+                float(test.statistic),
+                float(test.pvalue),
+            )
         )
     tested = [entry for entry in entries if not isinstance(entry, NotComputable)]
     holm = iter(_holm([entry[5] for entry in tested]) if tested else [])

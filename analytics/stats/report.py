@@ -62,7 +62,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from ._base import NotComputable, StatResult, jsonable
+from ._base import NotComputable, StatResult
 from .calibration import CalibrationResult, calibration_curve
 from .classification import (
     BinaryClassificationResult,
@@ -198,9 +198,20 @@ class AnalysisResult(StatResult):
         """Every section by name (nested dictionaries flattened with ``/``)."""
         flat: dict[str, Any] = {}
         for name in (
-            "classification", "folds", "sites", "subgroups", "missed_at_imaging", "calibration",
-            "mrs_cutpoint", "kaplan_meier", "mrs_within_resectability", "cox_univariable",
-            "cox_multivariable", "cox_risk_groups", "c_index", "development",
+            "classification",
+            "folds",
+            "sites",
+            "subgroups",
+            "missed_at_imaging",
+            "calibration",
+            "mrs_cutpoint",
+            "kaplan_meier",
+            "mrs_within_resectability",
+            "cox_univariable",
+            "cox_multivariable",
+            "cox_risk_groups",
+            "c_index",
+            "development",
         ):
             value = getattr(self, name)
             if isinstance(value, dict):
@@ -225,7 +236,7 @@ class AnalysisResult(StatResult):
     def to_dict(self) -> dict[str, Any]:
         payload = super().to_dict()
         payload["synthetic"] = self.options.synthetic
-        return jsonable(payload)
+        return payload
 
     def __str__(self) -> str:
         parts = [
@@ -306,7 +317,9 @@ def _classification(
             confidence_level=options.confidence_level,
         )
         if fraction is not None
-        else _absent("Classification (patient level, slice fraction)", "predicted_positive_fraction")
+        else _absent(
+            "Classification (patient level, slice fraction)", "predicted_positive_fraction"
+        )
     )
     if slices is None:
         results["slice"] = NotComputable(
@@ -388,25 +401,16 @@ def _subgroups(data: pd.DataFrame, options: AnalysisOptions) -> SubgroupAurocTab
     )
 
 
-def _survival_sections(
-    data: pd.DataFrame, options: AnalysisOptions
-) -> tuple[
-    CutpointResult | NotComputable,
-    dict[str, KaplanMeierResult | NotComputable],
-    dict[str, KaplanMeierResult | NotComputable],
-    CoxTable,
-    CoxResult | NotComputable,
-    CoxResult | NotComputable,
-    dict[str, ConcordanceResult | NotComputable],
-    pd.DataFrame,
-]:
-    has_survival = (
-        _column(data, "overall_survival_days") is not None and _column(data, "death") is not None
-    )
-    time = data["overall_survival_days"] if has_survival else None
-    event = data["death"] if has_survival else None
-    mrs = data["metastasis_risk_score"]
+def _has_survival(data: pd.DataFrame) -> bool:
+    return _column(data, "overall_survival_days") is not None and _column(data, "death") is not None
 
+
+def _patient_groups(
+    data: pd.DataFrame, options: AnalysisOptions
+) -> tuple[CutpointResult | NotComputable, pd.DataFrame]:
+    """The MRS cut-point and each patient's MRS, CA19-9 and risk group."""
+    mrs = data["metastasis_risk_score"]
+    no_group = np.full(len(data), None, dtype=object)
     if options.mrs_cutpoint is not None:
         cut: CutpointResult | NotComputable = NotComputable(
             "Cut-point of MRS",
@@ -414,148 +418,172 @@ def _survival_sections(
             (),
         )
         mrs_group = dichotomise(mrs, options.mrs_cutpoint)
-    elif has_survival:
+    elif _has_survival(data):
         cut = maxstat_cutpoint(
-            time, event, mrs, minprop=options.cutpoint_minprop, variable="metastasis_risk_score"
+            data["overall_survival_days"],
+            data["death"],
+            mrs,
+            minprop=options.cutpoint_minprop,
+            variable="metastasis_risk_score",
         )
-        mrs_group = (
-            cut.groups if isinstance(cut, CutpointResult) else np.full(len(data), None, dtype=object)
-        )
+        mrs_group = cut.groups if isinstance(cut, CutpointResult) else no_group
     else:
         cut = _absent("Cut-point of MRS", "overall_survival_days", "death")
-        mrs_group = np.full(len(data), None, dtype=object)
-
+        mrs_group = no_group
     ca_group = (
         ca19_9_groups(data["ca19_9_u_per_ml"], threshold_u_per_ml=options.ca19_9_threshold_u_per_ml)
         if "ca19_9_u_per_ml" in data.columns
-        else np.full(len(data), None, dtype=object)
+        else no_group
     )
-    risk = risk_groups(mrs_group, ca_group)
-    patient_groups = pd.DataFrame(
+    groups = pd.DataFrame(
         {
             "study_id": data["study_id"].to_numpy(),
             "mrs_group": mrs_group,
             "ca19_9_group": ca_group,
-            "risk_group": risk,
+            "risk_group": risk_groups(mrs_group, ca_group),
         }
     )
-    survival_frame = pd.DataFrame(
-        {
-            "overall_survival_days": time if has_survival else np.nan,
-            "death": event if has_survival else np.nan,
-            "metastasis_risk_score": mrs.to_numpy(),
-            "mrs_per_0_1": mrs.to_numpy() * 10.0,
-            "mrs_group": pd.Series(mrs_group, index=data.index, dtype=object),
-            "ca19_9_group": pd.Series(ca_group, index=data.index, dtype=object),
-            "risk_group": pd.Series(risk, index=data.index, dtype=object).where(
-                lambda s: s != "unknown"
-            ),
-        },
-        index=data.index,
-    )
-    for column in ("nccn_resectability", "age_at_diagnosis_years", "sex", "centre"):
-        if column in data.columns:
-            survival_frame[column] = data[column]
+    return cut, groups
+
+
+def _kaplan_meier_sections(
+    data: pd.DataFrame, groups: pd.DataFrame, options: AnalysisOptions
+) -> tuple[
+    dict[str, KaplanMeierResult | NotComputable], dict[str, KaplanMeierResult | NotComputable]
+]:
+    """Curves by MRS group, CA19-9 group, resectability and risk group; MRS group within
+    each resectability stratum."""
+    common: dict[str, Any] = {
+        "conf_type": options.km_conf_type,
+        "confidence_level": options.confidence_level,
+        "at_risk_times": options.at_risk_times_days,
+    }
+    has_resectability = _column(data, "nccn_resectability") is not None
+    groupings: dict[str, tuple[Any, list[str]]] = {
+        "mrs_group": (groups["mrs_group"].to_numpy(), ["low", "high"]),
+        "ca19_9_group": (groups["ca19_9_group"].to_numpy(), ["low", "high"]),
+    }
+    if has_resectability:
+        groupings["nccn_resectability"] = (
+            data["nccn_resectability"].to_numpy(dtype=object),
+            _resectability_order(data["nccn_resectability"]),
+        )
+    known_risk = groups["risk_group"].where(groups["risk_group"] != "unknown")
+    groupings["risk_group"] = (known_risk.to_numpy(dtype=object), list(RISK_GROUP_ORDER))
 
     kaplan: dict[str, KaplanMeierResult | NotComputable] = {}
     within: dict[str, KaplanMeierResult | NotComputable] = {}
-    at_risk = options.at_risk_times_days
-    km_common: dict[str, Any] = {
-        "conf_type": options.km_conf_type,
-        "confidence_level": options.confidence_level,
-        "at_risk_times": at_risk,
-    }
-    groupings: list[tuple[str, Any, list[str] | None]] = [
-        ("mrs_group", mrs_group, ["low", "high"]),
-        ("ca19_9_group", ca_group, ["low", "high"]),
-        ("risk_group", survival_frame["risk_group"].to_numpy(dtype=object), list(RISK_GROUP_ORDER)),
-    ]
-    if _column(data, "nccn_resectability") is not None:
-        groupings.insert(
-            2,
-            (
-                "nccn_resectability",
-                data["nccn_resectability"].to_numpy(dtype=object),
-                _resectability_order(data["nccn_resectability"]),
-            ),
-        )
-    else:
-        kaplan["nccn_resectability"] = _absent("Kaplan-Meier by resectability", "nccn_resectability")
-    for name, groups, order in groupings:
-        if not has_survival:
+    if not _has_survival(data):
+        for name in ("mrs_group", "ca19_9_group", "nccn_resectability", "risk_group"):
             kaplan[name] = _absent(f"Kaplan-Meier by {name}", "overall_survival_days", "death")
-            continue
+        return kaplan, within
+    time, event = data["overall_survival_days"], data["death"]
+    for name, (values, order) in groupings.items():
         kaplan[name] = kaplan_meier_by_group(
-            time, event, groups, group_variable=name, group_order=order, **km_common
+            time, event, values, group_variable=name, group_order=order, **common
         )
-    if has_survival and _column(data, "nccn_resectability") is not None:
-        for stratum in _resectability_order(data["nccn_resectability"]):
-            in_stratum = (data["nccn_resectability"] == stratum).to_numpy()
-            within[stratum] = kaplan_meier_by_group(
-                time[in_stratum],
-                event[in_stratum],
-                mrs_group[in_stratum],
-                group_variable=f"mrs_group ({stratum})",
-                group_order=["low", "high"],
-                **km_common,
-            )
+    if not has_resectability:
+        kaplan["nccn_resectability"] = _absent(
+            "Kaplan-Meier by resectability", "nccn_resectability"
+        )
+        return kaplan, within
+    for stratum in _resectability_order(data["nccn_resectability"]):
+        in_stratum = (data["nccn_resectability"] == stratum).to_numpy()
+        within[stratum] = kaplan_meier_by_group(
+            time[in_stratum],
+            event[in_stratum],
+            groups["mrs_group"].to_numpy()[in_stratum],
+            group_variable=f"mrs_group ({stratum})",
+            group_order=["low", "high"],
+            **common,
+        )
+    return kaplan, within
 
-    cox_common: dict[str, Any] = {
+
+def _cox_sections(
+    data: pd.DataFrame, groups: pd.DataFrame, options: AnalysisOptions
+) -> tuple[
+    CoxTable,
+    CoxResult | NotComputable,
+    CoxResult | NotComputable,
+    dict[str, ConcordanceResult | NotComputable],
+]:
+    """Univariable table, multivariable and risk-group models, and the C-indices."""
+    frame = pd.DataFrame(
+        {
+            "mrs_per_0_1": data["metastasis_risk_score"].to_numpy() * 10.0,
+            "mrs_group": groups["mrs_group"].to_numpy(),
+            "ca19_9_group": groups["ca19_9_group"].to_numpy(),
+            "risk_group": groups["risk_group"].where(groups["risk_group"] != "unknown").to_numpy(),
+        },
+        index=data.index,
+    )
+    for column in (
+        "overall_survival_days",
+        "death",
+        "nccn_resectability",
+        *options.adjust_for,
+    ):
+        if column in data.columns:
+            frame[column] = data[column]
+    univariable_variables = [
+        name
+        for name in dict.fromkeys(
+            ["mrs_per_0_1", "mrs_group", "ca19_9_group", "nccn_resectability", "risk_group"]
+            + list(options.adjust_for)
+        )
+        if name in frame.columns
+    ]
+    if not _has_survival(data):
+        absent = _absent("Cox regression", "overall_survival_days", "death")
+        return (
+            CoxTable(models={name: absent for name in univariable_variables}),
+            absent,
+            absent,
+            {"metastasis_risk_score": absent, "mrs_ca19_9_resectability": absent},
+        )
+    common: dict[str, Any] = {
         "duration_col": "overall_survival_days",
         "event_col": "death",
         "reference_levels": dict(options.reference_levels),
         "confidence_level": options.confidence_level,
         "min_events": options.min_events,
-        "categorical": ("mrs_group", "ca19_9_group", "risk_group", "nccn_resectability", "sex",
-                        "centre"),
+        "categorical": (
+            "mrs_group",
+            "ca19_9_group",
+            "risk_group",
+            "nccn_resectability",
+            "sex",
+            "centre",
+        ),
     }
-    univariable_variables = [
-        "mrs_per_0_1",
-        "mrs_group",
-        "ca19_9_group",
-        "nccn_resectability",
-        "risk_group",
-        *options.adjust_for,
+    prognostic = [
+        name
+        for name in ("mrs_group", "ca19_9_group", "nccn_resectability")
+        if name in frame.columns
     ]
-    univariable_variables = [
-        name for name in dict.fromkeys(univariable_variables) if name in survival_frame.columns
-    ]
-    if has_survival:
-        univariable = cox_univariable(survival_frame, variables=univariable_variables, **cox_common)
-        multivariable_variables = [
-            name
-            for name in ("mrs_group", "ca19_9_group", "nccn_resectability")
-            if name in survival_frame.columns
-        ]
-        multivariable = adjusted_cox(
-            survival_frame,
-            variables=multivariable_variables,
-            adjust_for=options.adjust_for,
-            **cox_common,
-        )
-        risk_model = adjusted_cox(
-            survival_frame, variables=["risk_group"], adjust_for=options.adjust_for, **cox_common
-        )
-        combined = cox_regression(survival_frame, variables=multivariable_variables, **cox_common)
-        c_index: dict[str, ConcordanceResult | NotComputable] = {
-            "metastasis_risk_score": harrell_c_index(time, event, mrs),
-            "mrs_ca19_9_resectability": (
-                ConcordanceResult(
-                    c_index=combined.concordance,
-                    n=combined.n,
-                    n_events=combined.n_events,
-                    n_missing=combined.n_dropped_missing,
-                )
-                if isinstance(combined, CoxResult)
-                else combined
-            ),
-        }
-    else:
-        absent = _absent("Cox regression", "overall_survival_days", "death")
-        univariable = CoxTable(models={name: absent for name in univariable_variables})
-        multivariable = risk_model = absent
-        c_index = {"metastasis_risk_score": absent, "mrs_ca19_9_resectability": absent}
-    return cut, kaplan, within, univariable, multivariable, risk_model, c_index, patient_groups
+    combined = cox_regression(frame, variables=prognostic, **common)
+    c_index: dict[str, ConcordanceResult | NotComputable] = {
+        "metastasis_risk_score": harrell_c_index(
+            data["overall_survival_days"], data["death"], data["metastasis_risk_score"]
+        ),
+        "mrs_ca19_9_resectability": (
+            ConcordanceResult(
+                c_index=combined.concordance,
+                n=combined.n,
+                n_events=combined.n_events,
+                n_missing=combined.n_dropped_missing,
+            )
+            if isinstance(combined, CoxResult)
+            else combined
+        ),
+    }
+    return (
+        cox_univariable(frame, variables=univariable_variables, **common),
+        adjusted_cox(frame, variables=prognostic, adjust_for=options.adjust_for, **common),
+        adjusted_cox(frame, variables=["risk_group"], adjust_for=options.adjust_for, **common),
+        c_index,
+    )
 
 
 def _development(data: pd.DataFrame, options: AnalysisOptions) -> DevelopmentResult | NotComputable:
@@ -611,9 +639,9 @@ def run_full_analysis(
         if _column(data, "metastasis_detection") is not None
         else _absent("Missed at imaging", "metastasis_detection")
     )
-    cut, kaplan, within, univariable, multivariable, risk_model, c_index, groups = (
-        _survival_sections(data, options)
-    )
+    cut, groups = _patient_groups(data, options)
+    kaplan, within = _kaplan_meier_sections(data, groups, options)
+    univariable, multivariable, risk_model, c_index = _cox_sections(data, groups, options)
     return AnalysisResult(
         n_patients=len(data),
         options=options,

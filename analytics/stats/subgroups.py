@@ -61,7 +61,7 @@ def tumour_size_groups(
 
 
 def age_groups(age_years: ArrayLike, *, cut_years: float = 65.0) -> np.ndarray:
-    """"< cut" and ">= cut" (default 65 years); ``None`` where the age is missing."""
+    """ "< cut" and ">= cut" (default 65 years); ``None`` where the age is missing."""
     ages = as_float_array(age_years, name="age_years")
     result = np.full(ages.size, None, dtype=object)
     present = np.isfinite(ages)
@@ -145,8 +145,9 @@ def subgroup_auroc(
     for variable, groups in subgroups.items():
         group_values = pd.Series(np.asarray(groups, dtype=object))
         if len(group_values) != label_array.size:
-            raise ValueError(f"subgroup {variable!r} has {len(group_values)} rows, expected "
-                             f"{label_array.size}")
+            raise ValueError(
+                f"subgroup {variable!r} has {len(group_values)} rows, expected {label_array.size}"
+            )
         present = [value for value in group_values.dropna().unique()]
         ordered = list((level_order or {}).get(variable, []))
         ordered += sorted((value for value in present if value not in ordered), key=str)
@@ -158,8 +159,9 @@ def subgroup_auroc(
                 label_array[mask], score_array[mask], confidence_level=confidence_level
             )
             if isinstance(estimate, NotComputable):
-                estimate = NotComputable(f"AUROC ({variable} = {level})", estimate.reason,
-                                         estimate.missing)
+                estimate = NotComputable(
+                    f"AUROC ({variable} = {level})", estimate.reason, estimate.missing
+                )
             rows.append(
                 SubgroupRow(
                     variable=variable,
@@ -260,8 +262,7 @@ def missed_at_imaging_flagged(
     if n_missed == 0:
         return NotComputable(
             "Missed at imaging",
-            "no metastatic patient with a score was detected by "
-            + " or ".join(sorted(wanted)),
+            "no metastatic patient with a score was detected by " + " or ".join(sorted(wanted)),
             ("patients with metastases found at " + "/".join(sorted(wanted)),),
         )
     n_flagged = int((score_array[scored] >= threshold).sum())

@@ -98,7 +98,8 @@ def _prepare_survival(
     check_same_length(time=time_array, event=event_array)
     if bad:
         return NotComputable(
-            analysis, f"event must be 0 (censored) or 1 (death); found {', '.join(bad[:5])}",
+            analysis,
+            f"event must be 0 (censored) or 1 (death); found {', '.join(bad[:5])}",
             ("0/1 event indicator",),
         )
     keep = np.isfinite(time_array) & (time_array >= 0) & ~np.isnan(event_array)
@@ -119,7 +120,9 @@ def _prepare_survival(
 
 def _group_labels(groups: ArrayLike) -> np.ndarray:
     """Group labels as an object array with ``None`` for missing."""
-    series = groups if isinstance(groups, pd.Series) else pd.Series(np.asarray(groups, dtype=object))
+    series = (
+        groups if isinstance(groups, pd.Series) else pd.Series(np.asarray(groups, dtype=object))
+    )
     values = series.astype(object).to_numpy()
     missing = pd.isna(values)
     values = values.copy()
@@ -364,7 +367,9 @@ def default_at_risk_times(max_time: float, *, n_intervals: int = 5) -> np.ndarra
     raw_step = max_time / n_intervals
     magnitude = 10.0 ** math.floor(math.log10(raw_step))
     step = next(
-        factor * magnitude for factor in (1.0, 2.0, 2.5, 5.0, 10.0) if factor * magnitude >= raw_step
+        factor * magnitude
+        for factor in (1.0, 2.0, 2.5, 5.0, 10.0)
+        if factor * magnitude >= raw_step
     )
     return np.arange(0.0, max_time + step * 1e-9, step)
 
@@ -425,7 +430,8 @@ def _logrank_from_arrays(
         )
     if event.sum() == 0:
         return NotComputable(
-            "Log-rank test", "all patients are censored: there are no deaths to compare",
+            "Log-rank test",
+            "all patients are censored: there are no deaths to compare",
             ("deaths",),
         )
     unique_times, time_index = np.unique(time, return_inverse=True)
@@ -450,7 +456,8 @@ def _logrank_from_arrays(
     df = used.size - 1
     if df < 1:
         return NotComputable(
-            "Log-rank test", "fewer than two groups have patients at risk at a death time",
+            "Log-rank test",
+            "fewer than two groups have patients at risk at a death time",
             ("a second group at risk",),
         )
     difference = (observed - expected)[used][1:]
@@ -516,8 +523,12 @@ class KaplanMeierResult(StatResult):
                         "n": curve.n,
                         "events": curve.n_events,
                         "median": curve.median.median,
-                        "0.95LCL" if self.confidence_level == 0.95 else "LCL": curve.median.ci_lower,
-                        "0.95UCL" if self.confidence_level == 0.95 else "UCL": curve.median.ci_upper,
+                        "0.95LCL"
+                        if self.confidence_level == 0.95
+                        else "LCL": curve.median.ci_lower,
+                        "0.95UCL"
+                        if self.confidence_level == 0.95
+                        else "UCL": curve.median.ci_upper,
                     }
                 )
             else:
@@ -527,8 +538,10 @@ class KaplanMeierResult(StatResult):
     def at_risk_frame(self) -> pd.DataFrame:
         """Numbers at risk, one row per group and one column per time."""
         return pd.DataFrame(
-            {f"{time:g}": [self.at_risk[group][index] for group in self.groups]
-             for index, time in enumerate(self.at_risk_times)},
+            {
+                f"{time:g}": [self.at_risk[group][index] for group in self.groups]
+                for index, time in enumerate(self.at_risk_times)
+            },
             index=pd.Index(self.groups, name=self.group_variable),
         )
 
@@ -583,7 +596,8 @@ def kaplan_meier_by_group(
         name = str(group)
         if not in_group.any():
             curves[name] = NotComputable(
-                f"Kaplan-Meier ({group_variable} = {name})", "no patients in this group",
+                f"Kaplan-Meier ({group_variable} = {name})",
+                "no patients in this group",
                 ("patients",),
             )
             at_risk[name] = tuple(0 for _ in times)
@@ -642,13 +656,15 @@ def harrell_c_index(
     from lifelines.utils import concordance_index
 
     risk = as_float_array(risk_score, name="risk_score")
-    data = _prepare_survival(time, event, np.where(np.isfinite(risk), risk, np.nan),
-                             analysis="C-index")
+    data = _prepare_survival(
+        time, event, np.where(np.isfinite(risk), risk, np.nan), analysis="C-index"
+    )
     if isinstance(data, NotComputable):
         return data
     if data.event.sum() == 0:
-        return NotComputable("C-index", "all patients are censored: no comparable pairs",
-                             ("deaths",))
+        return NotComputable(
+            "C-index", "all patients are censored: no comparable pairs", ("deaths",)
+        )
     try:
         c_index = concordance_index(data.time, -risk[data.keep], data.event)
     except ZeroDivisionError:
@@ -733,10 +749,10 @@ class CoxResult(StatResult):
         raise KeyError(name)
 
     def __str__(self) -> str:
-        header = (
-            f"{self.title}\n  n= {self.n}, number of events= {self.n_events}"
-            + (f" ({self.n_dropped_missing} observations deleted due to missingness)"
-               if self.n_dropped_missing else "")
+        header = f"{self.title}\n  n= {self.n}, number of events= {self.n_events}" + (
+            f" ({self.n_dropped_missing} observations deleted due to missingness)"
+            if self.n_dropped_missing
+            else ""
         )
         body = super().__str__().split("\n", 1)[1]
         references = ", ".join(f"{k}: {v}" for k, v in self.reference_levels.items())
@@ -766,7 +782,9 @@ class CoxTable(StatResult):
         for name, model in self.models.items():
             if isinstance(model, CoxResult):
                 for term in model.terms:
-                    rows.append({"model": name, "n": model.n, "events": model.n_events, **term._row()})
+                    rows.append(
+                        {"model": name, "n": model.n, "events": model.n_events, **term._row()}
+                    )
             else:
                 rows.append({"model": name, "term": name, "note": model.reason})
         return pd.DataFrame(rows)
@@ -855,10 +873,13 @@ def cox_regression(
     analysis = "Cox regression (" + " + ".join(all_variables) + ")"
     if not all_variables:
         raise ValueError("cox_regression needs at least one variable")
-    missing_columns = [c for c in [duration_col, event_col, *all_variables] if c not in frame.columns]
+    missing_columns = [
+        c for c in [duration_col, event_col, *all_variables] if c not in frame.columns
+    ]
     if missing_columns:
         return NotComputable(
-            analysis, "columns not in the data: " + ", ".join(missing_columns),
+            analysis,
+            "columns not in the data: " + ", ".join(missing_columns),
             tuple(missing_columns),
         )
     subset = frame[[duration_col, event_col, *all_variables]]
@@ -897,11 +918,15 @@ def cox_regression(
                 # lifelines' default (1e-7) stops one Newton step early: on R's lung data the
                 # sex coefficient then differs from coxph's -0.513219 in the sixth decimal.
                 fit_options={"precision": 1e-12},
+                # Same estimates either way; lifelines' batch mode is faster with many tied
+                # times (day-resolution follow-up of thousands of patients), its own
+                # heuristic keeps the per-time loop there.
+                batch_mode=True if np.unique(data.time).size <= 0.25 * data.time.size else None,
             )
         except (ConvergenceError, np.linalg.LinAlgError, ValueError) as error:
             return NotComputable(
                 analysis,
-                f"the model did not converge ({str(error).splitlines()[0]}); a variable may "
+                f"the model did not converge ({str(error).split('.')[0]}); a variable may "
                 "separate deaths perfectly or be collinear with another",
                 (),
             )
@@ -912,9 +937,22 @@ def cox_regression(
     )
     coefficients = fitter.params_
     standard_errors = fitter.standard_errors_
-    if not np.all(np.isfinite(standard_errors.to_numpy())):
-        return NotComputable(analysis, "standard errors are not finite: the model is degenerate", ())
     z = float(scipy_stats.norm.ppf(0.5 + confidence_level / 2.0))
+    with np.errstate(over="ignore", invalid="ignore"):
+        upper_limits = np.exp(coefficients.to_numpy() + z * standard_errors.to_numpy())
+    if not np.all(np.isfinite(upper_limits)):
+        unbounded = [
+            term
+            for term, limit in zip(coefficients.index, upper_limits, strict=True)
+            if not np.isfinite(limit)
+        ]
+        return NotComputable(
+            analysis,
+            f"the hazard ratio of {', '.join(unbounded)} is unbounded (a group with no deaths, "
+            "or a variable that separates deaths perfectly)"
+            + (f"; lifelines: {notes[0]}" if notes else ""),
+            ("deaths in every group",),
+        )
     terms = []
     for variable, term, level, reference in descriptions:
         coef = float(coefficients[term])
@@ -1029,4 +1067,3 @@ def cox_univariable(
             for name in variables
         }
     )
-

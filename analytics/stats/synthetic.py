@@ -49,9 +49,18 @@ def synthetic_cohort(n_patients: int, *, seed: int = 0) -> pd.DataFrame:
             ["resectable", "borderline resectable", "locally advanced"], n, p=[0.5, 0.25, 0.25]
         ),
     )
-    stage_effect = pd.Series(resectability).map(
-        {"resectable": 0.0, "borderline resectable": 0.3, "locally advanced": 0.6, "metastatic": 0.9}
-    ).to_numpy()
+    stage_effect = (
+        pd.Series(resectability)
+        .map(
+            {
+                "resectable": 0.0,
+                "borderline resectable": 0.3,
+                "locally advanced": 0.6,
+                "metastatic": 0.9,
+            }
+        )
+        .to_numpy()
+    )
     log_hazard = (
         -6.2 + 1.4 * mrs + 0.35 * np.nan_to_num(ca19_9 > 500) + stage_effect + 0.01 * (age - 66)
     )

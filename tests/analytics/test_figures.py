@@ -21,7 +21,9 @@ from analytics.stats import (
     synthetic_cohort,
 )
 
-NOT_COMPUTABLE = NotComputable("AUROC", "only one class present (3 positive, 0 negative)", ("negative cases",))
+NOT_COMPUTABLE = NotComputable(
+    "AUROC", "only one class present (3 positive, 0 negative)", ("negative cases",)
+)
 
 
 def annotation_names(figure):
@@ -46,8 +48,11 @@ def binary(cohort):
 def survival_by_risk(cohort):
     groups = np.where(cohort["metastasis_risk_score"] > 0.5, "high", "low")
     return kaplan_meier_by_group(
-        cohort["overall_survival_days"], cohort["death"], groups,
-        group_variable="risk_group", group_order=["low", "mid", "high"],
+        cohort["overall_survival_days"],
+        cohort["death"],
+        groups,
+        group_variable="risk_group",
+        group_order=["low", "mid", "high"],
     )
 
 
@@ -73,8 +78,10 @@ def test_roc_figure(binary, cohort):
 
 def test_precision_recall_and_confusion_figures(binary):
     pr = figures.precision_recall_figure(binary)
-    assert trace_names(pr) == [f"prevalence {binary.precision_recall.prevalence:.3f}",
-                               f"AUPRC {binary.average_precision:.3f}"]
+    assert trace_names(pr) == [
+        f"prevalence {binary.precision_recall.prevalence:.3f}",
+        f"AUPRC {binary.average_precision:.3f}",
+    ]
     confusion = figures.confusion_matrix_figure(binary)
     assert len(confusion.data) == 1 and isinstance(confusion.data[0], go.Heatmap)
     counts = binary.at_threshold.matrix().to_numpy()
@@ -84,7 +91,9 @@ def test_precision_recall_and_confusion_figures(binary):
 
 def test_site_figure(cohort):
     sites = ("liver", "lung", "peritoneum")
-    result = site_roc({s: cohort[f"site_{s}"] for s in sites}, {s: cohort[f"prob_{s}"] for s in sites})
+    result = site_roc(
+        {s: cohort[f"site_{s}"] for s in sites}, {s: cohort[f"prob_{s}"] for s in sites}
+    )
     figure = figures.site_roc_figure(result)
     names = trace_names(figure)
     assert names[0] == "chance" and names[-1].startswith("micro-average")
@@ -102,8 +111,9 @@ def test_kaplan_meier_figure(survival_by_risk):
     assert list(figure.data[-3].text) == [str(v) for v in survival_by_risk.at_risk["low"]]
     p_annotation = [a for a in figure.layout.annotations if a.name == "p-value"]
     assert p_annotation and p_annotation[0].text.startswith("Log-rank p")
-    bare = figures.kaplan_meier_figure(survival_by_risk, show_ci=False, show_at_risk=False,
-                                       show_censored=False)
+    bare = figures.kaplan_meier_figure(
+        survival_by_risk, show_ci=False, show_at_risk=False, show_censored=False
+    )
     assert len(bare.data) == 2
 
 
@@ -119,17 +129,26 @@ def test_risk_group_figure_highlights_one_group(survival_by_risk):
 
 def test_cox_forest_figures(cohort):
     frame = cohort.assign(mrs_group=np.where(cohort["metastasis_risk_score"] > 0.5, "high", "low"))
-    model = adjusted_cox(frame, duration_col="overall_survival_days", event_col="death",
-                         variables=["mrs_group"], reference_levels={"mrs_group": "low"})
+    model = adjusted_cox(
+        frame,
+        duration_col="overall_survival_days",
+        event_col="death",
+        variables=["mrs_group"],
+        reference_levels={"mrs_group": "low"},
+    )
     figure = figures.cox_forest_figure(model)
     assert trace_names(figure) == ["hazard ratio (95% CI)"]
     assert len(figure.data[0].y) == len(model.terms)
     assert figure.data[0].y[0] == "mrs_group: high vs low"
     assert annotation_names(figure).count("hr-text") == len(model.terms)
     assert figure.layout.xaxis.type == "log"
-    table = cox_univariable(frame.assign(constant=1.0), duration_col="overall_survival_days",
-                            event_col="death", variables=["mrs_group", "constant"],
-                            reference_levels={"mrs_group": "low"})
+    table = cox_univariable(
+        frame.assign(constant=1.0),
+        duration_col="overall_survival_days",
+        event_col="death",
+        variables=["mrs_group", "constant"],
+        reference_levels={"mrs_group": "low"},
+    )
     univariable = figures.cox_forest_figure(table)
     assert len(univariable.data[0].y) == 1
     assert "not-computable" in annotation_names(univariable)
@@ -144,8 +163,11 @@ def test_development_subgroup_calibration_and_cutpoint_figures(cohort):
     assert len(figure.data) == 3 and all(isinstance(t, go.Box) for t in figure.data)
     assert annotation_names(figure).count("p-value") == 1 + len(development.pairwise)
 
-    table = subgroup_auroc(cohort["metastasis_label"], cohort["metastasis_risk_score"],
-                           {"sex": cohort["sex"], "empty": np.where(cohort["metastasis_label"] == 1, "x", None)})
+    table = subgroup_auroc(
+        cohort["metastasis_label"],
+        cohort["metastasis_risk_score"],
+        {"sex": cohort["sex"], "empty": np.where(cohort["metastasis_label"] == 1, "x", None)},
+    )
     forest = figures.subgroup_forest_figure(table)
     assert len(forest.data) == 1 and list(forest.data[0].y)[0] == "Overall"
     assert len(forest.data[0].y) == 1 + len(table.rows)
@@ -158,8 +180,9 @@ def test_development_subgroup_calibration_and_cutpoint_figures(cohort):
     assert trace_names(calibration)[1].startswith("observed (95% CI)")
     assert "brier" in annotation_names(calibration)
 
-    cut = maxstat_cutpoint(cohort["overall_survival_days"], cohort["death"],
-                           cohort["metastasis_risk_score"])
+    cut = maxstat_cutpoint(
+        cohort["overall_survival_days"], cohort["death"], cohort["metastasis_risk_score"]
+    )
     assert len(figures.cutpoint_figure(cut).data) == 1
 
 
@@ -190,8 +213,10 @@ def test_not_computable_gives_an_explaining_figure(builder):
 
 
 def test_synthetic_caption_only_when_asked(binary, survival_by_risk):
-    for figure in (figures.roc_figure(binary, synthetic=True),
-                   figures.kaplan_meier_figure(survival_by_risk, synthetic=True)):
+    for figure in (
+        figures.roc_figure(binary, synthetic=True),
+        figures.kaplan_meier_figure(survival_by_risk, synthetic=True),
+    ):
         assert "synthetic-data" in annotation_names(figure)
     for figure in (figures.roc_figure(binary), figures.kaplan_meier_figure(survival_by_risk)):
         assert "synthetic-data" not in annotation_names(figure)
@@ -202,7 +227,12 @@ def test_figures_for_analysis_marks_every_figure_synthetic(cohort):
 
     analysis = run_full_analysis(cohort.head(150), options=AnalysisOptions(synthetic=True))
     built = figures.figures_for_analysis(analysis)
-    assert {"roc/patient_mrs", "kaplan_meier/risk_group", "cox_multivariable", "development"} <= set(built)
+    assert {
+        "roc/patient_mrs",
+        "kaplan_meier/risk_group",
+        "cox_multivariable",
+        "development",
+    } <= set(built)
     for name, figure in built.items():
         assert "synthetic-data" in annotation_names(figure), name
         assert figure.to_json()

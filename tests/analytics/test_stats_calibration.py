@@ -15,12 +15,16 @@ def test_matches_scikit_learn_quantile_bins():
     probabilities = rng.beta(2, 3, 500)
     labels = (rng.random(500) < probabilities).astype(int)
     result = calibration_curve(labels, probabilities, n_bins=8)
-    observed, predicted = sklearn_calibration_curve(labels, probabilities, n_bins=8, strategy="quantile")
+    observed, predicted = sklearn_calibration_curve(
+        labels, probabilities, n_bins=8, strategy="quantile"
+    )
     np.testing.assert_allclose(result.observed_fraction, observed)
     np.testing.assert_allclose(result.mean_predicted, predicted)
     assert result.counts.sum() == 500
     assert result.brier_score == pytest.approx(brier_score_loss(labels, probabilities))
-    assert brier_score(labels, probabilities) == pytest.approx(brier_score_loss(labels, probabilities))
+    assert brier_score(labels, probabilities) == pytest.approx(
+        brier_score_loss(labels, probabilities)
+    )
     assert np.all(result.observed_lower <= result.observed_fraction)
     assert json.dumps(result.to_dict(), allow_nan=False)
 

@@ -47,7 +47,13 @@ def structural_components(labels, scores):
     for r in range(k):
         for i in range(m):
             for j in range(n):
-                psi = 1.0 if positives[r, i] > negatives[r, j] else 0.5 if positives[r, i] == negatives[r, j] else 0.0
+                psi = (
+                    1.0
+                    if positives[r, i] > negatives[r, j]
+                    else 0.5
+                    if positives[r, i] == negatives[r, j]
+                    else 0.0
+                )
                 v10[r, i] += psi / n
                 v01[r, j] += psi / m
     aucs = v10.mean(axis=1)
@@ -107,7 +113,12 @@ def test_hand_worked_case():
     assert delong_auroc(labels, scores).auroc == pytest.approx(0.75)
     cm = confusion_at_threshold(labels, scores, 0.35)
     # score >= 0.35 is positive: 0.4 (neg), 0.35 and 0.8 (pos).
-    assert (cm.true_positive, cm.false_positive, cm.true_negative, cm.false_negative) == (2, 1, 1, 0)
+    assert (cm.true_positive, cm.false_positive, cm.true_negative, cm.false_negative) == (
+        2,
+        1,
+        1,
+        0,
+    )
     assert cm.accuracy == pytest.approx(0.75)
     assert cm.sensitivity == pytest.approx(1.0)
     assert cm.specificity == pytest.approx(0.5)
@@ -253,7 +264,13 @@ def test_site_without_positives_is_excluded_from_averages():
     ],
 )
 def test_not_computable_cases(labels, scores, fragment):
-    for function in (delong_auroc, roc_curve, precision_recall_curve, youden_threshold, evaluate_binary):
+    for function in (
+        delong_auroc,
+        roc_curve,
+        precision_recall_curve,
+        youden_threshold,
+        evaluate_binary,
+    ):
         result = function(labels, scores)
         assert isinstance(result, NotComputable)
         assert fragment in result.reason

@@ -72,7 +72,9 @@ def test_logrank_scores_match_definition(small_case):
     np.testing.assert_allclose(logrank_scores(time, event), scores_by_definition(time, event))
     # Hand case: times 1 2 2 3, all events. Max-ranks 1 3 3 4.
     # a_1 = 1 - 1/4; a_2 = a_3 = 1 - (1/4 + 2 * 1/2); a_4 = 1 - (1/4 + 1 + 1/1).
-    np.testing.assert_allclose(logrank_scores([1, 2, 2, 3], [1, 1, 1, 1]), [0.75, -0.25, -0.25, -1.25])
+    np.testing.assert_allclose(
+        logrank_scores([1, 2, 2, 3], [1, 1, 1, 1]), [0.75, -0.25, -0.25, -1.25]
+    )
 
 
 def test_cutpoint_maximises_statistic_over_candidate_set(small_case):
@@ -94,7 +96,8 @@ def test_candidate_set_respects_minprop_and_maxprop(small_case):
         assert min(sizes) >= math.floor(n * minprop)
         assert max(sizes) <= math.floor(n * (1 - minprop))
         admissible = [
-            cut for cut in sorted(set(x))[:-1]
+            cut
+            for cut in sorted(set(x))[:-1]
             if math.floor(n * minprop) <= (x <= cut).sum() <= math.floor(n * (1 - minprop))
         ]
         np.testing.assert_array_equal(result.candidate_cuts, admissible)

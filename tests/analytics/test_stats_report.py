@@ -76,8 +76,14 @@ def test_optional_columns_absent(cohort):
     minimal = cohort[["study_id", "metastasis_risk_score", "metastasis_label"]]
     result = run_full_analysis(minimal)
     assert isinstance(result.classification["patient_mrs"], BinaryClassificationResult)
-    for section in (result.folds, result.sites, result.missed_at_imaging, result.development,
-                    result.mrs_cutpoint, result.cox_multivariable):
+    for section in (
+        result.folds,
+        result.sites,
+        result.missed_at_imaging,
+        result.development,
+        result.mrs_cutpoint,
+        result.cox_multivariable,
+    ):
         assert isinstance(section, NotComputable)
         assert "absent" in section.reason
     assert isinstance(result.kaplan_meier["mrs_group"], NotComputable)

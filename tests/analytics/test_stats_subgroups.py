@@ -21,7 +21,12 @@ from analytics.stats import (
 def test_tumour_size_groups_are_right_closed():
     sizes = [10, 20, 20.5, 40, 41, np.nan]
     assert list(tumour_size_groups(sizes)) == [
-        "<= 20 mm", "<= 20 mm", "20-40 mm", "20-40 mm", "> 40 mm", None,
+        "<= 20 mm",
+        "<= 20 mm",
+        "20-40 mm",
+        "20-40 mm",
+        "> 40 mm",
+        None,
     ]
     assert list(tumour_size_groups([25, 35], edges_mm=[30])) == ["<= 30 mm", "> 30 mm"]
 
@@ -40,8 +45,12 @@ def test_subgroup_auroc_matches_subset_auroc():
     sex[:5] = None
     location = np.where(labels == 1, "head", rng.choice(["head", "tail"], n)).astype(object)
     location[(location == "tail")] = "tail"
-    table = subgroup_auroc(labels, scores, {"sex": sex, "location": location},
-                           level_order={"location": ["head", "body", "tail"]})
+    table = subgroup_auroc(
+        labels,
+        scores,
+        {"sex": sex, "location": location},
+        level_order={"location": ["head", "body", "tail"]},
+    )
     rows = {(row.variable, row.level): row for row in table.rows}
     female = sex == "female"
     assert rows[("sex", "female")].estimate.auroc == pytest.approx(

@@ -71,7 +71,9 @@ def test_cox_matches_r_coxph(lung_cox):
 
 
 def test_c_index_matches_r_concordance(lung, lung_cox):
-    linear_predictor = lung_cox.term("age").coef * lung["age"] + lung_cox.term("sex").coef * lung["sex"]
+    linear_predictor = (
+        lung_cox.term("age").coef * lung["age"] + lung_cox.term("sex").coef * lung["sex"]
+    )
     result = harrell_c_index(lung["time"], lung["status"], linear_predictor)
     assert round(result.c_index, 3) == 0.603
     # Higher risk score = worse prognosis: reversing the sign mirrors C around 0.5.
@@ -169,8 +171,11 @@ def test_numbers_at_risk():
 
 def test_kaplan_meier_by_group_layout(lung):
     result = kaplan_meier_by_group(
-        lung["time"], lung["status"], lung["sex"].map({1: "male", 2: "female"}),
-        group_order=["male", "female", "other"], at_risk_times=[0, 250, 500],
+        lung["time"],
+        lung["status"],
+        lung["sex"].map({1: "male", 2: "female"}),
+        group_order=["male", "female", "other"],
+        at_risk_times=[0, 250, 500],
     )
     assert result.groups == ("male", "female", "other")
     assert isinstance(result.curves["other"], NotComputable)
@@ -188,7 +193,10 @@ def test_cox_categorical_reference_and_missing_rows(lung):
         ecog=lung["ph.ecog"],
     )
     result = cox_regression(
-        data, duration_col="time", event_col="status", variables=["age", "sex_label"],
+        data,
+        duration_col="time",
+        event_col="status",
+        variables=["age", "sex_label"],
         reference_levels={"sex_label": "male"},
     )
     term = result.term("sex_label[female]")
@@ -225,7 +233,9 @@ def test_adjusted_cox_default_adjustment_and_single_valued_adjuster():
     assert result.adjusted_for == ("age_at_diagnosis_years", "sex")
     assert any("centre" in note for note in result.notes)
     assert [term.term for term in result.terms] == [
-        "metastasis_risk_score", "age_at_diagnosis_years", "sex[male]",
+        "metastasis_risk_score",
+        "age_at_diagnosis_years",
+        "sex[male]",
     ]
 
 

@@ -119,9 +119,9 @@ def cox_frames(frame: pd.DataFrame, groups: pd.DataFrame) -> list[pd.DataFrame]:
             "E": frame["death"],
             "mrs": frame["metastasis_risk_score"] * 10,
             "mrs_high": (groups["mrs_group"] == "high").astype(float),
-            "ca_high": (groups["ca19_9_group"] == "high").astype(float).where(
-                groups["ca19_9_group"].notna()
-            ),
+            "ca_high": (groups["ca19_9_group"] == "high")
+            .astype(float)
+            .where(groups["ca19_9_group"].notna()),
             "age": frame["age_at_diagnosis_years"],
         }
     )
@@ -215,14 +215,18 @@ def run(size: int, repeats: int) -> None:
             )
             for c in ("metastasis_risk_score", "predicted_positive_fraction")
         ],
-        "Kaplan-Meier + log-rank (mrs group)": lambda: [
-            KaplanMeierFitter().fit(time_[groups["mrs_group"] == g], event[groups["mrs_group"] == g])
-            for g in ("low", "high")
-        ]
-        + [multivariate_logrank_test(time_, groups["mrs_group"], event)],
-        "Cox (mrs group + CA19-9 + resectability)": lambda: CoxPHFitter().fit(
-            frames[-1], duration_col="T", event_col="E"
-        ).summary,
+        "Kaplan-Meier + log-rank (mrs group)": lambda: (
+            [
+                KaplanMeierFitter().fit(
+                    time_[groups["mrs_group"] == g], event[groups["mrs_group"] == g]
+                )
+                for g in ("low", "high")
+            ]
+            + [multivariate_logrank_test(time_, groups["mrs_group"], event)]
+        ),
+        "Cox (mrs group + CA19-9 + resectability)": lambda: (
+            CoxPHFitter().fit(frames[-1], duration_col="T", event_col="E").summary
+        ),
         "DeLong AUROC (MRS)": lambda: metrics.roc_auc_score(labels, mrs),
     }
     print(f"\n=== {size} synthetic patients (best of {repeats}) ===")
