@@ -10,9 +10,12 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install frontend browser test lint demo serve worker bench bench-gpu clean
+.PHONY: install frontend browser test e2e lint demo serve worker bench bench-gpu clean
 
-install: $(STAMP) pmpd_web/static/vendor/.built
+# The page assets and the OHIF viewer (frontend/build.mjs), both build outputs outside git.
+FRONTEND_BUILT := pmpd_web/static/vendor/.built pmpd_web/ohif/.build-info.json
+
+install: $(STAMP) $(FRONTEND_BUILT)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,20 +23,34 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-frontend: pmpd_web/static/vendor/.built
+frontend: $(FRONTEND_BUILT)
 
-pmpd_web/static/vendor/.built: frontend/package.json frontend/package-lock.json frontend/build.mjs
+$(FRONTEND_BUILT) &: frontend/package.json frontend/package-lock.json frontend/build.mjs \
+		frontend/ohif-app-config.js
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error && npm run build
-	touch $@
+	touch $(FRONTEND_BUILT)
+
+# Debian's Chromium for the real-browser tests (tests/e2e drives it with Playwright; Playwright's
+# own browser download is never used).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q && apt-get install -y -q chromium; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install lint
+test: install browser lint
 	$(PY) manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
 		PMPD_TEST_REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest -p no:cacheprovider
+
+# Only the real-browser tests (the OHIF viewer in the patient page); screenshots in test-artifacts/.
+e2e: install browser
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
+		$(PY) -m pytest -p no:cacheprovider tests/e2e -s
 
 demo: install
 	$(PY) manage.py migrate --noinput

@@ -132,6 +132,9 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "pmpd_web" / "static"]
 MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", DATA_DIR / "media"))
+# The OHIF viewer as the frontend build writes it (a build output, not in git), served under
+# /ohif/ behind the login by pmpd_web.imaging.viewer; kept out of collectstatic (about 70 MB).
+PMPD_OHIF_ROOT = Path(os.environ.get("PMPD_OHIF_ROOT", BASE_DIR / "pmpd_web" / "ohif"))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -154,6 +157,31 @@ if not PMPD_DEID_SECRET:
 PMPD_TABLE_MAX_BYTES = int(os.environ.get("PMPD_TABLE_MAX_BYTES", str(20 * 1024 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = PMPD_TABLE_MAX_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+# Image uploads and ingest (pmpd_web/imaging; README "Images"). Sizes in bytes.
+_GIB = 1024**3
+PMPD_UPLOAD_MAX_FILE_BYTES = int(os.environ.get("PMPD_UPLOAD_MAX_FILE_BYTES", str(10 * _GIB)))
+PMPD_UPLOAD_MAX_BYTES = int(os.environ.get("PMPD_UPLOAD_MAX_BYTES", str(50 * _GIB)))
+PMPD_UPLOAD_MAX_FILES = int(os.environ.get("PMPD_UPLOAD_MAX_FILES", "20000"))
+PMPD_UPLOAD_CHUNK_MAX_BYTES = int(os.environ.get("PMPD_UPLOAD_CHUNK_MAX_BYTES", str(32 * 1024**2)))
+# ZIP archives: refused beyond these (zip bombs), whatever their headers claim.
+PMPD_ARCHIVE_MAX_FILES = int(os.environ.get("PMPD_ARCHIVE_MAX_FILES", "20000"))
+PMPD_ARCHIVE_MAX_BYTES = int(os.environ.get("PMPD_ARCHIVE_MAX_BYTES", str(50 * _GIB)))
+PMPD_ARCHIVE_MAX_RATIO = float(os.environ.get("PMPD_ARCHIVE_MAX_RATIO", "200"))
+# Validation of the CT and of the mask's grid.
+PMPD_INGEST_MIN_SLICES = int(os.environ.get("PMPD_INGEST_MIN_SLICES", "8"))
+PMPD_GRID_TOLERANCE_MM = float(os.environ.get("PMPD_GRID_TOLERANCE_MM", "0.01"))
+PMPD_DIRECTION_TOLERANCE = float(os.environ.get("PMPD_DIRECTION_TOLERANCE", "0.0001"))
+# De-identification dates: "shift" (every date moved back by a per-patient keyed offset of
+# 1..PMPD_DEID_DATE_SHIFT_MAX_DAYS days; intervals kept) or "year" (dates become 1 January).
+PMPD_DEID_DATES = os.environ.get("PMPD_DEID_DATES", "shift")
+if PMPD_DEID_DATES not in {"shift", "year"}:
+    raise ImproperlyConfigured("PMPD_DEID_DATES must be 'shift' or 'year'")
+PMPD_DEID_DATE_SHIFT_MAX_DAYS = int(os.environ.get("PMPD_DEID_DATE_SHIFT_MAX_DAYS", "3650"))
+# gzip level of the canonical NIfTI volumes (1 fastest .. 9 smallest).
+PMPD_CANONICAL_GZIP_LEVEL = int(os.environ.get("PMPD_CANONICAL_GZIP_LEVEL", "1"))
+# Scratch space of the ingest worker (uploads are unpacked here, never under their own names).
+PMPD_INGEST_WORK_DIR = os.environ.get("PMPD_INGEST_WORK_DIR", "") or None
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

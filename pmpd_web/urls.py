@@ -1,9 +1,10 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from pmpd_web.cohorts import views as cohort_views
+from pmpd_web.imaging import viewer
 from pmpd_web.jobs import views as job_views
 
 urlpatterns = [
@@ -38,7 +39,9 @@ urlpatterns = [
     path("template.<str:fmt>", cohort_views.template_download, name="template"),
     path("jobs/<int:job_id>/progress/", job_views.job_progress, name="job-progress"),
     path("", include("pmpd_web.imaging.urls")),
+    path("", include("analytics.urls")),
     path("dicomweb/", include("pmpd_web.imaging.dicomweb_urls")),
+    re_path(r"^ohif/(?P<path>.*)$", viewer.ohif, name="ohif"),
     path("api/", include("pmpd_web.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

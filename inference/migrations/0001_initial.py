@@ -6,92 +6,230 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('cohorts', '0002_initial'),
-        ('jobs', '0002_job_kinds'),
+        ("cohorts", "0002_initial"),
+        ("jobs", "0002_job_kinds"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ModelVersion',
+            name="ModelVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=120, unique=True)),
-                ('status', models.CharField(choices=[('training', 'Training'), ('ready', 'Ready'), ('failed', 'Failed'), ('retired', 'Retired')], default='training', max_length=12)),
-                ('is_active', models.BooleanField(default=False, help_text='The version whose scores clinicians see by default')),
-                ('is_synthetic', models.BooleanField(default=False, help_text='Trained on synthetic data: every page showing it says so')),
-                ('config', models.JSONField(default=dict, help_text='Training and preprocessing configuration')),
-                ('card', models.JSONField(default=dict, help_text='Model card: data hash, code version, metrics, per-fold details')),
-                ('thresholds', models.JSONField(default=list, help_text='Per fold: slice and patient thresholds (Youden on its fold)')),
-                ('metrics', models.JSONField(default=dict, help_text='Out-of-fold cross-validation metrics')),
-                ('files', models.JSONField(default=list, help_text='Storage names of the fold checkpoints')),
-                ('data_hash', models.CharField(blank=True, max_length=64)),
-                ('code_version', models.CharField(blank=True, max_length=64)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('job', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='model_version', to='jobs.job')),
-                ('trained_on', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='model_versions', to='cohorts.cohort')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=120, unique=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("training", "Training"),
+                            ("ready", "Ready"),
+                            ("failed", "Failed"),
+                            ("retired", "Retired"),
+                        ],
+                        default="training",
+                        max_length=12,
+                    ),
+                ),
+                (
+                    "is_active",
+                    models.BooleanField(
+                        default=False,
+                        help_text="The version whose scores clinicians see by default",
+                    ),
+                ),
+                (
+                    "is_synthetic",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Trained on synthetic data: every page showing it says so",
+                    ),
+                ),
+                (
+                    "config",
+                    models.JSONField(
+                        default=dict, help_text="Training and preprocessing configuration"
+                    ),
+                ),
+                (
+                    "card",
+                    models.JSONField(
+                        default=dict,
+                        help_text="Model card: data hash, code version, metrics, per-fold details",
+                    ),
+                ),
+                (
+                    "thresholds",
+                    models.JSONField(
+                        default=list,
+                        help_text="Per fold: slice and patient thresholds (Youden on its fold)",
+                    ),
+                ),
+                (
+                    "metrics",
+                    models.JSONField(
+                        default=dict, help_text="Out-of-fold cross-validation metrics"
+                    ),
+                ),
+                (
+                    "files",
+                    models.JSONField(
+                        default=list, help_text="Storage names of the fold checkpoints"
+                    ),
+                ),
+                ("data_hash", models.CharField(blank=True, max_length=64)),
+                ("code_version", models.CharField(blank=True, max_length=64)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "job",
+                    models.OneToOneField(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="model_version",
+                        to="jobs.job",
+                    ),
+                ),
+                (
+                    "trained_on",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="model_versions",
+                        to="cohorts.cohort",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='PatientPrediction',
+            name="PatientPrediction",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('source', models.CharField(choices=[('out_of_fold', 'Out-of-fold (cross-validation)'), ('ensemble', 'Five-fold ensemble')], max_length=12)),
-                ('metastasis_risk_score', models.FloatField()),
-                ('mrs_std', models.FloatField(blank=True, null=True)),
-                ('mrs_min', models.FloatField(blank=True, null=True)),
-                ('mrs_max', models.FloatField(blank=True, null=True)),
-                ('mrs_per_fold', models.JSONField(default=list)),
-                ('positive_fraction', models.FloatField()),
-                ('predicted_metastasis', models.BooleanField()),
-                ('site_probabilities', models.JSONField(default=dict)),
-                ('slice_indices', models.JSONField(default=list)),
-                ('slice_probabilities', models.JSONField(default=list, help_text='[fold][slice]')),
-                ('n_slices', models.PositiveSmallIntegerField()),
-                ('fewer_than_4_tumour_slices', models.BooleanField(default=False)),
-                ('gradcam_files', models.JSONField(default=list, help_text='Storage names of overlay PNGs')),
-                ('input_hash', models.CharField(max_length=64)),
-                ('code_version', models.CharField(blank=True, max_length=64)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('model_version', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='predictions', to='inference.modelversion')),
-                ('patient', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='predictions', to='cohorts.patient')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[
+                            ("out_of_fold", "Out-of-fold (cross-validation)"),
+                            ("ensemble", "Five-fold ensemble"),
+                        ],
+                        max_length=12,
+                    ),
+                ),
+                ("metastasis_risk_score", models.FloatField()),
+                ("mrs_std", models.FloatField(blank=True, null=True)),
+                ("mrs_min", models.FloatField(blank=True, null=True)),
+                ("mrs_max", models.FloatField(blank=True, null=True)),
+                ("mrs_per_fold", models.JSONField(default=list)),
+                ("positive_fraction", models.FloatField()),
+                ("predicted_metastasis", models.BooleanField()),
+                ("site_probabilities", models.JSONField(default=dict)),
+                ("slice_indices", models.JSONField(default=list)),
+                ("slice_probabilities", models.JSONField(default=list, help_text="[fold][slice]")),
+                ("n_slices", models.PositiveSmallIntegerField()),
+                ("fewer_than_4_tumour_slices", models.BooleanField(default=False)),
+                (
+                    "gradcam_files",
+                    models.JSONField(default=list, help_text="Storage names of overlay PNGs"),
+                ),
+                ("input_hash", models.CharField(max_length=64)),
+                ("code_version", models.CharField(blank=True, max_length=64)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "model_version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="predictions",
+                        to="inference.modelversion",
+                    ),
+                ),
+                (
+                    "patient",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="predictions",
+                        to="cohorts.patient",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['patient_id'],
+                "ordering": ["patient_id"],
             },
         ),
         migrations.CreateModel(
-            name='PreprocessedPatient',
+            name="PreprocessedPatient",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('input_hash', models.CharField(max_length=64)),
-                ('file', models.FileField(help_text='NPZ: patches, slice indices', max_length=300, upload_to='')),
-                ('n_slices', models.PositiveSmallIntegerField()),
-                ('fewer_than_4_tumour_slices', models.BooleanField(default=False)),
-                ('slice_indices', models.JSONField(default=list)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('patient', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='preprocessed', to='cohorts.patient')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("input_hash", models.CharField(max_length=64)),
+                (
+                    "file",
+                    models.FileField(
+                        help_text="NPZ: patches, slice indices", max_length=300, upload_to=""
+                    ),
+                ),
+                ("n_slices", models.PositiveSmallIntegerField()),
+                ("fewer_than_4_tumour_slices", models.BooleanField(default=False)),
+                ("slice_indices", models.JSONField(default=list)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "patient",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="preprocessed",
+                        to="cohorts.patient",
+                    ),
+                ),
             ],
         ),
         migrations.AddConstraint(
-            model_name='modelversion',
-            constraint=models.UniqueConstraint(condition=models.Q(('is_active', True)), fields=('is_active',), name='one_active_model_version'),
+            model_name="modelversion",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("is_active", True)),
+                fields=("is_active",),
+                name="one_active_model_version",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='patientprediction',
-            constraint=models.UniqueConstraint(fields=('patient', 'model_version'), name='one_prediction_per_patient_and_model'),
+            model_name="patientprediction",
+            constraint=models.UniqueConstraint(
+                fields=("patient", "model_version"), name="one_prediction_per_patient_and_model"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='preprocessedpatient',
-            constraint=models.UniqueConstraint(fields=('patient', 'input_hash'), name='one_cache_entry_per_input'),
+            model_name="preprocessedpatient",
+            constraint=models.UniqueConstraint(
+                fields=("patient", "input_hash"), name="one_cache_entry_per_input"
+            ),
         ),
     ]

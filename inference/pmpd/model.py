@@ -290,12 +290,13 @@ def prepare_model(
 
 
 def autocast_context(
-    device: torch.device, *, bf16_on_cpu: bool = False
+    device: torch.device, *, bf16_on_cpu: bool = False, enabled: bool = True
 ) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA; on CPU only when asked (it is slower without AVX512-BF16/AMX)."""
-    if device.type == "cuda":
+    """bf16 autocast on CUDA; on CPU only when asked (it is slower without AVX512-BF16/AMX);
+    nothing when ``enabled`` is False (fp32 throughout, e.g. as a benchmark baseline)."""
+    if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and bf16_on_cpu:
+    if enabled and device.type == "cpu" and bf16_on_cpu:
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -685,6 +685,8 @@ def _render_tumour(
     spicule_amp = spike_length * rng.uniform(0.5, 1.0, size=12).astype(np.float32)
     spicules = _spikes(offsets @ spicule_dirs.T, spicule_amp)
     solid = scaled <= 1.0 + lobulation + 0.3 * spicules
+    if not solid.any():  # a tumour smaller than a voxel still occupies the nearest one
+        solid.flat[int(np.argmin(scaled))] = True
     strands = (scaled <= 1.0 + spicules) & ~solid
 
     outside = np.maximum(scaled - 1.0, 0.0) * radius  # ~mm beyond the tumour's surface

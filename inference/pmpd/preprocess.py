@@ -390,6 +390,19 @@ def square_bounding_box(
     )
 
 
+def antialias_filter(
+    image: np.ndarray, box: CropBox, *, spacing_yx: Sequence[float], input_size: int
+) -> np.ndarray:
+    """Gaussian pre-filter for shrinking ``box`` to ``input_size`` pixels: sigma = (zoom - 1)/2
+    source pixels per axis, as scikit-image's resize does; unchanged when enlarging."""
+    step_mm = box.side_mm / input_size
+    sigma = tuple(max(step_mm / float(s) - 1.0, 0.0) / 2.0 for s in spacing_yx)
+    source = np.asarray(image, dtype=np.float32)
+    if max(sigma) == 0.0:
+        return source
+    return ndimage.gaussian_filter(source, sigma=sigma, mode="nearest")
+
+
 def extract_patch(
     image: np.ndarray,
     box: CropBox,
@@ -422,9 +435,7 @@ def extract_patch(
     src_x = box.center_x + (cos_t * off_x - sin_t * off_y) / sx
     source = np.asarray(image, dtype=np.float32)
     if order > 0 and antialias:
-        sigma = (max(step_mm / sy - 1.0, 0.0) / 2.0, max(step_mm / sx - 1.0, 0.0) / 2.0)
-        if max(sigma) > 0.0:
-            source = ndimage.gaussian_filter(source, sigma=sigma, mode="nearest")
+        source = antialias_filter(source, box, spacing_yx=spacing_yx, input_size=input_size)
     patch = ndimage.map_coordinates(
         source, [src_y, src_x], order=order, mode="constant", cval=fill_value, prefilter=False
     )
@@ -608,6 +619,10 @@ def preprocess_patient(
             padding_fraction=config.crop_padding_fraction,
             min_side_mm=config.min_crop_side_mm,
         )
+        if config.antialias:  # once per slice, not once per rotation
+            windowed = antialias_filter(
+                windowed, box, spacing_yx=spacing_yx, input_size=config.input_size
+            )
         # Steps 7-9: crop, resize, two channels, rotations.
         for angle in angles:
             image_channel = extract_patch(
@@ -617,7 +632,7 @@ def preprocess_patient(
                 input_size=config.input_size,
                 angle_deg=angle,
                 order=1,
-                antialias=config.antialias,
+                antialias=False,
             )
             mask_patch = extract_patch(
                 mask_channel[position],

@@ -149,14 +149,18 @@ def train_step(
     site_loss_weight: float,
     positive_class_weight: float = 1.0,
     bf16_on_cpu: bool = False,
-) -> float:
-    """One AdamW step on one batch (bf16 autocast on CUDA); returns the loss.
+    mixed_precision: bool = True,
+) -> torch.Tensor:
+    """One AdamW step on one batch (bf16 autocast on CUDA unless ``mixed_precision`` is False);
+    returns the detached loss.
 
-    The GPU benchmark times exactly this function.
+    The loss stays a device tensor: reading it (``float``) would make the host wait for the
+    GPU after every step; the epoch loop reads the mean once. The GPU benchmark times exactly
+    this function.
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    with autocast_context(batch.images.device, bf16_on_cpu=bf16_on_cpu):
+    with autocast_context(batch.images.device, bf16_on_cpu=bf16_on_cpu, enabled=mixed_precision):
         output = model(batch.images)
     loss = pmpd_loss(
         output,
@@ -166,7 +170,7 @@ def train_step(
     )
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 def make_optimizer(model: PMPDNet, config: TrainConfig) -> torch.optim.AdamW:
@@ -190,7 +194,7 @@ def youden_threshold(labels: Sequence[int], scores: Sequence[float]) -> tuple[fl
     """
     labels = np.asarray(labels, dtype=int)
     scores = np.asarray(scores, dtype=float)
-    if labels.min(initial=1) == labels.max(initial=0) or len(np.unique(labels)) < 2:
+    if len(np.unique(labels)) < 2:
         return 0.5, float("nan")
     fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
     finite = np.isfinite(thresholds)
@@ -263,24 +267,6 @@ def classification_metrics(labels: Sequence[int], predicted: Sequence[bool]) -> 
     }
 
 
-def _prediction_metrics(predictions: Sequence[OutOfFoldPrediction]) -> dict[str, float]:
-    """Slice and patient AUROC and the calls' accuracy/sensitivity/specificity."""
-    labels = np.array([p.label for p in predictions])
-    slice_labels = np.concatenate(
-        [np.full(len(p.slice_probabilities), p.label) for p in predictions]
-    )
-    return {
-        "slice_auroc": safe_auroc(
-            slice_labels, np.concatenate([p.slice_probabilities for p in predictions])
-        ),
-        "patient_auroc_mrs": safe_auroc(labels, [p.metastasis_risk_score for p in predictions]),
-        "patient_auroc_positive_fraction": safe_auroc(
-            labels, [p.positive_fraction for p in predictions]
-        ),
-        **classification_metrics(labels, [p.predicted_metastasis for p in predictions]),
-    }
-
-
 # ----------------------------------------------------------------------------------------------
 # Results
 
@@ -343,6 +329,24 @@ class CrossValidationResult:
         lines = [f"{len(self.folds)}-fold cross-validation, {len(self.out_of_fold)} patients"]
         lines += [f"  {key:<32} {value:.3f}" for key, value in self.metrics.items()]
         return "\n".join(lines)
+
+
+def _prediction_metrics(predictions: Sequence[OutOfFoldPrediction]) -> dict[str, float]:
+    """Slice and patient AUROC and the calls' accuracy/sensitivity/specificity."""
+    labels = np.array([p.label for p in predictions])
+    slice_labels = np.concatenate(
+        [np.full(len(p.slice_probabilities), p.label) for p in predictions]
+    )
+    return {
+        "slice_auroc": safe_auroc(
+            slice_labels, np.concatenate([p.slice_probabilities for p in predictions])
+        ),
+        "patient_auroc_mrs": safe_auroc(labels, [p.metastasis_risk_score for p in predictions]),
+        "patient_auroc_positive_fraction": safe_auroc(
+            labels, [p.positive_fraction for p in predictions]
+        ),
+        **classification_metrics(labels, [p.predicted_metastasis for p in predictions]),
+    }
 
 
 def code_version() -> str:
@@ -432,7 +436,9 @@ def _train_fold(
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
 
     images, owners = _stack_patches(patients, train_idx, all_angles=True)
-    train_images = torch.from_numpy(images).to(device).contiguous(memory_format=memory_format)
+    # Stored NCHW and made channels_last per batch: gathering a batch out of a channels_last
+    # store measured ~10% slower per step on an H100.
+    train_images = torch.from_numpy(images).to(device)
     owners_t = torch.from_numpy(owners).to(device)
     labels_t = torch.from_numpy(labels.astype(np.float32)).to(device)
     sites_t = torch.from_numpy(site_targets).to(device)
@@ -466,7 +472,7 @@ def _train_fold(
             index = order[start : start + config.batch_size]
             owner = owners_t[index]
             batch = TrainingBatch(
-                images=train_images[index],
+                images=train_images[index].contiguous(memory_format=memory_format),
                 metastasis=labels_t[owner],
                 site_targets=sites_t[owner],
                 site_mask=site_mask_t[owner],
@@ -490,10 +496,11 @@ def _train_fold(
         val_loss = float(
             -np.mean(val_labels * np.log(clipped) + (1 - val_labels) * np.log(1 - clipped))
         )
+        train_loss = float(torch.stack(losses).mean())
         history.append(
             {
                 "epoch": epoch,
-                "train_loss": float(np.mean(losses)),
+                "train_loss": train_loss,
                 "validation_loss": val_loss,
                 "validation_slice_auroc": safe_auroc(val_labels, probabilities),
             }
@@ -503,7 +510,7 @@ def _train_fold(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         report(
             epoch,
-            f"fold {fold + 1}/{config.n_folds} epoch {epoch}: train loss {np.mean(losses):.3f}, "
+            f"fold {fold + 1}/{config.n_folds} epoch {epoch}: train loss {train_loss:.3f}, "
             f"validation loss {val_loss:.3f}",
             epoch / config.max_epochs,
         )

@@ -2,6 +2,30 @@
 instances served over DICOMweb, and the canonical volumes the engine reads.
 
 Uploaded names are labels only; stored files get opaque names under MEDIA_ROOT (storage API).
+
+The contract the ingest (``pmpd_web.imaging.ingest``) keeps for its readers, the DICOMweb
+endpoints and the PMPD engine:
+
+* every ingested patient has an ``ImagingStudy`` per study (a de-identified StudyInstanceUID;
+  CTs that arrived as NIfTI, NRRD or MetaImage get one generated study per patient);
+* each CT is an ``ImageSeries`` with modality "CT"; exactly one CT series of a patient has
+  ``is_selected`` (the pick rule of ``dicom_series.pick_series`` or a coordinator's choice,
+  ``picked_by``). Its ``DicomInstance`` rows each hold ``file``, a de-identified DICOM file in
+  storage, explicit VR little endian and uncompressed (compressed uploads are decoded on
+  ingest); ``metadata``, the instance's DICOM JSON (pydicom ``to_json_dict``) without PixelData;
+  and ``number_of_frames`` (1 for CT slices);
+* a CT with a mask has an ``ImageSeries`` with modality "SEG" whose ``referenced_series`` is the
+  CT series, holding one multi-frame ``DicomInstance``: a highdicom binary Segmentation that
+  references the CT instances, segment 1 pancreas and segment 2 tumour;
+* each CT series has a ``CanonicalVolume`` of kind "ct" (int16 Hounsfield units), and, with a
+  mask, one of kind "mask" (uint8: 0 background, 1 pancreas, 2 tumour, whatever the upload's
+  label convention), both pointing at the CT series, both NIfTI (.nii.gz) in storage on the
+  same grid: ``geometry`` = size (x, y, z), spacing and origin (x, y, z, mm, LPS) and the
+  row-major direction matrix, as SimpleITK reports them; ``content_hash`` is the SHA-256 of
+  the voxels and the grid (``volumes.content_hash``).
+
+The engine reads the canonical volumes of the patient's selected CT series. A failed ingest
+changes none of these rows; a repeated ingest of the same files changes nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +60,7 @@ class ImageUpload(models.Model):
     label_tumour = models.PositiveSmallIntegerField(default=2)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.RECEIVING)
     error = models.TextField(blank=True)
+    summary = models.JSONField(default=dict, blank=True, help_text="What the ingest did")
     job = models.OneToOneField(
         "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="image_upload"
     )
@@ -67,6 +92,9 @@ class UploadFile(models.Model):
     received_bytes = models.PositiveBigIntegerField(default=0)
     sha256 = models.CharField(max_length=64, blank=True)
     stored_name = models.CharField(max_length=200, blank=True)
+    chunks = models.JSONField(
+        default=list, blank=True, help_text="[offset, length, storage name] of each chunk received"
+    )
     detected_kind = models.CharField(max_length=24, blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.RECEIVING)
     error = models.TextField(blank=True)
@@ -115,6 +143,18 @@ class ImageSeries(models.Model):
     content_hash = models.CharField(max_length=64, blank=True)
     is_selected = models.BooleanField(
         default=False, help_text="The CT series the engine uses for this patient"
+    )
+    contrast_phase = models.CharField(
+        max_length=16, blank=True, help_text="Injection phase read from the series' descriptions"
+    )
+    pick_reason = models.CharField(max_length=200, blank=True)
+    picked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The coordinator who chose this series; empty when the pick rule did",
     )
     referenced_series = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.CASCADE, related_name="segmentations"

@@ -38,6 +38,12 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--angles", type=int, default=6, help="rotations per slice (0 first)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads; 1 is steadier than 2 when other work shares the two cores",
+    )
     parser.add_argument("--skip-shuffled", action="store_true")
     args = parser.parse_args()
 
@@ -84,6 +90,7 @@ def main() -> None:
         learning_rate=args.learning_rate,
         seed=args.seed,
         device="cpu",
+        num_threads=args.threads,
     )
 
     def progress(fold: int, epoch: int, message: str, percent: float) -> None:
@@ -93,7 +100,10 @@ def main() -> None:
     if not args.skip_shuffled:
         shuffled = np.random.default_rng(args.seed + 1).permutation(labels_arr)
         runs.append(("shuffled labels", shuffled, "target 0.35-0.65"))
-    summary = []
+    print(
+        f"ResNet{args.depth}, input {args.input_size}, {args.epochs} epochs max, "
+        f"{len(angles)} angles x 4 slices, {args.threads} thread(s)"
+    )
     for name, run_labels, target in runs:
         t0 = time.perf_counter()
         result = cross_validate(
@@ -105,18 +115,14 @@ def main() -> None:
             site_labels=np.array(sites) if name == "real labels" else None,
         )
         seconds = time.perf_counter() - t0
-        summary.append((name, result, seconds, target))
-    print()
-    print(f"ResNet{args.depth}, input {args.input_size}, {args.epochs} epochs max, "
-          f"{len(angles)} angles x 4 slices")
-    for name, result, seconds, target in summary:
         print(
             f"{name:>16}: out-of-fold patient AUROC (MRS) {result.metrics['patient_auroc_mrs']:.3f}"
             f", by positive fraction {result.metrics['patient_auroc_positive_fraction']:.3f}, "
             f"slice AUROC {result.metrics['slice_auroc']:.3f}, folds "
             f"{result.metrics['fold_patient_auroc_mean']:.3f} +- "
             f"{result.metrics['fold_patient_auroc_std']:.3f}; "
-            f"{seconds / 60:.1f} min ({target})"
+            f"{seconds / 60:.1f} min ({target})",
+            flush=True,
         )
         epochs = [f.epochs_run for f in result.folds]
         print(f"{'':>18}epochs run per fold {epochs}, best {[f.best_epoch for f in result.folds]}")

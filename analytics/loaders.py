@@ -1,0 +1,235 @@
+"""Rows in, frames out: the patient-level (and slice-level) tables of ``analytics.stats``.
+
+:func:`load_frame` builds the frame :func:`~analytics.stats.run_full_analysis` documents from
+the ``Patient`` rows of the chosen cohorts and, with a model version, their
+``PatientPrediction`` rows under it:
+
+- ``death`` = vital status "dead" (1) or "alive" (0); unrecorded = missing;
+- ``metastasis_label`` = metastasis at diagnosis "yes" (1) or "no" (0); "unknown" is missing,
+  which leaves the patient out of every analysis that needs the label (survival keeps them);
+- ``site_*`` = the site booleans of a metastatic patient, 0 for a patient without metastasis;
+- ``prob_*`` = the model's site probabilities; ``mrs_fold_k`` = the MRS of fold model k where
+  the prediction holds several (the five-fold ensemble of an external cohort);
+- ``developed_metastasis`` yes/no = 1/0, ``days_to_metastasis`` as recorded;
+- ``nccn_resectability`` in words ("borderline resectable"), as the statistics order them.
+
+With a model version only the patients it scored are analysed (the others are counted in a
+note). The slice-level frame holds one row per scored slice: its probability averaged over the
+fold models that scored it (the MRS is the mean of these) and the patient's label.
+
+:func:`fingerprint` is the cheap key of the data behind a selection (data versions, row counts
+and last changes); :func:`frame_hash` is the content hash of the frame itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from django.db.models import Count, Max
+
+from inference.models import ModelVersion, PatientPrediction
+from pmpd_web.cohorts.models import Cohort, Patient
+
+__all__ = ["LoadedData", "fingerprint", "frame_hash", "load_frame"]
+
+SITES = ("liver", "lung", "peritoneum")
+
+_PATIENT_FIELDS = (
+    "id",
+    "cohort_id",
+    "study_id",
+    "age_at_diagnosis_years",
+    "sex",
+    "centre",
+    "tumour_location",
+    "tumour_size_mm",
+    "ct_manufacturer",
+    "ca19_9_u_per_ml",
+    "nccn_resectability",
+    "metastasis_at_diagnosis",
+    "site_liver",
+    "site_lung",
+    "site_peritoneum",
+    "metastasis_detection",
+    "overall_survival_days",
+    "vital_status",
+    "developed_metastasis",
+    "days_to_metastasis",
+)
+_PREDICTION_FIELDS = (
+    "patient_id",
+    "metastasis_risk_score",
+    "positive_fraction",
+    "mrs_per_fold",
+    "site_probabilities",
+    "slice_probabilities",
+)
+_TEXT_COLUMNS = ("sex", "centre", "tumour_location", "ct_manufacturer", "metastasis_detection")
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedData:
+    frame: pd.DataFrame
+    slices: pd.DataFrame | None
+    notes: tuple[str, ...]
+    n_patients_in_cohorts: int
+
+
+def _yes_no(values: pd.Series, yes: str, no: str) -> pd.Series:
+    return values.map({yes: 1.0, no: 0.0}).astype(float)
+
+
+def _clinical_frame(cohorts: list[Cohort]) -> pd.DataFrame:
+    rows = list(
+        Patient.objects.filter(cohort__in=cohorts)
+        .order_by("cohort_id", "study_id")
+        .values_list(*_PATIENT_FIELDS)
+    )
+    raw = pd.DataFrame.from_records(rows, columns=list(_PATIENT_FIELDS))
+    names = {cohort.pk: cohort.name for cohort in cohorts}
+    metastatic = _yes_no(raw["metastasis_at_diagnosis"], "yes", "no")
+    frame = pd.DataFrame(
+        {
+            "patient_id": raw["id"].astype("int64"),
+            "study_id": raw["study_id"].astype(str)
+            if len(cohorts) == 1
+            else raw["cohort_id"].map(names) + "/" + raw["study_id"].astype(str),
+            "cohort": raw["cohort_id"].map(names),
+            "metastasis_label": metastatic,
+            "overall_survival_days": pd.to_numeric(raw["overall_survival_days"]).astype(float),
+            "death": _yes_no(raw["vital_status"], "dead", "alive"),
+            "ca19_9_u_per_ml": pd.to_numeric(raw["ca19_9_u_per_ml"]).astype(float),
+            "nccn_resectability": raw["nccn_resectability"].str.replace("_", " "),
+            "age_at_diagnosis_years": pd.to_numeric(raw["age_at_diagnosis_years"]).astype(float),
+            "tumour_size_mm": pd.to_numeric(raw["tumour_size_mm"]).astype(float),
+            "metastasis_at_diagnosis": raw["metastasis_at_diagnosis"],
+            "developed_metastasis": _yes_no(raw["developed_metastasis"], "yes", "no"),
+            "days_to_metastasis": pd.to_numeric(raw["days_to_metastasis"]).astype(float),
+        }
+    )
+    for column in _TEXT_COLUMNS:
+        frame[column] = raw[column]
+    for site in SITES:
+        frame[f"site_{site}"] = np.where(
+            metastatic == 1,
+            raw[f"site_{site}"].astype(float),
+            np.where(metastatic == 0, 0.0, np.nan),
+        )
+    text = [*_TEXT_COLUMNS, "nccn_resectability", "metastasis_at_diagnosis"]
+    frame[text] = frame[text].mask(frame[text] == "")
+    frame.loc[frame["metastasis_at_diagnosis"] == "unknown", "metastasis_at_diagnosis"] = None
+    return frame
+
+
+def _prediction_frame(
+    model_version: ModelVersion, cohorts: list[Cohort]
+) -> tuple[pd.DataFrame, list[dict[str, object]]]:
+    rows = list(
+        PatientPrediction.objects.filter(
+            model_version=model_version, patient__cohort__in=cohorts
+        ).values_list(*_PREDICTION_FIELDS)
+    )
+    records = []
+    slices = []
+    for patient_id, mrs, fraction, per_fold, sites, per_slice in rows:
+        record: dict[str, object] = {
+            "patient_id": patient_id,
+            "metastasis_risk_score": mrs,
+            "predicted_positive_fraction": fraction,
+        }
+        if isinstance(per_fold, list) and len(per_fold) > 1:
+            record.update(
+                {
+                    f"mrs_fold_{k}": np.nan if value is None else float(value)
+                    for k, value in enumerate(per_fold, start=1)
+                }
+            )
+        for site in SITES:
+            value = (sites or {}).get(site)
+            record[f"prob_{site}"] = np.nan if value is None else float(value)
+        records.append(record)
+        folds = [list(fold) for fold in per_slice or [] if fold]
+        if folds and len({len(fold) for fold in folds}) == 1:
+            for probability in np.nanmean(np.asarray(folds, dtype=float), axis=0):
+                slices.append({"patient_id": patient_id, "slice_probability": probability})
+    columns = ["patient_id", "metastasis_risk_score", "predicted_positive_fraction"]
+    return pd.DataFrame.from_records(records, columns=columns if not records else None), slices
+
+
+def load_frame(cohorts: list[Cohort], model_version: ModelVersion | None) -> LoadedData:
+    """The patient-level frame (and with a model version, the slice-level frame)."""
+    clinical = _clinical_frame(cohorts)
+    total = len(clinical)
+    notes: list[str] = []
+    if model_version is None:
+        frame = clinical.assign(metastasis_risk_score=np.nan)
+        return LoadedData(
+            frame=frame.drop(columns="patient_id"),
+            slices=None,
+            notes=(),
+            n_patients_in_cohorts=total,
+        )
+    predictions, slice_rows = _prediction_frame(model_version, cohorts)
+    frame = clinical.merge(predictions, on="patient_id", how="inner")
+    unscored = total - len(frame)
+    if unscored:
+        notes.append(
+            f"{unscored} of {total} patients of the selected cohorts have no prediction under "
+            f"{model_version.name} and are left out"
+        )
+    unknown = int(frame["metastasis_label"].isna().sum())
+    if unknown:
+        notes.append(
+            f"{unknown} scored patient(s) with metastasis at diagnosis unknown are left out of "
+            "the analyses that need it"
+        )
+    slices = None
+    if slice_rows:
+        slices = pd.DataFrame.from_records(slice_rows).merge(
+            frame[["patient_id", "metastasis_label"]], on="patient_id", how="inner"
+        )
+    return LoadedData(
+        frame=frame.drop(columns="patient_id"),
+        slices=slices,
+        notes=tuple(notes),
+        n_patients_in_cohorts=total,
+    )
+
+
+def fingerprint(cohorts: list[Cohort], model_version: ModelVersion | None) -> str:
+    """A key that changes whenever the data behind the selection change.
+
+    Each cohort's ``data_version`` (bumped by imports and API edits), its patients' count and
+    last change (a change made elsewhere, e.g. in the admin), the synthetic flags, and the
+    model version's predictions for these cohorts (count and last update): three small
+    aggregate queries, never the rows themselves.
+    """
+    ids = sorted(cohort.pk for cohort in cohorts)
+    states = sorted(
+        Cohort.objects.filter(pk__in=ids).values_list("pk", "data_version", "is_synthetic")
+    )
+    patients = Patient.objects.filter(cohort_id__in=ids).aggregate(
+        n=Count("id"), last=Max("updated_at")
+    )
+    parts = [
+        f"cohorts={states}",
+        f"patients={patients['n']}@{patients['last']}",
+    ]
+    if model_version is not None:
+        predictions = PatientPrediction.objects.filter(
+            model_version=model_version, patient__cohort_id__in=ids
+        ).aggregate(n=Count("id"), last=Max("updated_at"))
+        parts.append(
+            f"model={model_version.pk}:{model_version.is_synthetic}:"
+            f"{predictions['n']}@{predictions['last']}"
+        )
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def frame_hash(frame: pd.DataFrame) -> str:
+    """SHA-256 of the patient-level frame as analysed (CSV with full float precision)."""
+    text = frame.to_csv(index=False, float_format="%.17g", lineterminator="\n")
+    return hashlib.sha256(text.encode()).hexdigest()

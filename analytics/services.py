@@ -1,0 +1,782 @@
+"""The analytics shell: who may see which cohorts, the cache, and what pages and API share.
+
+A request names cohorts, optionally a model version, and analysis parameters
+(:mod:`analytics.parameters`). :func:`resolve_selection` checks the permission on every cohort;
+:func:`results_for` computes what the requested sections need through :func:`cached`, so the
+second request for the same data and parameters reads stored results and never loads the
+patients; :mod:`analytics.catalogue` turns the results into figures and tables.
+
+:func:`patient_risk_context` is the clinician's view of one patient (MRS against the cut-point,
+CA19-9 group, risk group and the risk groups' survival curves) for the patient page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import pickle
+import platform
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache, cached_property
+from importlib import metadata
+from typing import Any, TypeVar
+
+import pandas as pd
+from django.contrib.staticfiles import finders
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.http import Http404
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from analytics import figures as fig
+from analytics.analyses import (
+    CoxAnalysis,
+    PreparedFrame,
+    cox_analysis,
+    kaplan_meier_for,
+    mrs_percentile,
+    prepare_frame,
+)
+from analytics.catalogue import SECTIONS, Entry, Results, display_rows, entries
+from analytics.loaders import LoadedData, fingerprint, frame_hash, load_frame
+from analytics.models import AnalysisCache
+from analytics.parameters import AnalysisParameters
+from analytics.stats import (
+    AnalysisOptions,
+    AnalysisResult,
+    CutpointResult,
+    KaplanMeierResult,
+    NotComputable,
+    run_full_analysis,
+)
+from inference.models import ModelVersion, PatientPrediction
+from pmpd_web.accounts.audit import record as audit
+from pmpd_web.accounts.models import AuditAction
+from pmpd_web.accounts.permissions import Action, api_check, can, require
+from pmpd_web.cohorts.models import Cohort, Patient
+
+__all__ = [
+    "RESEARCH_USE_ONLY",
+    "PatientRisk",
+    "Selection",
+    "cached",
+    "export_figure_data",
+    "export_table",
+    "patient_risk",
+    "patient_risk_context",
+    "provenance",
+    "record_export",
+    "render_report",
+    "resolve_selection",
+    "results_for",
+    "section_figures",
+]
+
+RESEARCH_USE_ONLY = (
+    "Research use only: PMPD is a second reader that assists radiologists and clinicians, "
+    "never a replacement."
+)
+#: Bump when the pickled result objects change shape: older cache rows are then ignored.
+CACHE_FORMAT = 1
+PACKAGES = ("django", "numpy", "pandas", "scipy", "lifelines", "scikit-learn", "plotly")
+CLINICAL_GROUPINGS = ("ca19_9_group", "nccn_resectability")
+
+T = TypeVar("T")
+
+
+@cache
+def package_versions() -> dict[str, str]:
+    """Versions of the platform and the packages the numbers depend on."""
+    versions = {"python": platform.python_version()}
+    for name in ("pmpd-platform", *PACKAGES):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+# --------------------------------------------------------------------------------------------
+# Selection: cohorts + model version, permission-checked
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CacheEvent:
+    kind: str
+    hit: bool
+    seconds: float
+
+
+class Selection:
+    """The cohorts and model version of a request, with lazily loaded data."""
+
+    def __init__(self, cohorts: Sequence[Cohort], model_version: ModelVersion | None):
+        self.cohorts = sorted(cohorts, key=lambda cohort: cohort.pk)
+        self.model_version = model_version
+        self.events: list[CacheEvent] = []
+        self._prepared: dict[str, PreparedFrame] = {}
+
+    @property
+    def cohort_ids(self) -> list[int]:
+        return [cohort.pk for cohort in self.cohorts]
+
+    @property
+    def synthetic(self) -> bool:
+        return any(cohort.is_synthetic for cohort in self.cohorts) or bool(
+            self.model_version is not None and self.model_version.is_synthetic
+        )
+
+    @property
+    def label(self) -> str:
+        names = ", ".join(cohort.name for cohort in self.cohorts)
+        version = self.model_version.name if self.model_version else "no model version"
+        return f"{names} · {version}"
+
+    @cached_property
+    def data_key(self) -> str:
+        return fingerprint(self.cohorts, self.model_version)
+
+    @cached_property
+    def loaded(self) -> LoadedData:
+        return load_frame(self.cohorts, self.model_version)
+
+    def prepared(self, options: AnalysisOptions) -> PreparedFrame:
+        key = _canonical(dataclasses.asdict(options))
+        if key not in self._prepared:
+            self._prepared[key] = prepare_frame(self.loaded.frame, options)
+        return self._prepared[key]
+
+    @property
+    def all_cached(self) -> bool:
+        return bool(self.events) and all(event.hit for event in self.events)
+
+
+def resolve_selection(user: Any, params: AnalysisParameters, *, api: bool) -> Selection:
+    """Check ``VIEW_ANALYTICS`` in every requested cohort (404 for outsiders, 403 for members
+    whose role lacks it) and load the cohorts and the model version."""
+    check = api_check if api else require
+    for cohort_id in params.cohort_ids:
+        check(user, cohort_id, Action.VIEW_ANALYTICS)
+    cohorts = list(Cohort.objects.filter(pk__in=params.cohort_ids))
+    model_version = None
+    if params.model_version_id is not None:
+        model_version = ModelVersion.objects.filter(pk=params.model_version_id).first()
+    if len(cohorts) != len(params.cohort_ids) or (
+        params.model_version_id is not None and model_version is None
+    ):
+        if api:
+            from rest_framework.exceptions import NotFound
+
+            raise NotFound("No such cohort or model version.")
+        raise Http404("No such cohort or model version.")
+    return Selection(cohorts, model_version)
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def cached(selection: Selection, kind: str, key: Any, compute: Callable[[], T]) -> T:
+    """``compute()``, or its stored result for this selection, ``kind`` and ``key`` while the
+    data have not changed since (:func:`analytics.loaders.fingerprint`)."""
+    scope = hashlib.sha256(
+        _canonical(
+            {
+                "format": CACHE_FORMAT,
+                "kind": kind,
+                "model_version": selection.model_version.pk if selection.model_version else None,
+                "cohorts": selection.cohort_ids,
+                "key": key,
+                "packages": package_versions(),
+            }
+        ).encode()
+    ).hexdigest()
+    start = time.perf_counter()
+    row = (
+        AnalysisCache.objects.filter(scope=scope, data_key=selection.data_key)
+        .values_list("pk", "payload")
+        .first()
+    )
+    if row is not None:
+        try:
+            value = pickle.loads(zlib.decompress(bytes(row[1])))
+        except Exception:  # noqa: BLE001 - a row from older code is recomputed, not fatal
+            value = None
+        else:
+            AnalysisCache.objects.filter(pk=row[0]).update(hits=F("hits") + 1)
+            selection.events.append(CacheEvent(kind, True, time.perf_counter() - start))
+            return value
+    value = compute()
+    seconds = time.perf_counter() - start
+    payload = zlib.compress(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), 1)
+    # A concurrent request may have stored the same result first: keep theirs.
+    with contextlib.suppress(IntegrityError), transaction.atomic():
+        AnalysisCache.objects.update_or_create(
+            scope=scope,
+            defaults={
+                "kind": kind,
+                "data_key": selection.data_key,
+                "model_version": selection.model_version,
+                "cohort_ids": selection.cohort_ids,
+                "payload": payload,
+                "payload_bytes": len(payload),
+                "compute_seconds": seconds,
+                "hits": 0,
+            },
+        )
+    selection.events.append(CacheEvent(kind, False, seconds))
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+def _options_key(options: AnalysisOptions) -> dict[str, Any]:
+    return dataclasses.asdict(options)
+
+
+def full_analysis(selection: Selection, params: AnalysisParameters) -> AnalysisResult:
+    """:func:`~analytics.stats.run_full_analysis` of the selection (needs a model version)."""
+    options = params.options(synthetic=selection.synthetic)
+    return cached(
+        selection,
+        "analysis",
+        _options_key(options),
+        lambda: run_full_analysis(
+            selection.loaded.frame, options=options, slices=selection.loaded.slices
+        ),
+    )
+
+
+def results_for(
+    selection: Selection, params: AnalysisParameters, sections: Iterable[str]
+) -> Results:
+    """What the requested ``sections`` need, from the cache where possible."""
+    wanted = set(sections)
+    options = params.options(synthetic=selection.synthetic)
+    key = _options_key(options)
+    analysis = full_analysis(selection, params) if selection.model_version else None
+    clinical: dict[str, KaplanMeierResult | NotComputable] = {}
+    if analysis is None and "survival" in wanted:
+        clinical = cached(
+            selection,
+            "clinical-kaplan-meier",
+            key,
+            lambda: {
+                grouping: kaplan_meier_for(selection.prepared(options), grouping, options)
+                for grouping in CLINICAL_GROUPINGS
+            },
+        )
+    custom = None
+    standard = ("mrs_group", "risk_group", *CLINICAL_GROUPINGS)
+    if params.group and params.group not in standard and "survival" in wanted:
+        custom = cached(
+            selection,
+            "kaplan-meier",
+            {**key, "group": params.group},
+            lambda: kaplan_meier_for(selection.prepared(options), params.group or "", options),
+        )
+    cox: CoxAnalysis | None = None
+    if "cox" in wanted:
+        cox = cached(
+            selection,
+            "cox",
+            {
+                **key,
+                "variables": params.cox_variables,
+                "univariable": params.univariable_variables,
+            },
+            lambda: cox_analysis(
+                selection.prepared(options),
+                variables=params.cox_variables,
+                univariable=params.univariable_variables,
+                options=options,
+            ),
+        )
+    return Results(
+        synthetic=selection.synthetic,
+        analysis=analysis,
+        clinical_kaplan_meier=clinical,
+        custom_group=params.group,
+        custom_kaplan_meier=custom,
+        cox=cox,
+    )
+
+
+def section_figures(
+    selection: Selection, params: AnalysisParameters, section: str, results: Results
+) -> list[dict[str, Any]]:
+    """The section's figures (entry, Plotly JSON, element id); the JSON is stored like the
+    results, so a cached dashboard does not redraw its figures."""
+    figure_entries = [entry for entry in entries(results, [section]) if entry.kind == "figure"]
+    payload = cached(
+        selection,
+        "figures",
+        {"section": section, "parameters": params.to_dict(), "synthetic": selection.synthetic},
+        lambda: {entry.name: entry.figure().to_json() for entry in figure_entries},  # type: ignore[misc]
+    )
+    return [
+        {"entry": entry, "json": payload[entry.name], "element": f"figure-{section}-{entry.name}"}
+        for entry in figure_entries
+        if entry.name in payload
+    ]
+
+
+def _about_data(selection: Selection) -> dict[str, Any]:
+    """The stored facts about the analysed frame (its hash, its size, the loader's notes)."""
+    return cached(
+        selection,
+        "provenance",
+        {},
+        lambda: {
+            "data_hash": frame_hash(selection.loaded.frame),
+            "n_patients": len(selection.loaded.frame),
+            "n_patients_in_cohorts": selection.loaded.n_patients_in_cohorts,
+            "n_slices": 0 if selection.loaded.slices is None else len(selection.loaded.slices),
+            "notes": list(selection.loaded.notes),
+        },
+    )
+
+
+def provenance(selection: Selection, params: AnalysisParameters | None = None) -> dict[str, Any]:
+    """Where the numbers come from: model version, cohorts, data hash, package versions."""
+    about = _about_data(selection)
+    version = selection.model_version
+    return {
+        "research_use_only": RESEARCH_USE_ONLY,
+        "synthetic": selection.synthetic,
+        "model_version": None
+        if version is None
+        else {
+            "id": version.pk,
+            "name": version.name,
+            "status": version.status,
+            "is_synthetic": version.is_synthetic,
+            "code_version": version.code_version,
+            "data_hash": version.data_hash,
+        },
+        "cohorts": [
+            {
+                "id": cohort.pk,
+                "name": cohort.name,
+                "data_version": cohort.data_version,
+                "is_synthetic": cohort.is_synthetic,
+            }
+            for cohort in selection.cohorts
+        ],
+        **about,
+        "parameters": params.to_dict() if params is not None else None,
+        "packages": package_versions(),
+        "generated_at": timezone.now().isoformat(timespec="seconds"),
+        "cache": [dataclasses.asdict(event) for event in selection.events],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Exports
+# --------------------------------------------------------------------------------------------
+
+CONTENT_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "html": "text/html; charset=utf-8",
+}
+
+
+def _about_lines(title: str, about: dict[str, Any]) -> list[str]:
+    version = about["model_version"]
+    lines = [
+        f"PMPD analytics: {title}",
+        about["research_use_only"],
+    ]
+    if about["synthetic"]:
+        lines.append("SYNTHETIC DATA: computed on synthetic data, not patient data.")
+    lines += [
+        "Model version: "
+        + (f"{version['name']} (id {version['id']})" if version else "none (clinical data only)"),
+        "Cohorts: "
+        + "; ".join(
+            f"{c['name']} (id {c['id']}, data version {c['data_version']})"
+            for c in about["cohorts"]
+        ),
+        f"Patients analysed: {about['n_patients']}",
+        f"Data hash (SHA-256 of the patient-level frame): {about['data_hash']}",
+        "Packages: " + ", ".join(f"{k} {v}" for k, v in about["packages"].items()),
+        f"Generated: {about['generated_at']}",
+    ]
+    if about.get("parameters"):
+        lines.append("Parameters: " + _canonical(about["parameters"]))
+    return lines
+
+
+def export_filename(selection: Selection, name: str, extension: str) -> str:
+    parts = ["pmpd", *(cohort.name for cohort in selection.cohorts)]
+    parts.append(selection.model_version.name if selection.model_version else "clinical")
+    parts.append(name)
+    if selection.synthetic:
+        parts.append("SYNTHETIC")
+    slug = "-".join(
+        "".join(ch if ch.isalnum() or ch in "._" else "-" for ch in part).strip("-")
+        for part in parts
+    )
+    return f"{slug}.{extension}"
+
+
+def _csv(frame: pd.DataFrame, lines: list[str]) -> bytes:
+    header = "".join(f"# {line}\n" for line in lines)
+    return (header + frame.to_csv(index=False, lineterminator="\n")).encode("utf-8")
+
+
+def export_table(entry: Entry, fmt: str, about: dict[str, Any]) -> bytes:
+    """A table as CSV (provenance in ``#`` comment lines) or XLSX (a provenance sheet)."""
+    frame = entry.frame()
+    lines = _about_lines(entry.title, about)
+    if entry.not_computable is not None:
+        lines.append(f"Not computable: {entry.not_computable.reason}")
+    if fmt == "csv":
+        return _csv(frame, lines)
+    if fmt != "xlsx":
+        raise ValueError(f"tables are exported as csv or xlsx, not {fmt}")
+    output = io.BytesIO()
+    with pd.ExcelWriter(output, engine="openpyxl") as writer:
+        frame.to_excel(writer, sheet_name="table", index=False)
+        pd.DataFrame({"about": lines}).to_excel(writer, sheet_name="about", index=False)
+    return output.getvalue()
+
+
+def export_figure_data(entry: Entry, about: dict[str, Any]) -> bytes:
+    """The data a figure draws, as CSV with the provenance in ``#`` comment lines."""
+    lines = _about_lines(f"{entry.title} (figure data)", about)
+    if entry.not_computable is not None:
+        lines.append(f"Not computable: {entry.not_computable.reason}")
+    return _csv(entry.frame(), lines)
+
+
+def record_export(user: Any, selection: Selection, *, item: str, fmt: str) -> None:
+    """Audit an analytics export once per cohort it draws on."""
+    for cohort in selection.cohorts:
+        audit(
+            user,
+            AuditAction.EXPORT_TABLE,
+            cohort=cohort,
+            label=f"analytics {item}",
+            kind="analytics",
+            item=item,
+            format=fmt,
+            model_version=selection.model_version.pk if selection.model_version else None,
+            cohorts=selection.cohort_ids,
+        )
+
+
+@cache
+def _static_text(path: str) -> str:
+    found = finders.find(path)
+    if not found:
+        raise FileNotFoundError(f"static file {path} not found (run the frontend build)")
+    with open(found, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def _inline_script(text: str) -> str:
+    # A literal "</script" would end the inline element early.
+    return text.replace("</script", "<\\/script")
+
+
+def render_report(selection: Selection, params: AnalysisParameters, *, request: Any = None) -> str:
+    """The whole analysis as one HTML file: plotly.js, styles, figures, tables, provenance."""
+    results = results_for(selection, params, SECTIONS)
+    sections = []
+    for section, title in SECTIONS.items():
+        figures = section_figures(selection, params, section, results)
+        tables = [
+            _table_context(entry) for entry in entries(results, [section]) if entry.kind == "table"
+        ]
+        sections.append({"name": section, "title": title, "figures": figures, "tables": tables})
+    about = provenance(selection, params)
+    return render_to_string(
+        "analytics/report.html",
+        {
+            "selection": selection,
+            "sections": sections,
+            "about": about,
+            "parameters_json": _canonical(params.to_dict()),
+            "notes": _notes(selection, results),
+            "plotly_js": _inline_script(_static_text("vendor/plotly.min.js")),
+            "figures_js": _inline_script(_static_text("analytics/figures.js")),
+            "styles": _static_text("pmpd/app.css") + _static_text("analytics/analytics.css"),
+        },
+        request=request,
+    )
+
+
+def _table_context(entry: Entry) -> dict[str, Any]:
+    if isinstance(entry.source, NotComputable):
+        return {"entry": entry, "columns": [], "rows": []}
+    columns, rows = display_rows(entry.frame())
+    return {"entry": entry, "columns": columns, "rows": rows}
+
+
+def _notes(selection: Selection, results: Results) -> list[str]:
+    notes = list(_about_data(selection)["notes"])
+    if results.analysis is not None:
+        notes.extend(results.analysis.data_notes)
+    return notes
+
+
+def section_context(
+    selection: Selection, params: AnalysisParameters, section: str
+) -> dict[str, Any]:
+    """Everything a dashboard section page shows."""
+    results = results_for(selection, params, [section])
+    figures = section_figures(selection, params, section, results)
+    tables = [
+        _table_context(entry) for entry in entries(results, [section]) if entry.kind == "table"
+    ]
+    return {
+        "results": results,
+        "figures": figures,
+        "tables": tables,
+        "notes": _notes(selection, results),
+        "about": provenance(selection, params),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The clinician's view of one patient
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class PatientRisk:
+    """One patient's MRS against the cut-point, CA19-9 group, risk group and the curves."""
+
+    allowed: bool
+    message: str = ""
+    model_version: ModelVersion | None = None
+    model_version_source: str = ""
+    synthetic: bool = False
+    metastasis_risk_score: float | None = None
+    mrs_std: float | None = None
+    mrs_min: float | None = None
+    mrs_max: float | None = None
+    n_slices: int | None = None
+    fewer_than_4_tumour_slices: bool = False
+    predicted_metastasis: bool | None = None
+    cutpoint: float | None = None
+    cutpoint_method: str = ""
+    cutpoint_reason: str = ""
+    n_scored: int = 0
+    mrs_percentile: float | None = None
+    mrs_group: str | None = None
+    ca19_9_u_per_ml: float | None = None
+    ca19_9_threshold: float = 500.0
+    ca19_9_group: str | None = None
+    risk_group: str = "unknown"
+    risk_group_reason: str = ""
+    figure_json: str = ""
+    research_use_only: str = RESEARCH_USE_ONLY
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def mrs_position_percent(self) -> float:
+        return 100.0 * min(max(self.metastasis_risk_score or 0.0, 0.0), 1.0)
+
+    @property
+    def cutpoint_position_percent(self) -> float | None:
+        return None if self.cutpoint is None else 100.0 * min(max(self.cutpoint, 0.0), 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = {
+            name: getattr(self, name)
+            for name in (
+                "allowed",
+                "message",
+                "model_version_source",
+                "synthetic",
+                "metastasis_risk_score",
+                "mrs_std",
+                "mrs_min",
+                "mrs_max",
+                "n_slices",
+                "fewer_than_4_tumour_slices",
+                "predicted_metastasis",
+                "cutpoint",
+                "cutpoint_method",
+                "cutpoint_reason",
+                "n_scored",
+                "mrs_percentile",
+                "mrs_group",
+                "ca19_9_u_per_ml",
+                "ca19_9_threshold",
+                "ca19_9_group",
+                "risk_group",
+                "risk_group_reason",
+                "research_use_only",
+                "notes",
+            )
+        }
+        version = self.model_version
+        values["model_version"] = (
+            None
+            if version is None
+            else {"id": version.pk, "name": version.name, "is_synthetic": version.is_synthetic}
+        )
+        return values
+
+
+def _choose_model_version(
+    patient: Patient, model_version: ModelVersion | None
+) -> tuple[ModelVersion | None, str]:
+    if model_version is not None:
+        return model_version, "chosen"
+    active = ModelVersion.objects.filter(is_active=True).first()
+    if active is not None:
+        return active, "the active model version"
+    latest = (
+        ModelVersion.objects.filter(predictions__patient=patient).order_by("-created_at").first()
+    )
+    return latest, "the latest model version that scored this patient"
+
+
+def _risk_groups(selection: Selection, options: AnalysisOptions) -> dict[str, Any]:
+    prepared = selection.prepared(options)
+    data = prepared.data
+    return {
+        "cutpoint": prepared.cutpoint,
+        "groups": pd.DataFrame(
+            {
+                "study_id": data["study_id"].to_numpy(),
+                "mrs_group": data["mrs_group"].to_numpy(),
+                "ca19_9_group": data["ca19_9_group"].to_numpy(),
+                "risk_group": data["risk_group"].to_numpy(),
+            }
+        ),
+        "n_scored": int(data["metastasis_risk_score"].notna().sum()),
+        "scores": data["metastasis_risk_score"].to_numpy(dtype=float),
+        "kaplan_meier": kaplan_meier_for(prepared, "risk_group", options),
+    }
+
+
+def patient_risk(
+    user: Any, patient: Patient, model_version: ModelVersion | None = None
+) -> PatientRisk:
+    """The clinician's view of ``patient`` under ``model_version`` (default: the active one).
+
+    The MRS cut-point is the maximally selected log-rank cut (survminer's ``surv_cutpoint``,
+    minprop 0.1) computed on the predictions of this model version for the patient's cohort,
+    as on the cohort's survival dashboard; CA19-9 is high above 500 U/mL.
+    """
+    cohort = patient.cohort
+    if not can(user, cohort, Action.VIEW_RESULTS):
+        return PatientRisk(allowed=False, message="Your role does not allow viewing results.")
+    version, source = _choose_model_version(patient, model_version)
+    if version is None:
+        return PatientRisk(allowed=True, message="No model version has scored this patient yet.")
+    synthetic = cohort.is_synthetic or version.is_synthetic
+    prediction = PatientPrediction.objects.filter(patient=patient, model_version=version).first()
+    if prediction is None:
+        return PatientRisk(
+            allowed=True,
+            model_version=version,
+            model_version_source=source,
+            synthetic=synthetic,
+            message=f"Model version {version.name} has not scored this patient.",
+        )
+    params = AnalysisParameters(cohort_ids=(cohort.pk,), model_version_id=version.pk)
+    options = params.options(synthetic=synthetic)
+    selection = Selection([cohort], version)
+    risk = cached(
+        selection, "patient-risk", _options_key(options), lambda: _risk_groups(selection, options)
+    )
+    groups = risk["groups"]
+    row = groups.loc[groups["study_id"] == patient.study_id]
+
+    def group(column: str) -> str | None:
+        value = row[column].iloc[0] if len(row) else None
+        return None if pd.isna(value) else str(value)
+
+    mrs_group, ca_group = group("mrs_group"), group("ca19_9_group")
+    risk_group = group("risk_group") or "unknown"
+    cut: CutpointResult | NotComputable = risk["cutpoint"]
+    ca = None if patient.ca19_9_u_per_ml is None else float(patient.ca19_9_u_per_ml)
+    result = PatientRisk(
+        allowed=True,
+        model_version=version,
+        model_version_source=source,
+        synthetic=synthetic,
+        metastasis_risk_score=prediction.metastasis_risk_score,
+        mrs_std=prediction.mrs_std,
+        mrs_min=prediction.mrs_min,
+        mrs_max=prediction.mrs_max,
+        n_slices=prediction.n_slices,
+        fewer_than_4_tumour_slices=prediction.fewer_than_4_tumour_slices,
+        predicted_metastasis=prediction.predicted_metastasis,
+        n_scored=risk["n_scored"],
+        mrs_group=mrs_group,
+        ca19_9_u_per_ml=ca,
+        ca19_9_threshold=options.ca19_9_threshold_u_per_ml,
+        ca19_9_group=ca_group,
+        risk_group=risk_group,
+    )
+    result.mrs_percentile = _finite(
+        mrs_percentile(risk["scores"], prediction.metastasis_risk_score)
+    )
+    if isinstance(cut, CutpointResult):
+        result.cutpoint = cut.cutpoint
+        result.cutpoint_method = (
+            f"maximally selected log-rank statistic (minprop {cut.minprop:g}) on the "
+            f"{cut.n} patients of {cohort.name} scored by {version.name} with survival data; "
+            "low = MRS at or below the cut"
+        )
+    else:
+        result.cutpoint_reason = cut.reason
+    if risk_group == "unknown":
+        missing = []
+        if ca_group is None:
+            missing.append("CA19-9 is not recorded")
+        if mrs_group is None:
+            missing.append("the MRS group is not available (no cut-point, or no survival data)")
+        result.risk_group_reason = "; ".join(missing)
+    if prediction.fewer_than_4_tumour_slices:
+        result.notes.append(
+            f"Scored from {prediction.n_slices} tumour slice(s): fewer than the 4 the method uses."
+        )
+    km = risk["kaplan_meier"]
+    result.figure_json = fig.risk_group_figure(
+        km,
+        highlight_group=risk_group if risk_group != "unknown" else None,
+        title=f"Overall survival by risk group: {cohort.name}, {version.name}",
+        synthetic=synthetic,
+    ).to_json()
+    return result
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def patient_risk_context(
+    user: Any, patient: Patient, model_version: ModelVersion | None = None
+) -> dict[str, Any]:
+    """Context for ``{% include "analytics/_patient_risk.html" %}`` on the patient page.
+
+    Returns ``{"patient_risk": PatientRisk}``; the include shows nothing when the user's role
+    does not allow viewing results (``patient_risk.allowed`` is false).
+    """
+    return {"patient_risk": patient_risk(user, patient, model_version)}

@@ -1,0 +1,69 @@
+/* Draws the analytics figures: each element with data-figure="<id of a JSON script>" becomes a
+   Plotly figure whose mode bar downloads PNG and SVG; buttons with data-download="png|svg" and
+   data-target="<element id>" download the same images. Used by the dashboards, the patient
+   risk view and the self-contained report (inlined there). */
+(function () {
+  "use strict";
+
+  function download(element, format) {
+    var size = element.getBoundingClientRect();
+    Plotly.downloadImage(element, {
+      format: format,
+      filename: element.dataset.filename || "figure",
+      width: Math.max(Math.round(size.width), 600),
+      height: Math.max(Math.round(size.height), 400),
+      scale: format === "png" ? 2 : 1,
+    });
+  }
+
+  function draw(root) {
+    if (typeof Plotly === "undefined") {
+      return;
+    }
+    root.querySelectorAll("[data-figure]").forEach(function (element) {
+      if (element.dataset.drawn) {
+        return;
+      }
+      var source = document.getElementById(element.dataset.figure);
+      if (!source) {
+        return;
+      }
+      var figure = JSON.parse(source.textContent);
+      var name = element.dataset.filename || "figure";
+      Plotly.newPlot(element, figure.data, figure.layout, {
+        responsive: true,
+        displaylogo: false,
+        toImageButtonOptions: { format: "png", filename: name, scale: 2 },
+        modeBarButtonsToAdd: [
+          {
+            name: "Download plot as SVG",
+            icon: Plotly.Icons.camera,
+            click: function (graph) {
+              download(graph, "svg");
+            },
+          },
+        ],
+      });
+      element.dataset.drawn = "1";
+    });
+    root.querySelectorAll("[data-download]").forEach(function (button) {
+      if (button.dataset.bound) {
+        return;
+      }
+      button.dataset.bound = "1";
+      button.addEventListener("click", function () {
+        var element = document.getElementById(button.dataset.target);
+        if (element && element.dataset.drawn) {
+          download(element, button.dataset.download);
+        }
+      });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    draw(document);
+  });
+  document.addEventListener("htmx:afterSwap", function (event) {
+    draw(event.target);
+  });
+})();

@@ -1,0 +1,390 @@
+"""De-identification of DICOM headers, following DICOM PS3.15 Annex E.
+
+The profile is the Basic Application Level Confidentiality Profile (code 113100) with the
+Retain Longitudinal Temporal Information with Modified Dates Option (113107):
+
+* the attributes of Table E.1-1 that identify the patient, the people involved, the
+  institution, the devices or the request are removed (X) or emptied (Z), or given a dummy
+  value (D) where a value is required (``ACTIONS``); patient name and ID become the study ID;
+* every private attribute is removed, and so are curves (50xx) and overlays (60xx, which may
+  carry burned-in text), and public attributes unknown to the data dictionary;
+* as safety nets beyond the table, every person name (PN), free text (LT, ST, UT) and
+  application entity title (AE), at any depth, is removed;
+* every UID that is not a registered DICOM UID (SOP classes, transfer syntaxes, coding schemes
+  stay) is remapped with a keyed hash: HMAC-SHA256 of the study ID and the UID under the site
+  secret, written as ``2.25.<128-bit integer>``. The same UID of the same patient always maps to
+  the same new UID (series, frame of reference and references between objects stay
+  consistent), other patients' and other sites' mappings differ, and nobody without the secret
+  can map back;
+* dates (DA, DT, at any depth): ``date_mode="shift"`` moves every date of a patient back by the
+  same keyed number of days (1..``date_shift_max_days``; intervals between a patient's studies
+  are kept), ``"year"`` keeps the year only (1 January). Times of day are kept; time-zone
+  offsets are removed. The patient's birth date is emptied in both modes;
+* PatientIdentityRemoved is YES, DeidentificationMethod and DeidentificationMethodCodeSequence
+  (113100, 113107) say how, LongitudinalTemporalInformationModified is MODIFIED.
+
+Pixel data are not touched: series whose pixels carry burned-in annotation are refused by the
+ingest before they get here. No Django import: this module is tested on its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import hmac
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+
+DATE_MODES = ("shift", "year")
+# Roots of UIDs that name standards, not patients: DICOM's own (SOP classes, transfer syntaxes,
+# well-known frames of reference) and HL7's coding systems (CodingSchemeUID).
+REGISTERED_UID_ROOTS = ("1.2.840.10008.", "2.16.840.1.113883.")
+METHOD = (
+    "PS3.15 E Basic Application Confidentiality Profile",
+    "Retain Longitudinal Temporal Info Modified Dates",
+    "PMPD platform de-identification 1",
+)
+METHOD_CODES = (
+    ("113100", "Basic Application Confidentiality Profile"),
+    ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+)
+DUMMY = "DEIDENTIFIED"
+
+# Table E.1-1 actions for the attributes that can occur in the images PMPD ingests (CT, SEG and
+# what travels with them). X: remove; Z: empty; D: dummy value. UIDs (action U), dates,
+# person names, free text, private and unknown attributes are handled by VR in ``_clean``.
+_REMOVE = """
+    AcquisitionComments AcquisitionContextSequence AcquisitionDeviceProcessingDescription
+    AcquisitionProtocolDescription ActualHumanPerformersSequence AdditionalPatientHistory
+    AdmissionID AdmittingDiagnosesCodeSequence AdmittingDiagnosesDescription Allergies
+    AuthorObserverSequence BranchOfService CassetteID ClinicalTrialProtocolEthicsCommitteeApprovalNumber
+    ClinicalTrialSeriesDescription ClinicalTrialSeriesID ClinicalTrialTimePointDescription
+    CommentsOnThePerformedProcedureStep ConfidentialityConstraintOnPatientDataDescription
+    ConsultingPhysicianIdentificationSequence ContentCreatorIdentificationCodeSequence
+    ContentSequence ContributionDescription CountryOfResidence CurrentPatientLocation
+    CustodialOrganizationSequence DataSetTrailingPadding DerivationDescription DetectorID
+    DeviceDescription DeviceSerialNumber DigitalSignaturesSequence DischargeDiagnosisDescription
+    DistributionAddress DistributionName EthnicGroup FrameComments GantryID GeneratorID
+    GraphicAnnotationSequence HumanPerformerName HumanPerformerOrganization IconImageSequence
+    IdentifyingComments ImageComments ImagePresentationComments ImagingServiceRequestComments
+    Impressions InstanceCoercionDateTime InstitutionAddress InstitutionalDepartmentName
+    InstitutionalDepartmentTypeCodeSequence InstitutionCodeSequence InstitutionName
+    InsurancePlanIdentification IntendedRecipientsOfResultsIdentificationSequence
+    InterpretationApproverSequence InterpretationAuthor InterpretationDiagnosisDescription
+    InterpretationIDIssuer InterpretationRecorder InterpretationText InterpretationTranscriber
+    IssuerOfAdmissionID IssuerOfAdmissionIDSequence IssuerOfPatientID
+    IssuerOfPatientIDQualifiersSequence IssuerOfServiceEpisodeID IssuerOfServiceEpisodeIDSequence
+    LastMenstrualDate MAC MedicalAlerts MedicalRecordLocator MilitaryRank
+    ModifiedAttributesSequence ModifiedImageDescription ModifyingDeviceID
+    NameOfPhysiciansReadingStudy NamesOfIntendedRecipientsOfResults Occupation
+    OperatorIdentificationSequence OperatorsName OrderCallbackPhoneNumber
+    OrderCallbackTelecomInformation OrderEnteredBy OrderEntererLocation OriginalAttributesSequence
+    OtherPatientIDs OtherPatientIDsSequence OtherPatientNames ParticipantSequence PatientAddress
+    PatientAge PatientBirthName PatientBirthTime PatientComments PatientInstitutionResidence
+    PatientInsurancePlanCodeSequence PatientMotherBirthName PatientPrimaryLanguageCodeSequence
+    PatientPrimaryLanguageModifierCodeSequence PatientReligiousPreference PatientSexNeutered
+    PatientSize PatientState PatientTelecomInformation PatientTelephoneNumbers
+    PatientTransportArrangements PatientWeight PerformedLocation PerformedProcedureStepDescription
+    PerformedProcedureStepEndDate PerformedProcedureStepEndDateTime PerformedProcedureStepEndTime
+    PerformedProcedureStepID PerformedProcedureStepStartDate PerformedProcedureStepStartDateTime
+    PerformedProcedureStepStartTime PerformedStationAETitle
+    PerformedStationGeographicLocationCodeSequence PerformedStationName
+    PerformedStationNameCodeSequence PerformingPhysicianIdentificationSequence
+    PerformingPhysicianName PersonAddress PersonIdentificationCodeSequence PersonTelecomInformation
+    PersonTelephoneNumbers PhysicianApprovingInterpretation PhysiciansOfRecord
+    PhysiciansOfRecordIdentificationSequence PhysiciansReadingStudyIdentificationSequence PlateID
+    PreMedication PregnancyStatus ProtocolName ReasonForStudy ReasonForTheImagingServiceRequest
+    ReasonForTheRequestedProcedure ReasonForVisit ReasonForVisitCodeSequence
+    ReasonForRequestedProcedureCodeSequence ReferencedDigitalSignatureSequence
+    ReferencedPatientAliasSequence ReferencedPatientPhotoSequence ReferencedPatientSequence
+    ReferencedPerformedProcedureStepSequence ReferencedSOPInstanceMACSequence
+    ReferencedStudySequence ReferringPhysicianAddress ReferringPhysicianIdentificationSequence
+    ReferringPhysicianTelephoneNumbers RegionOfResidence RequestAttributesSequence
+    RequestedContrastAgent RequestedProcedureComments RequestedProcedureDescription
+    RequestedProcedureID RequestedProcedureLocation RequestingPhysician RequestingService
+    ResponsibleOrganization ResponsiblePerson ResultsComments ResultsDistributionListSequence
+    ResultsIDIssuer ScheduledHumanPerformersSequence ScheduledPatientInstitutionResidence
+    ScheduledPerformingPhysicianIdentificationSequence ScheduledPerformingPhysicianName
+    ScheduledProcedureStepDescription ScheduledProcedureStepEndDate ScheduledProcedureStepEndTime
+    ScheduledProcedureStepLocation ScheduledProcedureStepStartDate ScheduledProcedureStepStartTime
+    ScheduledStationAETitle ScheduledStationGeographicLocationCodeSequence ScheduledStationName
+    ScheduledStationNameCodeSequence ScheduledStudyLocation ScheduledStudyLocationAETitle
+    SeriesDescription ServiceEpisodeDescription ServiceEpisodeID SmokingStatus SpecialNeeds
+    SpecimenAccessionNumber SpecimenDetailedDescription SpecimenShortDescription StationName
+    StudyComments StudyDescription StudyIDIssuer TextComments TextString TimezoneOffsetFromUTC
+    TopicAuthor TopicKeywords TopicSubject TopicTitle UDISequence UniqueDeviceIdentifier
+    VerifyingObserverIdentificationCodeSequence VerifyingObserverName VerifyingObserverSequence
+    VerifyingOrganization VisitComments XRayDetectorID XRayDetectorLabel XRaySourceID
+"""
+_EMPTY = """
+    AccessionNumber ClinicalTrialCoordinatingCenterName ClinicalTrialProtocolName
+    ClinicalTrialSiteID ClinicalTrialSiteName ClinicalTrialTimePointID ConsultingPhysicianName
+    ContentCreatorName FillerOrderNumberImagingServiceRequest PatientBirthDate PatientSex
+    PlacerOrderNumberImagingServiceRequest ReferringPhysicianName StudyID
+"""
+_DUMMY = """
+    ClinicalTrialProtocolEthicsCommitteeName ClinicalTrialProtocolID ClinicalTrialSponsorName
+    ClinicalTrialSubjectID ClinicalTrialSubjectReadingID ContrastBolusAgent
+"""
+
+
+def _tags(keywords: str) -> set[int]:
+    tags = set()
+    for keyword in keywords.split():
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise KeyError(f"not a DICOM keyword: {keyword}")
+        tags.add(tag)
+    return tags
+
+
+ACTIONS: dict[int, str] = (
+    dict.fromkeys(_tags(_REMOVE), "X")
+    | dict.fromkeys(_tags(_EMPTY), "Z")
+    | dict.fromkeys(_tags(_DUMMY), "D")
+)
+_PATIENT_NAME = tag_for_keyword("PatientName")
+_PATIENT_ID = tag_for_keyword("PatientID")
+_PIXEL_DATA = 0x7FE00010
+_REMOVED_VRS = {"PN", "LT", "ST", "UT", "AE"}
+_STRING_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC"}
+_MAX_LENGTH = {"SH": 16, "CS": 16, "LO": 64, "UC": 64}
+
+
+def _digest(secret: str, message: str) -> bytes:
+    if not secret:
+        raise ValueError("a de-identification secret is required (settings.PMPD_DEID_SECRET)")
+    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).digest()
+
+
+@functools.lru_cache(maxsize=65536)
+def _keyed_uid(secret: str, message: str) -> str:
+    return "2.25." + str(int.from_bytes(_digest(secret, message)[:16], "big"))
+
+
+def is_registered_uid(uid: str) -> bool:
+    return uid.startswith(REGISTERED_UID_ROOTS)
+
+
+def remap_uid(uid: str, *, study_id: str, secret: str) -> str:
+    """The de-identified UID of ``uid`` for the patient ``study_id``; registered DICOM UIDs
+    (SOP classes, transfer syntaxes, coding schemes) are returned unchanged."""
+    uid = str(uid).strip().rstrip("\x00")
+    if not uid or is_registered_uid(uid):
+        return uid
+    return _keyed_uid(secret, f"uid\x00{study_id}\x00{uid}")
+
+
+def derived_uid(*parts: object, study_id: str, secret: str) -> str:
+    """A UID for an object the platform creates (a series written from NIfTI, a SEG), derived
+    from ``parts``: the same inputs give the same UID, so a repeated ingest changes nothing."""
+    return _keyed_uid(secret, "derived\x00" + study_id + "\x00" + "\x00".join(map(str, parts)))
+
+
+def date_shift_days(study_id: str, *, secret: str, max_days: int = 3650) -> int:
+    """Days by which the patient's dates move back: 1..max_days, keyed by the site secret."""
+    if max_days < 1:
+        raise ValueError("max_days must be at least 1")
+    number = int.from_bytes(_digest(secret, f"date-shift\x00{study_id}")[:8], "big")
+    return 1 + number % max_days
+
+
+def _modify_date(value: str, *, vr: str, date_mode: str, shift_days: int) -> str:
+    """One DA or DT value under the date policy; unreadable dates become empty."""
+    text = value.strip()
+    if not text:
+        return ""
+    core = text.split("+")[0].split("-")[0] if vr == "DT" else text
+    if len(core) < 4 or not core[:4].isdigit():
+        return ""
+    if date_mode == "year" or len(core) < 8:
+        return core[:4] if vr == "DT" else core[:4] + "0101"
+    try:
+        day = dt.datetime.strptime(core[:8], "%Y%m%d").date()
+    except ValueError:
+        return ""
+    try:
+        shifted = (day - dt.timedelta(days=shift_days)).strftime("%Y%m%d")
+    except OverflowError:
+        return ""
+    return shifted + core[8:] if vr == "DT" else shifted
+
+
+class _Context:
+    """One patient's de-identification: the keys, and a memo of rewritten raw elements (the
+    slices of a series repeat most values, so each distinct value is rewritten once)."""
+
+    def __init__(self, *, study_id: str, secret: str, date_mode: str, shift_days: int) -> None:
+        self.study_id = study_id
+        self.secret = secret
+        self.date_mode = date_mode
+        self.shift_days = shift_days
+        self.memo: dict[tuple, RawDataElement] = {}
+
+    def uid(self, value: str) -> str:
+        return remap_uid(value, study_id=self.study_id, secret=self.secret)
+
+    def date(self, value: str, vr: str) -> str:
+        return _modify_date(value, vr=vr, date_mode=self.date_mode, shift_days=self.shift_days)
+
+    def new_value(self, kind: str, vr: str, value: Any) -> Any:
+        """The replacement of a decoded value (str or a list of str)."""
+        if kind == "identity":
+            return self.study_id
+        if kind == "empty":
+            return [] if vr == "SQ" else ("" if vr in _STRING_VRS else None)
+        if kind == "dummy":
+            return DUMMY[: _MAX_LENGTH.get(vr, 64)]
+        if kind == "uid":
+            return _map_values(value, self.uid)
+        return _map_values(value, lambda v: self.date(v, vr)) if value else value
+
+    def new_raw(self, kind: str, raw: RawDataElement) -> RawDataElement:
+        """The replacement of an undecoded explicit-VR little-endian element, as raw bytes."""
+        key = (raw.tag, raw.VR, kind, raw.value)
+        cached = self.memo.get(key)
+        if cached is not None:
+            return cached
+        old = (raw.value or b"").decode("latin-1").rstrip("\x00 ")
+        values = old.split("\\") if old else []
+        if kind in ("uid", "date"):
+            new = self.new_value(kind, raw.VR, values)
+            text = "\\".join(new)
+        else:
+            text = self.new_value(kind, raw.VR, old) or ""
+        data = text.encode("latin-1")
+        if len(data) % 2:
+            data += b"\x00" if raw.VR == "UI" else b" "
+        element = RawDataElement(
+            raw.tag, raw.VR, len(data), data, raw.value_tell, False, True, True, False
+        )
+        self.memo[key] = element
+        return element
+
+
+def _map_values(value, function):
+    if isinstance(value, MultiValue | list | tuple):
+        return [function(v) for v in value]
+    return function(value)
+
+
+def _dictionary_vr(tag: BaseTag) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
+
+def _clean(ds: Dataset, context: _Context) -> None:
+    for tag in list(ds.keys()):
+        if tag == _PIXEL_DATA:
+            continue
+        group = tag.group
+        if tag.is_private or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
+            del ds[tag]
+            continue
+        element = ds.get_item(tag)
+        vr = element.VR or _dictionary_vr(tag)
+        action = ACTIONS.get(tag)
+        if tag in (_PATIENT_NAME, _PATIENT_ID):
+            kind = "identity"
+        elif vr is None or action == "X" or vr in _REMOVED_VRS:
+            del ds[tag]
+            continue
+        elif action == "Z":
+            kind = "empty"
+        elif action == "D":
+            kind = "dummy"
+        elif vr == "SQ":
+            for item in ds[tag].value:
+                _clean(item, context)
+            continue
+        elif vr == "UI":
+            kind = "uid"
+        elif vr in ("DA", "DT"):
+            kind = "date"
+        else:
+            continue
+        if (
+            isinstance(element, RawDataElement)
+            and vr == element.VR
+            and vr != "SQ"
+            and element.is_little_endian
+            and not element.is_implicit_VR
+        ):
+            ds[tag] = context.new_raw(kind, element)
+        else:
+            decoded = ds[tag]
+            decoded.value = context.new_value(kind, vr, decoded.value)
+
+
+def deidentify(
+    ds: Dataset,
+    *,
+    study_id: str,
+    secret: str,
+    date_mode: str = "shift",
+    date_shift_max_days: int = 3650,
+) -> Dataset:
+    """De-identify ``ds`` in place (see the module docstring) and return it.
+
+    The file meta information, when present, is rebuilt: only the SOP class, the new SOP
+    instance UID and the transfer syntax are kept.
+    """
+    if date_mode not in DATE_MODES:
+        raise ValueError(f"date_mode must be one of {DATE_MODES}, not {date_mode!r}")
+    if not study_id:
+        raise ValueError("a study ID is required")
+    context = _Context(
+        study_id=study_id,
+        secret=secret,
+        date_mode=date_mode,
+        shift_days=date_shift_days(study_id, secret=secret, max_days=date_shift_max_days),
+    )
+    _clean(ds, context)
+    if hasattr(ds, "preamble"):
+        ds.preamble = None  # a preamble may carry anything: the writer puts zeros
+    ds.PatientName = study_id
+    ds.PatientID = study_id
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = list(METHOD)
+    ds.DeidentificationMethodCodeSequence = method_code_sequence()
+    ds.LongitudinalTemporalInformationModified = "MODIFIED"
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        transfer_syntax = meta.get("TransferSyntaxUID")
+        ds.file_meta = new_file_meta(ds, transfer_syntax=transfer_syntax)
+    return ds
+
+
+def method_code_sequence() -> Sequence:
+    """DeidentificationMethodCodeSequence: the profile and option codes of ``METHOD_CODES``."""
+    items = []
+    for value, meaning in METHOD_CODES:
+        item = Dataset()
+        item.CodeValue = value
+        item.CodingSchemeDesignator = "DCM"
+        item.CodeMeaning = meaning
+        items.append(item)
+    return Sequence(items)
+
+
+def new_file_meta(ds: Dataset, *, transfer_syntax: str | None) -> FileMetaDataset:
+    """File meta information for ``ds`` naming nothing but its SOP class and instance."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if transfer_syntax:
+        meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "PMPD_1"
+    return meta

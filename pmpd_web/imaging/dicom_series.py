@@ -1,0 +1,881 @@
+"""DICOM in and out: what each file is, assembling and checking a CT series, the rule that
+picks a patient's CT series, writing a CT series from a volume, DICOM SEG in and out, and the
+DICOM JSON metadata of the stored instances.
+
+Pure (pydicom, highdicom, numpy); the ingest (``pmpd_web.imaging.ingest``) is the Django shell.
+Everything stored is explicit VR little endian, uncompressed: compressed input is decoded here.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.charset import default_encoding
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SegmentationStorage
+
+from . import deid
+from .errors import IngestError
+from .volumes import CANONICAL_PANCREAS, CANONICAL_TUMOUR, Grid, check_grid
+
+ENHANCED_CT_CLASSES = {"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+SECONDARY_CAPTURE_ROOT = "1.2.840.10008.5.1.4.1.1.7"
+PIXEL_DATA = 0x7FE00010
+SEG_SERIES_NUMBER = 900
+GENERATED_SERIES_NUMBER = 800
+
+# Phase of the contrast injection, from the words of the series description and protocol. The
+# pick rule prefers the portal-venous phase, the one PMPD was trained on.
+PHASE_WORDS = (
+    (
+        "non_contrast",
+        r"non[- ]?contrast|unenhanced|native|plain|pre[- ]?contrast|sin contraste|\bnc\b",
+    ),
+    ("portal_venous", r"portal|venous|venos|veneu|\bpvp?\b|\bvp\b|\bven\b"),
+    ("arterial", r"arter|\bart\b|\bap\b"),
+    ("delayed", r"delay|excret|equilib|\blate\b|\btardi"),
+)
+PHASE_PREFERENCE = {
+    "portal_venous": 4,
+    "contrast": 3,
+    "unknown": 2,
+    "delayed": 1,
+    "arterial": 0,
+    "non_contrast": 0,
+}
+PHASE_LABELS = {
+    "portal_venous": "portal venous",
+    "contrast": "contrast (phase not named)",
+    "unknown": "phase unknown",
+    "delayed": "delayed",
+    "arterial": "arterial",
+    "non_contrast": "non-contrast",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and sorting out
+
+
+@dataclass
+class DicomFile:
+    """A DICOM file of an upload: its label, where it lies, and its dataset."""
+
+    label: str
+    path: Path
+    dataset: Dataset
+    # Descriptive attributes read before de-identification removes them (for the pick rule).
+    description: str = ""
+    protocol: str = ""
+    contrast_agent: str = ""
+
+
+def read_dicom(path: Path, *, label: str) -> DicomFile:
+    """Read a DICOM file (pixels included, left encoded); IngestError when it cannot be."""
+    try:
+        dataset = pydicom.dcmread(path, force=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise IngestError(
+            label, f"not a readable DICOM file ({type(exc).__name__}: {exc})"
+        ) from None
+    except Exception as exc:  # pydicom raises many kinds on a damaged file
+        raise IngestError(label, f"not a readable DICOM file ({type(exc).__name__})") from None
+    if "SOPClassUID" not in dataset:
+        raise IngestError(
+            label, "not a readable DICOM file: it is truncated or damaged (no SOP Class UID)"
+        )
+    return DicomFile(
+        label=label,
+        path=path,
+        dataset=dataset,
+        description=str(dataset.get("SeriesDescription", "") or ""),
+        protocol=str(dataset.get("ProtocolName", "") or ""),
+        contrast_agent=str(dataset.get("ContrastBolusAgent", "") or ""),
+    )
+
+
+def role_of(dicom: DicomFile) -> tuple[str, str]:
+    """("ct" | "seg" | "skip", why): what the ingest does with this file. Image modalities
+    other than CT raise IngestError (an MR series is a mistake, not clutter)."""
+    ds = dicom.dataset
+    sop_class = str(ds.SOPClassUID)
+    modality = str(ds.get("Modality", "") or "").upper()
+    if sop_class == MEDIA_STORAGE_DIRECTORY:
+        return "skip", "a DICOMDIR index, not an image"
+    if sop_class == str(SegmentationStorage):
+        return "seg", "DICOM SEG"
+    if sop_class.startswith(SECONDARY_CAPTURE_ROOT):
+        return "skip", "a secondary capture (screenshot or dose report), not a CT slice"
+    if sop_class in ENHANCED_CT_CLASSES:
+        raise IngestError(
+            dicom.label,
+            "an enhanced (multi-frame) CT object; export the series as classic CT slices "
+            "(CT Image Storage)",
+        )
+    if sop_class == str(CTImageStorage):
+        image_type = [str(v).upper() for v in ds.get("ImageType", []) or []]
+        if "LOCALIZER" in image_type:
+            return "skip", "a localizer (scout) image, not part of a CT volume"
+        return "ct", "CT"
+    if PIXEL_DATA not in ds:
+        return "skip", f"a non-image DICOM object ({_sop_name(sop_class)})"
+    raise IngestError(
+        dicom.label,
+        f"modality {modality or 'unknown'} ({_sop_name(sop_class)}): PMPD ingests CT series "
+        "and their masks only",
+    )
+
+
+def _sop_name(sop_class: str) -> str:
+    return pydicom.uid.UID(sop_class).name
+
+
+# ----------------------------------------------------------------------------------------------
+# CT series
+
+
+@dataclass
+class CtSeries:
+    """A checked CT series: its slices sorted along the slice normal, volume and facts."""
+
+    series_uid: str
+    study_uid: str
+    frame_of_reference_uid: str
+    files: list[DicomFile]
+    hu: np.ndarray  # (z, y, x) int16
+    grid: Grid
+    manufacturer: str
+    slice_thickness_mm: float
+    pixel_spacing_mm: list[float]
+    series_number: int | None
+    description: str
+    phase: str
+    study_date: str
+    labels: list[str] = field(default_factory=list)
+
+    @property
+    def datasets(self) -> list[Dataset]:
+        return [f.dataset for f in self.files]
+
+
+def _floats(value: Any, count: int, *, what: str, label: str) -> np.ndarray:
+    try:
+        numbers = np.array([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError):
+        numbers = np.array([])
+    if numbers.size != count or not np.all(np.isfinite(numbers)):
+        raise IngestError(label, f"the {what} is missing or malformed")
+    return numbers
+
+
+def contrast_phase(*texts: str, contrast_agent: str = "") -> str:
+    """The injection phase named by the descriptions (see ``PHASE_WORDS``)."""
+    text = " ".join(texts).lower()
+    for phase, pattern in PHASE_WORDS:
+        if re.search(pattern, text):
+            return phase
+    return "contrast" if contrast_agent.strip() else "unknown"
+
+
+def _native_pixels(dicom: DicomFile) -> np.ndarray:
+    """The stored values of one slice (rows, columns); decodes compressed pixel data in place
+    (pydicom's decoders, GDCM through SimpleITK as the fallback) so the stored file is native.
+    """
+    ds = dicom.dataset
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    bits = int(ds.get("BitsAllocated", 16))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise IngestError(dicom.label, "a colour image, not a CT slice")
+    if bits not in (8, 16):
+        raise IngestError(dicom.label, f"{bits}-bit pixels; CT slices have 8 or 16")
+    dtype = np.dtype(f"{'<i' if signed else '<u'}{bits // 8}")
+    meta = getattr(ds, "file_meta", None)
+    transfer_syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if PIXEL_DATA not in ds:
+        raise IngestError(dicom.label, "the file holds no pixel data (truncated?)")
+    if transfer_syntax is not None and transfer_syntax.is_compressed:
+        _decompress(dicom, dtype=dtype)
+    elif transfer_syntax is not None and not transfer_syntax.is_little_endian:
+        array = ds.pixel_array.astype(dtype)
+        ds.set_pixel_data(
+            array,
+            str(ds.PhotometricInterpretation),
+            int(ds.BitsStored),
+            generate_instance_uid=False,
+        )
+    raw = ds.get_item(PIXEL_DATA).value
+    expected = rows * columns * dtype.itemsize
+    if raw is None or len(raw) < expected:
+        got = 0 if raw is None else len(raw)
+        raise IngestError(
+            dicom.label,
+            f"the file is truncated: its pixel data hold {got} bytes, {expected} are needed",
+        )
+    return np.frombuffer(raw, dtype=dtype, count=rows * columns).reshape(rows, columns)
+
+
+def _decompress(dicom: DicomFile, *, dtype: np.dtype) -> None:
+    ds = dicom.dataset
+    try:
+        ds.decompress(generate_instance_uid=False)
+        return
+    except Exception as pydicom_error:  # no decoder for this transfer syntax, or bad data
+        reason = f"{type(pydicom_error).__name__}"
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileName(str(dicom.path))
+    try:
+        image = reader.Execute()
+    except RuntimeError:
+        raise IngestError(
+            dicom.label,
+            f"compressed pixel data ({ds.file_meta.TransferSyntaxUID.name}) that cannot be "
+            f"decoded ({reason})",
+        ) from None
+    values = sitk.GetArrayFromImage(image).reshape(int(ds.Rows), int(ds.Columns))
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    stored = np.rint((values.astype(np.float64) - intercept) / slope).astype(dtype)
+    ds.set_pixel_data(
+        stored,
+        str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+        int(ds.get("BitsStored", dtype.itemsize * 8)),
+        generate_instance_uid=False,
+    )
+
+
+def assemble_ct(files: list[DicomFile], *, min_slices: int, tolerance_mm: float) -> CtSeries:
+    """Check one CT series and build its volume; IngestError names the series and the file.
+
+    Slices are sorted along the normal of their orientation (like SimpleITK/GDCM): the origin
+    is the first slice's position, the direction's columns are row, column and normal.
+    Duplicate SOP instances (the same file twice) count once.
+    """
+    unique: dict[str, DicomFile] = {}
+    for dicom in files:
+        unique.setdefault(str(dicom.dataset.SOPInstanceUID), dicom)
+    files = list(unique.values())
+    first = files[0]
+    series_label = f"CT series '{first.description or 'no description'}' ({first.label}...)"
+    if len(files) < min_slices:
+        raise IngestError(
+            first.label if len(files) == 1 else series_label,
+            f"{len(files)} slice{'s' if len(files) != 1 else ''}: a CT needs at least {min_slices}",
+        )
+    reference = first.dataset
+    for dicom in files:
+        ds = dicom.dataset
+        for keyword in (
+            "Rows",
+            "Columns",
+            "ImageOrientationPatient",
+            "ImagePositionPatient",
+            "PixelSpacing",
+        ):
+            if keyword not in ds:
+                raise IngestError(
+                    dicom.label, f"{keyword} is missing: the file is truncated or not a CT slice"
+                )
+        if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+            raise IngestError(
+                dicom.label,
+                "the pixels carry burned-in annotation (BurnedInAnnotation YES), which "
+                "de-identification cannot remove: refused",
+            )
+        for keyword in ("Rows", "Columns", "BitsAllocated", "PixelRepresentation"):
+            if ds.get(keyword) != reference.get(keyword):
+                raise IngestError(
+                    dicom.label,
+                    f"{keyword} {ds.get(keyword)} differs from the series' {reference.get(keyword)}",
+                )
+    orientation = _floats(
+        reference.ImageOrientationPatient, 6, what="image orientation", label=first.label
+    )
+    row, column = orientation[:3], orientation[3:]
+    if not (
+        math.isclose(np.linalg.norm(row), 1, abs_tol=1e-3)
+        and math.isclose(np.linalg.norm(column), 1, abs_tol=1e-3)
+        and abs(float(row @ column)) < 1e-3
+    ):
+        raise IngestError(first.label, "the image orientation is not orthonormal")
+    row, column = row / np.linalg.norm(row), column / np.linalg.norm(column)
+    normal = np.cross(row, column)
+    spacing = _floats(reference.PixelSpacing, 2, what="pixel spacing", label=first.label)
+    positions = np.empty((len(files), 3))
+    for index, dicom in enumerate(files):
+        ds = dicom.dataset
+        if not np.allclose(
+            _floats(ds.ImageOrientationPatient, 6, what="image orientation", label=dicom.label),
+            orientation,
+            atol=1e-4,
+        ):
+            raise IngestError(dicom.label, "its orientation differs from the series' other slices")
+        if not np.allclose(
+            _floats(ds.PixelSpacing, 2, what="pixel spacing", label=dicom.label),
+            spacing,
+            atol=tolerance_mm,
+        ):
+            raise IngestError(
+                dicom.label, "its pixel spacing differs from the series' other slices"
+            )
+        positions[index] = _floats(
+            ds.ImagePositionPatient, 3, what="image position", label=dicom.label
+        )
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    files = [files[i] for i in order]
+    positions, along = positions[order], along[order]
+    steps = np.diff(along)
+    if np.any(steps < 1e-3):
+        at = int(np.argmax(steps < 1e-3))
+        raise IngestError(
+            files[at + 1].label,
+            f"two slices at the same position ({along[at]:.2f} mm) in {series_label}: the series "
+            "mixes several acquisitions or reconstructions",
+        )
+    step = float(np.median(steps))
+    tolerance = max(tolerance_mm, 0.01 * step)
+    if np.any(np.abs(steps - step) > tolerance):
+        at = int(np.argmax(np.abs(steps - step) > tolerance))
+        raise IngestError(
+            series_label,
+            f"uneven slice spacing: {steps[at]:.3f} mm between slices at {along[at]:.2f} and "
+            f"{along[at + 1]:.2f} mm where the series has {step:.3f} mm (missing slices?)",
+        )
+    sideways = np.diff(positions, axis=0) - np.outer(steps, normal)
+    if np.any(np.linalg.norm(sideways, axis=1) > tolerance):
+        raise IngestError(
+            series_label,
+            "the slices are sheared (gantry tilt): reconstruct the series without tilt",
+        )
+    grid = Grid(
+        size=(int(reference.Columns), int(reference.Rows), len(files)),
+        spacing=(float(spacing[1]), float(spacing[0]), step),
+        origin=tuple(float(v) for v in positions[0]),
+        direction=tuple(np.column_stack([row, column, normal]).reshape(-1).tolist()),
+    )
+    check_grid(grid, label=series_label, min_slices=min_slices)
+    hu = _hounsfield(files)
+    ds0 = files[0].dataset
+    thickness = ds0.get("SliceThickness")
+    return CtSeries(
+        series_uid=str(ds0.SeriesInstanceUID),
+        study_uid=str(ds0.StudyInstanceUID),
+        frame_of_reference_uid=str(ds0.get("FrameOfReferenceUID", "") or ""),
+        files=files,
+        hu=hu,
+        grid=grid,
+        manufacturer=str(ds0.get("Manufacturer", "") or "")[:64],
+        slice_thickness_mm=float(thickness) if thickness not in (None, "") else step,
+        pixel_spacing_mm=[float(spacing[0]), float(spacing[1])],
+        series_number=int(ds0.SeriesNumber) if ds0.get("SeriesNumber") not in (None, "") else None,
+        description=files[0].description,
+        phase=contrast_phase(
+            files[0].description, files[0].protocol, contrast_agent=files[0].contrast_agent
+        ),
+        study_date=str(ds0.get("StudyDate", "") or ""),
+        labels=[f.label for f in files],
+    )
+
+
+def _hounsfield(files: list[DicomFile]) -> np.ndarray:
+    """The series' slices as int16 HU, converted in one vectorised pass."""
+    first = _native_pixels(files[0])
+    stored = np.empty((len(files), *first.shape), dtype=first.dtype)
+    stored[0] = first
+    for index, dicom in enumerate(files[1:], start=1):
+        stored[index] = _native_pixels(dicom)
+    ds = files[0].dataset
+    bits_allocated = stored.dtype.itemsize * 8
+    bits_stored = int(ds.get("BitsStored", bits_allocated) or bits_allocated)
+    low, high = int(stored.min()), int(stored.max())
+    if bits_stored < bits_allocated:
+        shift = bits_allocated - bits_stored
+        if stored.dtype.kind == "i" and (
+            low < -(1 << (bits_stored - 1)) or high >= 1 << (bits_stored - 1)
+        ):
+            stored = (stored << shift) >> shift  # sign-extend the stored bits
+            low, high = int(stored.min()), int(stored.max())
+        elif stored.dtype.kind == "u" and high >= 1 << bits_stored:
+            stored &= np.array((1 << bits_stored) - 1, dtype=stored.dtype)  # unused high bits
+            low, high = int(stored.min()), int(stored.max())
+    slopes = np.array([float(f.dataset.get("RescaleSlope", 1) or 1) for f in files])
+    intercepts = np.array([float(f.dataset.get("RescaleIntercept", 0) or 0) for f in files])
+    if (
+        np.all(slopes == 1)
+        and np.all(intercepts == intercepts[0])
+        and intercepts[0] == np.rint(intercepts[0])
+        and high <= 32767
+    ):
+        intercept = int(intercepts[0])
+        if low + intercept < -32768 or high + intercept > 32767:
+            raise IngestError(
+                files[0].label, "the rescaled values do not fit 16-bit Hounsfield units"
+            )
+        hu = stored.astype(np.int16, copy=stored.dtype != np.int16)
+        hu += np.int16(intercept)
+        return hu
+    values = np.rint(stored * slopes[:, None, None] + intercepts[:, None, None])
+    if values.min() < -32768 or values.max() > 32767:
+        raise IngestError(files[0].label, "the rescaled values do not fit 16-bit Hounsfield units")
+    return values.astype(np.int16)
+
+
+# ----------------------------------------------------------------------------------------------
+# The pick
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the pick rule looks at in one CT series (``key`` identifies it to the caller)."""
+
+    key: Any
+    has_mask: bool
+    phase: str
+    slice_thickness_mm: float
+    rows: int
+    n_slices: int
+    series_number: int | None
+
+
+def pick_series(candidates: Iterable[Candidate]) -> tuple[Any, str]:
+    """The CT series PMPD uses, and why. The rule, in order: a series with a mask on its grid;
+    then the portal-venous phase (then contrast of unnamed phase, unknown, delayed, arterial or
+    non-contrast); then the thinnest slices; then the most rows; then the most slices; then the
+    lowest series number and key (so the pick is deterministic)."""
+    ranked = sorted(
+        candidates,
+        key=lambda c: (
+            not c.has_mask,
+            -PHASE_PREFERENCE.get(c.phase, 0),
+            round(c.slice_thickness_mm, 3),
+            -c.rows,
+            -c.n_slices,
+            c.series_number if c.series_number is not None else math.inf,
+            str(c.key),
+        ),
+    )
+    if not ranked:
+        raise ValueError("no CT series to pick from")
+    best = ranked[0]
+    reasons = []
+    if best.has_mask:
+        reasons.append("has the mask")
+    reasons.append(PHASE_LABELS.get(best.phase, best.phase))
+    reasons.append(f"{best.slice_thickness_mm:g} mm slices")
+    if len(ranked) > 1:
+        reasons.append(f"best of {len(ranked)} CT series by the pick rule")
+    return best.key, "; ".join(reasons)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def decimal_string(value: float) -> str:
+    """A DICOM decimal string (16 characters at most), exact when the value allows."""
+    text = repr(float(value))
+    if len(text) <= 16:
+        return text
+    for digits in range(15, 0, -1):
+        text = f"{float(value):.{digits}g}"
+        if len(text) <= 16:
+            return text
+    raise ValueError(f"{value} cannot be written as a DICOM decimal string")
+
+
+def encode(ds: Dataset) -> bytes:
+    """A Part 10 file of ``ds`` in explicit VR little endian."""
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _cacheable(ds: Dataset) -> bool:
+    """Whether pydicom would write ``ds``'s elements as they are (explicit VR little endian
+    read or built in memory, character set unchanged, no ambiguous VR): then each element's
+    encoding can be reused across the slices of a series."""
+    if ds.original_encoding not in ((False, True), (None, None)):
+        return False
+    if ds.original_encoding == (False, True) and ds.original_character_set != ds._character_set:
+        return False
+    return all(
+        element.VR and len(element.VR) == 2 for element in (ds.get_item(t) for t in list(ds.keys()))
+    )
+
+
+def encode_series(datasets: list[Dataset]) -> Iterator[bytes]:
+    """Part 10 files of a series' datasets (explicit VR little endian), like ``encode`` but
+    encoding each distinct element once: the slices of a series share most of their header,
+    and pydicom's per-element writing dominates the cost of storing a series."""
+    cache: dict[int, tuple[Any, bytes]] = {}
+    meta_cache: dict[int, tuple[Any, bytes]] = {}
+    charset: Any = None
+    for ds in datasets:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        encodings = ds.get("SpecificCharacterSet", default_encoding)
+        if not _cacheable(ds):
+            yield encode(ds)
+            continue
+        if charset is not None and encodings != charset:
+            cache.clear()
+        charset = encodings
+        out = DicomBytesIO()
+        out.is_little_endian, out.is_implicit_VR = True, False
+        out.write(b"\x00" * 128 + b"DICM")
+        meta = b"".join(
+            _cached_element(ds.file_meta, tag, meta_cache, default_encoding)
+            for tag in sorted(ds.file_meta.keys())
+            if tag.element != 0
+        )
+        out.write(b"\x02\x00\x00\x00UL\x04\x00" + len(meta).to_bytes(4, "little") + meta)
+        for tag in sorted(ds.keys()):
+            if tag.element == 0 and tag.group > 6:
+                continue
+            out.write(_cached_element(ds, tag, cache, encodings))
+        yield out.getvalue()
+
+
+def _cached_element(
+    ds: Dataset, tag: int, cache: dict[int, tuple[Any, bytes]], encodings: Any
+) -> bytes:
+    """The explicit VR little endian encoding of ``ds``'s element ``tag``, reused from
+    ``cache`` when the element equals the one encoded before (pixel data is never cached)."""
+    element = ds.get_item(tag)
+    cached = cache.get(tag)
+    if cached is not None and _same(element, cached[0]):
+        return cached[1]
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_data_element(buffer, element, encodings)
+    data = buffer.getvalue()
+    if tag != PIXEL_DATA:
+        cache[tag] = (element, data)
+    return data
+
+
+@dataclass(frozen=True)
+class GeneratedUids:
+    study: str
+    series: str
+    frame_of_reference: str
+    instance: Callable[[int], str]
+
+
+def ct_series_from_volume(
+    hu: np.ndarray,
+    grid: Grid,
+    *,
+    study_id: str,
+    uids: GeneratedUids,
+    description: str,
+) -> list[Dataset]:
+    """A CT Image Storage series (one dataset per slice, int16 HU) holding ``hu`` on ``grid``,
+    for the viewer, when the CT arrived as NIfTI, NRRD or MetaImage. Its headers carry no
+    identity: patient name and ID are the study ID, dates are empty."""
+    matrix = grid.matrix
+    row, column, normal = matrix[:, 0], matrix[:, 1], matrix[:, 2]
+    origin = np.asarray(grid.origin, dtype=float)
+    orientation = [decimal_string(v) for v in (*row, *column)]
+    pixel_spacing = [decimal_string(grid.spacing[1]), decimal_string(grid.spacing[0])]
+    thickness = decimal_string(grid.spacing[2])
+    datasets = []
+    for index in range(hu.shape[0]):
+        position = origin + index * grid.spacing[2] * normal
+        ds = Dataset()
+        sop_uid = uids.instance(index)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = sop_uid
+        ds.file_meta = deid.new_file_meta(ds, transfer_syntax=ExplicitVRLittleEndian)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.StudyDate = ds.StudyTime = ds.AccessionNumber = ""
+        ds.Modality = "CT"
+        ds.Manufacturer = ""
+        ds.ReferringPhysicianName = ""
+        ds.SeriesDescription = description[:64]
+        ds.PatientName = ds.PatientID = study_id
+        ds.PatientBirthDate = ds.PatientSex = ""
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = list(deid.METHOD)
+        ds.StudyInstanceUID = uids.study
+        ds.SeriesInstanceUID = uids.series
+        ds.StudyID = ""
+        ds.SeriesNumber = GENERATED_SERIES_NUMBER
+        ds.InstanceNumber = index + 1
+        ds.FrameOfReferenceUID = uids.frame_of_reference
+        ds.PositionReferenceIndicator = ""
+        ds.ImagePositionPatient = [decimal_string(v) for v in position]
+        ds.ImageOrientationPatient = orientation
+        ds.PixelSpacing = pixel_spacing
+        ds.SliceThickness = thickness
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = int(hu.shape[1]), int(hu.shape[2])
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1
+        ds.BurnedInAnnotation = "NO"
+        ds.KVP = ""
+        ds.AcquisitionNumber = 1
+        ds.RescaleIntercept = "0"
+        ds.RescaleSlope = "1"
+        ds.RescaleType = "HU"
+        ds.WindowCenter = "40"
+        ds.WindowWidth = "400"
+        ds.PixelData = np.ascontiguousarray(hu[index], dtype="<i2").tobytes()
+        ds["PixelData"].VR = "OW"
+        datasets.append(ds)
+    return datasets
+
+
+_TEMPORAL_FORMATS = {"DA": "%Y%m%d", "DT": "%Y%m%d%H%M%S.%f", "TM": "%H%M%S.%f"}
+
+
+def _json_safe(entry: dict) -> dict:
+    """Dates and times as DICOM strings: highdicom sets them as date objects, which pydicom's
+    JSON keeps as they are."""
+    vr = entry.get("vr")
+    values = entry.get("Value")
+    if values and vr in _TEMPORAL_FORMATS:
+        entry["Value"] = [
+            value
+            if isinstance(value, str)
+            else getattr(value, "original_string", None) or value.strftime(_TEMPORAL_FORMATS[vr])
+            for value in values
+        ]
+    elif values and vr == "SQ":
+        for item in values:
+            for element in item.values():
+                _json_safe(element)
+    return entry
+
+
+def _json_element(ds: Dataset, tag: int) -> dict:
+    entry = ds[tag].to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1024)
+    return _json_safe(entry) if entry.get("vr") in ("DA", "DT", "TM", "SQ") else entry
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, RawDataElement) and isinstance(b, RawDataElement):
+        return a.VR == b.VR and a.value == b.value
+    if isinstance(a, RawDataElement) or isinstance(b, RawDataElement):
+        return False
+    return a.VR == b.VR and a.value == b.value
+
+
+def instance_metadata(datasets: list[Dataset]) -> list[dict]:
+    """Each dataset's DICOM JSON (PS3.18 F.2) without the pixel data.
+
+    The slices of a series share most of their header, so an element equal to the first
+    slice's (compared before decoding) reuses its JSON: far faster than converting every
+    element of every slice.
+    """
+    out: list[dict] = []
+    template: dict[int, Any] | None = None
+    template_json: dict[str, dict] = {}
+    for ds in datasets:
+        if template is None:
+            template = {tag: ds.get_item(tag) for tag in list(ds.keys())}
+            template_json = {
+                f"{tag:08X}": _json_element(ds, tag) for tag in list(ds.keys()) if tag != PIXEL_DATA
+            }
+            out.append(template_json)
+            continue
+        entry = {}
+        for tag in list(ds.keys()):
+            if tag == PIXEL_DATA:
+                continue
+            key = f"{tag:08X}"
+            if key in template_json and _same(ds.get_item(tag), template.get(tag)):
+                entry[key] = template_json[key]
+            else:
+                entry[key] = _json_element(ds, tag)
+        out.append(entry)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# DICOM SEG
+
+
+PANCREAS_CODES = {"15776009"}
+TUMOUR_CODES = {"108369006", "4147007", "363418001", "372142002", "86049000", "94459006"}
+_PANCREAS_WORDS = re.compile(r"pancrea", re.IGNORECASE)
+_TUMOUR_WORDS = re.compile(
+    r"tumou?r|lesion|mass|neoplas|cancer|carcinom|pdac|malignan", re.IGNORECASE
+)
+
+
+def segment_class(segment: Dataset, *, label_pancreas: int, label_tumour: int) -> int | None:
+    """Canonical class (1 pancreas, 2 tumour) of a SEG segment: by its coded property type,
+    then by the words of its label, then by its number under the upload's label convention."""
+    codes = {
+        str(item.get("CodeValue", ""))
+        for item in segment.get("SegmentedPropertyTypeCodeSequence", [])
+    }
+    if codes & PANCREAS_CODES:
+        return CANONICAL_PANCREAS
+    if codes & TUMOUR_CODES:
+        return CANONICAL_TUMOUR
+    text = str(segment.get("SegmentLabel", "") or "")
+    if _TUMOUR_WORDS.search(text):
+        return CANONICAL_TUMOUR
+    if _PANCREAS_WORDS.search(text):
+        return CANONICAL_PANCREAS
+    number = int(segment.SegmentNumber)
+    if number == label_tumour:
+        return CANONICAL_TUMOUR
+    if number == label_pancreas:
+        return CANONICAL_PANCREAS
+    return None
+
+
+def referenced_series(seg: Dataset) -> set[str]:
+    """The series a SEG says it segments (ReferencedSeriesSequence)."""
+    return {
+        str(item.SeriesInstanceUID)
+        for item in seg.get("ReferencedSeriesSequence", [])
+        if "SeriesInstanceUID" in item
+    }
+
+
+def seg_to_canonical(
+    seg_file: DicomFile,
+    source_uids: list[str],
+    *,
+    label_pancreas: int,
+    label_tumour: int,
+) -> np.ndarray:
+    """The SEG's segments as a canonical mask (z, y, x) on the CT whose slices have
+    ``source_uids`` (in slice order); a voxel in both is tumour."""
+    import highdicom as hd
+
+    label = seg_file.label
+    try:
+        seg = hd.seg.Segmentation.from_dataset(seg_file.dataset, copy=False)
+    except Exception as exc:
+        raise IngestError(label, f"not a valid DICOM SEG ({type(exc).__name__}: {exc})") from None
+    classes: dict[int, int] = {}
+    for segment in seg.SegmentSequence:
+        kind = segment_class(segment, label_pancreas=label_pancreas, label_tumour=label_tumour)
+        if kind is None:
+            raise IngestError(
+                label,
+                f"segment {segment.SegmentNumber} '{segment.get('SegmentLabel', '')}' is neither "
+                "pancreas nor tumour (by its code, label or this upload's label numbers)",
+            )
+        classes[int(segment.SegmentNumber)] = kind
+    referenced = {
+        str(item.ReferencedSOPInstanceUID)
+        for series in seg.get("ReferencedSeriesSequence", [])
+        for item in series.get("ReferencedInstanceSequence", [])
+    }
+    if not referenced & set(source_uids):
+        raise IngestError(label, "the SEG does not reference the slices of this patient's CT")
+    numbers = sorted(classes)
+    try:
+        pixels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=source_uids,
+            segment_numbers=numbers,
+            combine_segments=False,
+            ignore_spatial_locations=True,
+            skip_overlap_checks=True,
+        )
+    except Exception as exc:
+        raise IngestError(
+            label, f"its frames cannot be placed on the CT's slices ({type(exc).__name__}: {exc})"
+        ) from None
+    mask = np.zeros(pixels.shape[:3], dtype=np.uint8)
+    for kind in (CANONICAL_PANCREAS, CANONICAL_TUMOUR):
+        for index, number in enumerate(numbers):
+            if classes[number] == kind:
+                mask[pixels[..., index] > 0] = kind
+    present = set(np.unique(mask).tolist())
+    if CANONICAL_TUMOUR not in present:
+        raise IngestError(label, "the SEG has no tumour voxels on this CT: PMPD needs the tumour")
+    if CANONICAL_PANCREAS not in present:
+        raise IngestError(
+            label, "the SEG has no pancreas voxels on this CT: PMPD needs the pancreas"
+        )
+    return mask
+
+
+def build_segmentation(
+    sources: list[Dataset],
+    mask: np.ndarray,
+    *,
+    series_uid: str,
+    sop_uid: str,
+    content_date: str,
+) -> Dataset:
+    """A DICOM SEG (binary, segments 1 pancreas and 2 tumour) of the canonical ``mask`` (z, y,
+    x) on the CT slices ``sources`` (in slice order), referencing them."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=CANONICAL_PANCREAS,
+            segment_label="Pancreas",
+            segmented_property_category=codes.SCT.AnatomicalStructure,
+            segmented_property_type=codes.SCT.Pancreas,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        ),
+        hd.seg.SegmentDescription(
+            segment_number=CANONICAL_TUMOUR,
+            segment_label="Tumour",
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Neoplasm,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        ),
+    ]
+    # Only the slices that hold a label are the SEG's sources: its frames and references are
+    # the same as with every slice, and highdicom's per-source checks dominate its time.
+    labelled = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    if labelled.size == 0:
+        raise ValueError("an empty mask has no segmentation")
+    with warnings.catch_warnings():
+        # Patient names are study IDs: one component, by design.
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person")
+        seg = hd.seg.Segmentation(
+            source_images=[sources[i] for i in labelled],
+            pixel_array=mask[labelled],
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=series_uid,
+            series_number=SEG_SERIES_NUMBER,
+            sop_instance_uid=sop_uid,
+            instance_number=1,
+            manufacturer="PMPD platform",
+            manufacturer_model_name="PMPD ingest",
+            software_versions="1",
+            device_serial_number="none",
+            content_label="PMPD_MASKS",
+            content_description="Pancreas and tumour",
+        )
+    seg.SeriesDescription = "Masks: pancreas, tumour"
+    seg.ContentDate = seg.SeriesDate = content_date
+    seg.ContentTime = seg.SeriesTime = "000000" if content_date else ""
+    seg.PatientIdentityRemoved = "YES"
+    seg.DeidentificationMethod = list(deid.METHOD)
+    seg.DeidentificationMethodCodeSequence = deid.method_code_sequence()
+    return seg

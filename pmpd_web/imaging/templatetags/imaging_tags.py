@@ -1,0 +1,25 @@
+"""The Images card of the cohort page (``imaging/_cohort_card.html``)."""
+
+from __future__ import annotations
+
+from django import template
+
+from pmpd_web.accounts.permissions import Action, can
+
+register = template.Library()
+
+
+@register.inclusion_tag("imaging/_card.html", takes_context=True)
+def imaging_card(context) -> dict:
+    from pmpd_web.imaging.views import _uploads, imaging_counts
+
+    cohort = context["cohort"]
+    user = context["request"].user
+    may_upload = can(user, cohort, Action.EDIT_DATA)
+    return {
+        "cohort": cohort,
+        "counts": imaging_counts(cohort),
+        "may_upload": may_upload,
+        "may_view_images": can(user, cohort, Action.VIEW_IMAGES),
+        "uploads": _uploads(cohort)[:5] if may_upload else [],
+    }

@@ -1,0 +1,340 @@
+"""Receiving image uploads: a session, its declared files, their resumable chunks, and the
+finish that queues the ingest job. Used by the API, the pages and the ``ingest_images`` command.
+
+Chunks are stored through Django's storage API (so a site may use S3-compatible storage) as
+objects under ``image-uploads/<upload>/<file>/``, named by their offset; a file's
+``received_bytes`` says where the next chunk starts, which is how an interrupted upload resumes.
+The raw files hold identifying data: they are deleted once the ingest has finished with them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from django.conf import settings
+from django.core.files.base import ContentFile, File
+from django.core.files.storage import default_storage
+from django.db import transaction
+
+from pmpd_web.cohorts.models import Cohort, Patient
+from pmpd_web.cohorts.vocabulary import STUDY_ID_PATTERN
+from pmpd_web.jobs.models import Job
+from pmpd_web.jobs.runner import UserFacingError
+
+from .models import ImageUpload, UploadFile
+
+READ_BLOCK = 1024 * 1024
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class ChunkConflict(UserFacingError):
+    """A chunk that does not start where the file's received bytes end."""
+
+    def __init__(self, message: str, *, received_bytes: int) -> None:
+        super().__init__(message)
+        self.received_bytes = received_bytes
+
+
+class TooLarge(UserFacingError):
+    """Over a size limit of the settings."""
+
+
+@dataclass(frozen=True)
+class DeclaredFile:
+    name: str
+    size: int
+    sha256: str = ""
+    study_id: str = ""
+
+
+def clean_name(name: str) -> str:
+    """An uploaded name as a label: forward slashes, no control characters, no empty parts.
+    It is shown to the coordinator and read for a study ID; it never becomes a path."""
+    text = _CONTROL.sub("", str(name)).replace("\\", "/")
+    return "/".join(part for part in text.split("/") if part not in ("", "."))[-512:]
+
+
+def create_upload(
+    *,
+    cohort: Cohort,
+    user: Any,
+    patient: Patient | None = None,
+    label_pancreas: int = 1,
+    label_tumour: int = 2,
+) -> ImageUpload:
+    """A new upload session into ``cohort`` (for one patient, or in bulk when ``patient`` is
+    None), with the upload's label convention."""
+    if patient is not None and patient.cohort_id != cohort.pk:
+        raise UserFacingError("This patient is not in this cohort.")
+    for name, value in (("pancreas", label_pancreas), ("tumour", label_tumour)):
+        if not isinstance(value, int) or not 1 <= value <= 65535:
+            raise UserFacingError(f"The {name} label must be a whole number from 1 to 65535.")
+    if label_pancreas == label_tumour:
+        raise UserFacingError("The pancreas and tumour labels must differ.")
+    return ImageUpload.objects.create(
+        cohort=cohort,
+        patient=patient,
+        uploaded_by=user if getattr(user, "is_authenticated", False) else None,
+        label_pancreas=label_pancreas,
+        label_tumour=label_tumour,
+    )
+
+
+def _require_receiving(upload: ImageUpload) -> None:
+    if upload.status != ImageUpload.Status.RECEIVING:
+        raise UserFacingError(
+            f"Upload #{upload.pk} is {upload.get_status_display().lower()}: it takes no more files."
+        )
+
+
+def declare_files(upload: ImageUpload, files: Iterable[DeclaredFile]) -> list[UploadFile]:
+    """Declare files before sending them. Declaring a file again (same name, size and study
+    ID) returns the one already declared, with its received bytes: that is how a client that
+    lost its state (a reloaded page) resumes. Limits of the settings are enforced here."""
+    files = list(files)
+    with transaction.atomic():
+        upload = ImageUpload.objects.select_for_update().get(pk=upload.pk)
+        _require_receiving(upload)
+        existing = {(f.client_name, f.size_bytes, f.study_id): f for f in upload.files.all()}
+        total = sum(f.size_bytes for f in existing.values())
+        count = len(existing)
+        patient_ids = None
+        result, new = [], []
+        for declared in files:
+            name = clean_name(declared.name)
+            if not name:
+                raise UserFacingError("Every file needs a name.")
+            size = declared.size
+            if not isinstance(size, int) or size < 0:
+                raise UserFacingError(f"{name}: the size must be a whole number of bytes.")
+            if size > settings.PMPD_UPLOAD_MAX_FILE_BYTES:
+                raise TooLarge(
+                    f"{name}: {size} bytes is over the limit of "
+                    f"{settings.PMPD_UPLOAD_MAX_FILE_BYTES} bytes per file."
+                )
+            sha256 = (declared.sha256 or "").lower()
+            if sha256 and not _HEX64.match(sha256):
+                raise UserFacingError(f"{name}: sha256 must be 64 hexadecimal characters.")
+            study_id = (declared.study_id or "").strip()
+            if upload.patient_id is not None:
+                if study_id and study_id != upload.patient.study_id:
+                    raise UserFacingError(
+                        f"{name}: this upload is for patient {upload.patient.study_id}, "
+                        f"not {study_id}."
+                    )
+                study_id = ""
+            elif study_id:
+                if not re.match(STUDY_ID_PATTERN, study_id):
+                    raise UserFacingError(f"{name}: {study_id!r} is not a study ID.")
+                if patient_ids is None:
+                    patient_ids = set(
+                        Patient.objects.filter(cohort_id=upload.cohort_id).values_list(
+                            "study_id", flat=True
+                        )
+                    )
+                if study_id not in patient_ids:
+                    raise UserFacingError(
+                        f"{name}: study ID {study_id!r} is not a patient of this cohort "
+                        "(import the clinical table first)."
+                    )
+            key = (name, size, study_id)
+            if key in existing:
+                result.append(existing[key])
+                continue
+            total += size
+            count += 1
+            if total > settings.PMPD_UPLOAD_MAX_BYTES:
+                raise TooLarge(
+                    f"The upload would hold {total} bytes, over the limit of "
+                    f"{settings.PMPD_UPLOAD_MAX_BYTES} bytes per upload."
+                )
+            if count > settings.PMPD_UPLOAD_MAX_FILES:
+                raise TooLarge(
+                    f"The upload would hold {count} files, over the limit of "
+                    f"{settings.PMPD_UPLOAD_MAX_FILES} per upload."
+                )
+            upload_file = UploadFile(
+                upload=upload, client_name=name, size_bytes=size, sha256=sha256, study_id=study_id
+            )
+            existing[key] = upload_file
+            new.append(upload_file)
+            result.append(upload_file)
+        UploadFile.objects.bulk_create(new, batch_size=1000)
+        for upload_file in new:
+            upload_file.stored_name = chunk_prefix(upload_file)
+        UploadFile.objects.bulk_update(new, ["stored_name"], batch_size=1000)
+    return result
+
+
+def chunk_prefix(upload_file: UploadFile) -> str:
+    return f"image-uploads/{upload_file.upload_id}/{upload_file.pk}/"
+
+
+def _read_exactly(stream: BinaryIO, length: int) -> bytes:
+    parts, remaining = [], length
+    while remaining > 0:
+        block = stream.read(min(READ_BLOCK, remaining))
+        if not block:
+            break
+        parts.append(block)
+        remaining -= len(block)
+    return b"".join(parts)
+
+
+def receive_chunk(
+    upload_file: UploadFile, *, offset: int, length: int, stream: BinaryIO
+) -> UploadFile:
+    """Store ``length`` bytes of ``stream`` at ``offset`` of the file. The offset must be the
+    file's received bytes (ChunkConflict tells the client where to resume otherwise)."""
+    if length <= 0:
+        raise UserFacingError("A chunk needs a body (Content-Length).")
+    if length > settings.PMPD_UPLOAD_CHUNK_MAX_BYTES:
+        raise TooLarge(
+            f"A chunk of {length} bytes is over the limit of "
+            f"{settings.PMPD_UPLOAD_CHUNK_MAX_BYTES} bytes: send smaller chunks."
+        )
+    with transaction.atomic():
+        locked = (
+            UploadFile.objects.select_for_update().select_related("upload").get(pk=upload_file.pk)
+        )
+        _require_receiving(locked.upload)
+        if offset != locked.received_bytes:
+            raise ChunkConflict(
+                f"{locked.client_name}: this chunk starts at byte {offset} but "
+                f"{locked.received_bytes} bytes have been received; resume from there.",
+                received_bytes=locked.received_bytes,
+            )
+        if offset + length > locked.size_bytes:
+            raise UserFacingError(
+                f"{locked.client_name}: the chunk ends at byte {offset + length}, beyond the "
+                f"declared size of {locked.size_bytes} bytes."
+            )
+        data = _read_exactly(stream, length)
+        if len(data) != length:
+            raise UserFacingError(
+                f"{locked.client_name}: the chunk arrived incomplete ({len(data)} of {length} "
+                "bytes); send it again."
+            )
+        name = default_storage.save(f"{chunk_prefix(locked)}{offset:016d}.part", ContentFile(data))
+        locked.chunks = [*locked.chunks, [offset, length, name]]
+        locked.received_bytes = offset + length
+        locked.save(update_fields=["chunks", "received_bytes"])
+    return locked
+
+
+def store_local_file(upload_file: UploadFile, path: Path) -> None:
+    """Store a file from the server's disk as the whole content of ``upload_file`` (the
+    ``ingest_images`` command and the demo)."""
+    with path.open("rb") as handle:
+        name = default_storage.save(f"{chunk_prefix(upload_file)}{0:016d}.part", File(handle))
+    UploadFile.objects.filter(pk=upload_file.pk).update(
+        chunks=[[0, upload_file.size_bytes, name]], received_bytes=upload_file.size_bytes
+    )
+    upload_file.chunks = [[0, upload_file.size_bytes, name]]
+    upload_file.received_bytes = upload_file.size_bytes
+
+
+def upload_local_path(
+    *,
+    cohort: Cohort,
+    user: Any,
+    path: Path,
+    patient: Patient | None = None,
+    label_pancreas: int = 1,
+    label_tumour: int = 2,
+    on_file: Any = None,
+) -> ImageUpload:
+    """An upload of a folder (every file under it, named by its path relative to the folder,
+    so its sub-folders can name study IDs) or of one file (a ZIP...) from the server's disk.
+    ``on_file(n_done, n_total)`` reports progress."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+        names = [str(p.relative_to(path)) for p in files]
+    elif path.is_file():
+        files, names = [path], [path.name]
+    else:
+        raise UserFacingError(f"{path} is neither a folder nor a file.")
+    if not files:
+        raise UserFacingError(f"{path} holds no file.")
+    upload = create_upload(
+        cohort=cohort,
+        user=user,
+        patient=patient,
+        label_pancreas=label_pancreas,
+        label_tumour=label_tumour,
+    )
+    declared = declare_files(
+        upload,
+        [DeclaredFile(name=n, size=p.stat().st_size) for n, p in zip(names, files, strict=True)],
+    )
+    for index, (upload_file, file_path) in enumerate(zip(declared, files, strict=True), start=1):
+        store_local_file(upload_file, file_path)
+        if on_file is not None:
+            on_file(index, len(files))
+    return upload
+
+
+def run_now(upload: ImageUpload, user: Any, progress: Any = None) -> Job:
+    """Finish the upload and run its ingest job in this process (commands, the demo)."""
+    from pmpd_web.jobs.runner import run_job
+
+    from .ingest import ingest_upload
+
+    job = finish_upload(upload, user, queue=False)
+
+    def work(job, job_progress):
+        def both(percent: int, phrase: str) -> None:
+            job_progress(percent, phrase)
+            if progress is not None:
+                progress(percent, phrase)
+
+        return ingest_upload(upload, both)
+
+    run_job(job.pk, work)
+    job.refresh_from_db()
+    return job
+
+
+def finish_upload(upload: ImageUpload, user: Any, *, queue: bool = True) -> Job:
+    """All files received: queue the ingest job on the cpu queue (``queue=False`` only creates
+    the job, for a caller that runs it itself)."""
+    from .tasks import ingest_upload_task
+
+    with transaction.atomic():
+        upload = ImageUpload.objects.select_for_update().get(pk=upload.pk)
+        _require_receiving(upload)
+        files = list(upload.files.all())
+        if not files:
+            raise UserFacingError("This upload has no files.")
+        incomplete = [f for f in files if f.received_bytes != f.size_bytes]
+        if incomplete:
+            names = ", ".join(f.client_name for f in incomplete[:5])
+            raise UserFacingError(
+                f"{len(incomplete)} file(s) not completely received yet: {names}"
+                f"{'...' if len(incomplete) > 5 else ''}."
+            )
+        job = Job.objects.create(
+            kind=Job.Kind.IMAGE_INGEST,
+            cohort_id=upload.cohort_id,
+            created_by=user if getattr(user, "is_authenticated", False) else None,
+            phrase="Waiting for a worker",
+        )
+        ImageUpload.objects.filter(pk=upload.pk).update(job=job, status=ImageUpload.Status.QUEUED)
+        upload.files.update(status=UploadFile.Status.QUEUED, error="")
+        if queue:
+            transaction.on_commit(lambda: ingest_upload_task.delay(job.pk))
+    return job
+
+
+def purge_received(upload: ImageUpload) -> None:
+    """Delete the raw chunks of an upload (they may hold identifying data)."""
+    for upload_file in upload.files.all():
+        for _, _, name in upload_file.chunks:
+            default_storage.delete(name)
+    upload.files.update(chunks=[])

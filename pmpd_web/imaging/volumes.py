@@ -1,0 +1,340 @@
+"""Volumes and their grids: reading NIfTI, NRRD and MetaImage, telling masks from CTs, putting a
+mask on its CT's grid, and writing the canonical NIfTI volumes the engine reads.
+
+Conventions (the engine's, ``inference.pmpd.preprocess``): arrays are (z, y, x); spacing and
+origin are (x, y, z) in millimetres, LPS; direction is the row-major 3x3 matrix whose columns
+are the image axes, as SimpleITK reports them. The canonical CT is int16 Hounsfield units, the
+canonical mask uint8 with 0 background, 1 pancreas, 2 tumour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import IngestError
+
+# A non-DICOM volume is a label map (mask) when its voxels are integers with at most this many
+# distinct values; a CT has hundreds.
+MAX_MASK_LABELS = 16
+MASK_NAME_HINTS = ("mask", "seg", "label", "annot", "roi")
+GZIP_BLOCK = 8 * 1024 * 1024
+CANONICAL_PANCREAS = 1
+CANONICAL_TUMOUR = 2
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a volume's voxels are: size (x, y, z), spacing, origin, direction."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    def as_dict(self) -> dict[str, list]:
+        return {
+            "size": list(self.size),
+            "spacing": list(self.spacing),
+            "origin": list(self.origin),
+            "direction": list(self.direction),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Grid:
+        return cls(
+            size=tuple(int(v) for v in data["size"]),
+            spacing=tuple(float(v) for v in data["spacing"]),
+            origin=tuple(float(v) for v in data["origin"]),
+            direction=tuple(float(v) for v in data["direction"]),
+        )
+
+    @classmethod
+    def from_image(cls, image: Any) -> Grid:
+        return cls(
+            size=tuple(int(v) for v in image.GetSize()),
+            spacing=tuple(float(v) for v in image.GetSpacing()),
+            origin=tuple(float(v) for v in image.GetOrigin()),
+            direction=tuple(float(v) for v in image.GetDirection()),
+        )
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=float).reshape(3, 3)
+
+    def mismatch(
+        self, other: Grid, *, tolerance_mm: float, direction_tolerance: float
+    ) -> str | None:
+        """Why ``other`` is not this grid (within the tolerances), or None when it is."""
+        if self.size != other.size:
+            return f"size {_fmt(other.size)} voxels instead of {_fmt(self.size)}"
+        if not np.allclose(self.spacing, other.spacing, rtol=0, atol=tolerance_mm):
+            return f"spacing {_fmt(other.spacing)} mm instead of {_fmt(self.spacing)}"
+        if not np.allclose(self.direction, other.direction, rtol=0, atol=direction_tolerance):
+            return f"direction {_fmt(other.direction)} instead of {_fmt(self.direction)}"
+        if not np.allclose(self.origin, other.origin, rtol=0, atol=tolerance_mm):
+            return f"origin {_fmt(other.origin)} mm instead of {_fmt(self.origin)}"
+        return None
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+@dataclass
+class Volume:
+    array: np.ndarray  # (z, y, x)
+    grid: Grid
+
+
+def content_hash(array: np.ndarray, grid: Grid) -> str:
+    """SHA-256 of a volume's voxels (with their type and shape) and its grid."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([str(array.dtype), list(array.shape), grid.as_dict()]).encode())
+    digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+def check_grid(grid: Grid, *, label: str, min_slices: int) -> None:
+    """Sane geometry: enough slices, positive plausible spacing, an orthonormal direction."""
+    if min(grid.size[:2]) < 8:
+        raise IngestError(label, f"the image is only {_fmt(grid.size[:2])} pixels in-plane")
+    if grid.size[2] < min_slices:
+        raise IngestError(
+            label,
+            f"{grid.size[2]} slice{'s' if grid.size[2] != 1 else ''}: a CT needs at least "
+            f"{min_slices}",
+        )
+    if not all(0.01 <= s <= 50.0 for s in grid.spacing):
+        raise IngestError(label, f"implausible voxel spacing {_fmt(grid.spacing)} mm")
+    matrix = grid.matrix
+    if not np.allclose(matrix.T @ matrix, np.eye(3), atol=1e-3):
+        raise IngestError(label, "the direction matrix is not orthonormal (sheared geometry)")
+
+
+def read_volume(path: Path, *, label: str) -> Volume:
+    """A NIfTI, NRRD or MetaImage volume; the format comes from the (generated) suffix."""
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise IngestError(label, f"cannot be read as an image ({reason[:200]})") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise IngestError(label, "a colour or vector image, not a CT or a label map")
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    if image.GetDimension() != 3:
+        raise IngestError(label, f"a {image.GetDimension()}D image; a 3D volume is needed")
+    return Volume(array=sitk.GetArrayFromImage(image), grid=Grid.from_image(image))
+
+
+def _sample(array: np.ndarray, n: int = 1_000_000) -> np.ndarray:
+    flat = array.reshape(-1)
+    return flat[:: max(1, flat.size // n)]
+
+
+def distinct_values(array: np.ndarray, *, limit: int) -> np.ndarray | None:
+    """The sorted distinct values of ``array``, or None when there are more than ``limit``.
+
+    Counted block by block (bincount for 8- and 16-bit integers), so a 512x512x300 mask needs
+    no copy of itself.
+    """
+    if np.unique(_sample(array)).size > limit:
+        return None
+    rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
+    step = max(1, 4_000_000 // max(rows.shape[1], 1))
+    small_int = array.dtype.kind in "iu" and array.dtype.itemsize <= 2
+    unsigned = np.dtype(f"u{array.dtype.itemsize}") if small_int else None
+    found: set = set()
+    for start in range(0, rows.shape[0], step):
+        block = np.ascontiguousarray(rows[start : start + step])
+        if small_int:
+            counts = np.bincount(block.view(unsigned).reshape(-1))
+            present = np.flatnonzero(counts).astype(unsigned).view(array.dtype)
+        else:
+            present = np.unique(block)
+        found.update(present.tolist())
+        if len(found) > limit:
+            return None
+    return np.array(sorted(found), dtype=array.dtype)
+
+
+def label_values(volume: Volume, *, name: str, labels: set[int]) -> np.ndarray | None:
+    """The distinct values of a mask, or None for a CT, as the README says: a mask has integer
+    voxels with few distinct values, all in the label set; a name hinting at a mask tips
+    volumes with few integer values that are not all labels (they then fail as a mask)."""
+    values = distinct_values(volume.array, limit=MAX_MASK_LABELS)
+    if values is None or not np.all(values == np.round(values)):
+        return None
+    if {float(v) for v in values} <= labels | {0}:
+        return values
+    lowered = name.lower()
+    return values if any(hint in lowered for hint in MASK_NAME_HINTS) else None
+
+
+def to_hounsfield(volume: Volume, *, label: str) -> np.ndarray:
+    """The CT as int16 HU (rounded), refusing values that do not fit."""
+    array = volume.array
+    if array.dtype == np.int16:
+        return array
+    low, high = float(array.min()), float(array.max())
+    if low < -32768 or high > 32767:
+        raise IngestError(label, f"CT values {low:g}..{high:g} do not fit 16-bit Hounsfield units")
+    if array.dtype.kind == "f":
+        array = np.rint(array)
+    return array.astype(np.int16)
+
+
+def check_ct_values(hu: np.ndarray, *, label: str) -> None:
+    if np.unique(_sample(hu)).size <= MAX_MASK_LABELS:
+        raise IngestError(
+            label,
+            f"this volume has at most {MAX_MASK_LABELS} distinct values: it looks like a label "
+            "map, not a CT, but its labels are not those set for this upload",
+        )
+
+
+def canonical_mask(
+    array: np.ndarray,
+    *,
+    label: str,
+    label_pancreas: int,
+    label_tumour: int,
+    values: np.ndarray | None = None,
+) -> np.ndarray:
+    """Labels remapped to 0/1/2; refuses other labels and masks without pancreas or tumour.
+    ``values``: the array's distinct values when already known."""
+    found = values if values is not None else distinct_values(array, limit=MAX_MASK_LABELS)
+    if found is None:
+        raise IngestError(label, f"not a label map: more than {MAX_MASK_LABELS} distinct values")
+    values = {float(v) for v in found}
+    unknown = sorted(values - {0, label_pancreas, label_tumour})
+    if unknown:
+        raise IngestError(
+            label,
+            f"the mask holds labels {[f'{v:g}' for v in unknown]} that are not in this upload's "
+            f"label set (0 background, {label_pancreas} pancreas, {label_tumour} tumour)",
+        )
+    if label_tumour not in values:
+        raise IngestError(
+            label,
+            f"the mask has no tumour voxels (label {label_tumour}): PMPD needs the tumour "
+            "segmented (check the label meaning set for this upload)",
+        )
+    if label_pancreas not in values:
+        raise IngestError(
+            label,
+            f"the mask has no pancreas voxels (label {label_pancreas}): PMPD crops to the "
+            "pancreas and needs it segmented (check the label meaning set for this upload)",
+        )
+    if (
+        array.dtype == np.uint8
+        and label_pancreas == CANONICAL_PANCREAS
+        and label_tumour == CANONICAL_TUMOUR
+    ):
+        return array
+    out = np.zeros(array.shape, dtype=np.uint8)
+    out[array == label_pancreas] = CANONICAL_PANCREAS
+    out[array == label_tumour] = CANONICAL_TUMOUR
+    return out
+
+
+def align_to_grid(
+    volume: Volume,
+    grid: Grid,
+    *,
+    label: str,
+    tolerance_mm: float,
+    direction_tolerance: float,
+) -> np.ndarray:
+    """The volume's array on ``grid``: as it is when the grids agree, or reoriented when it
+    holds the same voxels with its axes permuted or flipped (lossless); IngestError otherwise.
+    """
+    mismatch = grid.mismatch(
+        volume.grid, tolerance_mm=tolerance_mm, direction_tolerance=direction_tolerance
+    )
+    if mismatch is None:
+        return volume.array
+    own = volume.grid.matrix
+    cosines = grid.matrix.T @ own  # [target axis, own axis]
+    axes = np.argmax(np.abs(cosines), axis=0)
+    if sorted(axes.tolist()) == [0, 1, 2] and np.allclose(
+        np.abs(cosines).max(axis=0), 1.0, atol=direction_tolerance
+    ):
+        signs = np.sign(cosines[axes, [0, 1, 2]])
+        xyz = volume.array.transpose(2, 1, 0)
+        origin = np.asarray(volume.grid.origin, dtype=float)
+        for own_axis in range(3):
+            if signs[own_axis] < 0:
+                xyz = np.flip(xyz, axis=own_axis)
+                origin = (
+                    origin
+                    + (volume.grid.size[own_axis] - 1)
+                    * volume.grid.spacing[own_axis]
+                    * own[:, own_axis]
+                )
+        order = [int(np.flatnonzero(axes == target)[0]) for target in range(3)]
+        xyz = xyz.transpose(order)
+        moved = Grid(
+            size=tuple(int(volume.grid.size[j]) for j in order),
+            spacing=tuple(float(volume.grid.spacing[j]) for j in order),
+            origin=tuple(float(v) for v in origin),
+            direction=tuple((own[:, order] * signs[order]).reshape(-1).tolist()),
+        )
+        if (
+            grid.mismatch(moved, tolerance_mm=tolerance_mm, direction_tolerance=direction_tolerance)
+            is None
+        ):
+            return np.ascontiguousarray(xyz.transpose(2, 1, 0))
+    raise IngestError(label, f"the mask is not on the CT's grid: {mismatch}")
+
+
+def _gzip_member(data: bytes, level: int) -> bytes:
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: a gzip member, mtime 0
+    return compressor.compress(data) + compressor.flush()
+
+
+def write_nifti(
+    array: np.ndarray,
+    grid: Grid,
+    target: Path,
+    *,
+    compression_level: int,
+    threads: int = 2,
+) -> None:
+    """Write ``target`` (.nii.gz): SimpleITK writes the NIfTI, which is then gzip-compressed
+    in blocks by ``threads`` threads (zlib releases the GIL), each block a gzip member; readers
+    (zlib's gzread, so ITK and nibabel; Python's gzip) read the members as one stream. The same
+    volume always gives the same bytes."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(grid.spacing)
+    image.SetOrigin(grid.origin)
+    image.SetDirection(grid.direction)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        plain = Path(scratch) / "volume.nii"
+        sitk.WriteImage(image, str(plain), useCompression=False)
+        size = plain.stat().st_size
+        block = max(GZIP_BLOCK, -(-size // max(threads, 1)))
+        with plain.open("rb") as source, target.open("wb") as sink:
+            blocks = iter(lambda: source.read(block), b"")
+            if threads > 1 and size > block:
+                with ThreadPoolExecutor(max_workers=threads) as pool:
+                    for member in pool.map(
+                        lambda data: _gzip_member(data, compression_level), blocks
+                    ):
+                        sink.write(member)
+            else:
+                for data in blocks:
+                    sink.write(_gzip_member(data, compression_level))

@@ -1,0 +1,110 @@
+"""CPU benchmark of scoring one patient: 5 fold models x 4 slices, ResNet50 PMPDNet at 224.
+
+    .venv/bin/python tests/bench/bench_inference_cpu.py
+
+Prints, each beside its baseline from the same run:
+  * ``score_patient`` (one batch per fold, inference_mode, channels_last, fp32) beside a plain
+    loop that feeds one patch at a time to models in the default memory format, without
+    inference_mode;
+  * the same ``score_patient`` with bf16 autocast on CPU (the flag the default leaves off);
+  * the achieved GFLOP/s (the model's FLOPs counted by FlopCounterMode) beside the measured
+    fp32 matrix-multiply peak (torch.mm 2048x2048);
+  * the process's peak resident memory.
+Asserts nothing: the machine's cores may be shared, so read the numbers as a person would.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from inference.pmpd.model import ModelConfig, PMPDNet, prepare_model  # noqa: E402
+from inference.pmpd.predict import (  # noqa: E402
+    FoldModel,
+    FoldThresholds,
+    PredictConfig,
+    score_patient,
+)
+
+N_FOLDS, N_SLICES, SIZE = 5, 4, 224
+
+
+def median_seconds(function: Callable[[], object], repeats: int) -> float:
+    function()  # warm-up: oneDNN builds its kernels for the shapes on the first call
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(depth=50, input_size=SIZE)
+    plain_models = [PMPDNet(config).eval() for _ in range(N_FOLDS)]
+    fold_models = []
+    for model in plain_models:
+        fast = prepare_model(PMPDNet(config), torch.device("cpu"), channels_last=True)
+        fast.load_state_dict(model.state_dict())
+        fold_models.append(
+            FoldModel(model=fast.eval(), thresholds=FoldThresholds(0.5, 0.5), card={})
+        )
+    patches = np.random.default_rng(0).random((N_SLICES, 2, SIZE, SIZE), dtype=np.float32)
+    tensor = torch.from_numpy(patches)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    def naive() -> list[float]:
+        return [
+            float(torch.sigmoid(model(tensor[i : i + 1]).metastasis_logit))
+            for model in plain_models
+            for i in range(N_SLICES)
+        ]
+
+    fast_s = median_seconds(lambda: score_patient(patches, fold_models), repeats=5)
+    naive_s = median_seconds(naive, repeats=3)
+    bf16 = PredictConfig(bf16_on_cpu=True)
+    bf16_s = median_seconds(lambda: score_patient(patches, fold_models, config=bf16), repeats=3)
+    fp32_mrs = score_patient(patches, fold_models).metastasis_risk_score
+    bf16_mrs = score_patient(patches, fold_models, config=bf16).metastasis_risk_score
+    naive_mrs = float(np.mean(naive()))
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        plain_models[0](tensor[:1])
+    flops_per_patch = counter.get_total_flops()
+    total_flops = flops_per_patch * N_FOLDS * N_SLICES
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    mm_s = median_seconds(lambda: torch.mm(a, b), repeats=10)
+    peak_gflops = 2 * 2048**3 / mm_s / 1e9
+
+    print(f"one patient = {N_FOLDS} folds x {N_SLICES} slices, ResNet50 at {SIZE}x{SIZE}")
+    print(
+        f"  score_patient (batched, inference_mode, channels_last, fp32): {fast_s:.2f} s"
+        f"   vs  plain one-patch loop: {naive_s:.2f} s   (x{naive_s / fast_s:.2f})"
+    )
+    print(
+        f"  score_patient with bf16 autocast on CPU:                     {bf16_s:.2f} s"
+        f"   vs  fp32 {fast_s:.2f} s; MRS {bf16_mrs:.4f} vs {fp32_mrs:.4f} "
+        f"(|diff| {abs(bf16_mrs - fp32_mrs):.4f}); plain loop MRS {naive_mrs:.4f}"
+    )
+    print(
+        f"  achieved {total_flops / fast_s / 1e9:.1f} GFLOP/s "
+        f"({flops_per_patch / 1e9:.2f} GFLOP per patch)   vs  torch.mm 2048^2 fp32 peak "
+        f"{peak_gflops:.1f} GFLOP/s ({100 * total_flops / fast_s / 1e9 / peak_gflops:.0f}%)"
+    )
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  peak RSS of this process (5 fold models loaded twice): {peak_rss_mib:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

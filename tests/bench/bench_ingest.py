@@ -1,0 +1,180 @@
+"""Benchmark: ingesting a 512x512x300 CT DICOM series with its mask.
+
+Prints each figure beside its baseline measured in the same run; asserts no time.
+- baseline: SimpleITK reading the same series (ImageSeriesReader, GDCM), nothing else;
+- the ingest job of an upload holding the series and its mask (NIfTI): read, check,
+  de-identify, store 300 de-identified instances and their DICOM JSON, the canonical CT and mask
+  volumes, build and store the DICOM SEG, and commit the rows (goal: within 3x the bare read);
+- the same files ingested again (all unchanged: content hashes, nothing written).
+
+Receiving the files (copying them into storage, as the chunked upload does) is timed apart.
+Runs against DATABASE_URL in a throw-away test database, with media in a temporary folder.
+``--profile`` prints where the ingest spends its time.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "support")]
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pmpd_web.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.test.utils import setup_test_environment  # noqa: E402
+
+SLICES = 300
+SIZE = 512
+SEED, INDEX = 7, 0  # 1 mm slices: a 300 mm craniocaudal extent gives 300 slices
+
+
+def best_of(func, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _image(array, phantom):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(phantom.spacing)
+    image.SetOrigin(phantom.origin)
+    image.SetDirection(phantom.direction)
+    return image
+
+
+def main() -> None:
+    import SimpleITK as sitk
+    from factories import make_patient, make_user
+
+    from inference.pmpd.phantom import PhantomConfig, generate_patient, write_dicom_series
+    from pmpd_web.accounts.models import Membership, Role
+    from pmpd_web.cohorts.models import Cohort
+    from pmpd_web.imaging.ingest import ingest_upload
+    from pmpd_web.imaging.models import DicomInstance, ImageSeries
+    from pmpd_web.imaging.uploads import (
+        DeclaredFile,
+        create_upload,
+        declare_files,
+        finish_upload,
+        store_local_file,
+    )
+
+    setup_test_environment()
+    work = Path(tempfile.mkdtemp(prefix="pmpd-bench-ingest-"))
+    settings.MEDIA_ROOT = work / "media"
+    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    try:
+        thickness = generate_patient(INDEX, seed=SEED, size=32).slice_thickness_mm
+        config = PhantomConfig(size=SIZE, z_extent_mm=SLICES * thickness)
+        phantom = generate_patient(INDEX, seed=SEED, config=config)
+        folder = work / "upload" / phantom.study_id
+        files = write_dicom_series(phantom, folder / "ct")
+        sitk.WriteImage(_image(phantom.mask, phantom), str(folder / "mask.nii.gz"))
+        size_mb = sum(p.stat().st_size for p in files) / 1e6
+        print(
+            f"database: {connection.vendor}; series: {len(files)} slices of "
+            f"{phantom.ct.shape[1]}x{phantom.ct.shape[2]}, {size_mb:.0f} MB; mask NIfTI"
+        )
+
+        def sitk_read() -> None:
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames([str(p) for p in files])
+            reader.Execute()
+
+        baseline = best_of(sitk_read, repeat=3)
+
+        user = make_user("bench", can_create_cohorts=True)
+        cohort = Cohort.objects.create(name="bench")
+        Membership.objects.create(user=user, cohort=cohort, role=Role.COORDINATOR)
+        make_patient(cohort, phantom.study_id)
+
+        def prepared_upload(patient_folder: Path):
+            upload = create_upload(cohort=cohort, user=user)
+            paths = sorted(p for p in patient_folder.rglob("*") if p.is_file())
+            declared = declare_files(
+                upload,
+                [
+                    DeclaredFile(
+                        name=str(p.relative_to(patient_folder.parent)), size=p.stat().st_size
+                    )
+                    for p in paths
+                ],
+            )
+            for upload_file, path in zip(declared, paths, strict=True):
+                store_local_file(upload_file, path)
+            finish_upload(upload, user, queue=False)
+            return upload
+
+        # A worker that has run once has its libraries loaded (highdicom reads its tables of
+        # the standard on first use): warm up with a small patient, as a running worker is.
+        small = generate_patient(INDEX, seed=SEED, config=PhantomConfig(size=64, z_extent_mm=40))
+        small.study_id = "WARM-UP"
+        make_patient(cohort, small.study_id)
+        write_dicom_series(small, work / "warm" / small.study_id / "ct")
+        sitk.WriteImage(
+            _image(small.mask, small), str(work / "warm" / small.study_id / "mask.nii.gz")
+        )
+        ingest_upload(prepared_upload(work / "warm" / small.study_id), lambda p, s: None)
+
+        start = time.perf_counter()
+        upload = prepared_upload(folder)
+        receive_s = time.perf_counter() - start
+
+        phases: list[tuple[float, str]] = []
+        start = time.perf_counter()
+        profiler = cProfile.Profile() if "--profile" in sys.argv else None
+        if profiler:
+            profiler.enable()
+        summary = ingest_upload(upload, lambda p, s: phases.append((time.perf_counter(), s)))
+        ingest_s = time.perf_counter() - start
+        if profiler:
+            profiler.disable()
+        assert summary["ct_added"] == 1 and summary["mask_added"] == 1, summary
+        ct = ImageSeries.objects.get(modality="CT", study__patient__study_id=phantom.study_id)
+        assert ct.is_selected and DicomInstance.objects.filter(series=ct).count() == SLICES
+
+        again = prepared_upload(folder)
+        start = time.perf_counter()
+        summary = ingest_upload(again, lambda p, s: None)
+        again_s = time.perf_counter() - start
+        assert summary["ct_unchanged"] == 1 and summary["mask_unchanged"] == 1, summary
+
+        print(f"SimpleITK reads the series (baseline)    {baseline:7.2f} s")
+        print(
+            f"ingest (series + mask, all stored)       {ingest_s:7.2f} s  "
+            f"= {ingest_s / baseline:.1f}x the bare read (goal <= 3x)"
+        )
+        previous = start_phase = phases[0][0] if phases else start
+        for at, phrase in phases[1:]:
+            print(f"    {at - previous:6.2f} s  until: {phrase}")
+            previous = at
+        del start_phase
+        print(f"ingest again, all unchanged              {again_s:7.2f} s")
+        print(f"receiving the files into storage (apart) {receive_s:7.2f} s")
+        if profiler:
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+    finally:
+        connection.creation.destroy_test_db(old_name, verbosity=0)
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

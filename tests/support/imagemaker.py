@@ -1,0 +1,134 @@
+"""Builds image uploads for tests: small phantom patients written as DICOM, NIfTI, NRRD or
+MetaImage, ZIPs, and uploads sent through the same chunked API code as a browser's."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from inference.pmpd.phantom import (
+    PhantomConfig,
+    PhantomPatient,
+    generate_patient,
+    write_dicom_series,
+    write_nifti,
+)
+from pmpd_web.imaging.models import ImageUpload
+from pmpd_web.imaging.uploads import (
+    DeclaredFile,
+    create_upload,
+    declare_files,
+    finish_upload,
+    receive_chunk,
+)
+
+# Seed 3, patient 2: 16 slices of 64x64 at 2.5 mm; patient 5: the same thickness, another body.
+SEED = 3
+SMALL = PhantomConfig(size=64, z_extent_mm=40.0)
+
+
+def small_patient(index: int = 2, *, study_id: str | None = None) -> PhantomPatient:
+    patient = generate_patient(index, seed=SEED, config=SMALL)
+    if study_id:
+        patient.study_id = study_id
+    return patient
+
+
+def dicom_series(patient: PhantomPatient, folder: Path, *, private_tags: bool = True) -> list[Path]:
+    """The phantom's CT series, with a few more identifying and private attributes than the
+    phantom writes, for de-identification to remove."""
+    paths = write_dicom_series(patient, folder)
+    if private_tags:
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            block = ds.private_block(0x0009, "ACME SCANNER", create=True)
+            block.add_new(0x01, "LO", f"serial for {patient.identifiers['patient_name']}")
+            ds.OtherPatientIDs = "OTHER-" + patient.identifiers["patient_id"]
+            ds.InstitutionAddress = "1 Hospital Road, Madrid"
+            ds.PerformingPhysicianName = "DR^WHO"
+            ds.OperatorsName = "OPERATOR^ONE"
+            ds.PatientAddress = "2 Home Street"
+            ds.StationName = "CT-ROOM-2"
+            ds.DeviceSerialNumber = "SN-123456"
+            ds.ImageComments = f"patient {patient.identifiers['patient_name']} breath hold"
+            ds.save_as(path, enforce_file_format=True)
+    return paths
+
+
+def nifti_pair(patient: PhantomPatient, folder: Path) -> tuple[Path, Path]:
+    return write_nifti(patient, folder)
+
+
+def write_volume(array: np.ndarray, patient: PhantomPatient, path: Path, **geometry) -> Path:
+    """``array`` with the patient's geometry (or overrides) in the format of ``path``'s suffix."""
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(geometry.get("spacing", patient.spacing))
+    image.SetOrigin(geometry.get("origin", patient.origin))
+    image.SetDirection(geometry.get("direction", patient.direction))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), useCompression=path.suffix == ".gz")
+    return path
+
+
+def zip_of(files: dict[str, bytes | Path]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            data = content.read_bytes() if isinstance(content, Path) else content
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def upload_files(
+    cohort,
+    user,
+    files: dict[str, bytes | Path],
+    *,
+    patient=None,
+    chunk_size: int = 64 * 1024,
+    study_ids: dict[str, str] | None = None,
+    **labels,
+) -> ImageUpload:
+    """An upload with ``files`` (name -> content) sent in chunks, not yet finished."""
+    upload = create_upload(cohort=cohort, user=user, patient=patient, **labels)
+    contents = {
+        name: content.read_bytes() if isinstance(content, Path) else content
+        for name, content in files.items()
+    }
+    declared = declare_files(
+        upload,
+        [
+            DeclaredFile(name=name, size=len(data), study_id=(study_ids or {}).get(name, ""))
+            for name, data in contents.items()
+        ],
+    )
+    for upload_file, data in zip(declared, contents.values(), strict=True):
+        for offset in range(0, len(data), chunk_size):
+            block = data[offset : offset + chunk_size]
+            receive_chunk(
+                upload_file, offset=offset, length=len(block), stream=io.BytesIO(block)
+            )
+    return upload
+
+
+def ingest(cohort, user, files: dict[str, bytes | Path], **kwargs):
+    """Upload ``files`` and run the ingest (eagerly in tests); returns (upload, job)."""
+    upload = upload_files(cohort, user, files, **kwargs)
+    job = finish_upload(upload, user)
+    job.refresh_from_db()
+    upload.refresh_from_db()
+    return upload, job
+
+
+def folder_files(folder: Path, prefix: str = "") -> dict[str, Path]:
+    """Every file under ``folder`` by its relative path (with ``prefix``), as a dropped folder."""
+    return {
+        prefix + str(path.relative_to(folder)): path
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
