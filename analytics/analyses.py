@@ -19,6 +19,7 @@ import pandas as pd
 from analytics.stats import (
     RISK_GROUP_ORDER,
     AnalysisOptions,
+    AnalysisResult,
     ConcordanceResult,
     CoxResult,
     CoxTable,
@@ -207,13 +208,16 @@ def cox_analysis(
     variables: Sequence[str],
     univariable: Sequence[str],
     options: AnalysisOptions,
+    computed: AnalysisResult | None = None,
 ) -> CoxAnalysis:
     """Cox models of the chosen variables (Efron ties, R's ``coxph``).
 
     The multivariable model holds ``variables`` adjusted for ``options.adjust_for`` (an
     adjustment variable with a single value is left out, with a note); ``univariable`` lists
     the variables fitted one at a time. The C-index is Harrell's C of the multivariable
-    model's linear predictor.
+    model's linear predictor. ``computed`` is the full analysis of the same frame and options:
+    its models are taken where the choice is the same (the paper's), so they are the very
+    numbers of :func:`~analytics.stats.run_full_analysis`, not fitted twice.
     """
     data = prepared.data
     categorical = tuple(name for name, variable in VARIABLES.items() if variable.categorical)
@@ -235,8 +239,17 @@ def cox_analysis(
             variables=tuple(variables),
             adjust_for=adjust_for,
         )
-    table = cox_univariable(data, variables=list(univariable), **common)
-    if variables or adjust_for:
+    known = dict(computed.cox_univariable.models) if computed is not None else {}
+    fitted = cox_univariable(
+        data, variables=[name for name in univariable if name not in known], **common
+    ).models
+    table = CoxTable(
+        models={name: known[name] if name in known else fitted[name] for name in univariable}
+    )
+    paper = computed.cox_multivariable if computed is not None else None
+    if isinstance(paper, CoxResult) and paper.variables == tuple(variables):
+        multivariable: CoxResult | NotComputable = paper
+    elif variables or adjust_for:
         multivariable = adjusted_cox(
             data, variables=list(variables or adjust_for), adjust_for=adjust_for, **common
         )

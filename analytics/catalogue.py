@@ -127,10 +127,6 @@ class Entry:
 # --------------------------------------------------------------------------------------------
 
 
-def _frame(result: Any) -> pd.DataFrame:
-    return result.to_frame()
-
-
 def _or_reason(result: Any, frame: Callable[[Any], pd.DataFrame]) -> Callable[[], pd.DataFrame]:
     """``frame(result)``, or the one-row reason when ``result`` is not computable."""
     return lambda: result.to_frame() if isinstance(result, NotComputable) else frame(result)
@@ -376,7 +372,7 @@ class _Builder:
                 section=section,
                 kind="figure",
                 source=source,
-                frame=data or (lambda: _frame(source)),
+                frame=data or (lambda: source.to_frame()),
                 figure=lambda: draw(source, title=title, synthetic=self.synthetic, **keywords),
                 explanation=explanation,
                 wide=wide,

@@ -11,11 +11,16 @@ class AnalysisCache(models.Model):
     ``scope`` identifies what was asked (the kind, the model version, the cohorts and the
     parameters); ``data_key`` the data it was computed from (see
     :func:`analytics.loaders.fingerprint`). A row is used only while its ``data_key`` matches
-    the data as they are now; recomputing replaces it, so a scope holds one row. The payload is
-    a compressed pickle of result objects this platform computed itself.
+    the data as they are now; recomputing replaces it, so a scope holds one row, and the first
+    computation after a data change deletes every row of the same ``selection`` (model version
+    and cohorts) computed from the old data. The payload is a compressed pickle of result
+    objects this platform computed itself.
     """
 
     scope = models.CharField(max_length=64, unique=True)
+    selection = models.CharField(
+        max_length=64, db_index=True, help_text="Hash of the model version and the cohorts"
+    )
     kind = models.CharField(max_length=40)
     data_key = models.CharField(max_length=64)
     model_version = models.ForeignKey(

@@ -4,7 +4,9 @@ A request names cohorts, optionally a model version, and analysis parameters
 (:mod:`analytics.parameters`). :func:`resolve_selection` checks the permission on every cohort;
 :func:`results_for` computes what the requested sections need through :func:`cached`, so the
 second request for the same data and parameters reads stored results and never loads the
-patients; :mod:`analytics.catalogue` turns the results into figures and tables.
+patients; :mod:`analytics.catalogue` turns the results into figures and tables, and
+:func:`section_context` stores a section as the page shows it. Downloads are in
+:mod:`analytics.exports`.
 
 :func:`patient_risk_context` is the clinician's view of one patient (MRS against the cut-point,
 CA19-9 group, risk group and the risk groups' survival curves) for the patient page.
@@ -15,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import pickle
@@ -29,11 +30,10 @@ from importlib import metadata
 from typing import Any, TypeVar
 
 import pandas as pd
-from django.contrib.staticfiles import finders
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.http import Http404
-from django.template.loader import render_to_string
 from django.utils import timezone
 
 from analytics import figures as fig
@@ -45,7 +45,7 @@ from analytics.analyses import (
     mrs_percentile,
     prepare_frame,
 )
-from analytics.catalogue import SECTIONS, Entry, Results, display_rows, entries
+from analytics.catalogue import MODEL_SECTIONS, SECTIONS, Entry, Results, display_rows, entries
 from analytics.loaders import LoadedData, fingerprint, frame_hash, load_frame
 from analytics.models import AnalysisCache
 from analytics.parameters import AnalysisParameters
@@ -58,26 +58,23 @@ from analytics.stats import (
     run_full_analysis,
 )
 from inference.models import ModelVersion, PatientPrediction
-from pmpd_web.accounts.audit import record as audit
-from pmpd_web.accounts.models import AuditAction
 from pmpd_web.accounts.permissions import Action, api_check, can, require
 from pmpd_web.cohorts.models import Cohort, Patient
+from pmpd_web.jobs.models import FINISHED, Job
 
 __all__ = [
     "RESEARCH_USE_ONLY",
     "PatientRisk",
     "Selection",
     "cached",
-    "export_figure_data",
-    "export_table",
+    "canonical_json",
+    "export_stem",
     "patient_risk",
     "patient_risk_context",
     "provenance",
-    "record_export",
-    "render_report",
     "resolve_selection",
     "results_for",
-    "section_figures",
+    "section_context",
 ]
 
 RESEARCH_USE_ONLY = (
@@ -142,6 +139,12 @@ class Selection:
         return f"{names} · {version}"
 
     @cached_property
+    def key(self) -> str:
+        """Identifies the model version and cohorts (not the data)."""
+        version = self.model_version.pk if self.model_version else None
+        return _hash({"model_version": version, "cohorts": self.cohort_ids})
+
+    @cached_property
     def data_key(self) -> str:
         return fingerprint(self.cohorts, self.model_version)
 
@@ -150,7 +153,7 @@ class Selection:
         return load_frame(self.cohorts, self.model_version)
 
     def prepared(self, options: AnalysisOptions) -> PreparedFrame:
-        key = _canonical(dataclasses.asdict(options))
+        key = canonical_json(dataclasses.asdict(options))
         if key not in self._prepared:
             self._prepared[key] = prepare_frame(self.loaded.frame, options)
         return self._prepared[key]
@@ -186,25 +189,38 @@ def resolve_selection(user: Any, params: AnalysisParameters, *, api: bool) -> Se
 # --------------------------------------------------------------------------------------------
 
 
-def _canonical(value: Any) -> str:
+def canonical_json(value: Any) -> str:
+    """Sorted, compact JSON: the form hashed into cache keys and printed in exports."""
     return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def _scope(selection: Selection, kind: str, key: Any) -> str:
+    return _hash(
+        {
+            "format": CACHE_FORMAT,
+            "selection": selection.key,
+            "kind": kind,
+            "key": key,
+            "packages": package_versions(),
+        }
+    )
+
+
+def is_cached(selection: Selection, kind: str, key: Any) -> bool:
+    """Whether :func:`cached` would read this result rather than compute it."""
+    return AnalysisCache.objects.filter(
+        scope=_scope(selection, kind, key), data_key=selection.data_key
+    ).exists()
 
 
 def cached(selection: Selection, kind: str, key: Any, compute: Callable[[], T]) -> T:
     """``compute()``, or its stored result for this selection, ``kind`` and ``key`` while the
     data have not changed since (:func:`analytics.loaders.fingerprint`)."""
-    scope = hashlib.sha256(
-        _canonical(
-            {
-                "format": CACHE_FORMAT,
-                "kind": kind,
-                "model_version": selection.model_version.pk if selection.model_version else None,
-                "cohorts": selection.cohort_ids,
-                "key": key,
-                "packages": package_versions(),
-            }
-        ).encode()
-    ).hexdigest()
+    scope = _scope(selection, kind, key)
     start = time.perf_counter()
     row = (
         AnalysisCache.objects.filter(scope=scope, data_key=selection.data_key)
@@ -223,11 +239,16 @@ def cached(selection: Selection, kind: str, key: Any, compute: Callable[[], T]) 
     value = compute()
     seconds = time.perf_counter() - start
     payload = zlib.compress(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), 1)
+    # Rows computed from data as they were before a change will never be read again.
+    AnalysisCache.objects.filter(selection=selection.key).exclude(
+        data_key=selection.data_key
+    ).delete()
     # A concurrent request may have stored the same result first: keep theirs.
     with contextlib.suppress(IntegrityError), transaction.atomic():
         AnalysisCache.objects.update_or_create(
             scope=scope,
             defaults={
+                "selection": selection.key,
                 "kind": kind,
                 "data_key": selection.data_key,
                 "model_version": selection.model_version,
@@ -307,6 +328,7 @@ def results_for(
                 variables=params.cox_variables,
                 univariable=params.univariable_variables,
                 options=options,
+                computed=analysis,
             ),
         )
     return Results(
@@ -317,25 +339,6 @@ def results_for(
         custom_kaplan_meier=custom,
         cox=cox,
     )
-
-
-def section_figures(
-    selection: Selection, params: AnalysisParameters, section: str, results: Results
-) -> list[dict[str, Any]]:
-    """The section's figures (entry, Plotly JSON, element id); the JSON is stored like the
-    results, so a cached dashboard does not redraw its figures."""
-    figure_entries = [entry for entry in entries(results, [section]) if entry.kind == "figure"]
-    payload = cached(
-        selection,
-        "figures",
-        {"section": section, "parameters": params.to_dict(), "synthetic": selection.synthetic},
-        lambda: {entry.name: entry.figure().to_json() for entry in figure_entries},  # type: ignore[misc]
-    )
-    return [
-        {"entry": entry, "json": payload[entry.name], "element": f"figure-{section}-{entry.name}"}
-        for entry in figure_entries
-        if entry.name in payload
-    ]
 
 
 def _about_data(selection: Selection) -> dict[str, Any]:
@@ -389,172 +392,150 @@ def provenance(selection: Selection, params: AnalysisParameters | None = None) -
 
 
 # --------------------------------------------------------------------------------------------
-# Exports
+# Dashboard sections
 # --------------------------------------------------------------------------------------------
 
-CONTENT_TYPES = {
-    "csv": "text/csv; charset=utf-8",
-    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-    "html": "text/html; charset=utf-8",
-}
 
-
-def _about_lines(title: str, about: dict[str, Any]) -> list[str]:
-    version = about["model_version"]
-    lines = [
-        f"PMPD analytics: {title}",
-        about["research_use_only"],
-    ]
-    if about["synthetic"]:
-        lines.append("SYNTHETIC DATA: computed on synthetic data, not patient data.")
-    lines += [
-        "Model version: "
-        + (f"{version['name']} (id {version['id']})" if version else "none (clinical data only)"),
-        "Cohorts: "
-        + "; ".join(
-            f"{c['name']} (id {c['id']}, data version {c['data_version']})"
-            for c in about["cohorts"]
-        ),
-        f"Patients analysed: {about['n_patients']}",
-        f"Data hash (SHA-256 of the patient-level frame): {about['data_hash']}",
-        "Packages: " + ", ".join(f"{k} {v}" for k, v in about["packages"].items()),
-        f"Generated: {about['generated_at']}",
-    ]
-    if about.get("parameters"):
-        lines.append("Parameters: " + _canonical(about["parameters"]))
-    return lines
-
-
-def export_filename(selection: Selection, name: str, extension: str) -> str:
+def export_stem(selection: Selection, name: str) -> str:
+    """``pmpd-<cohorts>-<model version>-<name>[-SYNTHETIC]``: file names that say what they
+    hold and whether it is synthetic."""
     parts = ["pmpd", *(cohort.name for cohort in selection.cohorts)]
     parts.append(selection.model_version.name if selection.model_version else "clinical")
     parts.append(name)
     if selection.synthetic:
         parts.append("SYNTHETIC")
-    slug = "-".join(
+    return "-".join(
         "".join(ch if ch.isalnum() or ch in "._" else "-" for ch in part).strip("-")
         for part in parts
     )
-    return f"{slug}.{extension}"
 
 
-def _csv(frame: pd.DataFrame, lines: list[str]) -> bytes:
-    header = "".join(f"# {line}\n" for line in lines)
-    return (header + frame.to_csv(index=False, lineterminator="\n")).encode("utf-8")
+@dataclass(frozen=True)
+class Shown:
+    """What a page shows of a catalogue entry (plain data: stored with the section)."""
+
+    name: str
+    title: str
+    section: str
+    wide: bool
+    not_computable: NotComputable | None
 
 
-def export_table(entry: Entry, fmt: str, about: dict[str, Any]) -> bytes:
-    """A table as CSV (provenance in ``#`` comment lines) or XLSX (a provenance sheet)."""
-    frame = entry.frame()
-    lines = _about_lines(entry.title, about)
-    if entry.not_computable is not None:
-        lines.append(f"Not computable: {entry.not_computable.reason}")
-    if fmt == "csv":
-        return _csv(frame, lines)
-    if fmt != "xlsx":
-        raise ValueError(f"tables are exported as csv or xlsx, not {fmt}")
-    output = io.BytesIO()
-    with pd.ExcelWriter(output, engine="openpyxl") as writer:
-        frame.to_excel(writer, sheet_name="table", index=False)
-        pd.DataFrame({"about": lines}).to_excel(writer, sheet_name="about", index=False)
-    return output.getvalue()
+def _shown(entry: Entry) -> Shown:
+    return Shown(entry.name, entry.title, entry.section, entry.wide, entry.not_computable)
 
 
-def export_figure_data(entry: Entry, about: dict[str, Any]) -> bytes:
-    """The data a figure draws, as CSV with the provenance in ``#`` comment lines."""
-    lines = _about_lines(f"{entry.title} (figure data)", about)
-    if entry.not_computable is not None:
-        lines.append(f"Not computable: {entry.not_computable.reason}")
-    return _csv(entry.frame(), lines)
-
-
-def record_export(user: Any, selection: Selection, *, item: str, fmt: str) -> None:
-    """Audit an analytics export once per cohort it draws on."""
-    for cohort in selection.cohorts:
-        audit(
-            user,
-            AuditAction.EXPORT_TABLE,
-            cohort=cohort,
-            label=f"analytics {item}",
-            kind="analytics",
-            item=item,
-            format=fmt,
-            model_version=selection.model_version.pk if selection.model_version else None,
-            cohorts=selection.cohort_ids,
-        )
-
-
-@cache
-def _static_text(path: str) -> str:
-    found = finders.find(path)
-    if not found:
-        raise FileNotFoundError(f"static file {path} not found (run the frontend build)")
-    with open(found, encoding="utf-8") as handle:
-        return handle.read()
-
-
-def _inline_script(text: str) -> str:
-    # A literal "</script" would end the inline element early.
-    return text.replace("</script", "<\\/script")
-
-
-def render_report(selection: Selection, params: AnalysisParameters, *, request: Any = None) -> str:
-    """The whole analysis as one HTML file: plotly.js, styles, figures, tables, provenance."""
-    results = results_for(selection, params, SECTIONS)
-    sections = []
-    for section, title in SECTIONS.items():
-        figures = section_figures(selection, params, section, results)
-        tables = [
-            _table_context(entry) for entry in entries(results, [section]) if entry.kind == "table"
-        ]
-        sections.append({"name": section, "title": title, "figures": figures, "tables": tables})
-    about = provenance(selection, params)
-    return render_to_string(
-        "analytics/report.html",
+def _section_payload(
+    selection: Selection, params: AnalysisParameters, section: str
+) -> dict[str, Any]:
+    results = results_for(selection, params, [section])
+    items = entries(results, [section])
+    figures = [
         {
-            "selection": selection,
-            "sections": sections,
-            "about": about,
-            "parameters_json": _canonical(params.to_dict()),
-            "notes": _notes(selection, results),
-            "plotly_js": _inline_script(_static_text("vendor/plotly.min.js")),
-            "figures_js": _inline_script(_static_text("analytics/figures.js")),
-            "styles": _static_text("pmpd/app.css") + _static_text("analytics/analytics.css"),
-        },
-        request=request,
-    )
-
-
-def _table_context(entry: Entry) -> dict[str, Any]:
-    if isinstance(entry.source, NotComputable):
-        return {"entry": entry, "columns": [], "rows": []}
-    columns, rows = display_rows(entry.frame())
-    return {"entry": entry, "columns": columns, "rows": rows}
-
-
-def _notes(selection: Selection, results: Results) -> list[str]:
+            "entry": _shown(entry),
+            "json": entry.figure().to_json(),  # type: ignore[misc]
+            "element": f"figure-{section}-{entry.name}",
+            "filename": export_stem(selection, entry.name),
+        }
+        for entry in items
+        if entry.kind == "figure"
+    ]
+    tables = []
+    for entry in items:
+        if entry.kind != "table":
+            continue
+        columns, rows = (
+            ([], []) if isinstance(entry.source, NotComputable) else display_rows(entry.frame())
+        )
+        tables.append({"entry": _shown(entry), "columns": columns, "rows": rows})
     notes = list(_about_data(selection)["notes"])
     if results.analysis is not None:
         notes.extend(results.analysis.data_notes)
-    return notes
+    return {"figures": figures, "tables": tables, "notes": notes}
+
+
+def _section_key(params: AnalysisParameters, section: str) -> dict[str, Any]:
+    return {"section": section, "parameters": params.to_dict()}
 
 
 def section_context(
     selection: Selection, params: AnalysisParameters, section: str
 ) -> dict[str, Any]:
-    """Everything a dashboard section page shows."""
-    results = results_for(selection, params, [section])
-    figures = section_figures(selection, params, section, results)
-    tables = [
-        _table_context(entry) for entry in entries(results, [section]) if entry.kind == "table"
+    """Everything a dashboard section shows: figures (Plotly JSON), tables (formatted rows),
+    notes and provenance. Stored whole, so a second visit reads one row and draws nothing."""
+    payload = cached(
+        selection,
+        "section",
+        _section_key(params, section),
+        lambda: _section_payload(selection, params, section),
+    )
+    return {**payload, "about": provenance(selection, params)}
+
+
+def sections_for(selection: Selection, first: str | None = None) -> list[str]:
+    """The sections worth computing for a selection (those of the MRS need a model version),
+    ``first`` first."""
+    names = [
+        name
+        for name in SECTIONS
+        if selection.model_version is not None or name not in MODEL_SECTIONS
     ]
-    return {
-        "results": results,
-        "figures": figures,
-        "tables": tables,
-        "notes": _notes(selection, results),
-        "about": provenance(selection, params),
-    }
+    if first in names:
+        names.remove(first)
+        names.insert(0, first)
+    return names
+
+
+def inline_max_patients() -> int:
+    """Selections up to this many patients are computed within the request; larger ones by a
+    job on the cpu queue while the page shows its progress (``PMPD_ANALYTICS_INLINE_MAX``)."""
+    return int(getattr(settings, "PMPD_ANALYTICS_INLINE_MAX", 2000))
+
+
+def background_job(
+    user: Any, selection: Selection, params: AnalysisParameters, section: str, query: str
+) -> Job | None:
+    """The job computing this section when it is not stored yet and the selection is too large
+    to compute within the request; ``None`` when the page can be shown now."""
+    key = _section_key(params, section)
+    if is_cached(selection, "section", key):
+        return None
+    n_patients = Patient.objects.filter(cohort_id__in=selection.cohort_ids).count()
+    if n_patients <= inline_max_patients():
+        return None
+    from analytics.tasks import compute_dashboards
+
+    scope = _scope(selection, "section", key)
+    job = (
+        Job.objects.filter(kind=Job.Kind.ANALYSIS, result__scope=scope)
+        .exclude(status__in=FINISHED)
+        .first()
+    )
+    if job is None:
+        with transaction.atomic():
+            job = Job.objects.create(
+                kind=Job.Kind.ANALYSIS,
+                cohort=selection.cohorts[0],
+                created_by=user if getattr(user, "is_authenticated", False) else None,
+                phrase=f"Waiting for a worker to analyse {n_patients} patients",
+                result={"scope": scope, "query": query, "section": section},
+            )
+            created = job
+            transaction.on_commit(lambda: compute_dashboards.delay(created.pk))
+        job.refresh_from_db()
+    # A worker that already finished (or an eager test run) has stored the section.
+    return None if is_cached(selection, "section", key) else job
+
+
+def selection_for(params: AnalysisParameters) -> Selection:
+    """The selection of already-checked parameters (a job's, queued by a permitted user)."""
+    cohorts = list(Cohort.objects.filter(pk__in=params.cohort_ids))
+    version = (
+        ModelVersion.objects.get(pk=params.model_version_id)
+        if params.model_version_id is not None
+        else None
+    )
+    return Selection(cohorts, version)
 
 
 # --------------------------------------------------------------------------------------------

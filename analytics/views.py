@@ -15,7 +15,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
-from analytics import services
+from analytics import exports, services
 from analytics.analyses import VARIABLES
 from analytics.catalogue import MODEL_SECTIONS, SECTIONS, Entry, entries
 from analytics.parameters import AnalysisParameters, ParameterError, parse_parameters
@@ -167,7 +167,13 @@ def section(request: HttpRequest, section: str) -> HttpResponse:
     if context["needs_model"]:
         context["about"] = services.provenance(selection, params)
     else:
-        context.update(services.section_context(selection, params, section))
+        job = services.background_job(
+            request.user, selection, params, section, request.GET.urlencode()
+        )
+        if job is not None:
+            context["job"] = job
+        else:
+            context.update(services.section_context(selection, params, section))
     context["cached"] = selection.all_cached
     response = render(request, "analytics/section.html", context)
     response["X-Analytics-Cache"] = "hit" if selection.all_cached else "miss"
@@ -187,7 +193,7 @@ def _entry(
 
 
 def _download(data: bytes, filename: str, fmt: str) -> HttpResponse:
-    response = HttpResponse(data, content_type=services.CONTENT_TYPES[fmt])
+    response = HttpResponse(data, content_type=exports.CONTENT_TYPES[fmt])
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 
@@ -200,9 +206,9 @@ def figure_data(request: HttpRequest, section: str, name: str) -> HttpResponse:
         return resolved
     selection, params = resolved
     entry = _entry(selection, params, section, name, "figure")
-    data = services.export_figure_data(entry, services.provenance(selection, params))
-    services.record_export(request.user, selection, item=f"figure {name}", fmt="csv")
-    return _download(data, services.export_filename(selection, f"{name}-data", "csv"), "csv")
+    data = exports.export_figure_data(entry, services.provenance(selection, params))
+    exports.record_export(request.user, selection, item=f"figure {name}", fmt="csv")
+    return _download(data, exports.export_filename(selection, f"{name}-data", "csv"), "csv")
 
 
 @login_required
@@ -215,9 +221,9 @@ def table_download(request: HttpRequest, section: str, name: str, fmt: str) -> H
         return resolved
     selection, params = resolved
     entry = _entry(selection, params, section, name, "table")
-    data = services.export_table(entry, fmt, services.provenance(selection, params))
-    services.record_export(request.user, selection, item=f"table {name}", fmt=fmt)
-    return _download(data, services.export_filename(selection, name, fmt), fmt)
+    data = exports.export_table(entry, fmt, services.provenance(selection, params))
+    exports.record_export(request.user, selection, item=f"table {name}", fmt=fmt)
+    return _download(data, exports.export_filename(selection, name, fmt), fmt)
 
 
 @login_required
@@ -227,10 +233,10 @@ def report(request: HttpRequest) -> HttpResponse:
     if isinstance(resolved, HttpResponse):
         return resolved
     selection, params = resolved
-    html = services.render_report(selection, params, request=request)
-    services.record_export(request.user, selection, item="report", fmt="html")
+    html = exports.render_report(selection, params, request=request)
+    exports.record_export(request.user, selection, item="report", fmt="html")
     return _download(
-        html.encode("utf-8"), services.export_filename(selection, "report", "html"), "html"
+        html.encode("utf-8"), exports.export_filename(selection, "report", "html"), "html"
     )
 
 

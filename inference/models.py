@@ -92,6 +92,9 @@ class PreprocessedPatient(models.Model):
             )
         ]
 
+    def __str__(self) -> str:
+        return f"{self.patient} preprocessed ({self.input_hash[:12]})"
+
 
 class PatientPrediction(models.Model):
     """A patient's PMPD result under one model version (unique: a re-run updates it)."""

@@ -40,6 +40,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/progress/", job_views.job_progress, name="job-progress"),
     path("", include("pmpd_web.imaging.urls")),
     path("", include("analytics.urls")),
+    path("", include("inference.urls")),
     path("dicomweb/", include("pmpd_web.imaging.dicomweb_urls")),
     re_path(r"^ohif/(?P<path>.*)$", viewer.ohif, name="ohif"),
     path("api/", include("pmpd_web.api_urls")),

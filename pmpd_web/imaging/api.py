@@ -7,7 +7,6 @@ status; whoever may view images lists the series; coordinators change a patient'
 from __future__ import annotations
 
 from django.db.models import Count, Exists, OuterRef, Sum
-from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -102,11 +101,14 @@ class ImageUploadViewSet(
         return Response(self.get_serializer(upload).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=DeclareFilesSerializer, responses=UploadFileSerializer(many=True))
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["get", "post"])
     def files(self, request, cohort_pk=None, pk=None):
-        """Declare files (name, size, optional sha256 and study_id). Declaring a file again
-        returns it with its received bytes: resume from there."""
+        """GET: the upload's files, their received bytes and status. POST: declare files
+        (name, size, optional sha256 and study_id); declaring a file again returns it with its
+        received bytes: resume from there."""
         upload = self.get_object()
+        if request.method == "GET":
+            return Response(UploadFileSerializer(upload.files.all(), many=True).data)
         serializer = DeclareFilesSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:
@@ -138,15 +140,12 @@ class ImageUploadViewSet(
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 
-class UploadFileViewSet(
-    CohortScoped, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
-):
-    """The files of an upload: their received bytes (to resume) and ingest status; PUT a
-    file's chunks to ``content/``."""
+class UploadFileViewSet(CohortScoped, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """A file of an upload: its received bytes (to resume) and ingest status; PUT its chunks
+    to ``content/``. (The upload's ``files/`` lists and declares them.)"""
 
     serializer_class = UploadFileSerializer
     read_action = Action.EDIT_DATA
-    pagination_class = None
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
@@ -154,10 +153,6 @@ class UploadFileViewSet(
         return UploadFile.objects.filter(
             upload_id=self.kwargs["upload_pk"], upload__cohort_id=self.kwargs["cohort_pk"]
         )
-
-    def list(self, request, *args, **kwargs):
-        get_object_or_404(ImageUpload, pk=kwargs["upload_pk"], cohort_id=kwargs["cohort_pk"])
-        return super().list(request, *args, **kwargs)
 
     @extend_schema(
         request={"application/octet-stream": OpenApiTypes.BINARY},

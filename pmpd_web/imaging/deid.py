@@ -38,6 +38,8 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -157,6 +159,8 @@ _PIXEL_DATA = 0x7FE00010
 _REMOVED_VRS = {"PN", "LT", "ST", "UT", "AE"}
 _STRING_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC"}
 _MAX_LENGTH = {"SH": 16, "CS": 16, "LO": 64, "UC": 64}
+# VRs whose explicit VR element header is 12 bytes (a 4-byte length), PS3.5 7.1.2.
+_LONG_HEADER_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 
 
 def _digest(secret: str, message: str) -> bytes:
@@ -246,6 +250,26 @@ class _Context:
         if kind == "uid":
             return _map_values(value, self.uid)
         return _map_values(value, lambda v: self.date(v, vr)) if value else value
+
+    @functools.cached_property
+    def additions(self) -> list[RawDataElement]:
+        """``_add_marks``'s attributes as explicit VR little endian raw elements, encoded once."""
+        marks = Dataset()
+        _add_marks(marks, self.study_id)
+        elements = []
+        for tag in sorted(marks.keys()):
+            buffer = DicomBytesIO()
+            buffer.is_little_endian, buffer.is_implicit_VR = True, False
+            write_data_element(buffer, marks[tag])
+            data = buffer.getvalue()
+            vr = data[4:6].decode()
+            header = 12 if vr in _LONG_HEADER_VRS else 8
+            value = data[header:]
+            length = data[8:12] if header == 12 else data[6:8]
+            if int.from_bytes(length, "little") != len(value):
+                raise RuntimeError(f"cannot encode {tag} as a raw element")
+            elements.append(RawDataElement(tag, vr, len(value), value, 0, False, True, True, False))
+        return elements
 
     def new_raw(self, kind: str, raw: RawDataElement) -> RawDataElement:
         """The replacement of an undecoded explicit-VR little-endian element, as raw bytes."""
@@ -343,26 +367,41 @@ def deidentify(
         raise ValueError(f"date_mode must be one of {DATE_MODES}, not {date_mode!r}")
     if not study_id:
         raise ValueError("a study ID is required")
-    context = _Context(
-        study_id=study_id,
-        secret=secret,
-        date_mode=date_mode,
-        shift_days=date_shift_days(study_id, secret=secret, max_days=date_shift_max_days),
+    context = _context(
+        study_id,
+        secret,
+        date_mode,
+        date_shift_days(study_id, secret=secret, max_days=date_shift_max_days),
     )
     _clean(ds, context)
     if hasattr(ds, "preamble"):
         ds.preamble = None  # a preamble may carry anything: the writer puts zeros
+    if ds.original_encoding == (False, True):
+        for element in context.additions:
+            ds[element.tag] = element
+    else:
+        _add_marks(ds, study_id)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        transfer_syntax = meta.get("TransferSyntaxUID")
+        ds.file_meta = new_file_meta(ds, transfer_syntax=transfer_syntax)
+    return ds
+
+
+def _add_marks(ds: Dataset, study_id: str) -> None:
+    """The attributes every de-identified dataset carries (Annex E: identity removed, how)."""
     ds.PatientName = study_id
     ds.PatientID = study_id
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = list(METHOD)
     ds.DeidentificationMethodCodeSequence = method_code_sequence()
     ds.LongitudinalTemporalInformationModified = "MODIFIED"
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None:
-        transfer_syntax = meta.get("TransferSyntaxUID")
-        ds.file_meta = new_file_meta(ds, transfer_syntax=transfer_syntax)
-    return ds
+
+
+@functools.lru_cache(maxsize=16)
+def _context(study_id: str, secret: str, date_mode: str, shift_days: int) -> _Context:
+    """One context per patient and policy, so its memo serves every slice of the patient."""
+    return _Context(study_id=study_id, secret=secret, date_mode=date_mode, shift_days=shift_days)
 
 
 def method_code_sequence() -> Sequence:

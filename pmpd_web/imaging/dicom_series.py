@@ -8,6 +8,7 @@ Everything stored is explicit VR little endian, uncompressed: compressed input i
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
@@ -20,11 +21,13 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.charset import default_encoding
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
+from pydicom.multival import MultiValue
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SegmentationStorage
 
 from . import deid
@@ -68,6 +71,70 @@ PHASE_LABELS = {
 
 
 # ----------------------------------------------------------------------------------------------
+# Reading header values without decoding elements: pydicom's per-element conversion dominates
+# when every slice of a series is read, and elements left undecoded are also written back and
+# compared (metadata, encoding) by their bytes.
+
+_BINARY_VRS = {"US": "<u2", "SS": "<i2", "UL": "<u4", "SL": "<i4", "FL": "<f4", "FD": "<f8"}
+
+
+@functools.lru_cache(maxsize=512)
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return tag
+
+
+def peek_list(ds: Dataset, keyword: str) -> list:
+    """The values of ``keyword`` in ``ds`` (numbers for DS, IS and binary VRs, else text),
+    [] when absent or empty. Explicit VR little endian elements are read from their bytes and
+    left undecoded."""
+    element = ds.get_item(_tag(keyword))
+    if element is None:
+        return []
+    if (
+        isinstance(element, RawDataElement)
+        and element.VR
+        and element.is_little_endian
+        and not element.is_implicit_VR
+    ):
+        data = element.value or b""
+        vr = element.VR
+        if vr in _BINARY_VRS:
+            return np.frombuffer(data, dtype=_BINARY_VRS[vr]).tolist()
+        text = data.decode("latin-1").strip(" \x00")
+        if not text:
+            return []
+        parts = [part.strip(" \x00") for part in text.split("\\")]
+        if vr == "DS":
+            return [float(part) for part in parts]
+        if vr == "IS":
+            return [int(float(part)) for part in parts]
+        return parts
+    value = ds[_tag(keyword)].value
+    if value is None or value == "":
+        return []
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    if element.VR == "DS":
+        return [float(v) for v in values]
+    if element.VR == "IS":
+        return [int(v) for v in values]
+    if element.VR in _BINARY_VRS:
+        return [v for v in values]
+    return [str(v) for v in values]
+
+
+def peek(ds: Dataset, keyword: str, default: Any = None) -> Any:
+    """The first value of ``keyword`` (see ``peek_list``), or ``default``."""
+    try:
+        values = peek_list(ds, keyword)
+    except (ValueError, UnicodeDecodeError):
+        return default
+    return values[0] if values else default
+
+
+# ----------------------------------------------------------------------------------------------
 # Reading and sorting out
 
 
@@ -102,9 +169,9 @@ def read_dicom(path: Path, *, label: str) -> DicomFile:
         label=label,
         path=path,
         dataset=dataset,
-        description=str(dataset.get("SeriesDescription", "") or ""),
-        protocol=str(dataset.get("ProtocolName", "") or ""),
-        contrast_agent=str(dataset.get("ContrastBolusAgent", "") or ""),
+        description=" ".join(peek_list(dataset, "SeriesDescription")),
+        protocol=" ".join(peek_list(dataset, "ProtocolName")),
+        contrast_agent=" ".join(peek_list(dataset, "ContrastBolusAgent")),
     )
 
 
@@ -112,8 +179,8 @@ def role_of(dicom: DicomFile) -> tuple[str, str]:
     """("ct" | "seg" | "skip", why): what the ingest does with this file. Image modalities
     other than CT raise IngestError (an MR series is a mistake, not clutter)."""
     ds = dicom.dataset
-    sop_class = str(ds.SOPClassUID)
-    modality = str(ds.get("Modality", "") or "").upper()
+    sop_class = str(peek(ds, "SOPClassUID", ""))
+    modality = str(peek(ds, "Modality", "")).upper()
     if sop_class == MEDIA_STORAGE_DIRECTORY:
         return "skip", "a DICOMDIR index, not an image"
     if sop_class == str(SegmentationStorage):
@@ -127,7 +194,7 @@ def role_of(dicom: DicomFile) -> tuple[str, str]:
             "(CT Image Storage)",
         )
     if sop_class == str(CTImageStorage):
-        image_type = [str(v).upper() for v in ds.get("ImageType", []) or []]
+        image_type = [str(v).upper() for v in peek_list(ds, "ImageType")]
         if "LOCALIZER" in image_type:
             return "skip", "a localizer (scout) image, not part of a CT volume"
         return "ct", "CT"
@@ -172,9 +239,9 @@ class CtSeries:
         return [f.dataset for f in self.files]
 
 
-def _floats(value: Any, count: int, *, what: str, label: str) -> np.ndarray:
+def _floats(ds: Dataset, keyword: str, count: int, *, what: str, label: str) -> np.ndarray:
     try:
-        numbers = np.array([float(v) for v in value], dtype=float)
+        numbers = np.array(peek_list(ds, keyword), dtype=float)
     except (TypeError, ValueError):
         numbers = np.array([])
     if numbers.size != count or not np.all(np.isfinite(numbers)):
@@ -196,10 +263,10 @@ def _native_pixels(dicom: DicomFile) -> np.ndarray:
     (pydicom's decoders, GDCM through SimpleITK as the fallback) so the stored file is native.
     """
     ds = dicom.dataset
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    bits = int(ds.get("BitsAllocated", 16))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
+    rows, columns = int(peek(ds, "Rows", 0)), int(peek(ds, "Columns", 0))
+    bits = int(peek(ds, "BitsAllocated", 16))
+    signed = int(peek(ds, "PixelRepresentation", 0)) == 1
+    if int(peek(ds, "SamplesPerPixel", 1)) != 1:
         raise IngestError(dicom.label, "a colour image, not a CT slice")
     if bits not in (8, 16):
         raise IngestError(dicom.label, f"{bits}-bit pixels; CT slices have 8 or 16")
@@ -270,7 +337,7 @@ def assemble_ct(files: list[DicomFile], *, min_slices: int, tolerance_mm: float)
     """
     unique: dict[str, DicomFile] = {}
     for dicom in files:
-        unique.setdefault(str(dicom.dataset.SOPInstanceUID), dicom)
+        unique.setdefault(str(peek(dicom.dataset, "SOPInstanceUID", "")), dicom)
     files = list(unique.values())
     first = files[0]
     series_label = f"CT series '{first.description or 'no description'}' ({first.label}...)"
@@ -293,20 +360,21 @@ def assemble_ct(files: list[DicomFile], *, min_slices: int, tolerance_mm: float)
                 raise IngestError(
                     dicom.label, f"{keyword} is missing: the file is truncated or not a CT slice"
                 )
-        if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        if str(peek(ds, "BurnedInAnnotation", "")).upper() == "YES":
             raise IngestError(
                 dicom.label,
                 "the pixels carry burned-in annotation (BurnedInAnnotation YES), which "
                 "de-identification cannot remove: refused",
             )
         for keyword in ("Rows", "Columns", "BitsAllocated", "PixelRepresentation"):
-            if ds.get(keyword) != reference.get(keyword):
+            if peek(ds, keyword) != peek(reference, keyword):
                 raise IngestError(
                     dicom.label,
-                    f"{keyword} {ds.get(keyword)} differs from the series' {reference.get(keyword)}",
+                    f"{keyword} {peek(ds, keyword)} differs from the series' "
+                    f"{peek(reference, keyword)}",
                 )
     orientation = _floats(
-        reference.ImageOrientationPatient, 6, what="image orientation", label=first.label
+        reference, "ImageOrientationPatient", 6, what="image orientation", label=first.label
     )
     row, column = orientation[:3], orientation[3:]
     if not (
@@ -317,18 +385,18 @@ def assemble_ct(files: list[DicomFile], *, min_slices: int, tolerance_mm: float)
         raise IngestError(first.label, "the image orientation is not orthonormal")
     row, column = row / np.linalg.norm(row), column / np.linalg.norm(column)
     normal = np.cross(row, column)
-    spacing = _floats(reference.PixelSpacing, 2, what="pixel spacing", label=first.label)
+    spacing = _floats(reference, "PixelSpacing", 2, what="pixel spacing", label=first.label)
     positions = np.empty((len(files), 3))
     for index, dicom in enumerate(files):
         ds = dicom.dataset
         if not np.allclose(
-            _floats(ds.ImageOrientationPatient, 6, what="image orientation", label=dicom.label),
+            _floats(ds, "ImageOrientationPatient", 6, what="image orientation", label=dicom.label),
             orientation,
             atol=1e-4,
         ):
             raise IngestError(dicom.label, "its orientation differs from the series' other slices")
         if not np.allclose(
-            _floats(ds.PixelSpacing, 2, what="pixel spacing", label=dicom.label),
+            _floats(ds, "PixelSpacing", 2, what="pixel spacing", label=dicom.label),
             spacing,
             atol=tolerance_mm,
         ):
@@ -336,7 +404,7 @@ def assemble_ct(files: list[DicomFile], *, min_slices: int, tolerance_mm: float)
                 dicom.label, "its pixel spacing differs from the series' other slices"
             )
         positions[index] = _floats(
-            ds.ImagePositionPatient, 3, what="image position", label=dicom.label
+            ds, "ImagePositionPatient", 3, what="image position", label=dicom.label
         )
     along = positions @ normal
     order = np.argsort(along, kind="stable")
@@ -366,7 +434,7 @@ def assemble_ct(files: list[DicomFile], *, min_slices: int, tolerance_mm: float)
             "the slices are sheared (gantry tilt): reconstruct the series without tilt",
         )
     grid = Grid(
-        size=(int(reference.Columns), int(reference.Rows), len(files)),
+        size=(int(peek(reference, "Columns")), int(peek(reference, "Rows")), len(files)),
         spacing=(float(spacing[1]), float(spacing[0]), step),
         origin=tuple(float(v) for v in positions[0]),
         direction=tuple(np.column_stack([row, column, normal]).reshape(-1).tolist()),
@@ -374,23 +442,24 @@ def assemble_ct(files: list[DicomFile], *, min_slices: int, tolerance_mm: float)
     check_grid(grid, label=series_label, min_slices=min_slices)
     hu = _hounsfield(files)
     ds0 = files[0].dataset
-    thickness = ds0.get("SliceThickness")
+    thickness = peek(ds0, "SliceThickness")
+    series_number = peek(ds0, "SeriesNumber")
     return CtSeries(
-        series_uid=str(ds0.SeriesInstanceUID),
-        study_uid=str(ds0.StudyInstanceUID),
-        frame_of_reference_uid=str(ds0.get("FrameOfReferenceUID", "") or ""),
+        series_uid=str(peek(ds0, "SeriesInstanceUID", "")),
+        study_uid=str(peek(ds0, "StudyInstanceUID", "")),
+        frame_of_reference_uid=str(peek(ds0, "FrameOfReferenceUID", "")),
         files=files,
         hu=hu,
         grid=grid,
-        manufacturer=str(ds0.get("Manufacturer", "") or "")[:64],
-        slice_thickness_mm=float(thickness) if thickness not in (None, "") else step,
+        manufacturer=" ".join(peek_list(ds0, "Manufacturer"))[:64],
+        slice_thickness_mm=float(thickness) if thickness is not None else step,
         pixel_spacing_mm=[float(spacing[0]), float(spacing[1])],
-        series_number=int(ds0.SeriesNumber) if ds0.get("SeriesNumber") not in (None, "") else None,
+        series_number=int(series_number) if series_number is not None else None,
         description=files[0].description,
         phase=contrast_phase(
             files[0].description, files[0].protocol, contrast_agent=files[0].contrast_agent
         ),
-        study_date=str(ds0.get("StudyDate", "") or ""),
+        study_date=str(peek(ds0, "StudyDate", "")),
         labels=[f.label for f in files],
     )
 
@@ -404,7 +473,7 @@ def _hounsfield(files: list[DicomFile]) -> np.ndarray:
         stored[index] = _native_pixels(dicom)
     ds = files[0].dataset
     bits_allocated = stored.dtype.itemsize * 8
-    bits_stored = int(ds.get("BitsStored", bits_allocated) or bits_allocated)
+    bits_stored = int(peek(ds, "BitsStored", bits_allocated) or bits_allocated)
     low, high = int(stored.min()), int(stored.max())
     if bits_stored < bits_allocated:
         shift = bits_allocated - bits_stored
@@ -416,8 +485,8 @@ def _hounsfield(files: list[DicomFile]) -> np.ndarray:
         elif stored.dtype.kind == "u" and high >= 1 << bits_stored:
             stored &= np.array((1 << bits_stored) - 1, dtype=stored.dtype)  # unused high bits
             low, high = int(stored.min()), int(stored.max())
-    slopes = np.array([float(f.dataset.get("RescaleSlope", 1) or 1) for f in files])
-    intercepts = np.array([float(f.dataset.get("RescaleIntercept", 0) or 0) for f in files])
+    slopes = np.array([float(peek(f.dataset, "RescaleSlope", 1) or 1) for f in files])
+    intercepts = np.array([float(peek(f.dataset, "RescaleIntercept", 0)) for f in files])
     if (
         np.all(slopes == 1)
         and np.all(intercepts == intercepts[0])

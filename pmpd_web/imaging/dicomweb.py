@@ -25,6 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 
 import pydicom
+from django.core.cache import cache
 from django.db.models import Case, Count, IntegerField, OuterRef, QuerySet, Subquery, Value, When
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
@@ -67,6 +68,7 @@ from .models import DicomInstance, ImageSeries, ImagingStudy
 
 MAX_RESULTS = 1000
 CHUNK_BYTES = 256 * 1024
+SERIES_FILES_TTL_S = 30
 
 # What each search level answers (PS3.18 tables 10.6.3-3 to -5, and what OHIF reads) from the
 # stored headers beside the database's columns, and what ``includefield=all`` adds.
@@ -554,11 +556,35 @@ def _parts(bodies: Iterable, media: str, transfer_syntax: str):
     return ((content_type, body) for body in bodies)
 
 
-def _instance_file(user, study: str, series: str, sop: str) -> str:
-    name = _instances(user, study, series, sop).values_list("file", flat=True).first()
-    if name is None:
+def _instance_file(user, study: str, series: str, sop: str, *, cached: bool = True) -> str:
+    """The stored file of an instance ``user`` may view (404 otherwise).
+
+    A viewer asks for the frames of a series by the hundred: the permission check and the file
+    names of the whole series are looked up once, then kept for ``SERIES_FILES_TTL_S`` seconds
+    per user (so a revoked membership stops frames within that time; searches and metadata
+    always ask the database)."""
+    key = f"pmpd-dicomweb-files:{user.pk}:{study}:{series}"
+    files = cache.get(key) if cached else None
+    if files is None:
+        files = dict(
+            _instances(user, study, series).values_list("sop_instance_uid", "file").iterator()
+        )
+        if files:
+            cache.set(key, files, SERIES_FILES_TTL_S)
+    if sop not in files:
         raise DicomWebError(404, "No such instance.")
-    return name
+    return files[sop]
+
+
+def _instance_pixels(user, study: str, series: str, sop: str) -> tuple[str, PixelLayout]:
+    """The file and pixel layout of an instance; a file name kept from before a new ingest
+    replaced the file is looked up again."""
+    name = _instance_file(user, study, series, sop)
+    try:
+        return name, pixel_layout(name)
+    except FileNotFoundError:
+        name = _instance_file(user, study, series, sop, cached=False)
+        return name, pixel_layout(name)
 
 
 def _frame_numbers(text: str) -> list[int]:
@@ -574,8 +600,7 @@ def _frame_numbers(text: str) -> list[int]:
 @dicomweb_view
 def retrieve_frames(request, study: str, series: str, sop: str, frames: str):
     numbers = _frame_numbers(frames)
-    name = _instance_file(request.user, study, series, sop)
-    layout = pixel_layout(name)
+    name, layout = _instance_pixels(request.user, study, series, sop)
     if max(numbers) > layout.number_of_frames:
         raise DicomWebError(404, f"This instance has {layout.number_of_frames} frame(s).")
     offer = choose(accepted_types(request.headers.get("Accept", "")), layout.offers())
@@ -592,16 +617,16 @@ def retrieve_frames(request, study: str, series: str, sop: str, frames: str):
 def retrieve_bulkdata(request, study: str, series: str, sop: str, tag: str):
     """Bulk data where the metadata's BulkDataURI points: native pixel data in one part,
     encapsulated pixel data one part per frame, another binary attribute in one part."""
-    name = _instance_file(request.user, study, series, sop)
     key = tag_key(tag)
     if key != PIXEL_DATA:
+        name = _instance_file(request.user, study, series, sop, cached=False)
         with _storage().open(name, "rb") as handle:
             found = pydicom.dcmread(handle, stop_before_pixels=True).get(int(key, 16))
         if found is None or not isinstance(found.value, bytes):
             raise DicomWebError(404, "No such bulk data.")
         parts = _parts([found.value], OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN)
         return _multipart_response(parts, OCTET_STREAM, stream=False)
-    layout = pixel_layout(name)
+    name, layout = _instance_pixels(request.user, study, series, sop)
     every_frame = list(range(layout.number_of_frames))
     if layout.value_offset is None:
         bodies = [b"".join(_read_frames(name, layout, every_frame, decode=True))]

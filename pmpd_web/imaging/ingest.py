@@ -67,6 +67,7 @@ from .models import UploadFile as UploadFileModel
 from .sniff import SUFFIX, Kind, describe_unknown, sniff
 from .volumes import (
     Grid,
+    Volume,
     align_to_grid,
     canonical_mask,
     check_ct_values,
@@ -445,6 +446,15 @@ class CtOutput:
     def unchanged(self) -> bool:
         return self.existing is not None and self.existing.content_hash == self.content_hash
 
+    def sources(self) -> list[Dataset]:
+        """The series' slices in slice order: in memory, or the stored ones when an unchanged
+        series was not rebuilt (a CT that came as a volume)."""
+        if self.datasets:
+            return self.datasets
+        if self.existing is not None:
+            return _stored_sources(self.existing)
+        return []
+
 
 @dataclass(eq=False)
 class MaskOutput:
@@ -544,13 +554,14 @@ def _dicom_cts(
                 )
             )
         except IngestError as exc:
-            problems.append((members[0][0], str(exc)))
+            named = next((item for item, _ in members if item.label == exc.label), members[0][0])
+            problems.append((named, str(exc)))
     return series, segs
 
 
 def _volume_items(
     items: list[Item], upload: ImageUpload, options: IngestOptions, problems: list
-) -> tuple[list[tuple[Item, np.ndarray, Grid]], list[tuple[Item, Any]]]:
+) -> tuple[list[tuple[Item, np.ndarray, Grid]], list[tuple[Item, Volume, np.ndarray]]]:
     """CT volumes (int16 HU) and mask volumes among the patient's NIfTI/NRRD/MetaImage files."""
     cts, masks = [], []
     labels = {upload.label_pancreas, upload.label_tumour}
@@ -765,7 +776,7 @@ def _match_masks(
             continue
         target = by_uid[sorted(references)[0]]
         if isinstance(target, CtOutput):
-            source_uids = [str(ds.SOPInstanceUID) for ds in target.datasets]
+            source_uids = [str(ds.SOPInstanceUID) for ds in target.sources()]
         else:
             source_uids = [str(ds.SOPInstanceUID) for ds in _stored_sources(target)]
         try:
@@ -868,7 +879,7 @@ def _write_outputs(
             continue
         target = mask.target
         if isinstance(target, CtOutput):
-            sources, ct_uid, ct_hash = target.datasets, target.series_uid, target.content_hash
+            sources, ct_uid, ct_hash = target.sources(), target.series_uid, target.content_hash
         else:
             sources = _stored_sources(target)
             ct_uid, ct_hash = target.series_instance_uid, target.content_hash

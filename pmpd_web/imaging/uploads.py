@@ -10,7 +10,7 @@ The raw files hold identifying data: they are deleted once the ingest has finish
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -198,33 +198,40 @@ def receive_chunk(
             f"A chunk of {length} bytes is over the limit of "
             f"{settings.PMPD_UPLOAD_CHUNK_MAX_BYTES} bytes: send smaller chunks."
         )
+    upload_file = UploadFile.objects.select_related("upload").get(pk=upload_file.pk)
+    _check_chunk(upload_file, offset=offset, length=length)
+    # The body is read before the row is locked: a slow client holds no lock.
+    data = _read_exactly(stream, length)
+    if len(data) != length:
+        raise UserFacingError(
+            f"{upload_file.client_name}: the chunk arrived incomplete ({len(data)} of {length} "
+            "bytes); send it again."
+        )
     with transaction.atomic():
         locked = (
             UploadFile.objects.select_for_update().select_related("upload").get(pk=upload_file.pk)
         )
-        _require_receiving(locked.upload)
-        if offset != locked.received_bytes:
-            raise ChunkConflict(
-                f"{locked.client_name}: this chunk starts at byte {offset} but "
-                f"{locked.received_bytes} bytes have been received; resume from there.",
-                received_bytes=locked.received_bytes,
-            )
-        if offset + length > locked.size_bytes:
-            raise UserFacingError(
-                f"{locked.client_name}: the chunk ends at byte {offset + length}, beyond the "
-                f"declared size of {locked.size_bytes} bytes."
-            )
-        data = _read_exactly(stream, length)
-        if len(data) != length:
-            raise UserFacingError(
-                f"{locked.client_name}: the chunk arrived incomplete ({len(data)} of {length} "
-                "bytes); send it again."
-            )
+        _check_chunk(locked, offset=offset, length=length)
         name = default_storage.save(f"{chunk_prefix(locked)}{offset:016d}.part", ContentFile(data))
         locked.chunks = [*locked.chunks, [offset, length, name]]
         locked.received_bytes = offset + length
         locked.save(update_fields=["chunks", "received_bytes"])
     return locked
+
+
+def _check_chunk(upload_file: UploadFile, *, offset: int, length: int) -> None:
+    _require_receiving(upload_file.upload)
+    if offset != upload_file.received_bytes:
+        raise ChunkConflict(
+            f"{upload_file.client_name}: this chunk starts at byte {offset} but "
+            f"{upload_file.received_bytes} bytes have been received; resume from there.",
+            received_bytes=upload_file.received_bytes,
+        )
+    if offset + length > upload_file.size_bytes:
+        raise UserFacingError(
+            f"{upload_file.client_name}: the chunk ends at byte {offset + length}, beyond the "
+            f"declared size of {upload_file.size_bytes} bytes."
+        )
 
 
 def store_local_file(upload_file: UploadFile, path: Path) -> None:
@@ -247,14 +254,22 @@ def upload_local_path(
     patient: Patient | None = None,
     label_pancreas: int = 1,
     label_tumour: int = 2,
-    on_file: Any = None,
+    include: Callable[[Path], bool] | None = None,
+    on_file: Callable[[int, int], None] | None = None,
 ) -> ImageUpload:
     """An upload of a folder (every file under it, named by its path relative to the folder,
-    so its sub-folders can name study IDs) or of one file (a ZIP...) from the server's disk.
-    ``on_file(n_done, n_total)`` reports progress."""
+    so its sub-folders can name study IDs; ``include`` may select by that relative path) or of
+    one file (a ZIP...) from the server's disk. ``on_file(n_done, n_total)`` reports progress.
+    """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and not p.is_symlink()
+            and (include is None or include(p.relative_to(path)))
+        )
         names = [str(p.relative_to(path)) for p in files]
     elif path.is_file():
         files, names = [path], [path.name]
@@ -280,7 +295,9 @@ def upload_local_path(
     return upload
 
 
-def run_now(upload: ImageUpload, user: Any, progress: Any = None) -> Job:
+def run_now(
+    upload: ImageUpload, user: Any, progress: Callable[[int, str], None] | None = None
+) -> Job:
     """Finish the upload and run its ingest job in this process (commands, the demo)."""
     from pmpd_web.jobs.runner import run_job
 

@@ -456,3 +456,66 @@ def test_loader_maps_the_clinical_fields_and_predictions(cohort):
     assert any("unknown are left out" in note for note in loaded.notes)
     clinical = load_frame([cohort], None)
     assert len(clinical.frame) == 4 and clinical.frame["metastasis_risk_score"].isna().all()
+
+
+def test_pooled_cohorts_and_an_empty_cohort(scored, statistician, members, other_cohort):
+    Membership.objects.create(
+        user=members["statistician"], cohort=other_cohort, role=Role.STATISTICIAN
+    )
+    make_patient(other_cohort, scored.patients[0].study_id, vital_status="dead")
+    api = api_for(members["statistician"])
+    pooled = {**scored.query, "cohort": f"{scored.cohort.pk},{other_cohort.pk}"}
+    body = api.get("/api/analytics/survival/", pooled).json()
+    about = body["provenance"]
+    assert [c["name"] for c in about["cohorts"]] == [scored.cohort.name, other_cohort.name]
+    assert about["n_patients"] == 80 and about["n_patients_in_cohorts"] == 81
+    assert any("1 of 81 patients" in note for note in about["notes"])
+    page = statistician.get("/analytics/survival/", pooled)
+    assert page.status_code == 200 and b"1 of 81 patients" in page.content
+
+    empty = make_cohort("Empty")
+    Membership.objects.create(user=members["statistician"], cohort=empty, role=Role.STATISTICIAN)
+    for query in ({"cohort": empty.pk}, {"cohort": empty.pk, "model_version": scored.version.pk}):
+        for section in EXPECTED:
+            assert statistician.get(f"/analytics/{section}/", query).status_code == 200
+        assert api.get("/api/analytics/cox/", query).json()["multivariable"]["computable"] is False
+
+
+def test_cox_section_shows_the_models_of_the_full_analysis(scored, members):
+    api = api_for(members["statistician"])
+    cox = api.get("/api/analytics/cox/", scored.query).json()
+    full = api.get("/api/analytics/analysis/", scored.query).json()["analysis"]
+    assert cox["variables"] == ["mrs_group", "ca19_9_group", "nccn_resectability"]
+    assert cox["multivariable"] == full["cox_multivariable"]
+    assert cox["univariable"]["models"] == full["cox_univariable"]["models"]
+    assert cox["risk_groups"] == full["cox_risk_groups"]
+    # The chosen model's C is that of the adjusted model; the paper's C (unadjusted MRS group +
+    # CA19-9 group + resectability) comes with it.
+    assert cox["c_index"]["c_index"] == full["cox_multivariable"]["concordance"]
+    assert cox["c_index_paper"] == full["c_index"]
+
+
+def test_large_selections_are_computed_by_a_job(scored, statistician, settings, monkeypatch):
+    from analytics import tasks
+    from pmpd_web.jobs.models import Job
+
+    settings.PMPD_ANALYTICS_INLINE_MAX = 50
+    queued = []
+    monkeypatch.setattr(tasks.compute_dashboards, "delay", queued.append)
+    waiting = statistician.get("/analytics/survival/", scored.query)
+    assert waiting.status_code == 200 and b"data-reload-when-done" in waiting.content
+    job = Job.objects.get(kind=Job.Kind.ANALYSIS)
+    assert queued == [job.pk] and job.result["section"] == "survival"
+    assert f'hx-get="/jobs/{job.pk}/progress/"'.encode() in waiting.content
+    # A second visit while it runs waits for the same job.
+    statistician.get("/analytics/survival/", scored.query)
+    assert Job.objects.filter(kind=Job.Kind.ANALYSIS).count() == 1 and len(queued) == 1
+
+    tasks.compute_dashboards(job.pk)  # what the cpu worker does
+    job.refresh_from_db()
+    assert job.status == "succeeded"
+    assert job.result["sections"][0] == "survival" and len(job.result["sections"]) == 5
+    assert b"succeeded" in statistician.get(f"/jobs/{job.pk}/progress/").content
+    done = statistician.get("/analytics/survival/", scored.query)
+    assert done["X-Analytics-Cache"] == "hit" and b"figure-survival-km-risk-group" in done.content
+    assert statistician.get("/analytics/subgroups/", scored.query)["X-Analytics-Cache"] == "hit"

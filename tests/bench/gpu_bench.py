@@ -195,8 +195,8 @@ def main() -> None:
     deadline = started + args.budget_s
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.smoke:
-        sizes = dict(depth=10, input=64, infer_batch=8, infer_patches=16, repeats=1,
-                     train_batch=8, train_patches=24, compile=0)  # fmt: skip
+        sizes = dict(depth=10, input=32, infer_batch=8, infer_patches=16, repeats=1,
+                     train_batch=8, train_patches=16, compile=0)  # fmt: skip
     else:
         sizes = dict(depth=50, input=224, infer_batch=256, infer_patches=2048, repeats=5,
                      train_batch=128, train_patches=8040, compile=int(not args.no_compile))  # fmt: skip

@@ -1,6 +1,7 @@
-"""The OHIF viewer in a real browser (Debian's Chromium driven by Playwright): a clinician logs
-in, opens a patient, and the embedded viewer shows the CT's pixels with the pancreas and tumour
-segmentation listed. A screenshot of the run is kept under test-artifacts/."""
+"""The OHIF viewer in a real browser (Debian's Chromium driven by Playwright): a patient's CT and
+mask go through the platform's ingest, then a clinician logs in, opens the patient, and the
+embedded viewer shows the CT's pixels with the pancreas and tumour segmentation listed. A
+screenshot of the run is kept under test-artifacts/."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dicom_fixtures import add_imaged_patient
+from dicom_fixtures import phantom
 from django.conf import settings
 from factories import make_patient
+from imagemaker import dicom_series, folder_files, ingest, write_volume
 from playwright.sync_api import Browser, Frame, Page, sync_playwright
 
+STUDY_ID = "PMPD-E2E"
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_ARGS = [
@@ -28,7 +31,8 @@ CHROMIUM_ARGS = [
 ]
 # The viewer is about 20 MB of JavaScript: generous, bounded waits.
 VIEWER_LOAD_S = 180
-# The viewport's pixels as the page shows them: (mean, standard deviation, distinct grey levels).
+# The viewport's pixels as the page shows them: mean and standard deviation of the grey level,
+# distinct grey levels, and coloured pixels (the segmentation overlay; CT pixels are grey).
 VIEWPORT_PIXELS_JS = """canvas => {
   const copy = document.createElement('canvas');
   copy.width = canvas.width;
@@ -36,17 +40,20 @@ VIEWPORT_PIXELS_JS = """canvas => {
   const context = copy.getContext('2d');
   context.drawImage(canvas, 0, 0);
   const data = context.getImageData(0, 0, copy.width, copy.height).data;
-  let sum = 0, squares = 0;
+  let sum = 0, squares = 0, coloured = 0;
   const levels = new Set();
   const n = data.length / 4;
   for (let i = 0; i < data.length; i += 4) {
-    const grey = (data[i] + data[i + 1] + data[i + 2]) / 3;
+    const [r, g, b] = [data[i], data[i + 1], data[i + 2]];
+    const grey = (r + g + b) / 3;
     sum += grey;
     squares += grey * grey;
     levels.add(Math.round(grey));
+    if (Math.max(r, g, b) - Math.min(r, g, b) > 60) coloured += 1;
   }
   const mean = sum / n;
-  return [mean, Math.sqrt(Math.max(squares / n - mean * mean, 0)), levels.size];
+  return {mean, std: Math.sqrt(Math.max(squares / n - mean * mean, 0)), levels: levels.size,
+          coloured};
 }"""
 
 
@@ -70,26 +77,32 @@ def _viewer_frame(page: Page) -> Frame:
     return frame
 
 
-def _wait_for_ct_pixels(frame: Frame) -> tuple[float, float, int]:
-    """Poll the viewport's canvas until it shows an image (not one flat colour)."""
+def _wait_for_pixels(frame: Frame, ready, what: str) -> dict:
+    """Poll the viewport's canvas until ``ready(pixels)``, within the load allowance."""
     canvas = frame.locator("canvas.cornerstone-canvas").first
     canvas.wait_for(state="visible", timeout=VIEWER_LOAD_S * 1000)
     deadline = time.monotonic() + VIEWER_LOAD_S
-    stats = (0.0, 0.0, 0)
-    while time.monotonic() < deadline:
-        stats = canvas.evaluate(VIEWPORT_PIXELS_JS)
-        if stats[1] > 10 and stats[2] > 20:
-            return stats
+    pixels = canvas.evaluate(VIEWPORT_PIXELS_JS)
+    while not ready(pixels):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the viewport never showed {what}: {pixels}")
         time.sleep(1)
-    raise AssertionError(f"the viewport stayed flat: mean, std, levels = {stats}")
+        pixels = canvas.evaluate(VIEWPORT_PIXELS_JS)
+    return pixels
 
 
 def test_patient_page_shows_the_ct_with_its_segmentation(live_server, cohort, members, tmp_path):
     if not (Path(settings.PMPD_OHIF_ROOT) / "index.html").is_file():
         pytest.fail("the OHIF viewer is not built: `make frontend` builds it")
-    add_imaged_patient(
-        make_patient(cohort, "PMPD-E2E"), folder=tmp_path / "ct", index=3, size=128, n_slices=16
-    )
+    # Through the platform's own ingest: a phantom CT as DICOM and its mask as NIfTI, uploaded,
+    # de-identified, stored, and its SEG built.
+    case = phantom(index=3, size=128, n_slices=16)
+    case.study_id = STUDY_ID
+    make_patient(cohort, STUDY_ID)
+    dicom_series(case, tmp_path / STUDY_ID / "ct")
+    write_volume(case.mask, case, tmp_path / STUDY_ID / "mask.nii.gz")
+    _, job = ingest(cohort, members["coordinator"], folder_files(tmp_path, "drop/"))
+    assert job.status == "succeeded", job.error
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "viewer-patient-page.png"
     problems: list[str] = []
@@ -107,13 +120,17 @@ def test_patient_page_shows_the_ct_with_its_segmentation(live_server, cohort, me
             page.locator("main form [type=submit]").click()
             page.wait_for_url(f"{live_server.url}/", timeout=30_000)
 
-            page.goto(f"{live_server.url}/cohorts/{cohort.pk}/patients/PMPD-E2E/")
+            page.goto(f"{live_server.url}/cohorts/{cohort.pk}/patients/{STUDY_ID}/")
             assert page.locator("#images h2").inner_text() == "CT and segmentation"
             frame = _viewer_frame(page)
-            mean, std, levels = _wait_for_ct_pixels(frame)
-            # The SEG is in the study browser, and its panel lists its segments by label.
-            seg = frame.locator("[data-cy=study-browser-thumbnail-no-image]", has_text="SEG")
-            seg.get_by_text("Pancreas and tumour").wait_for(timeout=VIEWER_LOAD_S * 1000)
+            ct = _wait_for_pixels(frame, lambda p: p["std"] > 10 and p["levels"] > 20, "a CT")
+            # The SEG is in the study browser, drawn over the CT, and its panel lists its
+            # segments by label.
+            frame.locator(
+                "[data-cy=study-browser-thumbnail-no-image] [data-cy=series-modality-label]",
+                has_text="SEG",
+            ).wait_for(timeout=VIEWER_LOAD_S * 1000)
+            overlay = _wait_for_pixels(frame, lambda p: p["coloured"] > 20, "the segmentation")
             frame.locator("[data-cy=panelSegmentation-btn]").click()
             for label in ("Pancreas", "Tumour"):
                 frame.get_by_text(label, exact=True).first.wait_for(
@@ -122,5 +139,8 @@ def test_patient_page_shows_the_ct_with_its_segmentation(live_server, cohort, me
         finally:
             page.screenshot(path=str(screenshot), full_page=True)
             print(f"\nviewer screenshot: {screenshot}")
-    print(f"viewport pixels: mean {mean:.1f}, standard deviation {std:.1f}, {levels} grey levels")
+    print(
+        f"viewport: grey mean {ct['mean']:.1f}, standard deviation {ct['std']:.1f}, "
+        f"{ct['levels']} grey levels; {overlay['coloured']} segmentation-coloured pixels"
+    )
     assert not [p for p in problems if "/dicomweb/" in p or "page error" in p], problems

@@ -11,6 +11,7 @@ import pytest
 import requests
 from dicom_fixtures import add_imaged_patient
 from dicomweb_client.api import DICOMwebClient
+from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from factories import make_patient
@@ -35,6 +36,12 @@ def stored_dataset(instance: DicomInstance) -> pydicom.Dataset:
         return pydicom.dcmread(handle)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """The frame views keep a series' file names for a while: each test starts without."""
+    cache.clear()
+
+
 @pytest.fixture
 def imaged(cohort, tmp_path):
     """Two patients of the cohort with a 12-slice 64x64 CT and its SEG each."""
@@ -48,10 +55,17 @@ def imaged(cohort, tmp_path):
 
 @pytest.fixture
 def session_for(live_server, members):
-    def login(role: str) -> requests.Session:
-        return logged_in_session(live_server.url, role, f"pw-{role}")
+    """Logged-in sessions, closed after the test: an idle keep-alive connection would keep a
+    live-server thread, and its database connection, until the test database is dropped."""
+    sessions: list[requests.Session] = []
 
-    return login
+    def login(role: str) -> requests.Session:
+        sessions.append(logged_in_session(live_server.url, role, f"pw-{role}"))
+        return sessions[-1]
+
+    yield login
+    for session in sessions:
+        session.close()
 
 
 @pytest.fixture
@@ -333,6 +347,17 @@ def test_implicit_vr_files_and_frame_errors(imaged, client_for, members):
         f"{series.series_instance_uid}/instances/{instance.sop_instance_uid}/frames/0"
     )
     assert bad.status_code == 400
+
+
+def test_frames_follow_a_file_replaced_by_a_new_ingest(imaged, client_for, members):
+    instance = imaged[0].ct.instances.first()
+    client = client_for(members["clinician"])
+    _, before = _single_part(_frame(client, instance, 1, OHIF_FRAME_ACCEPT))
+    old_name = instance.file.name
+    _store_variant(instance, stored_dataset(instance))
+    default_storage.delete(old_name)
+    _, after = _single_part(_frame(client, instance, 1, OHIF_FRAME_ACCEPT))
+    assert after == before
 
 
 def test_single_bit_frames_off_byte_boundaries_are_realigned():

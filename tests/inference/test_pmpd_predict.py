@@ -110,8 +110,9 @@ def test_jet_colormap_ends():
 
 @pytest.fixture(scope="module")
 def phantom_data():
+    # 64x64 phantom, 32 px input, 2 rotations: the whole path at a size the CPU test budget allows.
     config = PhantomConfig(size=64)
-    preprocess = PreprocessConfig(input_size=64, rotation_angles_deg=(0.0, 180.0))
+    preprocess = PreprocessConfig(input_size=32, rotation_angles_deg=(0.0, 180.0))
     data, labels = [], []
     for patient in generate_cohort(20, seed=3, config=config):
         data.append(
@@ -130,7 +131,7 @@ def phantom_data():
 
 def run_cv(data, labels, output_dir):
     config = TrainConfig(
-        model=ModelConfig(depth=10, input_size=64),
+        model=ModelConfig(depth=10, input_size=32),
         max_epochs=2,
         batch_size=32,
         device="cpu",
@@ -142,7 +143,7 @@ def run_cv(data, labels, output_dir):
 def test_end_to_end_trains_predicts_and_is_deterministic(phantom_data, tmp_path):
     data, labels = phantom_data
     assert 0 < labels.sum() < len(labels)
-    assert all(d.patches.shape == (8, 2, 64, 64) for d in data)
+    assert all(d.patches.shape == (8, 2, 32, 32) for d in data)
     first = run_cv(data, labels, tmp_path / "a")
     second = run_cv(data, labels, tmp_path / "b")
     assert first.data_hash == second.data_hash
@@ -161,4 +162,4 @@ def test_end_to_end_trains_predicts_and_is_deterministic(phantom_data, tmp_path)
         first.out_of_fold[0].slice_probabilities, abs=1e-5
     )
     heatmaps = ensemble_gradcam(folds, patient.inference_patches())
-    assert heatmaps.shape == (len(patient.selected_slices), 64, 64)
+    assert heatmaps.shape == (len(patient.selected_slices), 32, 32)

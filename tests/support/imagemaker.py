@@ -110,9 +110,7 @@ def upload_files(
     for upload_file, data in zip(declared, contents.values(), strict=True):
         for offset in range(0, len(data), chunk_size):
             block = data[offset : offset + chunk_size]
-            receive_chunk(
-                upload_file, offset=offset, length=len(block), stream=io.BytesIO(block)
-            )
+            receive_chunk(upload_file, offset=offset, length=len(block), stream=io.BytesIO(block))
     return upload
 
 

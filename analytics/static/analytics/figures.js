@@ -1,6 +1,7 @@
 /* Draws the analytics figures: each element with data-figure="<id of a JSON script>" becomes a
    Plotly figure whose mode bar downloads PNG and SVG; buttons with data-download="png|svg" and
-   data-target="<element id>" download the same images. Used by the dashboards, the patient
+   data-target="<element id>" download the same images. A page waiting for a background analysis
+   ([data-reload-when-done]) reloads when its job succeeds. Used by the dashboards, the patient
    risk view and the self-contained report (inlined there). */
 (function () {
   "use strict";
@@ -65,5 +66,11 @@
   });
   document.addEventListener("htmx:afterSwap", function (event) {
     draw(event.target);
+  });
+  // A page waiting for a background analysis reloads once the job has succeeded.
+  document.addEventListener("htmx:afterSettle", function () {
+    if (document.querySelector("[data-reload-when-done] .progress.succeeded")) {
+      window.location.reload();
+    }
   });
 })();

@@ -1,5 +1,8 @@
 """Set up the demo: one user per role and a synthetic phantom cohort imported through the
-same table import as a coordinator's upload. Safe to run again: it reuses what exists."""
+same table import as a coordinator's upload, and the phantom patients' images (CT as a DICOM
+series, or as NIfTI for every fourth patient, and the mask as NIfTI, under
+var/demo/images/<study_id>/) ingested through the same ingest as an image upload. Safe to run
+again: it reuses what exists."""
 
 from __future__ import annotations
 
@@ -32,8 +35,16 @@ class Command(BaseCommand):
         parser.add_argument(
             "--size", type=int, default=64, help="in-plane matrix of the phantom volumes"
         )
+        parser.add_argument(
+            "--image-patients",
+            type=int,
+            default=None,
+            help="how many patients get images (default: all)",
+        )
 
-    def handle(self, *args, patients: int, seed: int, size: int, **options):
+    def handle(
+        self, *args, patients: int, seed: int, size: int, image_patients: int | None, **options
+    ):
         if getattr(settings, "PRODUCTION", False):
             raise CommandError("The demo has fixed passwords: never run it in production.")
         users = self._users()
@@ -44,6 +55,13 @@ class Command(BaseCommand):
             self._import_table(
                 cohort, users["coordinator"], patients=patients, seed=seed, size=size
             )
+        self._images(
+            cohort,
+            users["coordinator"],
+            patients=min(patients, image_patients if image_patients is not None else patients),
+            seed=seed,
+            size=size,
+        )
         self._print_accounts()
 
     def _users(self) -> dict[str, User]:
@@ -106,6 +124,71 @@ class Command(BaseCommand):
             summary = commit_import(table_import, progress)
             bar.update(100 - bar.n)
         self.stdout.write(f"{cohort}: imported {summary['created']} patients.")
+
+    def _images(self, cohort, coordinator, *, patients: int, seed: int, size: int) -> None:
+        """Write the phantom images once, then ingest those of patients without a CT yet."""
+        from inference.pmpd.phantom import iter_cohort, write_dicom_series, write_nifti
+        from pmpd_web.imaging.models import ImageSeries
+        from pmpd_web.imaging.uploads import run_now, upload_local_path
+
+        if patients <= 0:
+            return
+        folder = settings.DATA_DIR / "demo" / "images"
+        for patient in tqdm(
+            iter_cohort(patients, seed=seed, size=size),
+            total=patients,
+            desc="Writing phantom images",
+            unit="patient",
+        ):
+            target = folder / patient.study_id
+            done = target / ".written"
+            if done.exists():
+                continue
+            ct_path, mask_path = write_nifti(patient, target)
+            if patient.index % 4 != 3:  # most CTs as DICOM series, every fourth as NIfTI
+                write_dicom_series(patient, target / "ct")
+                ct_path.unlink()
+            done.touch()
+        with_ct = set(
+            ImageSeries.objects.filter(
+                study__patient__cohort=cohort, modality="CT", is_selected=True
+            ).values_list("study__patient__study_id", flat=True)
+        )
+        missing = {
+            p.name
+            for p in folder.iterdir()
+            if p.is_dir() and (p / ".written").exists() and p.name not in with_ct
+        }
+        missing &= set(cohort.patients.values_list("study_id", flat=True))
+        if not missing:
+            self.stdout.write(f"{cohort}: images already ingested ({len(with_ct)} patients).")
+            return
+        with tqdm(total=len(missing), desc="Storing the image files", unit="file") as bar:
+
+            def on_file(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            upload = upload_local_path(
+                cohort=cohort,
+                user=coordinator,
+                path=folder,
+                include=lambda relative: (
+                    relative.parts[0] in missing and relative.name != ".written"
+                ),
+                on_file=on_file,
+            )
+        with tqdm(total=100, desc="Ingesting the images", unit="%") as bar:
+
+            def progress(percent: int, phrase: str) -> None:
+                bar.set_postfix_str(phrase[:40])
+                bar.update(max(0, percent - bar.n))
+
+            job = run_now(upload, coordinator, progress)
+            bar.update(100 - bar.n)
+        if job.status != "succeeded":
+            raise CommandError(f"The demo images failed to ingest: {job.error}")
+        self.stdout.write(f"{cohort}: ingested images of {len(missing)} patients.")
 
     def _print_accounts(self) -> None:
         self.stdout.write(self.style.SUCCESS("\nDemo accounts (local demo only):"))

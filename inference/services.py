@@ -1,0 +1,294 @@
+"""What the pages and the API show of the engine's results: a patient's prediction with its
+uncertainty, call, sites and Grad-CAM slices, and model cards trimmed to what a user may see.
+
+The patient page includes ``inference/_patient_prediction.html`` with the context of
+``prediction_context(user, patient)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from django.urls import reverse
+
+from pmpd_web.accounts.permissions import Action, can
+from pmpd_web.cohorts.models import Patient
+
+from .models import ModelVersion, PatientPrediction
+from .registry import can_view_training_patients, patient_call_rule_of
+
+RESEARCH_USE_ONLY = (
+    "Research use only: PMPD is a second reader that assists radiologists and clinicians, "
+    "never a replacement."
+)
+SITE_LABELS = {
+    "none": "No metastasis",
+    "liver": "Liver",
+    "lung": "Lung",
+    "peritoneum": "Peritoneum",
+}
+CALL_RULES = {
+    "fold_majority": "metastasis when at least half of the fold models call it, each comparing "
+    "its positive fraction with its own patient threshold",
+    "mean_fraction": "metastasis when the mean positive fraction reaches the mean patient "
+    "threshold",
+}
+
+
+@dataclass
+class ScoredSlice:
+    """One of the scored slices: where it is, its probability, its Grad-CAM overlay."""
+
+    position: int
+    slice_index: int
+    probability: float
+    overlay_url: str | None
+
+
+@dataclass
+class PredictionView:
+    """A patient's PMPD result as a person reads it."""
+
+    prediction: PatientPrediction
+    model_version: ModelVersion
+    version_source: str
+    synthetic: bool
+    out_of_fold: bool
+    metastasis_risk_score: float
+    uncertainty: str
+    predicted_metastasis: bool
+    positive_fraction: float
+    patient_threshold: float | None
+    call_explanation: str
+    sites: list[tuple[str, float]]
+    slices: list[ScoredSlice]
+    fewer_than_4_tumour_slices: bool
+    n_slices: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _choose(patient: Patient, model_version: ModelVersion | None):
+    predictions = PatientPrediction.objects.filter(patient=patient).select_related("model_version")
+    if model_version is not None:
+        return predictions.filter(model_version=model_version).first(), "chosen"
+    active = predictions.filter(model_version__is_active=True).first()
+    if active is not None:
+        return active, "the active model version"
+    latest = predictions.order_by("-updated_at", "-pk").first()
+    return latest, "the latest model version that scored this patient"
+
+
+def _thresholds(version: ModelVersion) -> dict[int, dict[str, float]]:
+    return {int(row.get("fold", k)): row for k, row in enumerate(version.thresholds or [])}
+
+
+def _fold_of(version: ModelVersion, study_id: str) -> int | None:
+    for fold in version.card.get("folds", []):
+        if study_id in fold.get("test_ids", []):
+            return int(fold["fold"])
+    return None
+
+
+def _out_of_fold_call(
+    prediction: PatientPrediction, version: ModelVersion
+) -> tuple[float | None, str]:
+    fold = _fold_of(version, prediction.patient.study_id)
+    row = _thresholds(version).get(fold) if fold is not None else None
+    if row is None:
+        return None, "the call of the fold model that held this patient out"
+    return float(row["patient_threshold"]), (
+        f"the call of fold model {fold + 1}, which held this patient out: positive fraction "
+        f"against its patient threshold"
+    )
+
+
+def _ensemble_call(
+    prediction: PatientPrediction, version: ModelVersion
+) -> tuple[float | None, str]:
+    thresholds = _thresholds(version)
+    rows = [thresholds.get(k) for k in range(len(prediction.slice_probabilities))]
+    if not rows or any(row is None for row in rows):
+        return None, CALL_RULES[patient_call_rule_of(version)]
+    votes = 0
+    for row, probabilities in zip(rows, prediction.slice_probabilities, strict=True):
+        fraction = float(np.mean(np.asarray(probabilities) >= row["slice_threshold"]))
+        votes += fraction >= row["patient_threshold"]
+    mean_threshold = float(np.mean([row["patient_threshold"] for row in rows]))
+    rule = patient_call_rule_of(version)
+    return mean_threshold, (
+        f"{votes} of {len(rows)} fold models call metastasis; rule: {CALL_RULES[rule]}"
+    )
+
+
+def prediction_view(
+    prediction: PatientPrediction, *, version_source: str = "chosen"
+) -> PredictionView:
+    """The reading of one stored prediction (its version's thresholds give the call's basis)."""
+    version = prediction.model_version
+    patient = prediction.patient
+    out_of_fold = prediction.source == PatientPrediction.Source.OUT_OF_FOLD
+    if out_of_fold:
+        uncertainty = "out-of-fold, single model (the fold model that never saw this patient)"
+        threshold, explanation = _out_of_fold_call(prediction, version)
+    else:
+        n_folds = len(prediction.mrs_per_fold)
+        uncertainty = (
+            f"± {prediction.mrs_std:.3f} (standard deviation over the {n_folds} fold models; "
+            f"range {prediction.mrs_min:.3f}–{prediction.mrs_max:.3f})"
+            if prediction.mrs_std is not None
+            else f"mean of {n_folds} fold models"
+        )
+        threshold, explanation = _ensemble_call(prediction, version)
+    per_slice = np.asarray(prediction.slice_probabilities, dtype=float).reshape(
+        -1, prediction.n_slices
+    )
+    slice_means = per_slice.mean(axis=0) if per_slice.size else np.zeros(prediction.n_slices)
+    slices = [
+        ScoredSlice(
+            position=position,
+            slice_index=int(slice_index),
+            probability=float(slice_means[position]),
+            overlay_url=reverse(
+                "inference-gradcam",
+                kwargs={
+                    "cohort_id": patient.cohort_id,
+                    "study_id": patient.study_id,
+                    "prediction_id": prediction.pk,
+                    "index": position,
+                },
+            )
+            if position < len(prediction.gradcam_files)
+            else None,
+        )
+        for position, slice_index in enumerate(prediction.slice_indices)
+    ]
+    notes = []
+    if prediction.fewer_than_4_tumour_slices:
+        notes.append(
+            f"Scored from {prediction.n_slices} tumour slice{'s' if prediction.n_slices != 1 else ''}: "
+            "fewer than the 4 the method uses (the paper reports such patients separately)."
+        )
+    return PredictionView(
+        prediction=prediction,
+        model_version=version,
+        version_source=version_source,
+        synthetic=version.is_synthetic or patient.cohort.is_synthetic,
+        out_of_fold=out_of_fold,
+        metastasis_risk_score=prediction.metastasis_risk_score,
+        uncertainty=uncertainty,
+        predicted_metastasis=prediction.predicted_metastasis,
+        positive_fraction=prediction.positive_fraction,
+        patient_threshold=threshold,
+        call_explanation=explanation,
+        sites=[
+            (SITE_LABELS.get(name, name.capitalize()), float(value))
+            for name, value in prediction.site_probabilities.items()
+        ],
+        slices=slices,
+        fewer_than_4_tumour_slices=prediction.fewer_than_4_tumour_slices,
+        n_slices=prediction.n_slices,
+        notes=notes,
+    )
+
+
+def prediction_context(
+    user: Any, patient: Patient, model_version: ModelVersion | None = None
+) -> dict[str, Any]:
+    """Context for ``{% include "inference/_patient_prediction.html" %}`` on the patient page.
+
+    Shows the prediction of ``model_version`` if given, else of the active version, else the
+    latest one. Returns ``{"pmpd_prediction": {...}}`` with ``allowed`` false (the include then
+    shows nothing) when the user's role in the patient's cohort may not view results.
+    """
+    if not can(user, patient.cohort_id, Action.VIEW_RESULTS):
+        return {"pmpd_prediction": {"allowed": False}}
+    prediction, source = _choose(patient, model_version)
+    if prediction is None:
+        return {
+            "pmpd_prediction": {
+                "allowed": True,
+                "view": None,
+                "research_use_only": RESEARCH_USE_ONLY,
+                "message": "No PMPD model version has scored this patient yet.",
+            }
+        }
+    prediction.patient = patient
+    return {
+        "pmpd_prediction": {
+            "allowed": True,
+            "view": prediction_view(prediction, version_source=source),
+            "research_use_only": RESEARCH_USE_ONLY,
+            "message": "",
+        }
+    }
+
+
+def card_for(user: Any, version: ModelVersion) -> dict[str, Any]:
+    """The version's model card without what the user may not see: the study IDs of the folds
+    and of the patients left out (unless they may view the training cohort's patients), and the
+    training cohort's name (unless they are a member of it)."""
+    card = dict(version.card or {})
+    if not can_view_training_patients(user, version):
+        card["folds"] = [
+            {k: v for k, v in fold.items() if k not in {"train_ids", "validation_ids", "test_ids"}}
+            for fold in card.get("folds", [])
+        ]
+        if "trained_on" in card:
+            trained_on = dict(card["trained_on"])
+            trained_on["skipped"] = len(trained_on.get("skipped", []))
+            card["trained_on"] = trained_on
+    if "trained_on" in card and not (
+        version.trained_on_id is not None and can(user, version.trained_on_id, Action.VIEW_COHORT)
+    ):
+        card["trained_on"] = {
+            k: v for k, v in card["trained_on"].items() if k not in {"cohort_id", "cohort_name"}
+        }
+    return card
+
+
+def trained_on_label(user: Any, version: ModelVersion) -> str:
+    """The training cohort's name for its members; a neutral phrase for everyone else."""
+    if version.trained_on_id is None:
+        return "a deleted cohort"
+    if can(user, version.trained_on_id, Action.VIEW_COHORT):
+        return version.trained_on.name
+    return "a cohort you are not a member of"
+
+
+METRIC_COLUMNS = (
+    ("patient_auroc_mrs", "Patient AUROC (MRS)"),
+    ("patient_auroc_positive_fraction", "Patient AUROC (positive fraction)"),
+    ("slice_auroc", "Slice AUROC"),
+    ("accuracy", "Accuracy"),
+    ("sensitivity", "Sensitivity"),
+    ("specificity", "Specificity"),
+)
+
+
+def metrics_table(version: ModelVersion) -> dict[str, Any]:
+    """The cross-validation metrics as a table: one row per fold (on its held-out patients),
+    then the pooled out-of-fold row; with each fold's thresholds."""
+    metrics = version.metrics or {}
+    thresholds = _thresholds(version)
+    rows = []
+    for fold in metrics.get("folds", []):
+        number = int(fold.get("fold", len(rows)))
+        row = thresholds.get(number, {})
+        rows.append(
+            {
+                "label": f"Fold {number + 1}",
+                "values": [fold.get(key) for key, _ in METRIC_COLUMNS],
+                "slice_threshold": row.get("slice_threshold"),
+                "patient_threshold": row.get("patient_threshold"),
+            }
+        )
+    pooled = metrics.get("pooled", {})
+    return {
+        "columns": [label for _, label in METRIC_COLUMNS],
+        "folds": rows,
+        "pooled": [pooled.get(key) for key, _ in METRIC_COLUMNS],
+        "fold_auroc_mean": pooled.get("fold_patient_auroc_mean"),
+        "fold_auroc_std": pooled.get("fold_patient_auroc_std"),
+    }

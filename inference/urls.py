@@ -1,0 +1,49 @@
+"""Pages and API of the engine (included at the site's root by ``pmpd_web.urls``)."""
+
+from django.urls import include, path
+from rest_framework.routers import SimpleRouter
+
+from . import api, views
+
+# SimpleRouter: the API root view at /api/ belongs to pmpd_web.api_urls.
+router = SimpleRouter(trailing_slash=True)
+router.register("model-versions", api.ModelVersionViewSet, basename="api-model-version")
+
+urlpatterns = [
+    path("models/", views.model_list, name="inference-model-list"),
+    path("models/<int:version_id>/", views.model_detail, name="inference-model-detail"),
+    path(
+        "models/<int:version_id>/activate/", views.model_activate, name="inference-model-activate"
+    ),
+    path("cohorts/<int:cohort_id>/engine/", views.cohort_engine, name="inference-cohort-engine"),
+    path("cohorts/<int:cohort_id>/engine/train/", views.cohort_train, name="inference-train"),
+    path("cohorts/<int:cohort_id>/engine/score/", views.cohort_score, name="inference-score"),
+    path(
+        "cohorts/<int:cohort_id>/predictions/",
+        views.cohort_predictions,
+        name="inference-predictions",
+    ),
+    path(
+        "cohorts/<int:cohort_id>/patients/<str:study_id>/predictions/<int:prediction_id>/"
+        "gradcam/<int:index>.png",
+        views.gradcam_image,
+        name="inference-gradcam",
+    ),
+    path("api/", include(router.urls)),
+    path(
+        "api/cohorts/<int:cohort_pk>/predictions/",
+        api.CohortPredictions.as_view(),
+        name="api-cohort-predictions",
+    ),
+    path(
+        "api/cohorts/<int:cohort_pk>/predictions/<int:prediction_id>/gradcam/<int:index>/",
+        api.GradcamOverlay.as_view(),
+        name="api-gradcam",
+    ),
+    path(
+        "api/cohorts/<int:cohort_pk>/patients/<str:study_id>/predictions/",
+        api.PatientPredictions.as_view(),
+        name="api-patient-predictions",
+    ),
+    path("api/cohorts/<int:cohort_pk>/score/", api.ScoreCohort.as_view(), name="api-score"),
+]

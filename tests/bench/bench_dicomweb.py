@@ -1,0 +1,264 @@
+"""Benchmark: fetching a whole CT series over DICOMweb (its metadata, then every frame) with
+dicomweb-client, from the platform served by a real server process (gunicorn), beside Orthanc
+with its DICOMweb plugin serving the same instances on this machine in the same run.
+
+Goal: the platform no slower than Orthanc. Prints both times and their ratio, for one request
+at a time (as a script fetches) and for 4 at a time (as the viewer does); asserts no time.
+
+Runs against DATABASE_URL's PostgreSQL server (the Makefile's test server by default) in a
+throw-away database that the server process shares; installs Debian's orthanc and
+orthanc-dicomweb with apt-get when they are missing. Stops what it starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "support")]
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pmpd_web.settings")
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+import django  # noqa: E402
+
+django.setup()
+for noisy in ("highdicom", "dicomweb_client"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+import requests  # noqa: E402
+from dicomweb_client.api import DICOMwebClient  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.db import connection  # noqa: E402
+
+SIZE = 512
+SLICES = 80
+REPEATS = 3
+PARALLEL = 4
+# Frames as stored (explicit VR little endian): what both servers send without transcoding.
+NATIVE = (("application/octet-stream", "1.2.840.10008.1.2.1"),)
+ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited early:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(requests.ConnectionError, requests.Timeout):
+            if requests.get(url, timeout=30).status_code < 500:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def running(command: list[str], *, url: str, log: Path, env: dict | None = None):
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_until_up(url, process, log)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def database_url() -> str:
+    db = connection.settings_dict
+    user = db.get("USER") or "postgres"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    host = db.get("HOST") or "127.0.0.1"
+    return f"postgres://{user}{password}@{host}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+def install_orthanc() -> str:
+    binary = shutil.which("Orthanc")
+    if binary and ORTHANC_PLUGIN.exists():
+        return binary
+    print("installing orthanc and orthanc-dicomweb with apt-get ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "orthanc", "orthanc-dicomweb"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    return shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+
+
+def fetch_series(clients: queue.Queue, study: str, series: str, *, parallel: int) -> int:
+    """Series metadata, then frame 1 of every instance, with ``parallel`` requests at a time
+    (each on its own client and HTTP connection, as a browser keeps several); returns the
+    number of pixel bytes received."""
+
+    def with_client(call):
+        client = clients.get()
+        try:
+            return call(client)
+        finally:
+            clients.put(client)
+
+    metadata = with_client(lambda c: c.retrieve_series_metadata(study, series))
+    sops = [item["00080018"]["Value"][0] for item in metadata]
+
+    def frame(sop: str) -> int:
+        frames = with_client(
+            lambda c: c.retrieve_instance_frames(study, series, sop, [1], media_types=NATIVE)
+        )
+        return len(frames[0])
+
+    with ThreadPoolExecutor(parallel) as pool:
+        return sum(pool.map(frame, sops))
+
+
+def main() -> None:
+    from dicom_fixtures import add_imaged_patient
+    from factories import make_cohort, make_patient, make_user
+    from web_session import logged_in_session
+
+    from pmpd_web.accounts.models import Membership, Role
+
+    if connection.vendor != "postgresql":
+        sys.exit("bench_dicomweb needs PostgreSQL (DATABASE_URL): the server process shares it")
+    connection.settings_dict["TEST"]["NAME"] = "pmpd_bench_dicomweb"
+    work = Path(tempfile.mkdtemp(prefix="pmpd-bench-dicomweb-"))
+    settings.MEDIA_ROOT = work / "media"
+    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    try:
+        user = make_user("bench")
+        cohort = make_cohort("bench")
+        Membership.objects.create(user=user, cohort=cohort, role=Role.CLINICIAN)
+        started = time.perf_counter()
+        imaged = add_imaged_patient(
+            make_patient(cohort, "BENCH-1"), folder=work / "ct", index=1, size=SIZE, n_slices=SLICES
+        )
+        files = [settings.MEDIA_ROOT / i.file.name for i in imaged.ct.instances.all()]
+        study, series = imaged.study.study_instance_uid, imaged.ct.series_instance_uid
+        megabytes = sum(f.stat().st_size for f in files) / 1e6
+        print(
+            f"series: {len(files)} CT slices of {SIZE}x{SIZE} ({megabytes:.1f} MB), "
+            f"made in {time.perf_counter() - started:.1f} s"
+        )
+        orthanc = install_orthanc()
+        web_port, orthanc_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "DJANGO_MEDIA_ROOT": str(settings.MEDIA_ROOT),
+            "PMPD_DATA_DIR": str(work / "data"),
+            "DJANGO_DEBUG": "0",
+        }
+        gunicorn = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "pmpd_web.wsgi",
+            "--bind",
+            f"127.0.0.1:{web_port}",
+            "--workers",
+            "2",
+            "--threads",
+            str(PARALLEL),
+            "--log-level",
+            "warning",
+        ]
+        config = work / "orthanc.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "Name": "pmpd-bench",
+                    "StorageDirectory": str(work / "orthanc"),
+                    "IndexDirectory": str(work / "orthanc"),
+                    "HttpPort": orthanc_port,
+                    "DicomServerEnabled": False,
+                    "RemoteAccessAllowed": False,
+                    "AuthenticationEnabled": False,
+                    "HttpCompressionEnabled": False,
+                    "Plugins": [str(ORTHANC_PLUGIN)],
+                    "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+                }
+            )
+        )
+        web_url = f"http://127.0.0.1:{web_port}"
+        orthanc_url = f"http://127.0.0.1:{orthanc_port}"
+        with (
+            running(gunicorn, url=f"{web_url}/accounts/login/", log=work / "web.log", env=env),
+            running([orthanc, str(config)], url=f"{orthanc_url}/system", log=work / "orthanc.log"),
+        ):
+            with requests.Session() as upload:
+                for path in files:
+                    upload.post(
+                        f"{orthanc_url}/instances", data=path.read_bytes()
+                    ).raise_for_status()
+            servers = {
+                "platform": lambda: DICOMwebClient(
+                    f"{web_url}/dicomweb",
+                    session=logged_in_session(web_url, "bench", "pw-bench"),
+                ),
+                "orthanc": lambda: DICOMwebClient(f"{orthanc_url}/dicom-web"),
+            }
+            # Both serve the same pixels.
+            sop = imaged.ct.instances.first().sop_instance_uid
+            frames = {
+                name: make().retrieve_instance_frames(study, series, sop, [1], media_types=NATIVE)[
+                    0
+                ]
+                for name, make in servers.items()
+            }
+            assert frames["platform"] == frames["orthanc"], "the servers disagree on a frame"
+
+            clients = {name: queue.Queue() for name in servers}
+            for name, make in servers.items():
+                for _ in range(PARALLEL):
+                    clients[name].put(make())
+            for parallel in (1, PARALLEL):
+                times: dict[str, list[float]] = {name: [] for name in servers}
+                for _ in range(REPEATS + 1):  # the first pass of each is cold
+                    for name in servers:
+                        start = time.perf_counter()
+                        size = fetch_series(clients[name], study, series, parallel=parallel)
+                        times[name].append(time.perf_counter() - start)
+                        assert size == len(files) * SIZE * SIZE * 2
+                label = "one request at a time" if parallel == 1 else f"{parallel} at a time"
+                print(f"\nwhole series (metadata + {len(files)} frames), {label}:")
+                for name, measured in times.items():
+                    cold, best = measured[0], min(measured[1:])
+                    print(
+                        f"  {name:9s} first {cold * 1000:7.0f} ms   best of {REPEATS} "
+                        f"{best * 1000:7.0f} ms   ({best / len(files) * 1000:.2f} ms per frame)"
+                    )
+                ratio = min(times["platform"][1:]) / min(times["orthanc"][1:])
+                verdict = "no slower than" if ratio <= 1.0 else "slower than"
+                print(f"  platform / orthanc = {ratio:.2f} ({verdict} Orthanc)")
+    finally:
+        connection.creation.destroy_test_db(old_name, verbosity=0)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,458 @@
+"""The pure pieces of the ingest (no database): sniffing, volumes and grids, DICOM series,
+the pick rule, writing DICOM and SEG, and unpacking archives safely."""
+
+from __future__ import annotations
+
+import io
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from imagemaker import dicom_series, small_patient, write_volume, zip_of
+from pydicom.data import get_testdata_file, get_testdata_files
+
+from pmpd_web.imaging import deid
+from pmpd_web.imaging.archives import ArchiveLimits, extract_zip
+from pmpd_web.imaging.dicom_series import (
+    Candidate,
+    GeneratedUids,
+    assemble_ct,
+    build_segmentation,
+    ct_series_from_volume,
+    decimal_string,
+    encode,
+    encode_series,
+    instance_metadata,
+    pick_series,
+    read_dicom,
+    role_of,
+    seg_to_canonical,
+)
+from pmpd_web.imaging.errors import IngestError
+from pmpd_web.imaging.sniff import Kind, sniff
+from pmpd_web.imaging.volumes import (
+    Grid,
+    Volume,
+    align_to_grid,
+    canonical_mask,
+    label_values,
+    read_volume,
+    write_nifti,
+)
+
+LIMITS = ArchiveLimits(max_files=100, max_total_bytes=50 * 1024 * 1024, max_ratio=100)
+# An oblique-free but non-identity direction: x flipped, y and z kept (exact in float32).
+FLIPPED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def ct5n_files() -> list[str]:
+    """pydicom's 5-slice CT series (16x16 pixels, 2.5 mm) from its DICOMDIR test set."""
+    files = sorted(get_testdata_files("dicomdirtests/98892001/CT5N/*"))
+    assert len(files) == 5
+    return files
+
+
+def read_all(paths) -> list:
+    return [read_dicom(Path(p), label=Path(p).name) for p in paths]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sniffing: content, never the name
+
+
+def test_content_decides_never_the_extension(tmp_path):
+    patient = small_patient()
+    dicom = dicom_series(patient, tmp_path / "ct", private_tags=False)[0]
+    cases = {
+        "scan.txt": dicom.read_bytes(),
+        "image.dcm": write_volume(patient.ct, patient, tmp_path / "v.nii.gz").read_bytes(),
+        "plain.dcm": write_volume(patient.ct, patient, tmp_path / "v.nii").read_bytes(),
+        "volume.bin": write_volume(patient.ct, patient, tmp_path / "v.nrrd").read_bytes(),
+        "volume.dat": write_volume(patient.ct, patient, tmp_path / "v.mha").read_bytes(),
+        "archive.nii": zip_of({"a/b.dcm": dicom}),
+        "empty.dcm": b"PK\x05\x06" + b"\x00" * 18,
+        "list.dcm": b"study_id,file\nP-1,a/b.dcm\n",
+        "fake.dcm": b"this is not DICOM at all, just text that ends in .dcm\n" * 4,
+        "gzip.nii.gz": __import__("gzip").compress(b"not a nifti" * 100),
+    }
+    expected = {
+        "scan.txt": Kind.DICOM,
+        "image.dcm": Kind.NIFTI_GZ,
+        "plain.dcm": Kind.NIFTI,
+        "volume.bin": Kind.NRRD,
+        "volume.dat": Kind.METAIMAGE,
+        "archive.nii": Kind.ZIP,
+        "empty.dcm": Kind.ZIP,
+        "list.dcm": Kind.MANIFEST,
+        "fake.dcm": Kind.UNKNOWN,
+        "gzip.nii.gz": Kind.UNKNOWN,
+    }
+    for name, data in cases.items():
+        path = tmp_path / "sniff" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        assert sniff(path) == expected[name], name
+
+
+# ----------------------------------------------------------------------------------------------
+# Volumes and grids
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_volume_round_trips_keep_geometry_exactly(tmp_path, suffix):
+    patient = small_patient()
+    origin = (patient.origin[0] + 0.125, patient.origin[1] - 3.5, patient.origin[2])
+    path = write_volume(
+        patient.ct, patient, tmp_path / f"ct{suffix}", origin=origin, direction=FLIPPED
+    )
+    volume = read_volume(path, label=path.name)
+    assert volume.grid.spacing == patient.spacing
+    assert volume.grid.origin == origin
+    assert volume.grid.direction == FLIPPED
+    assert volume.grid.size == (64, 64, patient.ct.shape[0])
+    np.testing.assert_array_equal(volume.array, patient.ct)
+    # ... and so does the canonical NIfTI written from it.
+    canonical = tmp_path / "canonical.nii.gz"
+    write_nifti(volume.array, volume.grid, canonical, compression_level=1)
+    again = read_volume(canonical, label="canonical")
+    assert again.grid == volume.grid
+    np.testing.assert_array_equal(again.array, patient.ct)
+
+
+def test_canonical_nifti_is_deterministic_and_multi_member_gzip_reads(tmp_path, monkeypatch):
+    from pmpd_web.imaging import volumes
+
+    patient = small_patient()
+    grid = Grid((64, 64, patient.ct.shape[0]), patient.spacing, patient.origin, patient.direction)
+    monkeypatch.setattr(volumes, "GZIP_BLOCK", 16 * 1024)  # several gzip members
+    for name in ("a.nii.gz", "b.nii.gz"):
+        write_nifti(patient.ct, grid, tmp_path / name, compression_level=1, threads=2)
+    data = (tmp_path / "a.nii.gz").read_bytes()
+    assert data == (tmp_path / "b.nii.gz").read_bytes()
+    assert data.count(b"\x1f\x8b\x08") > 1
+    image = sitk.ReadImage(str(tmp_path / "a.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), patient.ct)
+
+
+def test_masks_are_told_from_cts_by_their_voxels():
+    patient = small_patient()
+    grid = Grid((64, 64, patient.ct.shape[0]), patient.spacing, patient.origin, patient.direction)
+    labels = {1, 2}
+    assert label_values(Volume(patient.ct, grid), name="mask.nii.gz", labels=labels) is None
+    assert list(label_values(Volume(patient.mask, grid), name="ct.nii", labels=labels)) == [0, 1, 2]
+    as_float = patient.mask.astype(np.float32)
+    assert label_values(Volume(as_float, grid), name="x", labels=labels) is not None
+    other = (patient.mask * 3).astype(np.int16)  # 0, 3, 6: not this upload's labels
+    assert label_values(Volume(other, grid), name="scan.nii", labels=labels) is None
+    assert label_values(Volume(other, grid), name="liver_seg.nii", labels=labels) is not None
+
+
+def test_label_conventions_are_remapped_and_checked():
+    patient = small_patient()
+    custom = np.where(patient.mask == 1, 3, np.where(patient.mask == 2, 7, 0)).astype(np.int16)
+    canonical = canonical_mask(custom, label="m", label_pancreas=3, label_tumour=7)
+    np.testing.assert_array_equal(canonical, patient.mask)
+    assert canonical.dtype == np.uint8
+    with pytest.raises(IngestError, match=r"no tumour voxels \(label 2\)"):
+        canonical_mask(
+            np.where(patient.mask == 2, 1, patient.mask),
+            label="m",
+            label_pancreas=1,
+            label_tumour=2,
+        )
+    with pytest.raises(
+        IngestError, match=r"labels \['5'\] that are not in this upload's label set"
+    ):
+        canonical_mask(
+            np.where(patient.mask == 2, 5, patient.mask),
+            label="m",
+            label_pancreas=1,
+            label_tumour=2,
+        )
+
+
+def test_a_flipped_mask_is_put_on_the_ct_grid_losslessly_and_another_grid_is_refused():
+    patient = small_patient()
+    n = patient.ct.shape[0]
+    ct_grid = Grid((64, 64, n), patient.spacing, patient.origin, patient.direction)
+    # The same voxels stored with x running the other way (origin at the other end).
+    flipped_origin = (patient.origin[0] + 63 * patient.spacing[0], *patient.origin[1:])
+    flipped = Volume(
+        patient.mask[:, :, ::-1].copy(), Grid((64, 64, n), patient.spacing, flipped_origin, FLIPPED)
+    )
+    aligned = align_to_grid(
+        flipped, ct_grid, label="m", tolerance_mm=0.01, direction_tolerance=1e-4
+    )
+    np.testing.assert_array_equal(aligned, patient.mask)
+    shifted = Volume(
+        patient.mask,
+        Grid(
+            (64, 64, n),
+            patient.spacing,
+            (patient.origin[0] + 5, *patient.origin[1:]),
+            patient.direction,
+        ),
+    )
+    with pytest.raises(IngestError, match="not on the CT's grid: origin"):
+        align_to_grid(shifted, ct_grid, label="m", tolerance_mm=0.01, direction_tolerance=1e-4)
+    smaller = Volume(
+        patient.mask[1:], Grid((64, 64, n - 1), patient.spacing, patient.origin, patient.direction)
+    )
+    with pytest.raises(IngestError, match="size"):
+        align_to_grid(smaller, ct_grid, label="m", tolerance_mm=0.01, direction_tolerance=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# DICOM series
+
+
+def test_pydicom_ct_series_is_assembled_like_simpleitk_reads_it():
+    files = ct5n_files()
+    series = assemble_ct(read_all(files), min_slices=3, tolerance_mm=0.01)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(Path(files[0]).parent)))
+    image = reader.Execute()
+    np.testing.assert_array_equal(series.hu, sitk.GetArrayFromImage(image).astype(np.int16))
+    np.testing.assert_allclose(series.grid.spacing, image.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(series.grid.origin, image.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(series.grid.direction, image.GetDirection(), atol=1e-6)
+    assert series.manufacturer == "GE MEDICAL SYSTEMS" and series.slice_thickness_mm == 2.5
+
+
+def test_series_problems_name_the_file_and_the_reason(tmp_path):
+    patient = small_patient()
+    paths = dicom_series(patient, tmp_path / "ct", private_tags=False)
+    files = read_all(paths)
+    with pytest.raises(IngestError, match="1 slice: a CT needs at least 8"):
+        assemble_ct(files[:1], min_slices=8, tolerance_mm=0.01)
+    gap = files[:5] + files[6:]
+    with pytest.raises(IngestError, match="uneven slice spacing.*missing slices"):
+        assemble_ct(gap, min_slices=8, tolerance_mm=0.01)
+    twice = read_all(paths)
+    twice[3].dataset.SOPInstanceUID = "1.2.3.4"
+    twice[3].dataset.ImagePositionPatient = files[2].dataset.ImagePositionPatient
+    with pytest.raises(IngestError, match="two slices at the same position"):
+        assemble_ct(twice, min_slices=8, tolerance_mm=0.01)
+    burned = read_all(paths)
+    burned[0].dataset.BurnedInAnnotation = "YES"
+    with pytest.raises(IngestError, match="burned-in annotation"):
+        assemble_ct(burned, min_slices=8, tolerance_mm=0.01)
+    mr = read_dicom(Path(get_testdata_file("MR_small.dcm")), label="mr/1.dcm")
+    with pytest.raises(IngestError, match="mr/1.dcm: modality MR .*CT series and their masks only"):
+        role_of(mr)
+
+
+def test_compressed_slices_are_decoded_for_storage(tmp_path):
+    patient = small_patient()
+    paths = dicom_series(patient, tmp_path / "ct", private_tags=False)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.compress(pydicom.uid.RLELossless)
+        ds.save_as(path)
+    files = read_all(paths)
+    series = assemble_ct(files, min_slices=8, tolerance_mm=0.01)
+    np.testing.assert_array_equal(series.hu, patient.ct)
+    again = pydicom.dcmread(io.BytesIO(encode(series.datasets[0])))
+    assert again.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    np.testing.assert_array_equal(again.pixel_array.astype(np.int32) - 1024, patient.ct[0])
+
+
+def test_the_pick_rule():
+    def candidate(key, **values):
+        base = dict(
+            has_mask=False,
+            phase="unknown",
+            slice_thickness_mm=2.0,
+            rows=512,
+            n_slices=100,
+            series_number=3,
+        )
+        return Candidate(key=key, **{**base, **values})
+
+    thin_arterial = candidate("thin arterial", phase="arterial", slice_thickness_mm=0.625)
+    venous = candidate("venous", phase="portal_venous", slice_thickness_mm=2.5)
+    venous_thin = candidate("venous thin", phase="portal_venous", slice_thickness_mm=1.0)
+    masked = candidate("masked", slice_thickness_mm=5.0, has_mask=True)
+    assert pick_series([thin_arterial, venous])[0] == "venous"
+    key, reason = pick_series([thin_arterial, venous, venous_thin])
+    assert key == "venous thin" and "portal venous" in reason and "1 mm" in reason
+    assert pick_series([thin_arterial, venous, masked])[0] == "masked"
+    assert pick_series([candidate("b", rows=256), candidate("a")])[0] == "a"
+
+
+def test_decimal_strings_are_exact_when_they_can_be():
+    assert decimal_string(0.7666015625) == "0.7666015625"
+    assert decimal_string(-171.0) == "-171.0"
+    assert len(decimal_string(1 / 3)) <= 16
+
+
+def _uids(prefix: str) -> GeneratedUids:
+    return GeneratedUids(
+        study=deid.derived_uid(prefix, "study", study_id="P", secret="s"),
+        series=deid.derived_uid(prefix, "series", study_id="P", secret="s"),
+        frame_of_reference=deid.derived_uid(prefix, "frame", study_id="P", secret="s"),
+        instance=lambda i: deid.derived_uid(prefix, "instance", i, study_id="P", secret="s"),
+    )
+
+
+def test_a_volume_becomes_a_dicom_series_that_reads_back_the_same(tmp_path):
+    patient = small_patient()
+    grid = Grid((64, 64, patient.ct.shape[0]), patient.spacing, patient.origin, patient.direction)
+    datasets = ct_series_from_volume(
+        patient.ct, grid, study_id="P", uids=_uids("v"), description="CT"
+    )
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for index, data in enumerate(encode_series(datasets)):
+        (folder / f"{index:04d}.dcm").write_bytes(data)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    image = reader.Execute()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), patient.ct)
+    assert image.GetSpacing() == patient.spacing and image.GetOrigin() == patient.origin
+    first = pydicom.dcmread(folder / "0000.dcm")
+    assert first.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert first.PatientName == "P" and first.PatientIdentityRemoved == "YES"
+
+
+def test_series_encoding_and_metadata_equal_pydicoms_own(tmp_path):
+    patient = small_patient()
+    files = read_all(dicom_series(patient, tmp_path / "ct"))
+    for dicom in files:
+        deid.deidentify(dicom.dataset, study_id="P", secret="s")
+    datasets = [f.dataset for f in files]
+    assert list(encode_series(datasets)) == [encode(ds) for ds in datasets]
+    metadata = instance_metadata(datasets)
+    for ds, meta in zip(datasets, metadata, strict=True):
+        expected = {k: v for k, v in ds.to_json_dict().items() if k != "7FE00010"}
+        assert meta == expected
+        assert "7FE00010" not in meta
+
+
+def test_segmentation_out_and_in(tmp_path):
+    patient = small_patient()
+    files = read_all(dicom_series(patient, tmp_path / "ct", private_tags=False))
+    series = assemble_ct(files, min_slices=8, tolerance_mm=0.01)
+    seg = build_segmentation(
+        series.datasets,
+        patient.mask,
+        series_uid="2.25.1",
+        sop_uid="2.25.2",
+        content_date="20200101",
+    )
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Pancreas", "Tumour"]
+    assert [s.SegmentNumber for s in seg.SegmentSequence] == [1, 2]
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid
+    referenced = {
+        i.ReferencedSOPInstanceUID
+        for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    }
+    assert referenced <= {str(ds.SOPInstanceUID) for ds in series.datasets}
+    path = tmp_path / "seg.dcm"
+    path.write_bytes(encode(seg))
+    back = seg_to_canonical(
+        read_dicom(path, label="seg.dcm"),
+        [str(ds.SOPInstanceUID) for ds in series.datasets],
+        label_pancreas=1,
+        label_tumour=2,
+    )
+    np.testing.assert_array_equal(back, patient.mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Archives
+
+
+def _zip(tmp_path, name: str, build) -> Path:
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        build(archive)
+    return path
+
+
+def test_archive_entries_get_generated_names_and_clutter_is_left_out(tmp_path):
+    path = _zip(
+        tmp_path,
+        "ok.zip",
+        lambda z: [
+            z.writestr("P-1/ct/1.dcm", b"x"),
+            z.writestr("__MACOSX/._1.dcm", b"y"),
+            z.writestr("P-1/.DS_Store", b"z"),
+        ],
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    entries = extract_zip(path, out, label="ok.zip", limits=LIMITS)
+    assert [e.name for e in entries] == ["P-1/ct/1.dcm"]
+    assert entries[0].path == out / "000001" and entries[0].path.read_bytes() == b"x"
+
+
+@pytest.mark.parametrize(
+    ("name", "build", "message"),
+    [
+        ("slip.zip", lambda z: z.writestr("../../evil.dcm", b"x"), "outside the archive's folder"),
+        (
+            "absolute.zip",
+            lambda z: z.writestr("/etc/cron.d/x", b"x"),
+            "outside the archive's folder",
+        ),
+        (
+            "drive.zip",
+            lambda z: z.writestr("C:\\Windows\\x.dcm", b"x"),
+            "outside the archive's folder",
+        ),
+        ("empty.zip", lambda z: None, "the ZIP archive is empty"),
+        (
+            "many.zip",
+            lambda z: [z.writestr(f"f{i}", b"x") for i in range(101)],
+            "holds 101 files, more than the limit of 100",
+        ),
+        (
+            "bomb.zip",
+            lambda z: z.writestr("zeros.raw", b"\0" * (20 * 1024 * 1024)),
+            "refused as a zip bomb",
+        ),
+        (
+            "big.zip",
+            lambda z: [
+                z.writestr(f"r{i}.raw", np.random.default_rng(i).bytes(9 * 1024 * 1024))
+                for i in range(6)
+            ],
+            "expands to .* bytes, more than the limit",
+        ),
+    ],
+)
+def test_unsafe_archives_are_refused(tmp_path, name, build, message):
+    path = _zip(tmp_path, name, build)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(IngestError, match=message):
+        extract_zip(path, out, label=name, limits=LIMITS)
+    assert not any(out.iterdir())
+
+
+def test_symbolic_links_in_archives_are_refused(tmp_path):
+    def build(archive):
+        info = zipfile.ZipInfo("P-1/link.dcm")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        archive.writestr(info, "/etc/passwd")
+
+    path = _zip(tmp_path, "link.zip", build)
+    with pytest.raises(IngestError, match="symbolic link: refused"):
+        extract_zip(path, tmp_path, label="link.zip", limits=LIMITS)
+
+
+def test_an_archive_that_lies_about_its_sizes_is_stopped(tmp_path):
+    path = _zip(tmp_path, "liar.zip", lambda z: z.writestr("a.raw", b"\0" * 4_000_000))
+    data = bytearray(path.read_bytes())
+    # Shrink the declared uncompressed size in the central directory and the local header.
+    for signature, offset in ((b"PK\x01\x02", 24), (b"PK\x03\x04", 22)):
+        at = data.find(signature)
+        data[at + offset : at + offset + 4] = (1000).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(IngestError, match="(inflates beyond its declared size|cannot be read)"):
+        extract_zip(path, tmp_path, label="liar.zip", limits=LIMITS)

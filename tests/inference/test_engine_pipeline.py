@@ -1,0 +1,230 @@
+"""The engine's Django shell end to end on a tiny phantom cohort (eager tasks): the
+preprocessing cache, training a version, scoring a cohort, idempotent re-runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.core.files.storage import default_storage
+from django.template.loader import render_to_string
+from engine_fixtures import (  # noqa: F401 (one_torch_thread is an autouse fixture)
+    TINY,
+    add_phantom_patient,
+    make_imaged_cohort,
+    make_random_version,
+    no_tumour,
+    one_torch_thread,
+    phantom,
+    thin_tumour,
+)
+from factories import make_patient
+
+from inference import cache
+from inference.jobs import start_scoring, start_training
+from inference.models import ModelVersion, PatientPrediction, PreprocessedPatient
+from inference.pmpd.preprocess import PreprocessConfig, PreprocessError
+from inference.services import prediction_context, prediction_view
+from inference.tasks import cpu_preprocess_patient
+from pmpd_web.imaging.models import CanonicalVolume
+from pmpd_web.jobs.runner import UserFacingError
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def count_preprocessing(monkeypatch):
+    calls = []
+    real = cache.preprocess_patient
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "preprocess_patient", counted)
+    return calls
+
+
+def test_the_second_preprocessing_is_a_cache_hit(cohort, count_preprocessing):
+    patient = add_phantom_patient(cohort, phantom(0))
+    config = PreprocessConfig(input_size=32, rotation_angles_deg=(0.0, 180.0))
+    first = cache.preprocessed_for(patient, config)
+    second = cache.preprocessed_for(patient, config)
+    assert len(count_preprocessing) == 1
+    entry = PreprocessedPatient.objects.get(patient=patient)
+    assert entry.input_hash == first.input_hash == second.input_hash
+    assert default_storage.exists(entry.file.name)
+    assert (second.patches == first.patches).all()
+    assert second.selected_slices == first.selected_slices
+    assert entry.slice_indices == list(first.selected_slices) and entry.n_slices == 4
+    assert first.patches.shape == (8, 2, 32, 32)  # 4 slices x 2 rotations
+    # Another configuration is another entry; the input hash is known before any voxel is read.
+    other = PreprocessConfig(input_size=48, rotation_angles_deg=(0.0, 180.0))
+    assert cache.input_hash_for(patient, other) != first.input_hash
+    cache.preprocessed_for(patient, other)
+    assert len(count_preprocessing) == 2 and PreprocessedPatient.objects.count() == 2
+    # The cpu task fills the same cache (a hit now: nothing is computed).
+    version = make_random_version(cohort, rotation_angles_deg=(0.0, 180.0))
+    result = cpu_preprocess_patient.delay(patient.pk, version.pk).get()
+    assert result["input_hash"] == first.input_hash and len(count_preprocessing) == 2
+
+
+def test_missing_and_bad_images_say_why(cohort):
+    no_mask = add_phantom_patient(cohort, phantom(1), with_mask=False)
+    with pytest.raises(PreprocessError, match="no pancreas and tumour mask"):
+        cache.preprocessed_for(no_mask, PreprocessConfig(input_size=32))
+    without_images = make_patient(cohort, "NO-IMAGES")
+    with pytest.raises(PreprocessError, match="no CT series is selected"):
+        cache.preprocessed_for(without_images, PreprocessConfig(input_size=32))
+    bad = add_phantom_patient(cohort, phantom(2), study_id="BAD", edit_mask=no_tumour)
+    with pytest.raises(PreprocessError, match="tumour label"):
+        cache.preprocessed_for(bad, PreprocessConfig(input_size=32))
+    assert not PreprocessedPatient.objects.exists()
+    assert cpu_preprocess_patient.delay(bad.pk).get()["error"].startswith("the tumour label")
+
+
+def test_training_needs_enough_patients_of_each_class(cohort, members):
+    make_imaged_cohort(cohort, n_metastatic=2, n_without=5)
+    with pytest.raises(UserFacingError, match="at least 5 patients with and 5 without"):
+        start_training(cohort, user=members["coordinator"], choices=TINY)
+    assert not ModelVersion.objects.exists()
+
+
+def test_train_then_score_end_to_end(cohort, members, client_for):
+    coordinator = members["coordinator"]
+    training_patients = make_imaged_cohort(cohort)
+    # Left out of training with a reason: a labelled patient whose mask has no tumour.
+    add_phantom_patient(cohort, phantom(30), study_id="BAD-MASK", label="no", edit_mask=no_tumour)
+    # Not trained on (label unknown) and so scored by the ensemble: a normal one and one whose
+    # tumour is too thin for 4 slices; one without a mask is listed as skipped.
+    add_phantom_patient(cohort, phantom(31), study_id="UNKNOWN-1", label="unknown")
+    add_phantom_patient(
+        cohort, phantom(32), study_id="THIN", label="unknown", edit_mask=thin_tumour
+    )
+    add_phantom_patient(cohort, phantom(33), study_id="NO-MASK", label="unknown", with_mask=False)
+    make_patient(cohort, "NO-IMAGES", metastasis_at_diagnosis="unknown")
+
+    version = start_training(cohort, user=coordinator, choices=TINY, name="tiny-1")
+    job = version.job
+    job.refresh_from_db()
+    version.refresh_from_db()
+    assert job.status == "succeeded", job.error
+    assert job.kind == "training" and job.cohort == cohort and job.progress == 100
+    assert job.result["patients"] == 10 and job.result["metastatic"] == 5
+    assert job.result["skipped"] == [
+        {"study_id": "BAD-MASK", "reason": job.result["skipped"][0]["reason"]}
+    ]
+    assert "tumour label" in job.result["skipped"][0]["reason"]
+
+    # The registry entry and its card.
+    assert version.status == ModelVersion.Status.READY and not version.is_active
+    assert version.is_synthetic == cohort.is_synthetic
+    assert version.files == [f"models/{version.pk}/fold_{k}.pt" for k in range(5)]
+    for name in version.files:
+        assert default_storage.exists(name)
+        card_file = json.loads(default_storage.open(name[:-3] + ".json").read())
+        assert card_file["data_hash"] == version.data_hash
+    assert len(version.thresholds) == 5
+    assert set(version.thresholds[0]) >= {"fold", "slice_threshold", "patient_threshold"}
+    assert set(version.metrics["pooled"]) >= {"slice_auroc", "patient_auroc_mrs", "accuracy"}
+    assert [f["fold"] for f in version.metrics["folds"]] == [0, 1, 2, 3, 4]
+    card = version.card
+    assert card["data_hash"] == version.data_hash and len(version.data_hash) == 64
+    assert card["code_version"] == version.code_version != ""
+    assert card["model_config"]["depth"] == 10 and card["preprocess_config"]["input_size"] == 32
+    assert card["train_config"]["max_epochs"] == 1 and card["n_folds"] == 5
+    assert card["trained_on"]["cohort_id"] == cohort.pk and card["trained_on"]["n_patients"] == 10
+    assert "Research use only" in card["intended_use"]
+    held_out = sorted(sid for fold in card["folds"] for sid in fold["test_ids"])
+    assert held_out == sorted(p.study_id for p in training_patients)
+    assert all(fold["epochs_run"] == 1 and fold["history"] for fold in card["folds"])
+
+    # Every training patient has its out-of-fold prediction, with Grad-CAM overlays.
+    oof = PatientPrediction.objects.filter(model_version=version)
+    assert oof.count() == 10 and {p.source for p in oof} == {"out_of_fold"}
+    for prediction in oof:
+        assert 0.0 <= prediction.metastasis_risk_score <= 1.0
+        assert prediction.mrs_std is None and len(prediction.slice_probabilities) == 1
+        assert prediction.n_slices == 4 and len(prediction.gradcam_files) == 4
+        assert all(default_storage.exists(name) for name in prediction.gradcam_files)
+        assert set(prediction.site_probabilities) == {"none", "liver", "lung", "peritoneum"}
+        assert prediction.input_hash and prediction.code_version
+    # Training reused the cache: one entry per trained patient, none for the refused one.
+    assert PreprocessedPatient.objects.filter(patient__cohort=cohort).count() == 10
+
+    # Scoring: training patients keep their out-of-fold score; the others get the ensemble's.
+    scoring = start_scoring(cohort, version, user=coordinator)
+    scoring.refresh_from_db()
+    assert scoring.status == "succeeded", scoring.error
+    result = scoring.result
+    assert result["patients"] == 14  # every patient with a CT
+    assert result["kept_out_of_fold"] == 10 and result["scored"] == 2
+    assert result["already_scored"] == 0
+    assert result["fewer_than_4_tumour_slices"] == ["THIN"]
+    reasons = {row["study_id"]: row["reason"] for row in result["skipped"]}
+    assert set(reasons) == {"BAD-MASK", "NO-MASK"}
+    assert "no pancreas and tumour mask" in reasons["NO-MASK"]
+    ensemble = {p.patient.study_id: p for p in PatientPrediction.objects.filter(source="ensemble")}
+    assert set(ensemble) == {"UNKNOWN-1", "THIN"}
+    normal, thin = ensemble["UNKNOWN-1"], ensemble["THIN"]
+    assert len(normal.mrs_per_fold) == 5 and len(normal.slice_probabilities) == 5
+    assert normal.mrs_min <= normal.metastasis_risk_score <= normal.mrs_max
+    assert normal.mrs_std >= 0 and normal.n_slices == 4 and not normal.fewer_than_4_tumour_slices
+    assert thin.fewer_than_4_tumour_slices and 1 <= thin.n_slices < 4
+    assert len(thin.gradcam_files) == thin.n_slices == len(thin.slice_indices)
+
+    # A re-run scores nobody again and duplicates nothing.
+    before = {p.pk: p.updated_at for p in PatientPrediction.objects.all()}
+    again = start_scoring(cohort, version, user=coordinator)
+    again.refresh_from_db()
+    assert again.result["scored"] == 0 and again.result["already_scored"] == 2
+    assert {p.pk: p.updated_at for p in PatientPrediction.objects.all()} == before
+
+    # New images for a patient change its input hash: the re-run updates its row in place.
+    mask = CanonicalVolume.objects.get(patient=normal.patient, kind="mask")
+    mask.content_hash = "0" * 64
+    mask.save()
+    third = start_scoring(cohort, version, user=coordinator)
+    third.refresh_from_db()
+    assert third.result["scored"] == 1 and third.result["already_scored"] == 1
+    updated = PatientPrediction.objects.get(pk=normal.pk)
+    assert updated.input_hash != normal.input_hash and updated.updated_at > normal.updated_at
+    assert PatientPrediction.objects.count() == 12
+    assert PatientPrediction.objects.filter(patient=normal.patient).count() == 1
+
+    # What people see of it: the model card page, the patient section, the overlays.
+    client = client_for(members["clinician"])
+    page = client.get(f"/models/{version.pk}/")
+    assert page.status_code == 200
+    for text in (version.data_hash, version.code_version, "Pooled out-of-fold", "Fold 5"):
+        assert text.encode() in page.content
+    assert b"Research use only" in page.content and b"BAD-MASK" in page.content
+    section = render_to_string(
+        "inference/_patient_prediction.html",
+        prediction_context(members["clinician"], normal.patient),
+    )
+    assert "tiny-1" in section and "standard deviation over the 5 fold models" in section
+    assert "fold models call metastasis" in section and "Liver" in section
+    assert section.count("<img") == 4
+    oof_section = render_to_string(
+        "inference/_patient_prediction.html",
+        prediction_context(members["clinician"], training_patients[0]),
+    )
+    assert (
+        "out-of-fold, single model" in oof_section and "which held this patient out" in oof_section
+    )
+    thin_section = render_to_string(
+        "inference/_patient_prediction.html", prediction_context(members["clinician"], thin.patient)
+    )
+    assert "Fewer than 4 tumour slices" in thin_section
+    image = client.get(prediction_view(normal).slices[0].overlay_url)
+    assert image["Content-Type"] == "image/png"
+    assert b"".join(image.streaming_content).startswith(b"\x89PNG")
+
+
+def test_scoring_refuses_a_version_that_is_not_ready(cohort, members):
+    version = make_random_version(cohort)
+    ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.TRAINING)
+    version.refresh_from_db()
+    with pytest.raises(UserFacingError, match="only a ready version"):
+        start_scoring(cohort, version, user=members["coordinator"])
