@@ -4,7 +4,10 @@ Every endpoint goes through the same checks as the pages (``api_check``, ``regis
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.files.storage import default_storage
+from django.db.models import QuerySet
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from django_filters import rest_framework as filters
@@ -12,19 +15,20 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from pmpd_web.accounts.permissions import Action
 from pmpd_web.accounts.permissions import api_check as check
 from pmpd_web.cohorts.models import Cohort, Patient
+from pmpd_web.cohorts.serializers import JobSerializer
 from pmpd_web.jobs.runner import UserFacingError
 
 from . import registry
 from .jobs import start_scoring, start_training
 from .models import ModelVersion, PatientPrediction
 from .serializers import (
-    JobStartedSerializer,
     ModelVersionSerializer,
     PredictionSerializer,
     ScoringRequestSerializer,
@@ -42,7 +46,7 @@ class ModelVersionViewSet(
     filterset_fields = ["status", "is_active", "is_synthetic"]
     ordering_fields = ["created_at", "name"]
 
-    def get_queryset(self):
+    def get_queryset(self) -> QuerySet[ModelVersion]:
         if getattr(self, "swagger_fake_view", False):
             return ModelVersion.objects.none()
         return registry.visible_model_versions(self.request.user).select_related("trained_on")
@@ -53,7 +57,7 @@ class ModelVersionViewSet(
         description="Start a 5-fold cross-validation of a new version on a cohort (coordinators "
         "of that cohort). Poll /api/jobs/{job}/ for its progress.",
     )
-    def create(self, request, *args, **kwargs):
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         payload = TrainingRequestSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
@@ -79,7 +83,7 @@ class ModelVersionViewSet(
 
     @extend_schema(request=None, responses=ModelVersionSerializer)
     @action(detail=True, methods=["post"])
-    def activate(self, request, pk=None):
+    def activate(self, request: Request, pk: str | None = None) -> Response:
         """Make this version the active one (site administrators and the coordinators of the
         cohort it was trained on)."""
         version = self.get_object()
@@ -111,11 +115,11 @@ class CohortPredictions(generics.ListAPIView):
     ordering_fields = ["metastasis_risk_score", "updated_at"]
     ordering = ["patient__study_id", "model_version_id"]
 
-    def initial(self, request, *args, **kwargs):
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         check(request.user, int(kwargs["cohort_pk"]), Action.VIEW_RESULTS)
 
-    def get_queryset(self):
+    def get_queryset(self) -> QuerySet[PatientPrediction]:
         if getattr(self, "swagger_fake_view", False):
             return PatientPrediction.objects.none()
         queryset = PatientPrediction.objects.filter(
@@ -136,11 +140,11 @@ class PatientPredictions(CohortPredictions):
 class ScoreCohort(APIView):
     @extend_schema(
         request=ScoringRequestSerializer,
-        responses={202: JobStartedSerializer},
+        responses={202: JobSerializer},
         description="Score every patient of the cohort that has images with a ready version "
         "(default: the active one); poll /api/jobs/{id}/.",
     )
-    def post(self, request, cohort_pk: int):
+    def post(self, request: Request, cohort_pk: int) -> Response:
         check(request.user, cohort_pk, Action.RUN_JOBS)
         cohort = get_object_or_404(Cohort, pk=cohort_pk)
         payload = ScoringRequestSerializer(data=request.data)
@@ -162,12 +166,12 @@ class ScoreCohort(APIView):
             job = start_scoring(cohort, version, user=request.user)
         except UserFacingError as exc:
             raise ValidationError({"detail": str(exc)}) from None
-        return Response(JobStartedSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 
 class GradcamOverlay(APIView):
     @extend_schema(responses={(200, "image/png"): OpenApiResponse(description="PNG overlay")})
-    def get(self, request, cohort_pk: int, prediction_id: int, index: int):
+    def get(self, request: Request, cohort_pk: int, prediction_id: int, index: int) -> FileResponse:
         """One Grad-CAM overlay (PNG) of a prediction: the scored slice under its heatmap."""
         check(request.user, cohort_pk, Action.VIEW_RESULTS)
         prediction = get_object_or_404(

@@ -157,12 +157,20 @@ def fold_models_of(version: ModelVersion) -> list[Any]:
     worker process."""
     from inference.pmpd.predict import load_fold_models
 
+    if not version.files:
+        raise UserFacingError(f"{version.name} has no fold checkpoints to score with.")
     key = (version.pk, tuple(version.files))
     if key not in _loaded:
         _loaded.clear()
-        with contextlib.ExitStack() as stack:
-            paths = [stack.enter_context(local_path(name)) for name in version.files]
-            _loaded[key] = load_fold_models(paths)
+        try:
+            with contextlib.ExitStack() as stack:
+                paths = [stack.enter_context(local_path(name)) for name in version.files]
+                _loaded[key] = load_fold_models(paths)
+        except FileNotFoundError:
+            raise UserFacingError(
+                f"The fold checkpoints of {version.name} are missing from storage; train the "
+                "version again."
+            ) from None
     return _loaded[key]
 
 
@@ -170,7 +178,9 @@ def fold_models_of(version: ModelVersion) -> list[Any]:
 # Permissions
 
 
-def visible_model_versions(user: User, queryset: QuerySet[ModelVersion] | None = None):
+def visible_model_versions(
+    user: User, queryset: QuerySet[ModelVersion] | None = None
+) -> QuerySet[ModelVersion]:
     """The versions ``user`` may see (see the module's docstring)."""
     queryset = ModelVersion.objects.all() if queryset is None else queryset
     if not user.is_authenticated or not user.is_active:

@@ -6,8 +6,6 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from pmpd_web.jobs.models import Job
-
 from .models import ModelVersion, PatientPrediction
 from .registry import DEPTHS
 from .services import RESEARCH_USE_ONLY, card_for, trained_on_label
@@ -68,12 +66,6 @@ class ScoringRequestSerializer(serializers.Serializer):
     model_version = serializers.IntegerField(
         required=False, help_text="Default: the active model version"
     )
-
-
-class JobStartedSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = Job
-        fields = ["id", "kind", "status", "progress", "phrase", "cohort", "created_at"]
 
 
 class PredictionSerializer(serializers.ModelSerializer):

@@ -69,7 +69,9 @@ class PredictionView:
     notes: list[str] = field(default_factory=list)
 
 
-def _choose(patient: Patient, model_version: ModelVersion | None):
+def _choose(
+    patient: Patient, model_version: ModelVersion | None
+) -> tuple[PatientPrediction | None, str]:
     predictions = PatientPrediction.objects.filter(patient=patient).select_related("model_version")
     if model_version is not None:
         return predictions.filter(model_version=model_version).first(), "chosen"
@@ -166,9 +168,10 @@ def prediction_view(
     ]
     notes = []
     if prediction.fewer_than_4_tumour_slices:
+        plural = "s" if prediction.n_slices != 1 else ""
         notes.append(
-            f"Scored from {prediction.n_slices} tumour slice{'s' if prediction.n_slices != 1 else ''}: "
-            "fewer than the 4 the method uses (the paper reports such patients separately)."
+            f"Scored from {prediction.n_slices} tumour slice{plural}: fewer than the 4 the "
+            "method uses (the paper reports such patients separately)."
         )
     return PredictionView(
         prediction=prediction,

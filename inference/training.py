@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from django.db import transaction
+from django.db.models import QuerySet
 
 from inference.pmpd.model import SITE_NAMES
 from inference.pmpd.preprocess import PreprocessConfig, PreprocessError
@@ -74,7 +75,7 @@ def site_targets(patient: Patient) -> list[float]:
     ]
 
 
-def training_candidates(cohort: Cohort):
+def training_candidates(cohort: Cohort) -> QuerySet[Patient]:
     """The cohort's patients with images and a metastasis label of yes or no."""
     labelled = cohort.patients.filter(metastasis_at_diagnosis__in=LABELLED)
     return with_images(labelled).order_by("study_id")

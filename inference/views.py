@@ -4,17 +4,19 @@ and the Grad-CAM overlays (served only to users who may view the cohort's result
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from pmpd_web.accounts.decorators import cohort_page
 from pmpd_web.accounts.permissions import Action, can
+from pmpd_web.cohorts.models import Cohort
 from pmpd_web.jobs.models import Job
 from pmpd_web.jobs.runner import UserFacingError
 
@@ -33,7 +35,7 @@ from .services import (
 ENGINE_JOBS = (Job.Kind.TRAINING, Job.Kind.SCORING)
 
 
-def _visible_version(user, version_id: int) -> ModelVersion:
+def _visible_version(user: Any, version_id: int) -> ModelVersion:
     version = get_object_or_404(
         ModelVersion.objects.select_related("trained_on", "job"), pk=version_id
     )
@@ -43,7 +45,7 @@ def _visible_version(user, version_id: int) -> ModelVersion:
 
 
 @login_required
-def model_list(request):
+def model_list(request: HttpRequest) -> HttpResponse:
     versions = registry.visible_model_versions(request.user).select_related("trained_on")
     rows = [
         {"version": version, "trained_on": trained_on_label(request.user, version)}
@@ -57,7 +59,7 @@ def model_list(request):
 
 
 @login_required
-def model_detail(request, version_id: int):
+def model_detail(request: HttpRequest, version_id: int) -> HttpResponse:
     version = _visible_version(request.user, version_id)
     job = version.job
     show_job = (
@@ -89,7 +91,7 @@ def model_detail(request, version_id: int):
 
 @require_POST
 @login_required
-def model_activate(request, version_id: int):
+def model_activate(request: HttpRequest, version_id: int) -> HttpResponse:
     version = _visible_version(request.user, version_id)
     if not registry.can_activate(request.user, version):
         raise PermissionDenied(
@@ -105,7 +107,14 @@ def model_activate(request, version_id: int):
     return redirect("inference-model-detail", version_id=version.pk)
 
 
-def _engine_page(request, cohort, *, training_form=None, scoring_form=None, status=200):
+def _engine_page(
+    request: HttpRequest,
+    cohort: Cohort,
+    *,
+    training_form: TrainingForm | None = None,
+    scoring_form: ScoringForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
     jobs = Job.objects.filter(cohort=cohort, kind__in=ENGINE_JOBS)[:10]
     trained_here = ModelVersion.objects.filter(trained_on=cohort)
     return render(
@@ -125,14 +134,14 @@ def _engine_page(request, cohort, *, training_form=None, scoring_form=None, stat
 
 
 @cohort_page(Action.RUN_JOBS)
-def cohort_engine(request, cohort):
+def cohort_engine(request: HttpRequest, cohort: Cohort) -> HttpResponse:
     """Train a model on the cohort or score it with a ready version; the engine's jobs."""
     return _engine_page(request, cohort)
 
 
 @require_POST
 @cohort_page(Action.RUN_JOBS)
-def cohort_train(request, cohort):
+def cohort_train(request: HttpRequest, cohort: Cohort) -> HttpResponse:
     form = TrainingForm(request.POST)
     if form.is_valid():
         try:
@@ -149,7 +158,7 @@ def cohort_train(request, cohort):
 
 @require_POST
 @cohort_page(Action.RUN_JOBS)
-def cohort_score(request, cohort):
+def cohort_score(request: HttpRequest, cohort: Cohort) -> HttpResponse:
     form = ScoringForm(request.POST, user=request.user)
     if form.is_valid():
         version = form.cleaned_data["model_version"]
@@ -164,7 +173,7 @@ def cohort_score(request, cohort):
 
 
 @cohort_page(Action.VIEW_RESULTS)
-def cohort_predictions(request, cohort):
+def cohort_predictions(request: HttpRequest, cohort: Cohort) -> HttpResponse:
     """The cohort's predictions under one model version (the active one by default)."""
     scored_here = (
         ModelVersion.objects.filter(predictions__patient__cohort=cohort)
@@ -196,7 +205,9 @@ def cohort_predictions(request, cohort):
 
 
 @cohort_page(Action.VIEW_RESULTS)
-def gradcam_image(request, cohort, study_id: str, prediction_id: int, index: int):
+def gradcam_image(
+    request: HttpRequest, cohort: Cohort, study_id: str, prediction_id: int, index: int
+) -> FileResponse:
     """One Grad-CAM overlay (PNG) of a patient's prediction."""
     prediction = get_object_or_404(
         PatientPrediction, pk=prediction_id, patient__cohort=cohort, patient__study_id=study_id

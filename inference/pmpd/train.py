@@ -9,13 +9,14 @@ out-of-fold prediction from the one model that never saw it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import math
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,10 +175,10 @@ def train_step(
 
 
 def make_optimizer(model: PMPDNet, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with the configured learning rate and weight decay (fused kernels on CUDA)."""
-    fused = next(model.parameters()).device.type == "cuda"
+    """AdamW with the configured learning rate and weight decay, as one fused kernel per step
+    (CUDA and CPU alike: on CPU it measured 5x faster than the per-tensor loop)."""
     return torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
     )
 
 
@@ -520,6 +521,20 @@ def _train_fold(
     return model, history, best_epoch
 
 
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Use ``count`` torch CPU threads inside the block and restore the previous count after
+    (None leaves it alone). One thread avoids OpenMP oversubscription when other work shares
+    the cores: a training step was measured up to 10x slower with 2 threads on 2 busy cores."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def cross_validate(
     patients_data: Sequence[PreprocessedPatient],
     labels: Sequence[int],
@@ -562,148 +577,149 @@ def cross_validate(
                 f"{patient_id}: patches of {patient.patches.shape[-2:]} but the model expects "
                 f"{size}x{size}"
             )
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    device = select_device(config.device)
-    site_targets, site_mask = _site_arrays(labels_arr, site_labels)
-    if preprocess_config is None:
-        preprocess_config = patients_data[0].config.to_dict()
-    dataset_hash = data_hash(ids, [p.input_hash for p in patients_data], labels_arr)
-    version = code_version()
-    output = Path(output_dir) if output_dir is not None else None
-    if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-
-    def notify(fold: int, epoch: int, message: str, fold_fraction: float) -> None:
-        if progress_callback is not None:
-            percent = 100.0 * (fold + min(fold_fraction, 1.0)) / config.n_folds
-            progress_callback(fold, epoch, message, percent)
-
-    splitter = StratifiedKFold(n_splits=config.n_folds, shuffle=True, random_state=config.seed)
-    predict_config = PredictConfig(
-        channels_last=config.channels_last,
-        bf16_on_cpu=config.bf16_on_cpu,
-        batch_size=config.eval_batch_size,
-    )
-    splits = []
-    trained = []
-    slice_probabilities: list[np.ndarray] = [np.empty(0)] * n
-    site_probabilities: list[np.ndarray] = [np.empty((0, len(SITE_NAMES)))] * n
-    fold_of_patient = np.full(n, -1)
-    for fold, (train_all, test_idx) in enumerate(splitter.split(np.zeros(n), labels_arr)):
-        train_idx, val_idx = train_test_split(
-            train_all,
-            test_size=config.inner_validation_fraction,
-            stratify=labels_arr[train_all],
-            random_state=config.seed + fold,
-        )
-        splits.append((np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)))
-        notify(fold, 0, f"fold {fold + 1}/{config.n_folds}: training", 0.0)
-        model, history, best_epoch = _train_fold(
-            patients_data,
-            labels_arr,
-            site_targets,
-            site_mask,
-            splits[-1][0],
-            splits[-1][1],
-            fold=fold,
-            config=config,
-            device=device,
-            report=lambda epoch, message, fraction, fold=fold: notify(
-                fold, epoch, message, fraction
-            ),
-        )
-        for i in test_idx:
-            prediction = predict_slices(
-                model, patients_data[i].inference_patches(), config=predict_config
-            )
-            slice_probabilities[i] = prediction.metastasis_probability
-            site_probabilities[i] = prediction.site_probabilities
-            fold_of_patient[i] = fold
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        trained.append((state, history, best_epoch))
-        del model
-        notify(fold, len(history), f"fold {fold + 1}/{config.n_folds} trained", 1.0)
-
-    # Thresholds only now, each from its own fold's held-out patients.
-    fold_thresholds = thresholds_per_fold(slice_probabilities, labels_arr, fold_of_patient)
-    oof: list[OutOfFoldPrediction] = []
-    for i in range(n):
-        thresholds = fold_thresholds[int(fold_of_patient[i])]
-        fraction = positive_fraction(slice_probabilities[i], thresholds.slice_threshold)
-        oof.append(
-            OutOfFoldPrediction(
-                patient_id=ids[i],
-                fold=int(fold_of_patient[i]),
-                label=int(labels_arr[i]),
-                slice_probabilities=slice_probabilities[i].tolist(),
-                metastasis_risk_score=float(slice_probabilities[i].mean()),
-                positive_fraction=fraction,
-                predicted_metastasis=bool(fraction >= thresholds.patient_threshold),
-                site_probabilities={
-                    name: float(v)
-                    for name, v in zip(SITE_NAMES, site_probabilities[i].mean(axis=0), strict=False)
-                },
-            )
-        )
-
-    fold_results: list[FoldResult] = []
-    for fold, ((train_idx, val_idx, test_idx), (state, history, best_epoch)) in enumerate(
-        zip(splits, trained, strict=True)
-    ):
-        thresholds = fold_thresholds[fold]
-        metrics = _prediction_metrics([oof[i] for i in test_idx])
-        card = {
-            "model": "PMPDNet",
-            "fold": fold,
-            "n_folds": config.n_folds,
-            "model_config": config.model.to_dict(),
-            "train_config": config.to_dict(),
-            "preprocess_config": preprocess_config,
-            "data_hash": dataset_hash,
-            "code_version": version,
-            "thresholds": thresholds.to_dict(),
-            "metrics": metrics,
-            "best_epoch": best_epoch,
-            "train_ids": [ids[i] for i in train_idx],
-            "validation_ids": [ids[i] for i in val_idx],
-            "test_ids": [ids[i] for i in test_idx],
-            "site_names": list(SITE_NAMES),
-            "intended_use": "Research use only: a second reader, never a replacement.",
-        }
-        checkpoint_path = None
+    with torch_threads(config.num_threads):
+        device = select_device(config.device)
+        site_targets, site_mask = _site_arrays(labels_arr, site_labels)
+        if preprocess_config is None:
+            preprocess_config = patients_data[0].config.to_dict()
+        dataset_hash = data_hash(ids, [p.input_hash for p in patients_data], labels_arr)
+        version = code_version()
+        output = Path(output_dir) if output_dir is not None else None
         if output is not None:
-            checkpoint_path = str(output / f"fold_{fold}.pt")
-            torch.save({"state_dict": state, "model_card": card}, checkpoint_path)
-            (output / f"fold_{fold}.json").write_text(json.dumps(card, indent=2))
-        fold_results.append(
-            FoldResult(
-                fold=fold,
-                train_ids=card["train_ids"],
-                validation_ids=card["validation_ids"],
-                test_ids=card["test_ids"],
-                best_epoch=best_epoch,
-                epochs_run=len(history),
-                history=history,
-                thresholds=thresholds,
-                metrics=metrics,
-                model_card=card,
-                checkpoint_path=checkpoint_path,
-            )
-        )
+            output.mkdir(parents=True, exist_ok=True)
 
-    fold_aurocs = np.array([f.metrics["patient_auroc_mrs"] for f in fold_results])
-    pooled = {
-        **_prediction_metrics(oof),
-        "fold_patient_auroc_mean": float(np.nanmean(fold_aurocs)),
-        "fold_patient_auroc_std": float(np.nanstd(fold_aurocs, ddof=1)),
-    }
-    return CrossValidationResult(
-        folds=fold_results,
-        out_of_fold=oof,
-        metrics=pooled,
-        data_hash=dataset_hash,
-        code_version=version,
-        config=config.to_dict(),
-        seconds=time.perf_counter() - started,
-    )
+        def notify(fold: int, epoch: int, message: str, fold_fraction: float) -> None:
+            if progress_callback is not None:
+                percent = 100.0 * (fold + min(fold_fraction, 1.0)) / config.n_folds
+                progress_callback(fold, epoch, message, percent)
+
+        splitter = StratifiedKFold(n_splits=config.n_folds, shuffle=True, random_state=config.seed)
+        predict_config = PredictConfig(
+            channels_last=config.channels_last,
+            bf16_on_cpu=config.bf16_on_cpu,
+            batch_size=config.eval_batch_size,
+        )
+        splits = []
+        trained = []
+        slice_probabilities: list[np.ndarray] = [np.empty(0)] * n
+        site_probabilities: list[np.ndarray] = [np.empty((0, len(SITE_NAMES)))] * n
+        fold_of_patient = np.full(n, -1)
+        for fold, (train_all, test_idx) in enumerate(splitter.split(np.zeros(n), labels_arr)):
+            train_idx, val_idx = train_test_split(
+                train_all,
+                test_size=config.inner_validation_fraction,
+                stratify=labels_arr[train_all],
+                random_state=config.seed + fold,
+            )
+            splits.append((np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)))
+            notify(fold, 0, f"fold {fold + 1}/{config.n_folds}: training", 0.0)
+            model, history, best_epoch = _train_fold(
+                patients_data,
+                labels_arr,
+                site_targets,
+                site_mask,
+                splits[-1][0],
+                splits[-1][1],
+                fold=fold,
+                config=config,
+                device=device,
+                report=lambda epoch, message, fraction, fold=fold: notify(
+                    fold, epoch, message, fraction
+                ),
+            )
+            for i in test_idx:
+                prediction = predict_slices(
+                    model, patients_data[i].inference_patches(), config=predict_config
+                )
+                slice_probabilities[i] = prediction.metastasis_probability
+                site_probabilities[i] = prediction.site_probabilities
+                fold_of_patient[i] = fold
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            trained.append((state, history, best_epoch))
+            del model
+            notify(fold, len(history), f"fold {fold + 1}/{config.n_folds} trained", 1.0)
+
+        # Thresholds only now, each from its own fold's held-out patients.
+        fold_thresholds = thresholds_per_fold(slice_probabilities, labels_arr, fold_of_patient)
+        oof: list[OutOfFoldPrediction] = []
+        for i in range(n):
+            thresholds = fold_thresholds[int(fold_of_patient[i])]
+            fraction = positive_fraction(slice_probabilities[i], thresholds.slice_threshold)
+            oof.append(
+                OutOfFoldPrediction(
+                    patient_id=ids[i],
+                    fold=int(fold_of_patient[i]),
+                    label=int(labels_arr[i]),
+                    slice_probabilities=slice_probabilities[i].tolist(),
+                    metastasis_risk_score=float(slice_probabilities[i].mean()),
+                    positive_fraction=fraction,
+                    predicted_metastasis=bool(fraction >= thresholds.patient_threshold),
+                    site_probabilities={
+                        name: float(v)
+                        for name, v in zip(
+                            SITE_NAMES, site_probabilities[i].mean(axis=0), strict=False
+                        )
+                    },
+                )
+            )
+
+        fold_results: list[FoldResult] = []
+        for fold, ((train_idx, val_idx, test_idx), (state, history, best_epoch)) in enumerate(
+            zip(splits, trained, strict=True)
+        ):
+            thresholds = fold_thresholds[fold]
+            metrics = _prediction_metrics([oof[i] for i in test_idx])
+            card = {
+                "model": "PMPDNet",
+                "fold": fold,
+                "n_folds": config.n_folds,
+                "model_config": config.model.to_dict(),
+                "train_config": config.to_dict(),
+                "preprocess_config": preprocess_config,
+                "data_hash": dataset_hash,
+                "code_version": version,
+                "thresholds": thresholds.to_dict(),
+                "metrics": metrics,
+                "best_epoch": best_epoch,
+                "train_ids": [ids[i] for i in train_idx],
+                "validation_ids": [ids[i] for i in val_idx],
+                "test_ids": [ids[i] for i in test_idx],
+                "site_names": list(SITE_NAMES),
+                "intended_use": "Research use only: a second reader, never a replacement.",
+            }
+            checkpoint_path = None
+            if output is not None:
+                checkpoint_path = str(output / f"fold_{fold}.pt")
+                torch.save({"state_dict": state, "model_card": card}, checkpoint_path)
+                (output / f"fold_{fold}.json").write_text(json.dumps(card, indent=2))
+            fold_results.append(
+                FoldResult(
+                    fold=fold,
+                    train_ids=card["train_ids"],
+                    validation_ids=card["validation_ids"],
+                    test_ids=card["test_ids"],
+                    best_epoch=best_epoch,
+                    epochs_run=len(history),
+                    history=history,
+                    thresholds=thresholds,
+                    metrics=metrics,
+                    model_card=card,
+                    checkpoint_path=checkpoint_path,
+                )
+            )
+
+        fold_aurocs = np.array([f.metrics["patient_auroc_mrs"] for f in fold_results])
+        pooled = {
+            **_prediction_metrics(oof),
+            "fold_patient_auroc_mean": float(np.nanmean(fold_aurocs)),
+            "fold_patient_auroc_std": float(np.nanstd(fold_aurocs, ddof=1)),
+        }
+        return CrossValidationResult(
+            folds=fold_results,
+            out_of_fold=oof,
+            metrics=pooled,
+            data_hash=dataset_hash,
+            code_version=version,
+            config=config.to_dict(),
+            seconds=time.perf_counter() - started,
+        )

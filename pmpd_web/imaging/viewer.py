@@ -32,8 +32,8 @@ CONTENT_TYPES = {
     ".svg": "image/svg+xml",
     ".woff2": "font/woff2",
 }
-# Re-read on every load: they change when the viewer is rebuilt, the bundles' names do not
-# always (assets), so those are cached for a day only.
+# These keep their names across rebuilds: browsers check them on every load. Other files are
+# kept a day (most bundle names carry a content hash, the assets' do not).
 NO_CACHE = {"index.html", "app-config.js"}
 # A file's name ends in a short extension; OHIF's routes may end in a UID ("...1.2.840.3").
 FILE_NAME = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,4}$")

@@ -50,7 +50,7 @@ def prepare(work: Path, *, size: int, seed: int) -> dict:
     from inference.pmpd.preprocess import PreprocessConfig
 
     config = PhantomConfig(size=size)
-    candidates = [generate_patient(index, seed=seed, config=config) for index in range(3)]
+    candidates = [generate_patient(index, seed=seed, config=config) for index in range(6)]
     patient = min(candidates, key=lambda case: case.spacing[2])
     ct, mask = write_nifti(patient, work / "volumes")
     checkpoints = write_random_fold_checkpoints(
@@ -127,6 +127,7 @@ def child(work: Path) -> None:
         stored(path, f"models/{version.pk}/{Path(path).name}") for path in inputs["checkpoints"]
     ]
     ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY, files=files)
+    version.refresh_from_db()
     job = create_scoring(cohort, version, user=None)
     baseline = memory_mb("VmRSS")
     started = time.perf_counter()
@@ -187,7 +188,8 @@ def main() -> None:
     if result["status"] != "succeeded":
         raise SystemExit(f"the scoring job {result['status']}: {result['error']}")
     print(
-        f"worker after start-up (Django, torch, {result['database']} database): {result['baseline_mb']:.0f} MB"
+        f"worker after start-up (Django, torch, {result['database']} database): "
+        f"{result['baseline_mb']:.0f} MB"
     )
     print(
         f"worker peak while scoring one patient: {result['peak_mb']:.0f} MB "

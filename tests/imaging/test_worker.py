@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from factories import make_patient
 from imagemaker import dicom_series, folder_files, small_patient, upload_files, write_volume
+from kombu import pools
 from workers import celery_worker, redis_url, wait_for
 
 from pmpd_web.celery import app
@@ -36,7 +37,10 @@ def test_a_real_worker_ingests_an_upload(tmp_path, settings, cohort, members):
 
             wait_for(finished, timeout=120, log=log)
     finally:
+        # Close the broker connections, and leave the app a fresh pool for later tests.
         app.pool.force_close_all()
+        pools.reset()
+        app._pool = None
     assert job.status == "succeeded", job.error
     assert ImageSeries.objects.get(modality="CT").is_selected
     assert CanonicalVolume.objects.filter(kind="mask").count() == 1

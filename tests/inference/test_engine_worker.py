@@ -73,3 +73,14 @@ def test_a_killed_workers_scoring_job_is_finished_by_another(tmp_path, settings,
         assert logs.count(f"Scored {patient.study_id} with model version {version.pk}") == 1
     assert "gpu_score_cohort" in second_log.read_text()
     assert Job.objects.get(pk=job.pk).progress == 100
+
+
+def test_the_engine_tasks_are_routed_and_retried_as_the_architecture_says():
+    from inference import tasks
+
+    route = app.amqp.router.route
+    for task in (tasks.gpu_train_model, tasks.gpu_score_cohort):
+        assert route({}, task.name)["queue"].name == "gpu"
+        assert task.max_retries == 3 and task.acks_late
+    assert route({}, tasks.cpu_preprocess_patient.name)["queue"].name == "cpu"
+    assert app.conf.task_reject_on_worker_lost and app.conf.worker_prefetch_multiplier == 1

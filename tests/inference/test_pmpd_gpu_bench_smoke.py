@@ -30,7 +30,12 @@ runpy.run_path("tests/bench/gpu_bench.py", run_name="__main__")
 
 
 def test_gpu_bench_smoke_run_without_simpleitk_or_pydicom(tmp_path):
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OUT": str(tmp_path)}
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OUT": str(tmp_path),
+        "OMP_NUM_THREADS": "1",  # the cores are shared with the test process
+    }
     completed = subprocess.run(
         [sys.executable, "-c", WITHOUT_IMAGING_LIBRARIES],
         cwd=ROOT,

@@ -136,6 +136,7 @@ def run_cv(data, labels, output_dir):
         batch_size=32,
         device="cpu",
         seed=1,
+        num_threads=1,  # the 2 cores are shared: 2 threads oversubscribe them
     )
     return cross_validate(data, labels, config, output_dir=output_dir)
 

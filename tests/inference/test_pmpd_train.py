@@ -14,6 +14,7 @@ from inference.pmpd.predict import load_fold_models
 from inference.pmpd.preprocess import PreprocessConfig, PreprocessedPatient
 from inference.pmpd.train import (
     TrainConfig,
+    torch_threads,
     choose_fold_thresholds,
     classification_metrics,
     cross_validate,
@@ -105,6 +106,7 @@ def small_cv(tmp_path_factory):
         batch_size=16,
         device="cpu",
         seed=5,
+        num_threads=1,
     )
     calls = []
     output = tmp_path_factory.mktemp("cv")
@@ -186,3 +188,10 @@ def test_mismatched_inputs_are_refused():
         cross_validate(patients, labels[:-1], TrainConfig(device="cpu"))
     with pytest.raises(ValueError, match="expects 224x224"):
         cross_validate(patients, labels, TrainConfig(device="cpu"))
+
+
+def test_thread_count_is_restored_after_cross_validation():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
