@@ -35,12 +35,13 @@ def test_a_real_worker_ingests_an_upload(tmp_path, settings, cohort, members):
                 job.refresh_from_db()
                 return job.finished
 
-            wait_for(finished, timeout=120, log=log)
+            wait_for(finished, timeout=300, log=log)
     finally:
-        # Close the broker connections, and leave the app a fresh pool for later tests.
+        # Close the broker connections, and leave the app fresh ones for later tests.
         app.pool.force_close_all()
         pools.reset()
         app._pool = None
+        app.amqp._producer_pool = None
     assert job.status == "succeeded", job.error
     assert ImageSeries.objects.get(modality="CT").is_selected
     assert CanonicalVolume.objects.filter(kind="mask").count() == 1

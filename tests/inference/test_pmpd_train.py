@@ -14,11 +14,11 @@ from inference.pmpd.predict import load_fold_models
 from inference.pmpd.preprocess import PreprocessConfig, PreprocessedPatient
 from inference.pmpd.train import (
     TrainConfig,
-    torch_threads,
     choose_fold_thresholds,
     classification_metrics,
     cross_validate,
     thresholds_per_fold,
+    torch_threads,
     youden_threshold,
 )
 

@@ -78,23 +78,20 @@ def test_a_real_worker_on_redis_runs_an_import(tmp_path, settings, cohort, membe
     settings.MEDIA_ROOT = tmp_path / "shared-media"
     app.conf.task_always_eager = False
     log = tmp_path / "worker.log"
-    try:
-        with celery_worker(log=log, extra_env={"DJANGO_MEDIA_ROOT": str(settings.MEDIA_ROOT)}):
-            table_import = upload_table(
-                cohort=cohort,
-                user=members["coordinator"],
-                data=to_csv(rows(50)),
-                filename="t.csv",
-            )
-            job = start_commit(table_import, members["coordinator"])
+    with celery_worker(log=log, extra_env={"DJANGO_MEDIA_ROOT": str(settings.MEDIA_ROOT)}):
+        table_import = upload_table(
+            cohort=cohort,
+            user=members["coordinator"],
+            data=to_csv(rows(50)),
+            filename="t.csv",
+        )
+        job = start_commit(table_import, members["coordinator"])
 
-            def finished():
-                job.refresh_from_db()
-                return job.finished
+        def finished():
+            job.refresh_from_db()
+            return job.finished
 
-            wait_for(finished, timeout=60, log=log)
-    finally:
-        app.pool.force_close_all()
+        wait_for(finished, timeout=60, log=log)
     assert job.status == "succeeded", job.error
     assert job.result["created"] == 50 and job.attempts == 1
     assert Patient.objects.filter(cohort=cohort).count() == 50
