@@ -74,7 +74,7 @@ def _choose(
 ) -> tuple[PatientPrediction | None, str]:
     predictions = PatientPrediction.objects.filter(patient=patient).select_related("model_version")
     if model_version is not None:
-        return predictions.filter(model_version=model_version).first(), "chosen"
+        return predictions.filter(model_version=model_version).first(), "the chosen model version"
     active = predictions.filter(model_version__is_active=True).first()
     if active is not None:
         return active, "the active model version"
@@ -125,7 +125,7 @@ def _ensemble_call(
 
 
 def prediction_view(
-    prediction: PatientPrediction, *, version_source: str = "chosen"
+    prediction: PatientPrediction, *, version_source: str = "the chosen model version"
 ) -> PredictionView:
     """The reading of one stored prediction (its version's thresholds give the call's basis)."""
     version = prediction.model_version
@@ -186,8 +186,9 @@ def prediction_view(
         patient_threshold=threshold,
         call_explanation=explanation,
         sites=[
-            (SITE_LABELS.get(name, name.capitalize()), float(value))
-            for name, value in prediction.site_probabilities.items()
+            (label, float(prediction.site_probabilities[name]))
+            for name, label in SITE_LABELS.items()
+            if prediction.site_probabilities.get(name) is not None
         ],
         slices=slices,
         fewer_than_4_tumour_slices=prediction.fewer_than_4_tumour_slices,

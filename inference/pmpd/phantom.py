@@ -16,7 +16,7 @@ at millimetre scales that survive the 2 mm resampling and the crop to the pancre
 * texture: smooth heterogeneity inside the tumour (standard deviation 5 + 30 s HU) and
   hypodense necrotic foci in a share (0.25 s) of its volume;
 * peritumoural stranding: fat within ~10 mm of the tumour raised by up to 110 s HU along
-  radial strands, plus a haze.
+  radial strands, plus a haze of up to 30 s HU.
 
 The same latent raises the hazard of death (with CA19-9 and metastasis), the probability and
 speed of later metastasis in patients without it at diagnosis, and, mildly, the tumour size: so
@@ -83,7 +83,8 @@ class PhantomConfig:
             are unknown (paper: 85.6%, 8.2%, 10.1%, unknown 1.9%).
         location_weights: head, body, tail, other (paper: head 58.6%).
         female_fraction, age_median_years, age_sd_years: demographics (42% women, median 66).
-        tumour_size_median_mm: median largest diameter (non-metastatic; +15% if metastatic).
+        tumour_size_median_mm: median largest diameter at zero signal; it grows by up to 28%
+            with the signal strength (log-normal, clipped to 10-60 mm).
         ca19_9_median_non_metastatic, ca19_9_median_metastatic, ca19_9_log_sd: log-normal.
         ca19_9_non_secretor_fraction: Lewis-negative patients with CA19-9 under 5 U/mL.
         ca19_9_missing_fraction: blank CA19-9 in the table.

@@ -417,6 +417,61 @@ def _stack_patches(
     return np.concatenate(stacks), np.concatenate(owners)
 
 
+def fold_splits(
+    labels: np.ndarray, config: TrainConfig
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(train, inner validation, held-out) patient indices of each fold.
+
+    Held-out folds come from StratifiedKFold (shuffled, seeded) over patients, so no patient is
+    in two of them and each has the cohort's share of metastatic patients; the inner validation
+    patients are a stratified, seeded share of the fold's training patients.
+    """
+    labels = np.asarray(labels)
+    splitter = StratifiedKFold(n_splits=config.n_folds, shuffle=True, random_state=config.seed)
+    splits = []
+    for fold, (train_all, test_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        train_idx, val_idx = train_test_split(
+            train_all,
+            test_size=config.inner_validation_fraction,
+            stratify=labels[train_all],
+            random_state=config.seed + fold,
+        )
+        splits.append((np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)))
+    return splits
+
+
+def _out_of_fold_predictions(
+    ids: Sequence[str],
+    labels: np.ndarray,
+    slice_probabilities: Sequence[np.ndarray],
+    site_probabilities: Sequence[np.ndarray],
+    fold_of_patient: np.ndarray,
+    fold_thresholds: dict[int, FoldThresholds],
+) -> list[OutOfFoldPrediction]:
+    """Each patient's prediction with the thresholds of the fold that held it out."""
+    predictions = []
+    for i, patient_id in enumerate(ids):
+        fold = int(fold_of_patient[i])
+        thresholds = fold_thresholds[fold]
+        fraction = positive_fraction(slice_probabilities[i], thresholds.slice_threshold)
+        predictions.append(
+            OutOfFoldPrediction(
+                patient_id=patient_id,
+                fold=fold,
+                label=int(labels[i]),
+                slice_probabilities=slice_probabilities[i].tolist(),
+                metastasis_risk_score=float(slice_probabilities[i].mean()),
+                positive_fraction=fraction,
+                predicted_metastasis=bool(fraction >= thresholds.patient_threshold),
+                site_probabilities={
+                    name: float(v)
+                    for name, v in zip(SITE_NAMES, site_probabilities[i].mean(axis=0), strict=False)
+                },
+            )
+        )
+    return predictions
+
+
 def _train_fold(
     patients: Sequence[PreprocessedPatient],
     labels: np.ndarray,
@@ -593,33 +648,25 @@ def cross_validate(
                 percent = 100.0 * (fold + min(fold_fraction, 1.0)) / config.n_folds
                 progress_callback(fold, epoch, message, percent)
 
-        splitter = StratifiedKFold(n_splits=config.n_folds, shuffle=True, random_state=config.seed)
         predict_config = PredictConfig(
             channels_last=config.channels_last,
             bf16_on_cpu=config.bf16_on_cpu,
             batch_size=config.eval_batch_size,
         )
-        splits = []
+        splits = fold_splits(labels_arr, config)
         trained = []
         slice_probabilities: list[np.ndarray] = [np.empty(0)] * n
         site_probabilities: list[np.ndarray] = [np.empty((0, len(SITE_NAMES)))] * n
         fold_of_patient = np.full(n, -1)
-        for fold, (train_all, test_idx) in enumerate(splitter.split(np.zeros(n), labels_arr)):
-            train_idx, val_idx = train_test_split(
-                train_all,
-                test_size=config.inner_validation_fraction,
-                stratify=labels_arr[train_all],
-                random_state=config.seed + fold,
-            )
-            splits.append((np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)))
+        for fold, (train_idx, val_idx, test_idx) in enumerate(splits):
             notify(fold, 0, f"fold {fold + 1}/{config.n_folds}: training", 0.0)
             model, history, best_epoch = _train_fold(
                 patients_data,
                 labels_arr,
                 site_targets,
                 site_mask,
-                splits[-1][0],
-                splits[-1][1],
+                train_idx,
+                val_idx,
                 fold=fold,
                 config=config,
                 device=device,
@@ -641,27 +688,14 @@ def cross_validate(
 
         # Thresholds only now, each from its own fold's held-out patients.
         fold_thresholds = thresholds_per_fold(slice_probabilities, labels_arr, fold_of_patient)
-        oof: list[OutOfFoldPrediction] = []
-        for i in range(n):
-            thresholds = fold_thresholds[int(fold_of_patient[i])]
-            fraction = positive_fraction(slice_probabilities[i], thresholds.slice_threshold)
-            oof.append(
-                OutOfFoldPrediction(
-                    patient_id=ids[i],
-                    fold=int(fold_of_patient[i]),
-                    label=int(labels_arr[i]),
-                    slice_probabilities=slice_probabilities[i].tolist(),
-                    metastasis_risk_score=float(slice_probabilities[i].mean()),
-                    positive_fraction=fraction,
-                    predicted_metastasis=bool(fraction >= thresholds.patient_threshold),
-                    site_probabilities={
-                        name: float(v)
-                        for name, v in zip(
-                            SITE_NAMES, site_probabilities[i].mean(axis=0), strict=False
-                        )
-                    },
-                )
-            )
+        oof = _out_of_fold_predictions(
+            ids,
+            labels_arr,
+            slice_probabilities,
+            site_probabilities,
+            fold_of_patient,
+            fold_thresholds,
+        )
 
         fold_results: list[FoldResult] = []
         for fold, ((train_idx, val_idx, test_idx), (state, history, best_epoch)) in enumerate(

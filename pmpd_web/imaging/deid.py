@@ -5,7 +5,8 @@ Retain Longitudinal Temporal Information with Modified Dates Option (113107):
 
 * the attributes of Table E.1-1 that identify the patient, the people involved, the
   institution, the devices or the request are removed (X) or emptied (Z), or given a dummy
-  value (D) where a value is required (``ACTIONS``); patient name and ID become the study ID;
+  value (D) where a value is required (``ACTIONS``); patient name and ID become the study ID
+  (at any depth);
 * every private attribute is removed, and so are curves (50xx) and overlays (60xx, which may
   carry burned-in text), and public attributes unknown to the data dictionary;
 * as safety nets beyond the table, every person name (PN), free text (LT, ST, UT) and

@@ -234,16 +234,16 @@ def _check_chunk(upload_file: UploadFile, *, offset: int, length: int) -> None:
         )
 
 
-def store_local_file(upload_file: UploadFile, path: Path) -> None:
+def store_local_file(upload_file: UploadFile, path: Path, *, save: bool = True) -> None:
     """Store a file from the server's disk as the whole content of ``upload_file`` (the
-    ``ingest_images`` command and the demo)."""
+    ``ingest_images`` command and the demo); ``save=False`` leaves saving the row to the
+    caller (a bulk update)."""
     with path.open("rb") as handle:
         name = default_storage.save(f"{chunk_prefix(upload_file)}{0:016d}.part", File(handle))
-    UploadFile.objects.filter(pk=upload_file.pk).update(
-        chunks=[[0, upload_file.size_bytes, name]], received_bytes=upload_file.size_bytes
-    )
     upload_file.chunks = [[0, upload_file.size_bytes, name]]
     upload_file.received_bytes = upload_file.size_bytes
+    if save:
+        upload_file.save(update_fields=["chunks", "received_bytes"])
 
 
 def upload_local_path(
@@ -289,9 +289,10 @@ def upload_local_path(
         [DeclaredFile(name=n, size=p.stat().st_size) for n, p in zip(names, files, strict=True)],
     )
     for index, (upload_file, file_path) in enumerate(zip(declared, files, strict=True), start=1):
-        store_local_file(upload_file, file_path)
+        store_local_file(upload_file, file_path, save=False)
         if on_file is not None:
             on_file(index, len(files))
+    UploadFile.objects.bulk_update(declared, ["chunks", "received_bytes"], batch_size=500)
     return upload
 
 

@@ -23,6 +23,14 @@ from .models import CanonicalVolume, ImageSeries, ImageUpload
 PAGE_SIZE = 100
 
 
+BROWSER_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+def upload_chunk_bytes() -> int:
+    """The chunk size the page's uploader sends: 8 MiB, or the server's limit when smaller."""
+    return min(BROWSER_CHUNK_BYTES, settings.PMPD_UPLOAD_CHUNK_MAX_BYTES)
+
+
 def _uploads(cohort):
     return (
         ImageUpload.objects.filter(cohort=cohort)
@@ -91,6 +99,7 @@ def images_page(request, cohort):
             "query": query,
             "may_upload": may_upload,
             "uploads": _uploads(cohort)[:20] if may_upload else [],
+            "upload_chunk_bytes": upload_chunk_bytes(),
         },
     )
 
@@ -136,6 +145,7 @@ def patient_images(request, cohort, study_id: str):
             "series": series,
             "may_upload": may_upload,
             "uploads": _uploads(cohort).filter(patient=patient)[:10] if may_upload else [],
+            "upload_chunk_bytes": upload_chunk_bytes(),
             "date_note": (
                 "dates shifted back by a per-patient offset (intervals kept)"
                 if settings.PMPD_DEID_DATES == "shift"

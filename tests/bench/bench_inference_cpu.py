@@ -15,6 +15,7 @@ Asserts nothing: the machine's cores may be shared, so read the numbers as a per
 
 from __future__ import annotations
 
+import argparse
 import resource
 import statistics
 import sys
@@ -50,6 +51,11 @@ def median_seconds(function: Callable[[], object], repeats: int) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="CPU scoring benchmark")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = ModelConfig(depth=50, input_size=SIZE)
     plain_models = [PMPDNet(config).eval() for _ in range(N_FOLDS)]
@@ -66,7 +72,7 @@ def main() -> None:
 
     def naive() -> list[float]:
         return [
-            float(torch.sigmoid(model(tensor[i : i + 1]).metastasis_logit))
+            float(torch.sigmoid(model(tensor[i : i + 1]).metastasis_logit).detach())
             for model in plain_models
             for i in range(N_SLICES)
         ]

@@ -38,30 +38,27 @@ def test_a_killed_workers_scoring_job_is_finished_by_another(tmp_path, settings,
     first_log, second_log = tmp_path / "first-worker.log", tmp_path / "second-worker.log"
     predictions = PatientPrediction.objects.filter(model_version=version)
     app.conf.task_always_eager = False
-    try:
-        with celery_worker(queues="gpu,cpu", log=first_log, extra_env=environment) as first:
-            job = start_scoring(cohort, version, user=members["coordinator"])
+    with celery_worker(queues="gpu,cpu", log=first_log, extra_env=environment) as first:
+        job = start_scoring(cohort, version, user=members["coordinator"])
 
-            def first_patient_scored() -> bool:
-                return predictions.exists()
+        def first_patient_scored() -> bool:
+            return predictions.exists()
 
-            wait_for(first_patient_scored, timeout=240, interval=0.1, log=first_log)
+        wait_for(first_patient_scored, timeout=240, interval=0.1, log=first_log)
+        job.refresh_from_db()
+        assert job.status == "running", "the job ended before the worker could be killed"
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    scored_by_the_first = predictions.count()
+    assert 1 <= scored_by_the_first < N_PATIENTS
+
+    with celery_worker(queues="gpu,cpu", log=second_log, extra_env=environment, flush=False):
+
+        def finished() -> bool:
             job.refresh_from_db()
-            assert job.status == "running", "the job ended before the worker could be killed"
-            first.send_signal(signal.SIGKILL)
-            first.wait(timeout=30)
-        scored_by_the_first = predictions.count()
-        assert 1 <= scored_by_the_first < N_PATIENTS
+            return job.finished
 
-        with celery_worker(queues="gpu,cpu", log=second_log, extra_env=environment, flush=False):
-
-            def finished() -> bool:
-                job.refresh_from_db()
-                return job.finished
-
-            wait_for(finished, timeout=240, log=second_log)
-    finally:
-        app.pool.force_close_all()
+        wait_for(finished, timeout=240, log=second_log)
 
     assert job.status == "succeeded", job.error
     assert job.result["already_scored"] == scored_by_the_first

@@ -14,6 +14,7 @@ from inference.pmpd.preprocess import (
     dilate_margin,
     encode_mask_channel,
     extract_patch,
+    load_volume,
     open_mask,
     preprocess_patient,
     resample_slices,
@@ -295,3 +296,29 @@ def test_flipped_or_swapped_axial_volume_gives_the_canonical_patches(direction, 
     )
     assert np.array_equal(stored.patches, reference.patches)
     assert stored.selected_slices == reference.selected_slices
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nii.gz"])
+def test_load_volume_reads_image_files_with_their_geometry(tmp_path, suffix):
+    import SimpleITK as sitk
+
+    array = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.75, 0.75, 2.5))
+    image.SetOrigin((-10.0, 20.0, -300.0))
+    image.SetDirection((-1, 0, 0, 0, 1, 0, 0, 0, 1))
+    path = tmp_path / f"ct{suffix}"
+    sitk.WriteImage(image, str(path))
+    volume = load_volume(path)
+    assert np.array_equal(volume.array, array)
+    assert volume.spacing == (0.75, 0.75, 2.5)
+    assert volume.origin == (-10.0, 20.0, -300.0)
+    assert volume.direction == (-1, 0, 0, 0, 1, 0, 0, 0, 1)
+
+
+def test_load_volume_explains_a_wrong_path(tmp_path):
+    with pytest.raises(PreprocessError, match="neither"):
+        load_volume(tmp_path / "missing.nii.gz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PreprocessError, match="no DICOM series"):
+        load_volume(tmp_path / "empty")

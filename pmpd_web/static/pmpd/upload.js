@@ -27,6 +27,7 @@
 
   function init(root) {
     function el(role) { return root.querySelector('[data-role="' + role + '"]'); }
+    var chunk = parseInt(root.dataset.chunkBytes, 10) || CHUNK;
     var uploadsUrl = root.dataset.uploadsUrl;
     var storageKey = root.dataset.storageKey;
     var studyId = root.dataset.studyId;
@@ -185,7 +186,7 @@
           progress();
           return Promise.resolve();
         }
-        var end = Math.min(offset + CHUNK, entry.file.size);
+        var end = Math.min(offset + chunk, entry.file.size);
         entry.state.textContent = "sending";
         return request("PUT", url, entry.file.slice(offset, end), {
           "Content-Type": "application/octet-stream",

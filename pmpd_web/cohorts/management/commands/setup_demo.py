@@ -17,6 +17,7 @@ from pmpd_web.cohorts.importer import commit_import, upload_table
 from pmpd_web.cohorts.models import Cohort
 
 DEMO_COHORT = "Demo phantom cohort"
+DEMO_IMAGE_EXTENT_MM = 120.0
 DEMO_USERS = {
     # username: (password, role in the demo cohort or None for the site admin)
     "admin": ("demo-admin-pmpd", None),
@@ -127,15 +128,23 @@ class Command(BaseCommand):
 
     def _images(self, cohort, coordinator, *, patients: int, seed: int, size: int) -> None:
         """Write the phantom images once, then ingest those of patients without a CT yet."""
-        from inference.pmpd.phantom import iter_cohort, write_dicom_series, write_nifti
+        from inference.pmpd.phantom import (
+            PhantomConfig,
+            iter_cohort,
+            write_dicom_series,
+            write_nifti,
+        )
         from pmpd_web.imaging.models import ImageSeries
         from pmpd_web.imaging.uploads import run_now, upload_local_path
 
         if patients <= 0:
             return
         folder = settings.DATA_DIR / "demo" / "images"
+        # The table's patients, imaged over 120 mm around the pancreas (the phantom's default
+        # 200 mm gives up to 320 thin slices a patient: slow to write and ingest for a demo).
+        config = PhantomConfig(size=size, z_extent_mm=DEMO_IMAGE_EXTENT_MM)
         for patient in tqdm(
-            iter_cohort(patients, seed=seed, size=size),
+            iter_cohort(patients, seed=seed, config=config),
             total=patients,
             desc="Writing phantom images",
             unit="patient",
