@@ -15,7 +15,9 @@ from .models import ModelVersion
 @contextlib.contextmanager
 def progress_bar(description: str) -> Iterator[Callable[[int, str], None]]:
     """A 0-100 % bar; yields the ``progress(percent, phrase)`` callback a job reports to."""
-    with tqdm(total=100, desc=description, unit="%", bar_format="{l_bar}{bar}| {postfix}") as bar:
+    with tqdm(
+        total=100, desc=description, unit="%", bar_format="{l_bar}{bar}| {elapsed} {postfix}"
+    ) as bar:
 
         def progress(percent: int, phrase: str) -> None:
             bar.set_postfix_str(phrase[:70], refresh=False)

@@ -247,5 +247,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # highdicom narrates every SEG it builds at INFO.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "highdicom": {"level": "WARNING"}},
 }

@@ -15,6 +15,8 @@ from django.utils import timezone
 from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
+from analytics.services import patient_risk_context
+from inference.services import prediction_context
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.decorators import cohort_page
 from pmpd_web.accounts.models import AuditAction, Membership, Role
@@ -143,6 +145,8 @@ def patient_detail(request, cohort, study_id: str):
             "values": values,
             "perms": perms,
             **(_viewer_context(patient) if perms[Action.VIEW_IMAGES.value] else {}),
+            **prediction_context(request.user, patient),
+            **patient_risk_context(request.user, patient),
         },
     )
 

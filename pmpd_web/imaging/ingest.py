@@ -147,7 +147,7 @@ class CtOutput:
     study_date: str
     frame_of_reference_uid: str
     grid: Grid
-    hu: np.ndarray
+    hu: np.ndarray | None
     description: str
     phase: str
     manufacturer: str
@@ -181,7 +181,7 @@ class MaskOutput:
     """A mask of the upload, on the grid of a CT of the upload or of one already stored."""
 
     target: CtOutput | ImageSeries
-    mask: np.ndarray
+    mask: np.ndarray | None
     content_hash: str
     items: list[Item]
     unchanged: bool = False
@@ -423,6 +423,13 @@ def prepare_patient(
     if problems:
         raise PatientFailed(problems)
     _write_outputs(patient, outputs, masks, options=options, staging=staging, writer=writer)
+    # What the commit needs is kept; the volumes and datasets are not (a bulk upload holds every
+    # patient's plan until the commit).
+    for output in outputs:
+        output.hu = None
+        output.datasets = []
+    for mask in masks:
+        mask.mask = None
     return PatientPlan(patient=patient, cts=outputs, masks=masks, items=items)
 
 
@@ -885,9 +892,16 @@ def _mark_files(items: list[Item], failures: Failures | None) -> None:
             upload_file.status = UploadFileModel.Status.DONE
             upload_file.error = ""
         updates.append(upload_file)
-    UploadFileModel.objects.bulk_update(
-        updates, ["status", "error", "detected_kind"], batch_size=500
-    )
+    # Files mostly share their outcome: one UPDATE per distinct outcome, not a CASE per row.
+    groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for upload_file in updates:
+        key = (upload_file.status, upload_file.error, upload_file.detected_kind)
+        groups[key].append(upload_file.pk)
+    for (status, error, kind), ids in groups.items():
+        for start in range(0, len(ids), 1000):
+            UploadFileModel.objects.filter(pk__in=ids[start : start + 1000]).update(
+                status=status, error=error, detected_kind=kind
+            )
 
 
 def _fail(upload: ImageUpload, items: list[Item], failures: Failures) -> UserFacingError:

@@ -63,6 +63,9 @@ class Command(BaseCommand):
             seed=seed,
             size=size,
         )
+        from inference.demo import run_demo_engine
+
+        run_demo_engine(cohort, stdout=self.stdout)
         self._print_accounts()
 
     def _users(self) -> dict[str, User]:
