@@ -274,7 +274,8 @@
         busy = false;
         el("start").disabled = false;
         var text = error && error.message ? error.message : String(error);
-        el("overall-text").textContent = "Stopped: " + text + " Press Upload to try again: what was received is kept.";
+        el("overall-text").textContent = "Stopped: " + text.replace(/\.?$/, ".") +
+          " Press Upload to try again: what was received is kept.";
         if (upload) { resumable = upload; }
       });
     }
