@@ -45,6 +45,8 @@ class AuditAction(models.TextChoices):
     IMPORT_COMMIT = "import_commit", "Imported table"
     EXPORT_TABLE = "export_table", "Exported table"
     DOWNLOAD_TEMPLATE = "download_template", "Downloaded template"
+    INGEST_IMAGES = "ingest_images", "Uploaded images"
+    SELECT_SERIES = "select_series", "Changed the CT series pick"
     LOGIN = "login", "Logged in"
     LOGOUT = "logout", "Logged out"
 
