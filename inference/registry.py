@@ -17,16 +17,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from inference.pmpd.model import ModelConfig
-from inference.pmpd.preprocess import PreprocessConfig
-from inference.pmpd.train import TrainConfig
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.permissions import Action, can, visible_cohorts
 from pmpd_web.cohorts.models import Cohort
@@ -34,6 +31,10 @@ from pmpd_web.jobs.runner import UserFacingError
 
 from .models import ModelVersion, PatientPrediction
 from .storage import json_safe, local_path
+
+if TYPE_CHECKING:  # the engine imports torch: web pages load this module without it
+    from inference.pmpd.preprocess import PreprocessConfig
+    from inference.pmpd.train import TrainConfig
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -65,6 +66,10 @@ class TrainingChoices:
             raise UserFacingError("Train for at least one epoch.")
         if self.pretrained_weights and not Path(self.pretrained_weights).is_file():
             raise UserFacingError(f"No weights file at {self.pretrained_weights}.")
+        from inference.pmpd.model import ModelConfig
+        from inference.pmpd.preprocess import PreprocessConfig
+        from inference.pmpd.train import TrainConfig
+
         optional = {
             name: value
             for name, value in (
@@ -134,12 +139,17 @@ def new_model_version(
 
 
 def train_config_of(version: ModelVersion) -> TrainConfig:
+    from inference.pmpd.model import ModelConfig
+    from inference.pmpd.train import TrainConfig
+
     values = dict(version.config["train"])
     values["model"] = ModelConfig.from_dict(values["model"])
     return TrainConfig(**values)
 
 
 def preprocess_config_of(version: ModelVersion) -> PreprocessConfig:
+    from inference.pmpd.preprocess import PreprocessConfig
+
     return PreprocessConfig.from_dict(version.config["preprocess"])
 
 
