@@ -1,8 +1,9 @@
 """The engine's part of the local demo: train a small model on the demo cohort and score it.
 
-Fast CPU settings (ResNet10 on 48-pixel patches, a few epochs): a few minutes for the
-120-patient phantom demo cohort on two cores. A second run reuses what exists: nothing is done
-when an active ready version trained on the cohort has scored every patient with images.
+Fast CPU settings (ResNet10 on 48-pixel patches, three rotations per slice, at most four
+epochs): a few minutes for the 120-patient phantom demo cohort on two idle cores. A second
+run reuses what exists: nothing is done when an active ready version trained on the cohort
+has scored every patient with images.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .jobs import create_scoring, create_training, execute_scoring, execute_trai
 from .models import ModelVersion
 from .registry import TrainingChoices, activate
 
+# Three rotations per slice instead of the method's six halve the work of an epoch.
 DEMO_TRAINING = TrainingChoices(
     depth=10,
     input_size=48,
@@ -27,6 +29,7 @@ DEMO_TRAINING = TrainingChoices(
     batch_size=64,
     learning_rate=1e-3,
     early_stopping_patience=2,
+    rotation_angles_deg=(0.0, 120.0, 240.0),
 )
 
 

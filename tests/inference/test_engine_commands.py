@@ -66,6 +66,8 @@ def test_train_and_predict_commands(cohort):
         run("predict_pmpd", "--cohort", str(cohort.pk))
     with pytest.raises(CommandError, match="No cohort"):
         run("train_pmpd", "--cohort", "no such cohort")
+    with pytest.raises(CommandError, match="No weights file at /nowhere/resnet.pth"):
+        run("train_pmpd", "--cohort", cohort.name, "--pretrained", "/nowhere/resnet.pth")
     out = run(
         "train_pmpd",
         "--cohort",
@@ -80,6 +82,8 @@ def test_train_and_predict_commands(cohort):
         "1",
         "--batch-size",
         "64",
+        "--threads",
+        "1",
         "--activate",
     )
     version = ModelVersion.objects.get(name="cli-1")
@@ -88,6 +92,7 @@ def test_train_and_predict_commands(cohort):
     assert "Out-of-fold patient-level AUROC (MRS): " in out
     assert "cli-1 is now the active model version" in out
     assert version.config["preprocess"]["rotation_angles_deg"] == [0, 60, 120, 180, 240, 300]
+    assert version.config["train"]["num_threads"] == 1
     out = run("predict_pmpd", "--cohort", str(cohort.pk))
     assert "1 scored, 0 already up to date, 10 keep their out-of-fold score" in out
     assert PatientPrediction.objects.get(patient__study_id="UNLABELLED").source == "ensemble"
