@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from inference.pmpd.gradcam import save_overlay_png
 from pmpd_web.cohorts.models import Patient
 
 from .models import ModelVersion, PatientPrediction
@@ -30,6 +29,8 @@ def save_overlays(
 ) -> list[str]:
     """One PNG per scored slice: the windowed CT of its patch (channel 0) under the heatmap.
     Named after the slice (its index in the 2 mm volume), so a re-run replaces them."""
+    from inference.pmpd.gradcam import save_overlay_png  # torch: only workers load it
+
     names = []
     with tempfile.TemporaryDirectory(prefix="pmpd-gradcam-") as folder:
         for patch, heatmap, slice_index in zip(patches, heatmaps, slice_indices, strict=True):

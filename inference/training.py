@@ -21,7 +21,6 @@ import numpy as np
 from django.db import transaction
 from django.db.models import QuerySet
 
-from inference.pmpd.model import SITE_NAMES
 from inference.pmpd.preprocess import PreprocessConfig, PreprocessError
 from inference.pmpd.preprocess import PreprocessedPatient as Patches
 from pmpd_web.cohorts.models import Cohort, Patient
@@ -285,6 +284,8 @@ def _store_out_of_fold(
 
 def _model_card(version: ModelVersion, training_set: TrainingSet, result: Any) -> dict[str, Any]:
     """The version's card: what it is, what it learned from, how each fold did."""
+    from inference.pmpd.model import SITE_NAMES
+
     first = result.folds[0].model_card
     cohort = version.trained_on
     return json_safe(

@@ -3,10 +3,14 @@ pages, rendered on stored predictions."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from django.template.loader import render_to_string
 from engine_fixtures import make_prediction, make_ready_version
 from factories import make_patient
+from workers import REPO
 
 from inference.services import prediction_context
 
@@ -103,3 +107,17 @@ def test_the_cohort_page_links_the_engine_for_coordinators_only(cohort, members,
     link = f"/cohorts/{cohort.pk}/engine/".encode()
     assert link in client_for(members["coordinator"]).get(f"/cohorts/{cohort.pk}/").content
     assert link not in client_for(members["clinician"]).get(f"/cohorts/{cohort.pk}/").content
+
+
+def test_the_engine_pages_and_tasks_load_without_torch():
+    # Web processes import the pages and queue tasks; only workers need torch.
+    code = (
+        "import os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'pmpd_web.settings'); "
+        "import django; django.setup(); "
+        "import inference.urls, inference.services, inference.tasks, inference.demo; "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
