@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pmpd_web.cohorts.models import Cohort
+from pmpd_web.jobs.models import FINISHED, Job, JobStatus
 from pmpd_web.jobs.runner import UserFacingError
 
 from .cache import with_images
@@ -79,6 +80,12 @@ def run_demo_engine(cohort: Cohort, *, stdout: Any) -> ModelVersion | None:
         version = activate(version, None)
         stdout.write(f"{version.name} is the active model version.")
 
+    # A demo run interrupted while scoring (Ctrl-C) leaves its job unfinished; it scores here
+    # and now, in this process, so no worker will ever finish that one.
+    for stale in Job.objects.filter(
+        kind=Job.Kind.SCORING, cohort=cohort, result__model_version=version.pk
+    ).exclude(status__in=FINISHED):
+        stale.update_status(JobStatus.CANCELLED, phrase="Interrupted demo run")
     job = create_scoring(cohort, version, user=None)
     with progress_bar(f"Scoring {cohort.name}") as progress:
         execute_scoring(job.pk, cohort.pk, version.pk, on_progress=progress)

@@ -10,8 +10,9 @@ from typing import Any
 from django.db import transaction
 
 from pmpd_web.accounts.audit import record as audit
+from pmpd_web.accounts.models import AuditAction
 from pmpd_web.cohorts.models import Cohort
-from pmpd_web.jobs.models import Job
+from pmpd_web.jobs.models import FINISHED, Job
 from pmpd_web.jobs.runner import ProgressCallback, UserFacingError, run_job
 
 from .models import ModelVersion
@@ -49,7 +50,13 @@ def create_training(
             preprocess_config=preprocess_config,
             job=job,
         )
-    audit(user, "start_training", cohort=cohort, label=version.name, model_version=version.pk)
+    audit(
+        user,
+        AuditAction.START_TRAINING,
+        cohort=cohort,
+        label=version.name,
+        model_version=version.pk,
+    )
     return version
 
 
@@ -73,6 +80,30 @@ def create_scoring(cohort: Cohort, version: ModelVersion, *, user: Any) -> Job:
             f"Model version {version.name} is {version.get_status_display().lower()}; only a "
             "ready version can score."
         )
+    # One scoring of a cohort with a version at a time: a second job would score the same
+    # patients again beside the first (the rows stay unique, the work is wasted). Row locks
+    # on the cohort make the check and the creation atomic across web processes.
+    with transaction.atomic():
+        Cohort.objects.select_for_update().filter(pk=cohort.pk).first()
+        busy = (
+            Job.objects.filter(
+                kind=Job.Kind.SCORING,
+                cohort=cohort,
+                result__model_version=version.pk,
+            )
+            .exclude(status__in=FINISHED)
+            .order_by("pk")
+            .first()
+        )
+        if busy is not None:
+            raise UserFacingError(
+                f"{cohort.name} is already being scored with {version.name} (job {busy.pk}, "
+                f"{busy.get_status_display().lower()}): wait for it to finish."
+            )
+        return _new_scoring_job(cohort, version, user=user)
+
+
+def _new_scoring_job(cohort: Cohort, version: ModelVersion, *, user: Any) -> Job:
     job = Job.objects.create(
         kind=Job.Kind.SCORING,
         cohort=cohort,
@@ -80,7 +111,9 @@ def create_scoring(cohort: Cohort, version: ModelVersion, *, user: Any) -> Job:
         phrase=f"Waiting for a GPU worker to score with {version.name}"[:200],
         result={"model_version": version.pk},
     )
-    audit(user, "start_scoring", cohort=cohort, label=version.name, model_version=version.pk)
+    audit(
+        user, AuditAction.START_SCORING, cohort=cohort, label=version.name, model_version=version.pk
+    )
     return job
 
 

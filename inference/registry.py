@@ -25,6 +25,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from pmpd_web.accounts.audit import record as audit
+from pmpd_web.accounts.models import AuditAction
 from pmpd_web.accounts.permissions import Action, can, visible_cohorts
 from pmpd_web.cohorts.models import Cohort
 from pmpd_web.jobs.runner import UserFacingError
@@ -248,7 +249,7 @@ def activate(version: ModelVersion, user: Any) -> ModelVersion:
         locked.save(update_fields=["is_active"])
     audit(
         user,
-        "activate_model_version",
+        AuditAction.ACTIVATE_MODEL_VERSION,
         cohort=locked.trained_on,
         label=locked.name,
         model_version=locked.pk,

@@ -76,6 +76,12 @@ def score_patient_with(
     )
 
 
+def _scored_meanwhile(patient: Patient, version: ModelVersion, config: Any) -> bool:
+    return PatientPrediction.objects.filter(
+        patient=patient, model_version=version, input_hash=input_hash_for(patient, config)
+    ).exists()
+
+
 def score_cohort(cohort_id: int, version_id: int, progress: Progress) -> dict[str, Any]:
     """Score every patient of the cohort that has images; returns the job's result."""
     from inference.pmpd.train import code_version
@@ -113,6 +119,9 @@ def score_cohort(cohort_id: int, version_id: int, progress: Progress) -> dict[st
             if current is not None and current.source == PatientPrediction.Source.OUT_OF_FOLD:
                 kept_out_of_fold += 1
             elif current is not None and current.input_hash == input_hash_for(patient, config):
+                already_scored += 1
+            elif _scored_meanwhile(patient, version, config):
+                # Another delivery of this job (a worker thought dead) got there first.
                 already_scored += 1
             else:
                 patches = preprocessed_for(patient, config)

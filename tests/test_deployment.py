@@ -157,3 +157,29 @@ def test_containers_run_commands_that_exist_here():
         env={**os.environ, "DATABASE_URL": PRODUCTION["DATABASE_URL"]},
     )
     assert result.stdout.strip() == "True", result.stderr
+
+
+def test_redis_visibility_timeout_comes_from_the_environment():
+    script = (
+        "import django; django.setup(); from django.conf import settings as s;"
+        "print(s.CELERY_BROKER_TRANSPORT_OPTIONS['visibility_timeout'])"
+    )
+    base = {k: v for k, v in os.environ.items() if k != "CELERY_VISIBILITY_TIMEOUT"}
+    base = {
+        **base,
+        "DJANGO_SETTINGS_MODULE": "pmpd_web.settings",
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/15",
+    }
+    seen = []
+    for extra in ({}, {"CELERY_VISIBILITY_TIMEOUT": "900"}):
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**base, **extra},
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        seen.append(result.stdout.strip())
+    assert seen == ["21600", "900"]

@@ -68,8 +68,14 @@ class TrainConfig:
         lr_schedule: "cosine" (decay to 0 over max_epochs, per step) or "constant".
         inner_validation_fraction: share of each fold's training patients held back, stratified,
             for early stopping. Open point: the paper does not say how it stopped.
-        early_stopping_patience: epochs without a lower validation loss before stopping; the
+        early_stopping_patience: epochs without a better validation score before stopping; the
             weights of the best epoch are kept.
+        early_stopping_metric: the score of an epoch on the inner validation patients:
+            "loss" (binary cross-entropy of the un-rotated patches, lower is better) or "auroc"
+            (slice-level AUROC, higher is better; ties go to the lower loss). Open point: the
+            paper does not say. With few validation patients the loss often rises from epoch
+            one as the class-weighted model grows confident while its ranking still improves,
+            so small cohorts stop too early on "loss".
         site_loss_weight: weight of the site head's loss added to the binary loss.
         balance_classes: weight positive patches by n_negative / n_positive of the training
             patients in the binary loss (about 2.2 at the paper's 31.5% prevalence).
@@ -91,6 +97,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     inner_validation_fraction: float = 0.2
     early_stopping_patience: int = 6
+    early_stopping_metric: str = "loss"
     site_loss_weight: float = 0.3
     balance_classes: bool = True
     pretrained_weights: str | None = None
@@ -103,6 +110,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr_schedule not in {"cosine", "constant"}:
             raise ValueError("lr_schedule must be 'cosine' or 'constant'")
+        if self.early_stopping_metric not in {"loss", "auroc"}:
+            raise ValueError("early_stopping_metric must be 'loss' or 'auroc'")
         if self.n_folds < 2 or not 0.0 < self.inner_validation_fraction < 0.5:
             raise ValueError("n_folds >= 2 and 0 < inner_validation_fraction < 0.5 required")
 
@@ -525,7 +534,11 @@ def _train_fold(
         )
     generator = torch.Generator().manual_seed(config.seed * 1000 + fold)
     history: list[dict[str, float]] = []
-    best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
+    best_score, best_epoch, best_state = (
+        (-math.inf, -math.inf),
+        0,
+        copy.deepcopy(model.state_dict()),
+    )
     for epoch in range(1, config.max_epochs + 1):
         order = torch.randperm(len(train_images), generator=generator).to(device)
         losses = []
@@ -566,8 +579,9 @@ def _train_fold(
                 "validation_slice_auroc": safe_auroc(val_labels, probabilities),
             }
         )
-        if val_loss < best_loss - 1e-6:
-            best_loss, best_epoch = val_loss, epoch
+        score = epoch_score(history[-1], config.early_stopping_metric)
+        if score > best_score:
+            best_score, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         report(
             epoch,
@@ -579,6 +593,18 @@ def _train_fold(
             break
     model.load_state_dict(best_state)
     return model, history, best_epoch
+
+
+def epoch_score(record: dict[str, float], metric: str) -> tuple[float, float]:
+    """An epoch's early-stopping score from its history record, higher is better: the negated
+    validation loss for "loss"; (slice AUROC, negated loss) for "auroc", an undefined AUROC
+    (one class only) counting as 0.5. A better epoch must beat the best by more than 1e-6."""
+    loss = -round(record["validation_loss"], 6)
+    if metric == "loss":
+        return (loss, 0.0)
+    auroc = record["validation_slice_auroc"]
+    auroc = 0.5 if auroc is None or math.isnan(auroc) else auroc
+    return (round(auroc, 6), loss)
 
 
 @contextlib.contextmanager

@@ -47,6 +47,9 @@ class AuditAction(models.TextChoices):
     DOWNLOAD_TEMPLATE = "download_template", "Downloaded template"
     INGEST_IMAGES = "ingest_images", "Uploaded images"
     SELECT_SERIES = "select_series", "Changed the CT series pick"
+    START_TRAINING = "start_training", "Started model training"
+    START_SCORING = "start_scoring", "Started scoring"
+    ACTIVATE_MODEL_VERSION = "activate_model_version", "Activated a model version"
     LOGIN = "login", "Logged in"
     LOGOUT = "logout", "Logged out"
 

@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--angles", type=int, default=6, help="rotations per slice (0 first)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stop-on", choices=("loss", "auroc"), default="loss")
     parser.add_argument(
         "--threads",
         type=int,
@@ -86,6 +87,7 @@ def main() -> None:
         model=ModelConfig(depth=args.depth, input_size=args.input_size),
         max_epochs=args.epochs,
         early_stopping_patience=args.patience,
+        early_stopping_metric=args.stop_on,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         seed=args.seed,
@@ -102,7 +104,8 @@ def main() -> None:
         runs.append(("shuffled labels", shuffled, "target 0.35-0.65"))
     print(
         f"ResNet{args.depth}, input {args.input_size}, {args.epochs} epochs max, "
-        f"{len(angles)} angles x 4 slices, {args.threads} thread(s)"
+        f"{len(angles)} angles x 4 slices, {args.threads} thread(s), "
+        f"early stopping on validation {args.stop_on}"
     )
     for name, run_labels, target in runs:
         t0 = time.perf_counter()

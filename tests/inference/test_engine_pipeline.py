@@ -228,3 +228,30 @@ def test_scoring_refuses_a_version_that_is_not_ready(cohort, members):
     version.refresh_from_db()
     with pytest.raises(UserFacingError, match="only a ready version"):
         start_scoring(cohort, version, user=members["coordinator"])
+
+
+def test_a_second_scoring_of_the_same_cohort_and_version_waits_for_the_first(
+    cohort, members, monkeypatch
+):
+    from inference import jobs
+    from pmpd_web.accounts.models import AuditEvent
+    from pmpd_web.jobs.models import Job, JobStatus
+
+    version = make_random_version(cohort)
+    first = jobs.create_scoring(cohort, version, user=members["coordinator"])
+    with pytest.raises(
+        UserFacingError, match=rf"already being scored .* \(job {first.pk}, queued\)"
+    ):
+        jobs.create_scoring(cohort, version, user=members["coordinator"])
+    assert Job.objects.filter(kind=Job.Kind.SCORING).count() == 1
+    # Another version of the same cohort is another job.
+    other = make_random_version(cohort, name="random-weights-2")
+    jobs.create_scoring(cohort, other, user=members["coordinator"])
+    # Once the first has finished, the cohort can be scored with that version again.
+    first.update_status(JobStatus.RUNNING)
+    first.update_status(JobStatus.FAILED, error="worker lost")
+    again = jobs.create_scoring(cohort, version, user=members["coordinator"])
+    assert again.pk != first.pk
+    assert AuditEvent.objects.filter(action="start_scoring").count() == 3
+    event = AuditEvent.objects.filter(action="start_scoring").first()
+    assert event.get_action_display() == "Started scoring"
