@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -19,6 +20,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.utils import timezone
 
 from pmpd_web.cohorts.models import Cohort, Patient
 from pmpd_web.cohorts.vocabulary import STUDY_ID_PATTERN
@@ -216,6 +218,8 @@ def receive_chunk(
         locked.chunks = [*locked.chunks, [offset, length, name]]
         locked.received_bytes = offset + length
         locked.save(update_fields=["chunks", "received_bytes"])
+        # The session's last activity, which `expire_uploads` reads.
+        ImageUpload.objects.filter(pk=locked.upload_id).update(updated_at=timezone.now())
     return locked
 
 
@@ -356,3 +360,34 @@ def purge_received(upload: ImageUpload) -> None:
         for _, _, name in upload_file.chunks:
             default_storage.delete(name)
     upload.files.update(chunks=[])
+
+
+def expire_stale_uploads(*, older_than: timedelta, dry_run: bool = False) -> list[ImageUpload]:
+    """Uploads still receiving files with no activity for ``older_than``: their raw chunks are
+    deleted (they may hold identifying data and fill the disk) and each is marked failed with
+    the reason, unless ``dry_run``. Returns the uploads concerned."""
+    cutoff = timezone.now() - older_than
+    stale = list(
+        ImageUpload.objects.filter(status=ImageUpload.Status.RECEIVING, updated_at__lt=cutoff)
+        .select_related("cohort", "patient")
+        .order_by("pk")
+    )
+    if dry_run:
+        return stale
+    hours = older_than.total_seconds() / 3600
+    for upload in stale:
+        with transaction.atomic():
+            locked = ImageUpload.objects.select_for_update().get(pk=upload.pk)
+            if locked.status != ImageUpload.Status.RECEIVING or locked.updated_at >= cutoff:
+                continue  # a chunk arrived meanwhile
+            purge_received(locked)
+            locked.files.filter(status=UploadFile.Status.RECEIVING).update(
+                status=UploadFile.Status.FAILED, error="expired before it was complete"
+            )
+            locked.status = ImageUpload.Status.FAILED
+            locked.error = (
+                f"Expired: no file arrived for {hours:g} hours, so the partial files were "
+                "deleted. Start a new upload."
+            )
+            locked.save(update_fields=["status", "error", "updated_at"])
+    return stale

@@ -180,3 +180,52 @@ def test_selecting_through_the_api(api, cohort, members, patient_files):
     assert response.status_code == 200 and response.json()["picked_by"] == "coordinator"
     seg = ImageSeries.objects.get(modality="SEG")
     assert api.post(f"/api/cohorts/{cohort.pk}/image-series/{seg.pk}/select/").status_code == 400
+
+
+def test_abandoned_uploads_expire_and_lose_their_partial_files(api, cohort, patient_files):
+    from datetime import timedelta
+    from io import StringIO
+
+    from django.core.files.storage import default_storage
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    _, files = patient_files
+    base = f"/api/cohorts/{cohort.pk}/image-uploads/"
+    name, data = next(iter(files.items()))
+
+    def half_sent() -> tuple[int, str]:
+        upload_id = api.post(base, {}, format="json").json()["id"]
+        declared = api.post(
+            f"{base}{upload_id}/files/",
+            {"files": [{"name": name, "size": len(data)}]},
+            format="json",
+        ).json()
+        content = f"{base}{upload_id}/files/{declared[0]['id']}/content/"
+        put_chunk(api, content, data[: len(data) // 2], 0, len(data))
+        part = UploadFile.objects.get(pk=declared[0]["id"]).chunks[0][2]
+        assert default_storage.exists(part)
+        return upload_id, part
+
+    abandoned, abandoned_part = half_sent()
+    active, active_part = half_sent()
+    ImageUpload.objects.filter(pk=abandoned).update(updated_at=timezone.now() - timedelta(hours=49))
+    out = StringIO()
+    call_command("expire_uploads", "--dry-run", stdout=out)
+    assert f"would expire: upload #{abandoned} " in out.getvalue()
+    assert f"#{active} " not in out.getvalue() and default_storage.exists(abandoned_part)
+
+    call_command("expire_uploads", stdout=out)
+    gone = ImageUpload.objects.get(pk=abandoned)
+    assert gone.status == "failed" and "no file arrived for 48 hours" in gone.error
+    assert not default_storage.exists(abandoned_part)
+    assert gone.files.get().status == "failed" and gone.files.get().chunks == []
+    # The upload still receiving is untouched, and a chunk keeps an upload fresh.
+    assert ImageUpload.objects.get(pk=active).status == "receiving"
+    assert default_storage.exists(active_part)
+    # An expired upload takes no more chunks.
+    file_id = gone.files.get().pk
+    late = put_chunk(
+        api, f"{base}{abandoned}/files/{file_id}/content/", data[:10], len(data) // 2, len(data)
+    )
+    assert late.status_code in (400, 409)
