@@ -10,6 +10,7 @@ shortcuts without bias), so an ImageNet state dict in torchvision's layout loads
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -289,11 +290,64 @@ def prepare_model(
     return model
 
 
+def fuse_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm that follows a convolution into that convolution's
+    weights and bias, in place, and return the model (for inference only: the model must be
+    in eval mode and stay there).
+
+    The output is the same up to float rounding; each fused BatchNorm becomes ``nn.Identity``,
+    which saves one pass over every activation map: about a fifth of ResNet50's CPU time.
+    Pairs are found by name, as MONAI's ResNet lays them out: ``convN`` with ``bnN`` in the
+    stem and the bottlenecks, and ``downsample`` = Sequential(conv, norm).
+    """
+    if model.training:
+        raise ValueError("fuse_batchnorm needs a model in eval mode")
+    for module in list(model.modules()):
+        children = dict(module.named_children())
+        pairs = [
+            (name, "bn" + name.removeprefix("conv")) for name in children if name.startswith("conv")
+        ]
+        if isinstance(module, nn.Sequential):
+            pairs += [(str(i), str(i + 1)) for i in range(len(module) - 1)]
+        for conv_name, bn_name in pairs:
+            conv, bn = children.get(conv_name), children.get(bn_name)
+            if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
+                continue
+            if bn.running_mean is None or bn.running_var is None:
+                continue
+            fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+            setattr(module, conv_name, fused)
+            setattr(module, bn_name, nn.Identity())
+    return model
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo).
+
+    Without either, bf16 autocast on CPU measured slower than fp32 (an AVX2 machine); with
+    AVX512-BF16 it scored a patient 1.7x faster than fp32 (tests/bench/bench_inference_cpu.py).
+    False where /proc/cpuinfo cannot be read (not Linux).
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
 def autocast_context(
-    device: torch.device, *, bf16_on_cpu: bool = False, enabled: bool = True
+    device: torch.device, *, bf16_on_cpu: bool | None = False, enabled: bool = True
 ) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA; on CPU only when asked (it is slower without AVX512-BF16/AMX);
-    nothing when ``enabled`` is False (fp32 throughout, e.g. as a benchmark baseline)."""
+    """bf16 autocast on CUDA; on CPU when asked (``bf16_on_cpu`` True) or, with None, when the
+    CPU has native bf16 (``cpu_has_native_bf16``); nothing when ``enabled`` is False (fp32
+    throughout, e.g. as a benchmark baseline)."""
+    if bf16_on_cpu is None:
+        bf16_on_cpu = cpu_has_native_bf16()
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     if enabled and device.type == "cpu" and bf16_on_cpu:

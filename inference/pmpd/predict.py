@@ -23,6 +23,7 @@ from inference.pmpd.model import (
     ModelConfig,
     PMPDNet,
     autocast_context,
+    fuse_batchnorm,
     prepare_model,
     select_device,
 )
@@ -52,8 +53,10 @@ class PredictConfig:
     Attributes:
         device: "auto" (CUDA when present), "cpu" or "cuda".
         channels_last: channels_last memory format (faster convolutions on GPU and oneDNN).
-        bf16_on_cpu: bf16 autocast on CPU. Off by default: measured slower on CPUs without
-            AVX512-BF16/AMX (see tests/bench/bench_inference_cpu.py); CUDA always uses bf16.
+        bf16_on_cpu: bf16 autocast on CPU: None (default) uses it where the CPU computes bf16
+            natively (AVX512-BF16 or AMX: 1.7x faster, MRS within 0.001 of fp32 in
+            tests/bench/bench_inference_cpu.py) and not elsewhere (slower than fp32 on an AVX2
+            CPU); True or False force it. CUDA always uses bf16.
         patient_call_rule: "fold_majority" (default) calls a patient positive when at least
             half of the folds do, each fold comparing its own positive fraction with its own
             patient threshold; "mean_fraction" compares the mean positive fraction with the
@@ -63,7 +66,7 @@ class PredictConfig:
 
     device: str = "auto"
     channels_last: bool = True
-    bf16_on_cpu: bool = False
+    bf16_on_cpu: bool | None = None
     patient_call_rule: str = "fold_majority"
     batch_size: int = 256
 
@@ -234,9 +237,12 @@ def load_fold_models(
     *,
     device: torch.device | str | None = None,
     channels_last: bool = True,
+    fuse: bool = True,
 ) -> list[FoldModel]:
     """Load fold checkpoints written by ``train.cross_validate`` (``fold_K.pt`` with its model
-    card ``fold_K.json`` beside it; the card is also inside the .pt file)."""
+    card ``fold_K.json`` beside it; the card is also inside the .pt file), in eval mode and,
+    with ``fuse``, with each BatchNorm folded into its convolution (``model.fuse_batchnorm``:
+    the same scores, faster; such a model is for inference and Grad-CAM only)."""
     if not isinstance(device, torch.device):
         device = select_device(device or "auto")
     fold_models = []
@@ -248,8 +254,10 @@ def load_fold_models(
             card = json.loads(card_path.read_text())
         model = PMPDNet(ModelConfig.from_dict(card["model_config"]))
         model.load_state_dict(checkpoint["state_dict"])
-        model = prepare_model(model, device, channels_last=channels_last)
         model.eval()
+        if fuse:
+            fuse_batchnorm(model)
+        model = prepare_model(model, device, channels_last=channels_last)
         fold_models.append(
             FoldModel(
                 model=model,

@@ -3,10 +3,12 @@
     .venv/bin/python tests/bench/bench_inference_cpu.py
 
 Prints, each beside its baseline from the same run:
-  * ``score_patient`` (one batch per fold, inference_mode, channels_last, fp32) beside a plain
-    loop that feeds one patch at a time to models in the default memory format, without
-    inference_mode;
-  * the same ``score_patient`` with bf16 autocast on CPU (the flag the default leaves off);
+  * ``score_patient`` as the platform runs it (fold models from ``load_fold_models``: BatchNorm
+    folded into the convolutions, one batch per fold, inference_mode, channels_last, fp32)
+    beside a plain loop that feeds one patch at a time to models in the default memory
+    format, without inference_mode; and the same without the BatchNorm folding;
+  * the platform's default, which adds bf16 autocast where the CPU computes bf16 natively
+    (AVX512-BF16/AMX), and the same with bf16 forced on;
   * the achieved GFLOP/s (the model's FLOPs counted by FlopCounterMode) beside the measured
     fp32 matrix-multiply peak (torch.mm 2048x2048);
   * the process's peak resident memory.
@@ -29,7 +31,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from inference.pmpd.model import ModelConfig, PMPDNet, prepare_model  # noqa: E402
+from inference.pmpd.model import (  # noqa: E402
+    ModelConfig,
+    PMPDNet,
+    cpu_has_native_bf16,
+    fuse_batchnorm,
+    prepare_model,
+)
 from inference.pmpd.predict import (  # noqa: E402
     FoldModel,
     FoldThresholds,
@@ -59,13 +67,16 @@ def main() -> None:
     torch.manual_seed(0)
     config = ModelConfig(depth=50, input_size=SIZE)
     plain_models = [PMPDNet(config).eval() for _ in range(N_FOLDS)]
-    fold_models = []
+    unfused_models, fold_models = [], []
     for model in plain_models:
-        fast = prepare_model(PMPDNet(config), torch.device("cpu"), channels_last=True)
-        fast.load_state_dict(model.state_dict())
-        fold_models.append(
-            FoldModel(model=fast.eval(), thresholds=FoldThresholds(0.5, 0.5), card={})
-        )
+        for fuse, target in ((False, unfused_models), (True, fold_models)):
+            fast = PMPDNet(config)
+            fast.load_state_dict(model.state_dict())
+            fast.eval()
+            if fuse:
+                fuse_batchnorm(fast)
+            fast = prepare_model(fast, torch.device("cpu"), channels_last=True)
+            target.append(FoldModel(model=fast, thresholds=FoldThresholds(0.5, 0.5), card={}))
     patches = np.random.default_rng(0).random((N_SLICES, 2, SIZE, SIZE), dtype=np.float32)
     tensor = torch.from_numpy(patches)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -77,11 +88,17 @@ def main() -> None:
             for i in range(N_SLICES)
         ]
 
-    fast_s = median_seconds(lambda: score_patient(patches, fold_models), repeats=5)
+    fp32 = PredictConfig(bf16_on_cpu=False)
+    fast_s = median_seconds(lambda: score_patient(patches, fold_models, config=fp32), repeats=5)
+    default_s = median_seconds(lambda: score_patient(patches, fold_models), repeats=5)
     naive_s = median_seconds(naive, repeats=3)
+    unfused_s = median_seconds(
+        lambda: score_patient(patches, unfused_models, config=fp32), repeats=3
+    )
+    unfused_mrs = score_patient(patches, unfused_models, config=fp32).metastasis_risk_score
     bf16 = PredictConfig(bf16_on_cpu=True)
     bf16_s = median_seconds(lambda: score_patient(patches, fold_models, config=bf16), repeats=3)
-    fp32_mrs = score_patient(patches, fold_models).metastasis_risk_score
+    fp32_mrs = score_patient(patches, fold_models, config=fp32).metastasis_risk_score
     bf16_mrs = score_patient(patches, fold_models, config=bf16).metastasis_risk_score
     naive_mrs = float(np.mean(naive()))
 
@@ -94,9 +111,21 @@ def main() -> None:
     peak_gflops = 2 * 2048**3 / mm_s / 1e9
 
     print(f"one patient = {N_FOLDS} folds x {N_SLICES} slices, ResNet50 at {SIZE}x{SIZE}")
+    native = cpu_has_native_bf16()
     print(
-        f"  score_patient (batched, inference_mode, channels_last, fp32): {fast_s:.2f} s"
+        f"  score_patient as the platform runs it (BN folded, bf16 autocast "
+        f"{'on: this CPU has native bf16' if native else 'off: no native bf16 here'}): "
+        f"{default_s:.2f} s   vs  plain fp32 one-patch loop: {naive_s:.2f} s   "
+        f"(x{naive_s / default_s:.2f})"
+    )
+    print(
+        f"  score_patient (fused BN, batched, inference_mode, channels_last, fp32): {fast_s:.2f} s"
         f"   vs  plain one-patch loop: {naive_s:.2f} s   (x{naive_s / fast_s:.2f})"
+    )
+    print(
+        f"  score_patient without the BatchNorm folding:                 {unfused_s:.2f} s"
+        f"   (x{naive_s / unfused_s:.2f} the loop); MRS {unfused_mrs:.4f} vs fused "
+        f"{fp32_mrs:.4f}"
     )
     print(
         f"  score_patient with bf16 autocast on CPU:                     {bf16_s:.2f} s"

@@ -10,6 +10,7 @@ from inference.pmpd.model import (
     PMPDNet,
     adapt_first_conv,
     autocast_context,
+    fuse_batchnorm,
     load_pretrained,
     model_summary,
 )
@@ -172,6 +173,33 @@ def test_autocast_only_on_request_on_cpu():
         assert not torch.is_autocast_enabled("cpu")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_automatic_bf16_on_cpu_follows_the_cpu(monkeypatch, native):
+    from inference.pmpd import model as model_module
+
+    monkeypatch.setattr(model_module, "cpu_has_native_bf16", lambda: native)
+    with autocast_context(torch.device("cpu"), bf16_on_cpu=None):
+        assert torch.is_autocast_enabled("cpu") is native
+    with autocast_context(torch.device("cpu"), bf16_on_cpu=False):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from pathlib import Path
+
+    from inference.pmpd.model import cpu_has_native_bf16
+
+    flags = next(
+        (
+            line
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        ),
+        "",
+    ).split()
+    assert cpu_has_native_bf16() is bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
 def test_invalid_configuration_is_refused():
     with pytest.raises(ValueError, match="depth"):
         ModelConfig(depth=42)
@@ -188,3 +216,33 @@ def test_package_exports_resolve_lazily():
         assert getattr(pmpd, name) is not None
     with pytest.raises(AttributeError):
         pmpd.not_a_name  # noqa: B018
+
+
+def test_fused_batchnorm_scores_the_same_without_any_batchnorm_left():
+    torch.manual_seed(0)
+    model = PMPDNet(ModelConfig(depth=18, input_size=64))
+    # Non-trivial running statistics, as after training.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    images = torch.randn(3, 2, 64, 64)
+    with torch.inference_mode():
+        before = model(images)
+    n_batchnorm = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    n_conv = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert n_batchnorm == n_conv  # every convolution of the ResNet is followed by a norm
+    fuse_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert all(m.bias is not None for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.inference_mode():
+        after = model(images)
+    torch.testing.assert_close(
+        after.metastasis_logit, before.metastasis_logit, atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(after.site_logits, before.site_logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="eval mode"):
+        fuse_batchnorm(PMPDNet(ModelConfig(depth=10, input_size=64)))

@@ -78,7 +78,7 @@ def test_bf16_on_cpu_moves_no_mrs_by_more_than_001():
     rng = np.random.default_rng(2)
     for _ in range(3):
         patches = rng.random((4, 2, 48, 48), dtype=np.float32)
-        fp32 = score_patient(patches, folds)
+        fp32 = score_patient(patches, folds, config=PredictConfig(bf16_on_cpu=False))
         bf16 = score_patient(patches, folds, config=PredictConfig(bf16_on_cpu=True))
         assert abs(bf16.metastasis_risk_score - fp32.metastasis_risk_score) <= 0.01
         assert np.abs(bf16.slice_probabilities - fp32.slice_probabilities).max() <= 0.02
@@ -154,13 +154,21 @@ def test_end_to_end_trains_predicts_and_is_deterministic(phantom_data, tmp_path)
 
     folds = load_fold_models(sorted((tmp_path / "a").glob("fold_*.pt")), device="cpu")
     patient = data[0]
-    prediction = score_patient(patient.inference_patches(), folds)
+    prediction = score_patient(
+        patient.inference_patches(), folds, config=PredictConfig(bf16_on_cpu=False)
+    )
     assert 0.0 <= prediction.metastasis_risk_score <= 1.0
     assert len(prediction.mrs_per_fold) == 5
-    # The held-out fold model reproduces the out-of-fold prediction of that patient.
+    # The held-out fold model reproduces the out-of-fold prediction of that patient (loaded
+    # with BatchNorm folded into the convolutions: float rounding apart).
     own_fold = first.out_of_fold[0].fold
     assert prediction.slice_probabilities[own_fold] == pytest.approx(
-        first.out_of_fold[0].slice_probabilities, abs=1e-5
+        first.out_of_fold[0].slice_probabilities, abs=1e-4
+    )
+    # The platform's default (bf16 where the CPU has it natively) stays within 0.01.
+    default = score_patient(patient.inference_patches(), folds)
+    assert default.metastasis_risk_score == pytest.approx(
+        prediction.metastasis_risk_score, abs=0.01
     )
     heatmaps = ensemble_gradcam(folds, patient.inference_patches())
     assert heatmaps.shape == (len(patient.selected_slices), 32, 32)

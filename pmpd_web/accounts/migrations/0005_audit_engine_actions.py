@@ -4,15 +4,35 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0004_audit_image_actions'),
+        ("accounts", "0004_audit_image_actions"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='auditevent',
-            name='action',
-            field=models.CharField(choices=[('view_patient', 'Viewed patient'), ('change_patient', 'Changed patient'), ('view_cohort', 'Viewed cohort'), ('create_cohort', 'Created cohort'), ('change_cohort', 'Changed cohort'), ('import_preview', 'Previewed table import'), ('import_commit', 'Imported table'), ('export_table', 'Exported table'), ('download_template', 'Downloaded template'), ('ingest_images', 'Uploaded images'), ('select_series', 'Changed the CT series pick'), ('start_training', 'Started model training'), ('start_scoring', 'Started scoring'), ('activate_model_version', 'Activated a model version'), ('login', 'Logged in'), ('logout', 'Logged out')], db_index=True, max_length=32),
+            model_name="auditevent",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("view_patient", "Viewed patient"),
+                    ("change_patient", "Changed patient"),
+                    ("view_cohort", "Viewed cohort"),
+                    ("create_cohort", "Created cohort"),
+                    ("change_cohort", "Changed cohort"),
+                    ("import_preview", "Previewed table import"),
+                    ("import_commit", "Imported table"),
+                    ("export_table", "Exported table"),
+                    ("download_template", "Downloaded template"),
+                    ("ingest_images", "Uploaded images"),
+                    ("select_series", "Changed the CT series pick"),
+                    ("start_training", "Started model training"),
+                    ("start_scoring", "Started scoring"),
+                    ("activate_model_version", "Activated a model version"),
+                    ("login", "Logged in"),
+                    ("logout", "Logged out"),
+                ],
+                db_index=True,
+                max_length=32,
+            ),
         ),
     ]

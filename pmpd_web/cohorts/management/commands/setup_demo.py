@@ -34,7 +34,11 @@ class Command(BaseCommand):
         parser.add_argument("--patients", type=int, default=120)
         parser.add_argument("--seed", type=int, default=2025)
         parser.add_argument(
-            "--size", type=int, default=64, help="in-plane matrix of the phantom volumes"
+            "--size",
+            type=int,
+            default=256,
+            help="in-plane matrix of the phantom volumes (below ~192 the demo model cannot "
+            "see the tumour signal)",
         )
         parser.add_argument(
             "--image-patients",
