@@ -227,6 +227,46 @@ def _train(version: ModelVersion, progress: Progress) -> dict[str, Any]:
     )
 
 
+def shuffled_labels_check(
+    cohort: Cohort, choices: Any, *, seed: int, progress: Progress
+) -> dict[str, Any]:
+    """A negative control: cross-validate exactly as a training of ``choices`` on ``cohort``
+    would, but with the patients' labels (metastasis and sites together) randomly permuted
+    with ``seed``. Nothing is stored. A pipeline that leaks no label information gives an
+    out-of-fold AUROC near 0.5; returns the pooled metrics, patients and seconds."""
+    from inference.pmpd.train import cross_validate
+
+    train_config, preprocess_config = choices.configs()
+    training_set = collect_training_set(
+        cohort,
+        preprocess_config,
+        lambda done, total: progress(
+            int(PREPROCESS_SHARE * done / max(total, 1)),
+            f"Preprocessing: {done} of {total} patients",
+        ),
+    )
+    n = len(training_set.patients)
+    check_class_sizes(
+        training_set.n_metastatic, n - training_set.n_metastatic, train_config.n_folds
+    )
+    order = np.random.default_rng(seed).permutation(n)
+    result = cross_validate(
+        training_set.patches,
+        np.asarray(training_set.labels)[order],
+        train_config,
+        lambda fold, epoch, message, percent: progress(
+            int(PREPROCESS_SHARE + TRAIN_SHARE * percent / 100.0),
+            f"Shuffled labels, {n} patients: {message}",
+        ),
+        patient_ids=[p.study_id for p in training_set.patients],
+        site_labels=np.asarray(training_set.site_labels, dtype=np.float32)[order],
+        preprocess_config=preprocess_config.to_dict(),
+    )
+    return json_safe(
+        {"patients": n, "metrics": result.metrics, "seconds": round(result.seconds, 1)}
+    )
+
+
 def _store_out_of_fold(
     version: ModelVersion,
     training_set: TrainingSet,

@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="phantom in-plane matrix")
     parser.add_argument("--input-size", type=int, default=64)
     parser.add_argument("--depth", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -42,8 +42,9 @@ def main() -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch CPU threads; 1 is steadier than 2 when other work shares the two cores",
+        default=0,
+        help="torch CPU threads (0: torch's default, one per core); 1 is steadier when other "
+        "work shares the cores",
     )
     parser.add_argument("--skip-shuffled", action="store_true")
     args = parser.parse_args()
@@ -92,19 +93,22 @@ def main() -> None:
         learning_rate=args.learning_rate,
         seed=args.seed,
         device="cpu",
-        num_threads=args.threads,
+        num_threads=args.threads or None,
     )
 
     def progress(fold: int, epoch: int, message: str, percent: float) -> None:
         print(f"  [{percent:5.1f}%] {message}", flush=True)
 
+    import torch
+
+    torch_threads = args.threads or torch.get_num_threads()
     runs = [("real labels", labels_arr, "target >= 0.85 in <= 15 min")]
     if not args.skip_shuffled:
         shuffled = np.random.default_rng(args.seed + 1).permutation(labels_arr)
         runs.append(("shuffled labels", shuffled, "target 0.35-0.65"))
     print(
         f"ResNet{args.depth}, input {args.input_size}, {args.epochs} epochs max, "
-        f"{len(angles)} angles x 4 slices, {args.threads} thread(s), "
+        f"{len(angles)} angles x 4 slices, {torch_threads} thread(s), "
         f"early stopping on validation {args.stop_on}"
     )
     for name, run_labels, target in runs:

@@ -99,6 +99,67 @@ def test_train_and_predict_commands(cohort):
     with pytest.raises(CommandError, match="exists"):
         run("train_pmpd", "--cohort", cohort.name, "--name", "cli-1")
 
+    # The negative control trains on permuted labels and stores nothing.
+    predictions = PatientPrediction.objects.count()
+    out = run(
+        "train_pmpd",
+        "--cohort",
+        cohort.name,
+        "--shuffled-labels",
+        "--depth",
+        "10",
+        "--input-size",
+        "32",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--seed",
+        "3",
+    )
+    assert "labels permuted with seed 3; nothing is stored" in out
+    assert "Shuffled labels, 10 patients, " in out and "out-of-fold patient AUROC (MRS) 0." in out
+    assert ModelVersion.objects.count() == 1 and PatientPrediction.objects.count() == predictions
+
+
+def test_the_shuffled_labels_check_permutes_metastasis_and_sites_together(cohort, monkeypatch):
+    import numpy as np
+
+    from inference import training
+    from inference.pmpd import train
+
+    make_imaged_cohort(cohort)
+    seen = {}
+
+    def fake_cross_validate(patches, labels, config, progress, *, patient_ids, site_labels, **kw):
+        seen.update(labels=np.asarray(labels), sites=site_labels, ids=patient_ids)
+        return dataclasses.make_dataclass("R", ["metrics", "seconds"])({"auc": 0.5}, 1.0)
+
+    monkeypatch.setattr(train, "cross_validate", fake_cross_validate)
+    choices = dataclasses.replace(TINY, input_size=32)
+    training_set = training.collect_training_set(
+        cohort, choices.configs()[1], lambda done, total: None
+    )
+    original = {
+        p.study_id: (label, tuple(sites))
+        for p, label, sites in zip(
+            training_set.patients, training_set.labels, training_set.site_labels, strict=True
+        )
+    }
+    result = training.shuffled_labels_check(
+        cohort, choices, seed=1, progress=lambda percent, phrase: None
+    )
+    assert result["patients"] == 10
+    assert sorted(seen["labels"]) == sorted(label for label, _ in original.values())
+    # Each patient's metastasis label travels with its site labels (a permutation of patients).
+    pairs = sorted(
+        (int(lab), tuple(np.nan_to_num(s, nan=-1)))
+        for lab, s in zip(seen["labels"], seen["sites"], strict=True)
+    )
+    expected = sorted((lab, tuple(np.nan_to_num(s, nan=-1))) for lab, s in original.values())
+    assert pairs == expected
+    assert [original[i][0] for i in seen["ids"]] != list(seen["labels"])
+
 
 def test_the_demo_trains_scores_and_then_reuses(cohort, monkeypatch):
     out = io.StringIO()
