@@ -75,8 +75,11 @@ bench: install
 	@set -e; for script in tests/bench/bench_*.py; do \
 		echo "== $$script"; PYTHONPATH=. $(PY) $$script; done
 
+# On a machine with an NVIDIA GPU: the GPU benchmark, then a short ResNet50 training at 224.
 bench-gpu:
 	PYTHONPATH=. python3 tests/bench/gpu_bench.py
+	PYTHONPATH=. python3 tests/bench/bench_train_cpu.py --device cuda --depth 50 \
+		--input-size 224 --epochs 4 --skip-shuffled
 
 clean:
 	rm -rf var/staticfiles var/celery-broker

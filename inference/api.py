@@ -73,6 +73,7 @@ class ModelVersionViewSet(
                     max_epochs=data["max_epochs"],
                     n_folds=data["n_folds"],
                     seed=data["seed"],
+                    early_stopping_metric=data["early_stopping"],
                 ),
                 name=data["name"],
             )

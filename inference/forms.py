@@ -5,7 +5,7 @@ from typing import Any
 from django import forms
 
 from .models import ModelVersion
-from .registry import DEPTHS, TrainingChoices, scoring_choices
+from .registry import DEPTHS, EARLY_STOPPING, TrainingChoices, scoring_choices
 
 
 class TrainingForm(forms.Form):
@@ -30,6 +30,14 @@ class TrainingForm(forms.Form):
         max_value=500,
         initial=30,
     )
+    early_stopping = forms.ChoiceField(
+        label="Early stopping on",
+        choices=EARLY_STOPPING,
+        initial="loss",
+        required=False,
+        help_text="The inner validation split of a fold has a fifth of its training patients: "
+        "under ~200 patients its loss is too noisy to stop on, so train every epoch",
+    )
     n_folds = forms.IntegerField(label="Folds", min_value=2, max_value=10, initial=5)
     seed = forms.IntegerField(min_value=0, initial=0, help_text="Seeds the folds and the weights")
 
@@ -41,6 +49,7 @@ class TrainingForm(forms.Form):
             max_epochs=data["max_epochs"],
             n_folds=data["n_folds"],
             seed=data["seed"],
+            early_stopping_metric=data.get("early_stopping") or "loss",
         )
 
 

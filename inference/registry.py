@@ -40,6 +40,11 @@ if TYPE_CHECKING:  # the engine imports torch: web pages load this module withou
 User = AbstractBaseUser | AnonymousUser
 
 DEPTHS = (10, 18, 34, 50)
+EARLY_STOPPING = (
+    ("loss", "Validation loss (the paper's scale: hundreds of patients)"),
+    ("auroc", "Validation slice AUROC"),
+    ("none", "None: every epoch, cosine schedule to the end (small cohorts)"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +63,7 @@ class TrainingChoices:
     learning_rate: float | None = None
     rotation_angles_deg: tuple[float, ...] | None = None
     num_threads: int | None = None
+    early_stopping_metric: str | None = None
 
     def configs(self) -> tuple[TrainConfig, PreprocessConfig]:
         """The engine configurations; ``UserFacingError`` when a value is out of range."""
@@ -78,6 +84,7 @@ class TrainingChoices:
                 ("batch_size", self.batch_size),
                 ("learning_rate", self.learning_rate),
                 ("num_threads", self.num_threads),
+                ("early_stopping_metric", self.early_stopping_metric),
             )
             if value is not None
         }

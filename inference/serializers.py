@@ -7,7 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .models import ModelVersion, PatientPrediction
-from .registry import DEPTHS
+from .registry import DEPTHS, EARLY_STOPPING
 from .services import RESEARCH_USE_ONLY, card_for, trained_on_label
 
 
@@ -60,6 +60,11 @@ class TrainingRequestSerializer(serializers.Serializer):
     max_epochs = serializers.IntegerField(min_value=1, max_value=500, default=30)
     n_folds = serializers.IntegerField(min_value=2, max_value=10, default=5)
     seed = serializers.IntegerField(min_value=0, default=0)
+    early_stopping = serializers.ChoiceField(
+        choices=[value for value, _ in EARLY_STOPPING],
+        default="loss",
+        help_text="loss or auroc of the inner validation split, or none (every epoch runs)",
+    )
 
 
 class ScoringRequestSerializer(serializers.Serializer):

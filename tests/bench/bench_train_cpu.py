@@ -7,6 +7,10 @@ real labels >= 0.85 within 15 minutes, shuffled labels between 0.35 and 0.65. It
 nothing: timings on a shared machine vary, and the numbers are for a person to read.
 
     .venv/bin/python tests/bench/bench_train_cpu.py [--patients 120] [--depth 10] ...
+    python tests/bench/bench_train_cpu.py --device cuda --depth 50 --input-size 224  # on a GPU
+
+(Until 2026-11-26 the device was fixed to "cpu": the "short GPU training" of the first GPU
+session therefore ran ResNet50 at 224 on one CPU thread and seemed to stall at fold 1.)
 """
 
 from __future__ import annotations
@@ -32,19 +36,31 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="phantom in-plane matrix")
     parser.add_argument("--input-size", type=int, default=64)
     parser.add_argument("--depth", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--angles", type=int, default=6, help="rotations per slice (0 first)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stop-on", choices=("loss", "auroc"), default="loss")
+    parser.add_argument(
+        "--stop-on",
+        choices=("loss", "auroc", "none"),
+        default="none",
+        help="early stopping on the inner validation loss or AUROC, or none (every epoch)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=0,
         help="torch CPU threads (0: torch's default, one per core); 1 is steadier when other "
         "work shares the cores",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (the check this script is for), cuda or auto: the GPU script runs the short "
+        "ResNet50 training with --device cuda",
     )
     parser.add_argument("--skip-shuffled", action="store_true")
     args = parser.parse_args()
@@ -91,8 +107,9 @@ def main() -> None:
         early_stopping_metric=args.stop_on,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
         seed=args.seed,
-        device="cpu",
+        device=args.device,
         num_threads=args.threads or None,
     )
 
@@ -108,8 +125,9 @@ def main() -> None:
         runs.append(("shuffled labels", shuffled, "target 0.35-0.65"))
     print(
         f"ResNet{args.depth}, input {args.input_size}, {args.epochs} epochs max, "
+        f"device {args.device}, "
         f"{len(angles)} angles x 4 slices, {torch_threads} thread(s), "
-        f"early stopping on validation {args.stop_on}"
+        f"early stopping: {args.stop_on}"
     )
     for name, run_labels, target in runs:
         t0 = time.perf_counter()

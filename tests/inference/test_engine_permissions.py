@@ -214,14 +214,36 @@ def test_starting_jobs_from_the_page_and_the_api(world, members, queued, cohort)
             "max_epochs": 2,
             "n_folds": 5,
             "seed": 1,
+            "early_stopping": "none",
         },
     )
     assert response.status_code == 302
     version = ModelVersion.objects.get(name="from-the-page")
     assert version.status == "training" and version.job.kind == "training"
     assert version.config["train"]["model"]["depth"] == 10
+    assert version.config["train"]["early_stopping_metric"] == "none"
+    through_api = client.post(
+        "/api/model-versions/",
+        {
+            "cohort": cohort.pk,
+            "name": "from-the-api",
+            "depth": 10,
+            "input_size": 64,
+            "early_stopping": "auroc",
+        },
+        format="json",
+    )
+    assert through_api.status_code == 202, through_api.content
+    api_version = ModelVersion.objects.get(name="from-the-api")
+    assert api_version.config["train"]["early_stopping_metric"] == "auroc"
+    wrong = client.post(
+        "/api/model-versions/",
+        {"cohort": cohort.pk, "name": "x2", "early_stopping": "sometimes"},
+        format="json",
+    )
+    assert wrong.status_code == 400 and "early_stopping" in wrong.json()
     assert version.config["preprocess"]["input_size"] == 64
-    assert queued == [("inference.tasks.gpu_train_model", (version.job_id, version.pk))]
+    assert queued[0] == ("inference.tasks.gpu_train_model", (version.job_id, version.pk))
     page = client.get(f"/cohorts/{cohort.pk}/engine/")
     assert b"from-the-page" in page.content and b'role="progressbar"' in page.content
     # Refusals come back as messages, not errors.

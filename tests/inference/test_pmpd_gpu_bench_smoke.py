@@ -52,3 +52,25 @@ def test_gpu_bench_smoke_run_without_simpleitk_or_pydicom(tmp_path):
     assert results["fp32_eager_patches_per_s"] > 0
     assert results["train_epoch_bf16_channels_last_s"] > 0
     assert results["train_epoch_fp32_s"] > 0
+
+
+def test_the_training_check_runs_on_the_device_it_is_given():
+    """The short training of ``make bench-gpu`` passes its --device through (it once trained on
+    the CPU whatever it was given); here at tiny sizes on the CPU."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "tests/bench/bench_train_cpu.py",
+            *("--patients", "14", "--size", "64", "--input-size", "32", "--epochs", "1"),
+            *("--angles", "2", "--threads", "1", "--device", "cpu"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "device cpu" in completed.stdout
+    assert "real labels: out-of-fold patient AUROC (MRS) " in completed.stdout
+    assert "shuffled labels: out-of-fold patient AUROC (MRS) " in completed.stdout

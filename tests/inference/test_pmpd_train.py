@@ -195,3 +195,21 @@ def test_thread_count_is_restored_after_cross_validation():
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_epoch_scores_of_each_early_stopping_metric():
+    from inference.pmpd.train import epoch_score
+
+    first = {"epoch": 1, "validation_loss": 0.50, "validation_slice_auroc": 0.70}
+    second = {"epoch": 2, "validation_loss": 0.60, "validation_slice_auroc": 0.80}
+    undefined = {"epoch": 3, "validation_loss": 0.40, "validation_slice_auroc": float("nan")}
+    assert epoch_score(first, "loss") > epoch_score(second, "loss")
+    assert epoch_score(second, "auroc") > epoch_score(first, "auroc")
+    # An AUROC of one class only counts as 0.5; a tie goes to the lower loss.
+    assert epoch_score(undefined, "auroc") == (0.5, -0.4)
+    tie = {**second, "validation_loss": 0.55}
+    assert epoch_score(tie, "auroc") > epoch_score(second, "auroc")
+    # Without early stopping the last epoch is always the best.
+    assert epoch_score(undefined, "none") > epoch_score(second, "none") > epoch_score(first, "none")
+    with pytest.raises(ValueError, match="early_stopping_metric"):
+        TrainConfig(early_stopping_metric="sometimes")

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from inference.console import progress_bar, report_training
 from inference.jobs import create_training, execute_training
 from inference.models import ModelVersion
-from inference.registry import DEPTHS, TrainingChoices, activate
+from inference.registry import DEPTHS, EARLY_STOPPING, TrainingChoices, activate
 from pmpd_web.cohorts.models import Cohort
 from pmpd_web.jobs.runner import UserFacingError
 
@@ -43,6 +43,13 @@ class Command(BaseCommand):
         parser.add_argument("--patience", type=int, default=None, help="early-stopping epochs")
         parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         parser.add_argument(
+            "--early-stopping",
+            choices=[value for value, _ in EARLY_STOPPING],
+            default=None,
+            help="what the inner validation split stops on (default: loss); none runs every "
+            "epoch, better under ~200 patients",
+        )
+        parser.add_argument(
             "--pretrained",
             default=None,
             help="a local torchvision-style ResNet weights file (default: from scratch)",
@@ -70,6 +77,7 @@ class Command(BaseCommand):
             learning_rate=options["learning_rate"],
             early_stopping_patience=options["patience"],
             num_threads=options["threads"],
+            early_stopping_metric=options["early_stopping"],
         )
         if options["shuffled_labels"]:
             self._shuffled(cohort, choices, seed=options["seed"])
