@@ -75,6 +75,9 @@ def test_embedded_defaults_need_no_server(tmp_path):
     assert engine_line == f"django.db.backends.sqlite3 {tmp_path / 'pmpd.sqlite3'}"
     # A real worker consumes the file-system broker: not eager mode.
     assert broker_line == "filesystem:// False True"
+    # The file-system broker's folders exist before any worker or web process lists them.
+    assert (tmp_path / "celery-broker" / "queue").is_dir()
+    assert (tmp_path / "celery-broker" / "processed").is_dir()
 
 
 def compose() -> dict:
@@ -183,3 +186,34 @@ def test_redis_visibility_timeout_comes_from_the_environment():
         assert result.returncode == 0, result.stderr
         seen.append(result.stdout.strip())
     assert seen == ["21600", "900"]
+
+
+def test_the_embedded_worker_starts_on_a_fresh_data_folder(tmp_path):
+    """`make serve` on a fresh clone: a worker on the file-system broker, nothing created yet."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "CELERY_BROKER_URL") and not k.startswith("PMPD_")
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "pmpd_web", "worker", "-Q", "cpu,gpu"]
+        + ["--pool", "solo", "--loglevel", "INFO"],
+        cwd=REPO,
+        env={**clean, "PMPD_DATA_DIR": str(tmp_path / "var")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if " ready." in line or "Unrecoverable error" in line:
+                break
+        output = "".join(lines)
+        assert "Unrecoverable error" not in output, output[-3000:]
+        assert " ready." in output and process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
