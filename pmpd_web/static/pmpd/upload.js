@@ -34,6 +34,9 @@
     var entries = [];
     var resumable = null;
     var busy = false;
+    // Set when an upload stops on an error: the other files stop too, and the progress
+    // display (drawn on the next animation frame) no longer overwrites the reason.
+    var stopped = false;
     var frame = 0;
 
     function request(method, url, body, headers) {
@@ -106,7 +109,9 @@
         var bar = el("overall-bar");
         bar.setAttribute("aria-valuenow", percent.toFixed(0));
         bar.querySelector("span").style.width = percent.toFixed(1) + "%";
-        el("overall-text").textContent = formatBytes(sent) + " of " + formatBytes(total) + " sent (" + percent.toFixed(1) + "%).";
+        if (!stopped) {
+          el("overall-text").textContent = formatBytes(sent) + " of " + formatBytes(total) + " sent (" + percent.toFixed(1) + "%).";
+        }
       });
     }
 
@@ -180,6 +185,10 @@
       entry.sent = offset;
       var failures = 0;
       function step() {
+        if (stopped) {
+          entry.state.textContent = entry.done ? "received" : "paused";
+          return Promise.resolve();
+        }
         if (offset >= entry.file.size) {
           entry.done = true;
           entry.state.textContent = "received";
@@ -238,6 +247,7 @@
 
     function start() {
       busy = true;
+      stopped = false;
       el("start").disabled = true;
       el("resume").hidden = true;
       var created = resumable ? Promise.resolve(resumable) : request("POST", uploadsUrl, {
@@ -257,7 +267,7 @@
       }).then(function () {
         var queue = entries.slice();
         function worker() {
-          var entry = queue.shift();
+          var entry = stopped ? null : queue.shift();
           return entry ? sendFile(upload, entry).then(worker) : Promise.resolve();
         }
         var workers = [];
@@ -271,6 +281,7 @@
         localStorage.removeItem(storageKey);
         window.location.href = root.dataset.detailUrl.replace(/\/0\/$/, "/" + upload.id + "/");
       }).catch(function (error) {
+        stopped = true;
         busy = false;
         el("start").disabled = false;
         var text = error && error.message ? error.message : String(error);
