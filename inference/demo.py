@@ -11,12 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from pmpd_web.cohorts.models import Cohort
-from pmpd_web.jobs.models import FINISHED, Job, JobStatus
+from pmpd_web.jobs.models import JobStatus
 from pmpd_web.jobs.runner import UserFacingError
 
 from .cache import with_images
 from .console import progress_bar, report_scoring, report_training
-from .jobs import create_scoring, create_training, execute_scoring, execute_training
+from .jobs import (
+    create_scoring,
+    create_training,
+    execute_scoring,
+    execute_training,
+    unfinished_scorings,
+)
 from .models import ModelVersion
 from .registry import TrainingChoices, activate
 
@@ -86,9 +92,7 @@ def run_demo_engine(cohort: Cohort, *, stdout: Any) -> ModelVersion | None:
 
     # A demo run interrupted while scoring (Ctrl-C) leaves its job unfinished; it scores here
     # and now, in this process, so no worker will ever finish that one.
-    for stale in Job.objects.filter(
-        kind=Job.Kind.SCORING, cohort=cohort, result__model_version=version.pk
-    ).exclude(status__in=FINISHED):
+    for stale in unfinished_scorings(cohort, version):
         stale.update_status(JobStatus.CANCELLED, phrase="Interrupted demo run")
     job = create_scoring(cohort, version, user=None)
     with progress_bar(f"Scoring {cohort.name}") as progress:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction
@@ -73,6 +74,15 @@ def start_training(
     return version
 
 
+def unfinished_scorings(cohort: Cohort, version: ModelVersion) -> QuerySet[Job]:
+    """Scoring jobs of ``cohort`` with ``version`` that are queued or running, oldest first."""
+    return (
+        Job.objects.filter(kind=Job.Kind.SCORING, cohort=cohort, result__model_version=version.pk)
+        .exclude(status__in=FINISHED)
+        .order_by("pk")
+    )
+
+
 def create_scoring(cohort: Cohort, version: ModelVersion, *, user: Any) -> Job:
     """A queued scoring job for the cohort (not yet sent to a worker)."""
     if version.status != ModelVersion.Status.READY:
@@ -85,35 +95,26 @@ def create_scoring(cohort: Cohort, version: ModelVersion, *, user: Any) -> Job:
     # on the cohort make the check and the creation atomic across web processes.
     with transaction.atomic():
         Cohort.objects.select_for_update().filter(pk=cohort.pk).first()
-        busy = (
-            Job.objects.filter(
-                kind=Job.Kind.SCORING,
-                cohort=cohort,
-                result__model_version=version.pk,
-            )
-            .exclude(status__in=FINISHED)
-            .order_by("pk")
-            .first()
-        )
+        busy = unfinished_scorings(cohort, version).first()
         if busy is not None:
             raise UserFacingError(
                 f"{cohort.name} is already being scored with {version.name} (job {busy.pk}, "
                 f"{busy.get_status_display().lower()}): wait for it to finish."
             )
-        return _new_scoring_job(cohort, version, user=user)
-
-
-def _new_scoring_job(cohort: Cohort, version: ModelVersion, *, user: Any) -> Job:
-    job = Job.objects.create(
-        kind=Job.Kind.SCORING,
-        cohort=cohort,
-        created_by=user if getattr(user, "is_authenticated", False) else None,
-        phrase=f"Waiting for a GPU worker to score with {version.name}"[:200],
-        result={"model_version": version.pk},
-    )
-    audit(
-        user, AuditAction.START_SCORING, cohort=cohort, label=version.name, model_version=version.pk
-    )
+        job = Job.objects.create(
+            kind=Job.Kind.SCORING,
+            cohort=cohort,
+            created_by=user if getattr(user, "is_authenticated", False) else None,
+            phrase=f"Waiting for a GPU worker to score with {version.name}"[:200],
+            result={"model_version": version.pk},
+        )
+        audit(
+            user,
+            AuditAction.START_SCORING,
+            cohort=cohort,
+            label=version.name,
+            model_version=version.pk,
+        )
     return job
 
 

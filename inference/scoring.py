@@ -76,9 +76,9 @@ def score_patient_with(
     )
 
 
-def _scored_meanwhile(patient: Patient, version: ModelVersion, config: Any) -> bool:
+def _scored_meanwhile(patient: Patient, version: ModelVersion, wanted_hash: str) -> bool:
     return PatientPrediction.objects.filter(
-        patient=patient, model_version=version, input_hash=input_hash_for(patient, config)
+        patient=patient, model_version=version, input_hash=wanted_hash
     ).exists()
 
 
@@ -116,12 +116,17 @@ def score_cohort(cohort_id: int, version_id: int, progress: Progress) -> dict[st
     for done, patient in enumerate(patients, start=1):
         current = stored.get(patient.pk)
         try:
-            if current is not None and current.source == PatientPrediction.Source.OUT_OF_FOLD:
+            out_of_fold = (
+                current is not None and current.source == PatientPrediction.Source.OUT_OF_FOLD
+            )
+            wanted = None if out_of_fold else input_hash_for(patient, config)
+            if out_of_fold:
                 kept_out_of_fold += 1
-            elif current is not None and current.input_hash == input_hash_for(patient, config):
-                already_scored += 1
-            elif _scored_meanwhile(patient, version, config):
-                # Another delivery of this job (a worker thought dead) got there first.
+            elif (current is not None and current.input_hash == wanted) or _scored_meanwhile(
+                patient, version, wanted
+            ):
+                # Up to date, or another delivery of this job (a worker thought dead) got
+                # there first.
                 already_scored += 1
             else:
                 patches = preprocessed_for(patient, config)

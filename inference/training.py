@@ -152,6 +152,27 @@ def train_model_version(version_id: int, progress: Progress) -> dict[str, Any]:
         raise
 
 
+def _preprocessing_progress(progress: Progress) -> Callable[[int, int], None]:
+    """``collect_training_set``'s (done, total) as the job's first PREPROCESS_SHARE percent."""
+
+    def report(done: int, total: int) -> None:
+        progress(
+            int(PREPROCESS_SHARE * done / max(total, 1)),
+            f"Preprocessing: {done} of {total} patients",
+        )
+
+    return report
+
+
+def _training_progress(progress: Progress, label: str) -> Callable[[int, int, str, float], None]:
+    """``cross_validate``'s progress as the job's next TRAIN_SHARE percent."""
+
+    def report(fold: int, epoch: int, message: str, percent: float) -> None:
+        progress(int(PREPROCESS_SHARE + TRAIN_SHARE * percent / 100.0), f"{label}: {message}")
+
+    return report
+
+
 def _train(version: ModelVersion, progress: Progress) -> dict[str, Any]:
     from inference.pmpd.train import cross_validate
 
@@ -159,24 +180,15 @@ def _train(version: ModelVersion, progress: Progress) -> dict[str, Any]:
     train_config = train_config_of(version)
     preprocess_config = preprocess_config_of(version)
 
-    def preprocessing(done: int, total: int) -> None:
-        progress(
-            int(PREPROCESS_SHARE * done / max(total, 1)),
-            f"Preprocessing: {done} of {total} patients",
-        )
-
-    training_set = collect_training_set(cohort, preprocess_config, preprocessing)
+    training_set = collect_training_set(
+        cohort, preprocess_config, _preprocessing_progress(progress)
+    )
     n = len(training_set.patients)
     check_class_sizes(
         training_set.n_metastatic, n - training_set.n_metastatic, train_config.n_folds
     )
 
-    def training(fold: int, epoch: int, message: str, percent: float) -> None:
-        progress(
-            int(PREPROCESS_SHARE + TRAIN_SHARE * percent / 100.0),
-            f"Training on {n} patients: {message}",
-        )
-
+    training = _training_progress(progress, f"Training on {n} patients")
     with tempfile.TemporaryDirectory(prefix="pmpd-train-") as folder:
         result = cross_validate(
             training_set.patches,
@@ -238,12 +250,7 @@ def shuffled_labels_check(
 
     train_config, preprocess_config = choices.configs()
     training_set = collect_training_set(
-        cohort,
-        preprocess_config,
-        lambda done, total: progress(
-            int(PREPROCESS_SHARE * done / max(total, 1)),
-            f"Preprocessing: {done} of {total} patients",
-        ),
+        cohort, preprocess_config, _preprocessing_progress(progress)
     )
     n = len(training_set.patients)
     check_class_sizes(
@@ -254,10 +261,7 @@ def shuffled_labels_check(
         training_set.patches,
         np.asarray(training_set.labels)[order],
         train_config,
-        lambda fold, epoch, message, percent: progress(
-            int(PREPROCESS_SHARE + TRAIN_SHARE * percent / 100.0),
-            f"Shuffled labels, {n} patients: {message}",
-        ),
+        _training_progress(progress, f"Shuffled labels, {n} patients"),
         patient_ids=[p.study_id for p in training_set.patients],
         site_labels=np.asarray(training_set.site_labels, dtype=np.float32)[order],
         preprocess_config=preprocess_config.to_dict(),

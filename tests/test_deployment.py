@@ -48,6 +48,15 @@ def test_production_profile_requires_a_secret_key():
     assert "DJANGO_SECRET_KEY must be set in the production profile" in result.stderr
 
 
+def embedded_environment() -> dict[str, str]:
+    """This environment without the settings that would leave the embedded defaults."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "CELERY_BROKER_URL") and not k.startswith("PMPD_")
+    }
+
+
 def test_embedded_defaults_need_no_server(tmp_path):
     env = {"PMPD_DATA_DIR": str(tmp_path), "DATABASE_URL": "", "CELERY_BROKER_URL": ""}
     env = {k: v for k, v in env.items() if v}
@@ -57,11 +66,7 @@ def test_embedded_defaults_need_no_server(tmp_path):
         "print(s.DATABASES['default']['ENGINE'], s.DATABASES['default']['NAME']);"
         "print(s.CELERY_BROKER_URL, s.CELERY_TASK_ALWAYS_EAGER, s.DEBUG)"
     )
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "CELERY_BROKER_URL") and not k.startswith("PMPD_")
-    }
+    clean = embedded_environment()
     result = subprocess.run(
         [sys.executable, "-c", script],
         cwd=REPO,
@@ -190,11 +195,7 @@ def test_redis_visibility_timeout_comes_from_the_environment():
 
 def test_the_embedded_worker_starts_on_a_fresh_data_folder(tmp_path):
     """`make serve` on a fresh clone: a worker on the file-system broker, nothing created yet."""
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "CELERY_BROKER_URL") and not k.startswith("PMPD_")
-    }
+    clean = embedded_environment()
     process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "pmpd_web", "worker", "-Q", "cpu,gpu"]
         + ["--pool", "solo", "--loglevel", "INFO"],

@@ -5,30 +5,18 @@ screenshot of the run is kept under test-artifacts/."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser import ARTIFACTS, chromium
 from dicom_fixtures import phantom
 from django.conf import settings
 from factories import make_patient
 from imagemaker import dicom_series, folder_files, ingest, write_volume
-from playwright.sync_api import Browser, Frame, Page, sync_playwright
+from playwright.sync_api import Frame, Page
 
 STUDY_ID = "PMPD-E2E"
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # The viewer is about 20 MB of JavaScript: generous, bounded waits.
 VIEWER_LOAD_S = 180
 # The viewport's pixels as the page shows them: mean and standard deviation of the grey level,
@@ -55,20 +43,6 @@ VIEWPORT_PIXELS_JS = """canvas => {
   return {mean, std: Math.sqrt(Math.max(squares / n - mean * mean, 0)), levels: levels.size,
           coloured};
 }"""
-
-
-@contextlib.contextmanager
-def chromium() -> Iterator[Browser]:
-    """Debian's Chromium, headless. Started after the test's rows exist: Playwright's sync API
-    runs an event loop in this thread, where Django then refuses database calls."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def _viewer_frame(page: Page) -> Frame:
