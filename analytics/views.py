@@ -21,9 +21,9 @@ from analytics.catalogue import MODEL_SECTIONS, SECTIONS, Entry, entries
 from analytics.parameters import AnalysisParameters, ParameterError, parse_parameters
 from inference.models import ModelVersion
 from pmpd_web.accounts.audit import record as audit
-from pmpd_web.accounts.decorators import cohort_page
 from pmpd_web.accounts.models import AuditAction
 from pmpd_web.accounts.permissions import Action, require, visible_cohorts
+from pmpd_web.cohorts.decorators import cohort_page
 from pmpd_web.cohorts.models import Cohort, Patient
 
 #: The parameters each section's form offers (the others travel as hidden fields).

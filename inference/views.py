@@ -14,8 +14,8 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from pmpd_web.accounts.decorators import cohort_page
 from pmpd_web.accounts.permissions import Action, can
+from pmpd_web.cohorts.decorators import cohort_page
 from pmpd_web.cohorts.models import Cohort
 from pmpd_web.jobs.models import Job
 from pmpd_web.jobs.runner import UserFacingError

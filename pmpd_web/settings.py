@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "pmpd_web.imaging",
     "inference",
     "analytics",
+    "pmpd_web.demo",
 ]
 
 MIDDLEWARE = [
@@ -216,12 +217,15 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = DATA_DIR / "celery-broker"
     # kombu's file-system transport lists these folders and fails when they are missing (a
     # fresh clone's worker stopped with FileNotFoundError before the first task was sent).
-    for _folder in ("queue", "processed"):
+    # Its control folder (broadcast exchanges such as celery.pidbox) defaults to "control" in the
+    # working directory; keep it under the data folder with the rest.
+    for _folder in ("queue", "processed", "control"):
         (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
 else:

@@ -18,9 +18,9 @@ from django.views.decorators.http import require_POST
 from analytics.services import patient_risk_context
 from inference.services import prediction_context
 from pmpd_web.accounts.audit import record as audit
-from pmpd_web.accounts.decorators import cohort_page
 from pmpd_web.accounts.models import AuditAction, Membership, Role
 from pmpd_web.accounts.permissions import ROLE_ACTIONS, Action, can, role_of, visible_cohorts
+from pmpd_web.cohorts.decorators import cohort_page
 from pmpd_web.imaging.models import ImagingStudy
 from pmpd_web.jobs.runner import UserFacingError
 

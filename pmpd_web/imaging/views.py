@@ -11,9 +11,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from pmpd_web.accounts.audit import record as audit
-from pmpd_web.accounts.decorators import cohort_page
 from pmpd_web.accounts.models import AuditAction
 from pmpd_web.accounts.permissions import Action, can
+from pmpd_web.cohorts.decorators import cohort_page
 from pmpd_web.cohorts.models import Patient
 from pmpd_web.jobs.runner import UserFacingError
 

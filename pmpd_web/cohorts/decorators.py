@@ -7,7 +7,9 @@ from functools import wraps
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404
 
-from .permissions import Action, require
+from pmpd_web.accounts.permissions import Action, require
+
+from .models import Cohort
 
 
 def cohort_page(action: Action):
@@ -17,8 +19,6 @@ def cohort_page(action: Action):
         @login_required
         @wraps(view)
         def wrapper(request, cohort_id: int, *args, **kwargs):
-            from pmpd_web.cohorts.models import Cohort
-
             require(request.user, cohort_id, action)
             request.cohort = get_object_or_404(Cohort, pk=cohort_id)
             return view(request, request.cohort, *args, **kwargs)
