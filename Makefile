@@ -9,19 +9,41 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# PyTorch's CPU wheels: a fresh machine anywhere gets the CPU build of the pinned torch.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# The lock (pip-compile of pyproject.toml with the dev extra); `make lock` writes it again.
+LOCK := requirements/dev.txt
+# Extra pytest arguments: `make test PYTEST_ARGS="-k import -x"`.
+PYTEST_ARGS ?=
+TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
+	PMPD_TEST_REDIS_URL=$(TEST_REDIS_URL)
 
-.PHONY: install frontend browser test e2e lint demo serve worker bench bench-gpu clean
+.PHONY: install frontend browser test test-fast e2e lint lock demo serve worker bench bench-gpu \
+	clean
 
 # The page assets and the OHIF viewer (frontend/build.mjs), both build outputs outside git.
 FRONTEND_BUILT := pmpd_web/static/vendor/.built pmpd_web/ohif/.build-info.json
 
 install: $(STAMP) $(FRONTEND_BUILT)
 
-$(STAMP): pyproject.toml
+# torch first, from its CPU index (the lock names the +cpu build), then the lock without that
+# index (every other package from PyPI), then the project itself.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q --extra-index-url $(TORCH_INDEX) "$$(grep -m1 '^torch==' $(LOCK))"
+	$(VENV)/bin/pip install -q -r $(LOCK)
+	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
+
+# Resolve pyproject.toml's dependencies again into the locks (after changing them): dev.txt for
+# make install, base.txt (no dev extra) for the Docker images.
+lock:
+	$(VENV)/bin/pip install -q pip-tools
+	$(VENV)/bin/pip-compile -q --extra dev --strip-extras --no-emit-index-url \
+		--no-emit-find-links -o $(LOCK) pyproject.toml
+	$(VENV)/bin/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links \
+		-o requirements/base.txt pyproject.toml
 
 frontend: $(FRONTEND_BUILT)
 
@@ -38,19 +60,27 @@ browser:
 		apt-get update -q && apt-get install -y -q chromium; \
 	fi
 
+# Style, the import contracts (.importlinter) and the type checker (pyproject's [tool.mypy]).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
+# Everything, with coverage reported (not gated).
 test: install browser lint
 	$(PY) manage.py makemigrations --check --dry-run
-	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
-		PMPD_TEST_REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest -p no:cacheprovider
+	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider --cov --cov-report=term:skip-covered \
+		$(PYTEST_ARGS)
+
+# The quick loop: no browser, no real worker, no Orthanc, no slow test; two processes.
+test-fast: $(STAMP)
+	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider -q -n 2 -m "not e2e and not worker and not slow" \
+		$(PYTEST_ARGS)
 
 # Only the real-browser tests (the OHIF viewer in the patient page); screenshots in test-artifacts/.
 e2e: install browser
-	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
-		$(PY) -m pytest -p no:cacheprovider tests/e2e -s
+	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider -m e2e -s $(PYTEST_ARGS)
 
 demo: install
 	$(PY) manage.py migrate --noinput

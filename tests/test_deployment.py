@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +116,37 @@ def test_compose_workers_listen_on_the_settings_queues():
     device = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     gpu_docker = (REPO / services["worker-gpu"]["build"]["dockerfile"]).read_text()
-    assert "whl/cu" in gpu_docker and "torch==2.13.0" in gpu_docker
+    assert "whl/cu" in gpu_docker and "requirements/base.txt" in gpu_docker
+
+
+@pytest.mark.parametrize("dockerfile", ["docker/Dockerfile", "docker/Dockerfile.gpu"])
+def test_images_install_the_lock_before_the_source(dockerfile):
+    """A code change must not reinstall every dependency: the lock is installed in a layer
+    before any source is copied, and the project itself without dependencies after it."""
+    lines = (REPO / dockerfile).read_text().splitlines()
+    first = {
+        what: next(i for i, line in enumerate(lines) if marker in line)
+        for what, marker in [
+            ("lock", "pip install -r"),
+            ("source", "COPY pmpd_web"),
+            ("project", "pip install --no-deps ."),
+        ]
+    }
+    assert first["lock"] < first["source"] < first["project"]
+    assert sum("gunicorn" in line and "pip install" in line for line in lines) == 0
+
+
+@pytest.mark.parametrize("lock", ["requirements/base.txt", "requirements/dev.txt"])
+def test_the_locks_pin_every_package_and_the_cpu_torch(lock):
+    pins = [
+        line.split(" ")[0]
+        for line in (REPO / lock).read_text().splitlines()
+        if line and not line.startswith((" ", "#", "-"))
+    ]
+    assert pins and all("==" in pin for pin in pins)
+    assert "torch==2.13.0+cpu" in pins
+    makefile = (REPO / "Makefile").read_text()
+    assert "https://download.pytorch.org/whl/cpu" in makefile
 
 
 def test_compose_environment_matches_settings_and_env_example():

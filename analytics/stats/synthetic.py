@@ -72,7 +72,7 @@ def synthetic_cohort(n_patients: int, *, seed: int = 0) -> pd.DataFrame:
     detection = np.where(
         label == 1,
         rng.choice(["radiology", "laparoscopy", "surgery", "other"], n, p=[0.8, 0.1, 0.07, 0.03]),
-        None,
+        np.full(n, None, dtype=object),
     )
     developed = np.where(label == 0, (rng.random(n) < 0.4).astype(float), np.nan)
     days_to_metastasis = np.where(

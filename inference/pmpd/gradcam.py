@@ -41,6 +41,8 @@ def gradcam(model: PMPDNet, patches: np.ndarray | torch.Tensor) -> np.ndarray:
     finally:
         handle.remove()
     activations = captured["activations"]
+    if activations.grad is None:
+        raise RuntimeError("Grad-CAM: the target layer received no gradient")
     weights = activations.grad.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * activations).sum(dim=1, keepdim=True))
     cam = functional.interpolate(

@@ -14,11 +14,13 @@ import functools
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from monai.networks.nets import ResNet
 from torch import nn
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 SITE_NAMES: tuple[str, ...] = ("none", "liver", "lung", "peritoneum")
 
@@ -279,14 +281,12 @@ def select_device(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
-def prepare_model(
-    model: nn.Module, device: torch.device, *, channels_last: bool = True
-) -> nn.Module:
+def prepare_model(model: ModuleT, device: torch.device, *, channels_last: bool = True) -> ModuleT:
     """Move a model to ``device``, in channels_last memory format when asked (fastest for
     convolutions on tensor cores and on oneDNN)."""
-    model = model.to(device)
+    model.to(device)  # modules move in place
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
 
 

@@ -417,10 +417,8 @@ def _paint_ellipsoid(
     inside: np.ndarray | None = None,
 ) -> None:
     """Set an axis-aligned ellipsoid (x, y, z mm) to ``value``; ``inside`` (2D) restricts it."""
-    found = grid.box(
-        tuple(c - s for c, s in zip(center, semi, strict=True)),
-        tuple(c + s for c, s in zip(center, semi, strict=True)),
-    )
+    (cx, cy, cz), (sx, sy, sz) = center, semi
+    found = grid.box((cx - sx, cy - sy, cz - sz), (cx + sx, cy + sy, cz + sz))
     if found is None:
         return
     (zs, ys, xs), z, y, x = found
@@ -576,8 +574,11 @@ def _render(case: _Case, config: PhantomConfig, rng: np.random.Generator) -> dic
     if case.metastatic and "liver" in case.sites:
         for _ in range(int(rng.integers(1, 5))):
             radius = rng.uniform(5.0, 12.0)
-            lesion = tuple(
-                c + s * rng.uniform(-0.5, 0.5) for c, s in zip(liver_c, liver_semi, strict=True)
+            (lx, ly, lz), (sx, sy, sz) = liver_c, liver_semi
+            lesion = (
+                lx + sx * rng.uniform(-0.5, 0.5),
+                ly + sy * rng.uniform(-0.5, 0.5),
+                lz + sz * rng.uniform(-0.5, 0.5),
             )
             _paint_ellipsoid(volume, grid, lesion, (radius,) * 3, liver_hu - 55.0, inner)
 
@@ -797,7 +798,12 @@ def write_dicom_series(patient: PhantomPatient, folder: str | Path) -> list[Path
     remove. UIDs are derived from the seed, so a rewrite gives identical files.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
+    from pydicom.uid import (
+        PYDICOM_IMPLEMENTATION_UID,
+        UID,
+        CTImageStorage,
+        ExplicitVRLittleEndian,
+    )
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -812,7 +818,7 @@ def write_dicom_series(patient: PhantomPatient, folder: str | Path) -> list[Path
     stored = (patient.ct.astype(np.int32) + 1024).clip(0, 4095).astype(np.uint16)
     paths = []
     for k in range(n_slices):
-        sop_uid = _uid(patient, "instance", k)
+        sop_uid = UID(_uid(patient, "instance", k))
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = sop_uid

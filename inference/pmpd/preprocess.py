@@ -113,10 +113,16 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PreprocessConfig:
         """Inverse of ``to_dict`` (JSON turns tuples into lists)."""
-        converted = {
+        converted: dict[str, Any] = {
             key: tuple(value) if isinstance(value, list) else value for key, value in values.items()
         }
         return cls(**converted)
+
+
+def _xyz(values: Sequence[float]) -> tuple[float, float, float]:
+    """An (x, y, z) triple of floats, as SimpleITK gives spacing and origin."""
+    x, y, z = values
+    return float(x), float(y), float(z)
 
 
 @dataclass(frozen=True)
@@ -198,8 +204,8 @@ def load_volume(path: str | Path) -> Volume:
         )
     return Volume(
         array=sitk.GetArrayFromImage(image),
-        spacing=tuple(float(v) for v in image.GetSpacing()),
-        origin=tuple(float(v) for v in image.GetOrigin()),
+        spacing=_xyz(image.GetSpacing()),
+        origin=_xyz(image.GetOrigin()),
         direction=tuple(float(v) for v in image.GetDirection()),
     )
 
@@ -260,8 +266,8 @@ def reorient_to_canonical(
     return (
         sitk.GetArrayFromImage(ct_image),
         sitk.GetArrayFromImage(mask_image),
-        tuple(float(v) for v in ct_image.GetSpacing()),
-        tuple(float(v) for v in ct_image.GetOrigin()),
+        _xyz(ct_image.GetSpacing()),
+        _xyz(ct_image.GetOrigin()),
     )
 
 
