@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch.nn import functional
@@ -201,18 +203,18 @@ def make_optimizer(model: PMPDNet, config: TrainConfig) -> torch.optim.AdamW:
 # Thresholds and metrics
 
 
-def youden_threshold(labels: Sequence[int], scores: Sequence[float]) -> tuple[float, float]:
+def youden_threshold(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
     """The score threshold maximising Youden's J = sensitivity + specificity - 1.
 
     A case is positive when its score is at or above the threshold; candidates are the observed
     scores. Among equal J the highest threshold wins (fewer false alarms). With one class only,
     J is undefined: returns (0.5, nan).
     """
-    labels = np.asarray(labels, dtype=int)
-    scores = np.asarray(scores, dtype=float)
-    if len(np.unique(labels)) < 2:
+    y = np.asarray(labels, dtype=int)
+    x = np.asarray(scores, dtype=float)
+    if len(np.unique(y)) < 2:
         return 0.5, float("nan")
-    fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+    fpr, tpr, thresholds = roc_curve(y, x, drop_intermediate=False)
     finite = np.isfinite(thresholds)
     j = np.where(finite, tpr - fpr, -np.inf)
     best = int(np.argmax(j))
@@ -220,7 +222,7 @@ def youden_threshold(labels: Sequence[int], scores: Sequence[float]) -> tuple[fl
 
 
 def choose_fold_thresholds(
-    slice_probabilities: Sequence[np.ndarray], labels: Sequence[int]
+    slice_probabilities: Sequence[np.ndarray], labels: ArrayLike
 ) -> FoldThresholds:
     """A fold's thresholds from its own held-out patients, as in the paper.
 
@@ -228,14 +230,14 @@ def choose_fold_thresholds(
     patient's label); each patient's positive fraction is the share of its slices at or above
     it; the patient threshold maximises J over those fractions.
     """
-    labels = np.asarray(labels, dtype=int)
+    patient_labels = np.asarray(labels, dtype=int)
     slice_labels = np.concatenate(
-        [np.full(len(p), y) for p, y in zip(slice_probabilities, labels, strict=True)]
+        [np.full(len(p), y) for p, y in zip(slice_probabilities, patient_labels, strict=True)]
     )
     slice_scores = np.concatenate([np.asarray(p, dtype=float) for p in slice_probabilities])
     slice_threshold, slice_j = youden_threshold(slice_labels, slice_scores)
     fractions = [positive_fraction(p, slice_threshold) for p in slice_probabilities]
-    patient_threshold, patient_j = youden_threshold(labels, fractions)
+    patient_threshold, patient_j = youden_threshold(patient_labels, fractions)
     return FoldThresholds(
         slice_threshold=slice_threshold,
         patient_threshold=patient_threshold,
@@ -246,40 +248,38 @@ def choose_fold_thresholds(
 
 def thresholds_per_fold(
     slice_probabilities: Sequence[np.ndarray],
-    labels: Sequence[int],
-    fold_of_patient: Sequence[int],
+    labels: ArrayLike,
+    fold_of_patient: ArrayLike,
 ) -> dict[int, FoldThresholds]:
     """Thresholds of every fold, each from the out-of-fold predictions of its own patients."""
     folds = np.asarray(fold_of_patient)
-    labels = np.asarray(labels)
+    patient_labels = np.asarray(labels)
     return {
         int(fold): choose_fold_thresholds(
-            [slice_probabilities[i] for i in np.flatnonzero(folds == fold)],
-            labels[folds == fold],
+            [slice_probabilities[int(i)] for i in np.flatnonzero(folds == fold)],
+            patient_labels[folds == fold],
         )
         for fold in np.unique(folds)
     }
 
 
-def safe_auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
+def safe_auroc(labels: ArrayLike, scores: ArrayLike) -> float:
     """AUROC, or nan when only one class is present."""
-    labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2:
+    y = np.asarray(labels)
+    if len(np.unique(y)) < 2:
         return float("nan")
-    return float(roc_auc_score(labels, np.asarray(scores, dtype=float)))
+    return float(roc_auc_score(y, np.asarray(scores, dtype=float)))
 
 
-def classification_metrics(labels: Sequence[int], predicted: Sequence[bool]) -> dict[str, float]:
+def classification_metrics(labels: ArrayLike, predicted: ArrayLike) -> dict[str, float]:
     """Accuracy, sensitivity and specificity of yes/no calls."""
-    labels = np.asarray(labels, dtype=bool)
-    predicted = np.asarray(predicted, dtype=bool)
-    positives, negatives = labels.sum(), (~labels).sum()
+    truth = np.asarray(labels, dtype=bool)
+    called = np.asarray(predicted, dtype=bool)
+    positives, negatives = truth.sum(), (~truth).sum()
     return {
-        "accuracy": float(np.mean(labels == predicted)) if labels.size else float("nan"),
-        "sensitivity": float((labels & predicted).sum() / positives) if positives else float("nan"),
-        "specificity": float((~labels & ~predicted).sum() / negatives)
-        if negatives
-        else float("nan"),
+        "accuracy": float(np.mean(truth == called)) if truth.size else float("nan"),
+        "sensitivity": float((truth & called).sum() / positives) if positives else float("nan"),
+        "specificity": float((~truth & ~called).sum() / negatives) if negatives else float("nan"),
     }
 
 
@@ -387,12 +387,11 @@ def code_version() -> str:
     return f"pmpd:{__version__}"
 
 
-def data_hash(
-    patient_ids: Sequence[str], input_hashes: Sequence[str], labels: Sequence[int]
-) -> str:
+def data_hash(patient_ids: Sequence[str], input_hashes: Sequence[str], labels: ArrayLike) -> str:
     """SHA-256 of the training set (ids, input hashes, labels, in the order that seeds the split)."""
     digest = hashlib.sha256()
-    for patient_id, content, label in zip(patient_ids, input_hashes, labels, strict=True):
+    outcomes = np.asarray(labels, dtype=int).tolist()
+    for patient_id, content, label in zip(patient_ids, input_hashes, outcomes, strict=True):
         digest.update(f"{patient_id}|{content}|{int(label)}\n".encode())
     return digest.hexdigest()
 
@@ -421,11 +420,11 @@ def _site_arrays(
 
 
 def _stack_patches(
-    patients: Sequence[PreprocessedPatient], indices: Sequence[int], *, all_angles: bool
+    patients: Sequence[PreprocessedPatient], indices: ArrayLike, *, all_angles: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Patches of the given patients and, for each patch, its patient's index."""
     stacks, owners = [], []
-    for index in indices:
+    for index in np.asarray(indices, dtype=int).tolist():
         patches = patients[index].patches if all_angles else patients[index].inference_patches()
         stacks.append(patches)
         owners.append(np.full(len(patches), index))
@@ -711,9 +710,7 @@ def cross_validate(
                 fold=fold,
                 config=config,
                 device=device,
-                report=lambda epoch, message, fraction, fold=fold: notify(
-                    fold, epoch, message, fraction
-                ),
+                report=functools.partial(notify, fold),
             )
             for i in test_idx:
                 prediction = predict_slices(
@@ -744,6 +741,9 @@ def cross_validate(
         ):
             thresholds = fold_thresholds[fold]
             metrics = _prediction_metrics([oof[i] for i in test_idx])
+            train_ids = [ids[i] for i in train_idx]
+            validation_ids = [ids[i] for i in val_idx]
+            test_ids = [ids[i] for i in test_idx]
             card = {
                 "model": "PMPDNet",
                 "fold": fold,
@@ -756,9 +756,9 @@ def cross_validate(
                 "thresholds": thresholds.to_dict(),
                 "metrics": metrics,
                 "best_epoch": best_epoch,
-                "train_ids": [ids[i] for i in train_idx],
-                "validation_ids": [ids[i] for i in val_idx],
-                "test_ids": [ids[i] for i in test_idx],
+                "train_ids": train_ids,
+                "validation_ids": validation_ids,
+                "test_ids": test_ids,
                 "site_names": list(SITE_NAMES),
                 "intended_use": "Research use only: a second reader, never a replacement.",
             }
@@ -770,9 +770,9 @@ def cross_validate(
             fold_results.append(
                 FoldResult(
                     fold=fold,
-                    train_ids=card["train_ids"],
-                    validation_ids=card["validation_ids"],
-                    test_ids=card["test_ids"],
+                    train_ids=train_ids,
+                    validation_ids=validation_ids,
+                    test_ids=test_ids,
                     best_epoch=best_epoch,
                     epochs_run=len(history),
                     history=history,
