@@ -20,23 +20,31 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import pydicom
-from django.core.cache import cache
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.sessions.backends.db import SessionStore
+from django.contrib.sessions.models import Session
+from django.db import connection
 from django.db.models import Case, Count, IntegerField, OuterRef, QuerySet, Subquery, Value, When
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 from django.views.decorators.csrf import csrf_exempt
 from pydicom.uid import UID
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
 from pmpd_web.accounts.audit import record as audit
-from pmpd_web.accounts.models import AuditAction
-from pmpd_web.accounts.permissions import Action, visible_cohorts
+from pmpd_web.accounts.models import AuditAction, Membership
+from pmpd_web.accounts.permissions import Action, can, remember_roles, visible_cohorts
 from pmpd_web.cohorts.models import Cohort
 
 from .dicomweb_protocol import (
@@ -69,6 +77,7 @@ from .models import DicomInstance, ImageSeries, ImagingStudy
 MAX_RESULTS = 1000
 CHUNK_BYTES = 256 * 1024
 SERIES_FILES_TTL_S = 30
+SERIES_FILES_KEPT = 512
 
 # What each search level answers (PS3.18 tables 10.6.3-3 to -5, and what OHIF reads) from the
 # stored headers beside the database's columns, and what ``includefield=all`` adds.
@@ -112,7 +121,77 @@ def _error(status: int, message: str, **headers: str) -> HttpResponse:
     return response
 
 
+MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
+DB_SESSIONS = "django.contrib.sessions.backends.db"
+SESSIONS_REMEMBERED = 10_000
+
+# Session key -> the user id its data held when last decoded: lets one query read the session
+# with its user. Only a guess, checked against the session's data at every request.
+_user_of_session: dict[str, object] = {}
+
+
+def _session_rows(key: str, user_id) -> list[tuple]:
+    """The unexpired session ``key`` joined with the user ``user_id`` (the user's columns
+    null when there is no such user, or ``user_id`` is None) and each of its cohort roles."""
+    User = get_user_model()  # noqa: N806 - a class
+    quote = connection.ops.quote_name
+    columns = ", ".join(f"u.{quote(field.column)}" for field in User._meta.concrete_fields)
+    sql = (
+        f"SELECT s.session_data, {columns}, m.cohort_id, m.role "  # noqa: S608 - model names
+        f"FROM {quote(Session._meta.db_table)} s "
+        f"LEFT JOIN {quote(User._meta.db_table)} u ON u.id = %s "
+        f"LEFT JOIN {quote(Membership._meta.db_table)} m ON m.user_id = u.id "
+        "WHERE s.session_key = %s AND s.expire_date > %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [user_id, key, timezone.now()])
+        return cursor.fetchall()
+
+
+def _session_user(request):
+    """The user of the request's session as ``django.contrib.auth.get_user`` finds it (the
+    session unexpired, the backend ModelBackend, the user active, the session's hash that of
+    the user's password), read with the user's cohort roles in one plain SQL query: the ORM's
+    lookups of session, user and role cost more than the rest of a frame request, and the
+    roles read with the user spare ``can`` its own query. None where Django's own path must
+    decide: no session cookie, another session engine or backend, a hash the current secret
+    does not verify (a fallback secret may, and then Django rotates the session)."""
+    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    User = get_user_model()  # noqa: N806 - a class
+    if not key or settings.SESSION_ENGINE != DB_SESSIONS or User._meta.label != "auth.User":
+        return None
+    guess = _user_of_session.get(key)
+    rows = _session_rows(key, guess)
+    if not rows:
+        return None
+    session = SessionStore().decode(rows[0][0])
+    if session.get(BACKEND_SESSION_KEY) != MODEL_BACKEND or SESSION_KEY not in session:
+        return None
+    user_id = User._meta.pk.to_python(session[SESSION_KEY])
+    if user_id != guess:
+        if len(_user_of_session) >= SESSIONS_REMEMBERED:
+            _user_of_session.clear()
+        _user_of_session[key] = user_id
+        rows = _session_rows(key, user_id)
+        if not rows or SessionStore().decode(rows[0][0]).get(SESSION_KEY) != session[SESSION_KEY]:
+            return None
+    fields = User._meta.concrete_fields
+    if rows[0][1] is None:  # the user is gone
+        return None
+    user = User.from_db(connection.alias, [f.attname for f in fields], rows[0][1:-2])
+    verified = constant_time_compare(
+        session.get(HASH_SESSION_KEY) or "", user.get_session_auth_hash()
+    )
+    if not verified or not user.is_active:
+        return None
+    remember_roles(user, {row[-2]: row[-1] for row in rows if row[-2] is not None})
+    return user
+
+
 def _authenticated_user(request):
+    user = _session_user(request)
+    if user is not None:
+        return user
     if request.user.is_authenticated:
         return request.user
     if request.headers.get("Authorization", "").startswith("Token "):
@@ -556,24 +635,49 @@ def _parts(bodies: Iterable, media: str, transfer_syntax: str):
     return ((content_type, body) for body in bodies)
 
 
-def _instance_file(user, study: str, series: str, sop: str, *, cached: bool = True) -> str:
-    """The stored file of an instance ``user`` may view (404 otherwise).
+@dataclass(frozen=True)
+class SeriesFiles:
+    """Where a series' instances are stored, and the cohort whose permission guards them."""
 
-    A viewer asks for the frames of a series by the hundred: the permission check and the file
-    names of the whole series are looked up once, then kept for ``SERIES_FILES_TTL_S`` seconds
-    per user (so a revoked membership stops frames within that time; searches and metadata
-    always ask the database)."""
-    key = f"pmpd-dicomweb-files:{user.pk}:{study}:{series}"
-    files = cache.get(key) if cached else None
-    if files is None:
-        files = dict(
-            _instances(user, study, series).values_list("sop_instance_uid", "file").iterator()
-        )
-        if files:
-            cache.set(key, files, SERIES_FILES_TTL_S)
-    if sop not in files:
+    cohort_id: int
+    files: dict[str, str]
+    read_at: float
+
+
+_series_files: dict[tuple[str, str], SeriesFiles] = {}
+
+
+def _series_index(study: str, series: str, *, fresh: bool) -> SeriesFiles | None:
+    """The stored files of a series, looked up once per ``SERIES_FILES_TTL_S`` seconds and
+    process: a viewer asks for a series' frames by the hundred. Not a permission cache: the
+    caller checks the user's permission on the cohort at every request."""
+    key = (study, series)
+    entry = _series_files.get(key)
+    if fresh or entry is None or time.monotonic() - entry.read_at > SERIES_FILES_TTL_S:
+        rows = DicomInstance.objects.filter(
+            series__series_instance_uid=series, series__study__study_instance_uid=study
+        ).values_list("sop_instance_uid", "file", "series__study__patient__cohort_id")
+        files = {sop: name for sop, name, _ in rows}
+        if not files:
+            _series_files.pop(key, None)
+            return None
+        if len(_series_files) >= SERIES_FILES_KEPT:
+            _series_files.clear()
+        entry = SeriesFiles(cohort_id=rows[0][2], files=files, read_at=time.monotonic())
+        _series_files[key] = entry
+    return entry
+
+
+def _instance_file(user, study: str, series: str, sop: str, *, fresh: bool = False) -> str:
+    """The stored file of an instance ``user`` may view (404 otherwise, whatever the reason)."""
+    entry = _series_index(study, series, fresh=fresh)
+    if (
+        entry is None
+        or sop not in entry.files
+        or not can(user, entry.cohort_id, Action.VIEW_IMAGES)
+    ):
         raise DicomWebError(404, "No such instance.")
-    return files[sop]
+    return entry.files[sop]
 
 
 def _instance_pixels(user, study: str, series: str, sop: str) -> tuple[str, PixelLayout]:
@@ -583,7 +687,7 @@ def _instance_pixels(user, study: str, series: str, sop: str) -> tuple[str, Pixe
     try:
         return name, pixel_layout(name)
     except FileNotFoundError:
-        name = _instance_file(user, study, series, sop, cached=False)
+        name = _instance_file(user, study, series, sop, fresh=True)
         return name, pixel_layout(name)
 
 
@@ -619,7 +723,7 @@ def retrieve_bulkdata(request, study: str, series: str, sop: str, tag: str):
     encapsulated pixel data one part per frame, another binary attribute in one part."""
     key = tag_key(tag)
     if key != PIXEL_DATA:
-        name = _instance_file(request.user, study, series, sop, cached=False)
+        name = _instance_file(request.user, study, series, sop, fresh=True)
         with _storage().open(name, "rb") as handle:
             found = pydicom.dcmread(handle, stop_before_pixels=True).get(int(key, 16))
         if found is None or not isinstance(found.value, bytes):

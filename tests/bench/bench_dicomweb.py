@@ -1,4 +1,5 @@
-"""Benchmark: fetching a whole CT series over DICOMweb (its metadata, then every frame) with
+"""Benchmark: fetching a whole CT series over DICOMweb (its metadata, then every frame) and
+fetching frames one by one (200 requests of one frame each, as a viewer scrolling does) with
 dicomweb-client, from the platform served by a real server process (gunicorn), beside Orthanc
 with its DICOMweb plugin serving the same instances on this machine in the same run.
 
@@ -46,6 +47,7 @@ SIZE = 512
 SLICES = 80
 REPEATS = 3
 PARALLEL = 4
+FRAME_REQUESTS = 200
 # Frames as stored (explicit VR little endian): what both servers send without transcoding.
 NATIVE = (("application/octet-stream", "1.2.840.10008.1.2.1"),)
 ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -134,6 +136,31 @@ def fetch_series(clients: queue.Queue, study: str, series: str, *, parallel: int
 
     with ThreadPoolExecutor(parallel) as pool:
         return sum(pool.map(frame, sops))
+
+
+def fetch_frames_one_by_one(client: DICOMwebClient, study: str, series: str, sops: list[str]):
+    """``FRAME_REQUESTS`` requests of one frame each, one at a time, going through the
+    series' instances in order (round again when the series has fewer)."""
+    received = 0
+    for position in range(FRAME_REQUESTS):
+        sop = sops[position % len(sops)]
+        frames = client.retrieve_instance_frames(study, series, sop, [1], media_types=NATIVE)
+        received += len(frames[0])
+    return received
+
+
+def report(title: str, times: dict[str, list[float]], per: int, unit: str) -> None:
+    """The first (cold) and best time of each server, and the platform's ratio to Orthanc."""
+    print(f"\n{title}:")
+    for name, measured in times.items():
+        cold, best = measured[0], min(measured[1:])
+        print(
+            f"  {name:9s} first {cold * 1000:7.0f} ms   best of {REPEATS} "
+            f"{best * 1000:7.0f} ms   ({best / per * 1000:.2f} ms per {unit})"
+        )
+    ratio = min(times["platform"][1:]) / min(times["orthanc"][1:])
+    verdict = "no slower than" if ratio <= 1.0 else "slower than"
+    print(f"  platform / orthanc = {ratio:.2f} ({verdict} Orthanc)")
 
 
 def main() -> None:
@@ -245,16 +272,24 @@ def main() -> None:
                         times[name].append(time.perf_counter() - start)
                         assert size == len(files) * SIZE * SIZE * 2
                 label = "one request at a time" if parallel == 1 else f"{parallel} at a time"
-                print(f"\nwhole series (metadata + {len(files)} frames), {label}:")
-                for name, measured in times.items():
-                    cold, best = measured[0], min(measured[1:])
-                    print(
-                        f"  {name:9s} first {cold * 1000:7.0f} ms   best of {REPEATS} "
-                        f"{best * 1000:7.0f} ms   ({best / len(files) * 1000:.2f} ms per frame)"
-                    )
-                ratio = min(times["platform"][1:]) / min(times["orthanc"][1:])
-                verdict = "no slower than" if ratio <= 1.0 else "slower than"
-                print(f"  platform / orthanc = {ratio:.2f} ({verdict} Orthanc)")
+                title = f"whole series (metadata + {len(files)} frames), {label}"
+                report(title, times, len(files), "frame")
+
+            sops = [i.sop_instance_uid for i in imaged.ct.instances.order_by("instance_number")]
+            single = {name: clients[name].get() for name in servers}
+            times = {name: [] for name in servers}
+            for _ in range(REPEATS + 1):
+                for name in servers:
+                    start = time.perf_counter()
+                    size = fetch_frames_one_by_one(single[name], study, series, sops)
+                    times[name].append(time.perf_counter() - start)
+                    assert size == FRAME_REQUESTS * SIZE * SIZE * 2
+            report(
+                f"frame by frame ({FRAME_REQUESTS} requests of one frame)",
+                times,
+                FRAME_REQUESTS,
+                "frame",
+            )
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
         shutil.rmtree(work, ignore_errors=True)
