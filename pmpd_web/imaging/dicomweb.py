@@ -47,19 +47,23 @@ from pmpd_web.accounts.models import AuditAction, Membership
 from pmpd_web.accounts.permissions import Action, can, remember_roles, visible_cohorts
 from pmpd_web.cohorts.models import Cohort
 
+from . import rendering
 from .dicomweb_protocol import (
     APPLICATION_DICOM,
     DICOM_JSON,
     EXPLICIT_VR_LITTLE_ENDIAN,
     OCTET_STREAM,
     PIXEL_DATA,
+    RETRIEVE_URL,
     DicomWebError,
     PixelLayout,
     Query,
     acceptable,
     accepted_types,
+    accepts_json,
     as_explicit_little_endian,
     choose,
+    choose_single_part,
     complete,
     decoded_frames,
     element,
@@ -68,6 +72,7 @@ from .dicomweb_protocol import (
     multipart,
     parse_query,
     read_pixel_layout,
+    search_warnings,
     stored_frames,
     tag_key,
     uid_list,
@@ -239,22 +244,40 @@ def visible_studies(user) -> QuerySet[ImagingStudy]:
     return ImagingStudy.objects.filter(patient__cohort__in=cohorts)
 
 
-def _json(data) -> HttpResponse:
-    return HttpResponse(json.dumps(data, separators=(",", ":")), content_type=DICOM_JSON)
+def _json(request, data, *, warnings: Iterable[str] = ()) -> HttpResponse:
+    """DICOM JSON, the only form of searches and metadata: another Accept gets 406."""
+    if not accepts_json(request.headers.get("Accept", "")):
+        raise DicomWebError(406, f"Searches and metadata are answered as {DICOM_JSON} only.")
+    response = HttpResponse(json.dumps(data, separators=(",", ":")), content_type=DICOM_JSON)
+    if warnings := list(warnings):
+        response.headers["Warning"] = ", ".join(warnings)
+    return response
 
 
-# ----------------------------------------------------------------------------------------------
-# QIDO-RS
+def _retrieve_url(request, dataset: dict, level: str) -> str:
+    """Where WADO-RS retrieves what a search answer describes (RetrieveURL, 0008,1190)."""
+    uids = [dataset["0020000D"]["Value"][0]]
+    route = "dicomweb-study"
+    if level in ("series", "instance"):
+        uids.append(dataset["0020000E"]["Value"][0])
+        route = "dicomweb-series"
+    if level == "instance":
+        uids.append(dataset["00080018"]["Value"][0])
+        route = "dicomweb-instance"
+    return request.build_absolute_uri(reverse(route, args=uids))
 
 
 def _search(
     request,
     *,
+    level: str,
     queryset: QuerySet,
     db_filters: dict[str, Callable[[QuerySet, str], QuerySet | None]],
     build: Callable[[list, Query], list[dict]],
 ) -> HttpResponse:
     """Filter in the database what it can, build the answers, match the rest on them."""
+    if not accepts_json(request.headers.get("Accept", "")):
+        raise DicomWebError(406, f"Searches are answered as {DICOM_JSON} only.")
     params = {name: request.GET.getlist(name) for name in request.GET}
     query = parse_query(params, max_limit=MAX_RESULTS)
     remaining = dict(query.filters)
@@ -264,16 +287,40 @@ def _search(
             if filtered is not None:
                 queryset = filtered
                 del remaining[key]
+    end = query.offset + query.limit
     if remaining:
         datasets = [
             dataset
             for dataset in build(list(queryset), query)
             if all(matches(dataset, key, value) for key, value in remaining.items())
         ]
-        datasets = datasets[query.offset : query.offset + query.limit]
+        truncated = len(datasets) > end
+        datasets = datasets[query.offset : end]
     else:
-        datasets = build(list(queryset[query.offset : query.offset + query.limit]), query)
-    return _json([dict(sorted(dataset.items())) for dataset in datasets])
+        rows = list(queryset[query.offset : end + 1])
+        truncated = len(rows) > query.limit
+        datasets = build(rows[: query.limit], query)
+    for dataset in datasets:
+        dataset[RETRIEVE_URL] = element("UR", _retrieve_url(request, dataset, level))
+    warnings = search_warnings(
+        query, truncated=truncated and query.limit == MAX_RESULTS, service=request.get_host()
+    )
+    return _json(
+        request, [dict(sorted(dataset.items())) for dataset in datasets], warnings=warnings
+    )
+
+
+def _with_upper_levels(datasets: list[dict], upper: dict[str, dict], key: str) -> list[dict]:
+    """Each dataset completed with the attributes of its study (or series), found in
+    ``upper`` by its value of ``key``: the answers of searches without a study (or series)
+    in the path hold them too (PS3.18 table 10.6.3-4 and -5, as Orthanc answers)."""
+    merged = []
+    for dataset in datasets:
+        above = upper.get(dataset[key]["Value"][0], {})
+        combined = dict(above)
+        combined.update((k, v) for k, v in dataset.items() if k not in above or "Value" in v)
+        merged.append(combined)
+    return merged
 
 
 def _date_filter(field: str) -> Callable[[QuerySet, str], QuerySet | None]:
@@ -389,6 +436,7 @@ def search_studies(request):
 
     return _search(
         request,
+        level="study",
         queryset=studies,
         db_filters={
             "0020000D": _uid_filter("study_instance_uid"),
@@ -430,23 +478,40 @@ def _series_datasets(series_list: list[ImageSeries], query: Query) -> list[dict]
     return datasets
 
 
+def _studies_of(rows: Iterable, study_of: Callable, query: Query) -> dict[str, dict]:
+    """The study-level answers of the studies of ``rows``, by Study Instance UID."""
+    studies = {study.pk: study for study in map(study_of, rows)}
+    datasets = _study_datasets(list(studies.values()), query)
+    return {dataset["0020000D"]["Value"][0]: dataset for dataset in datasets}
+
+
 @dicomweb_view
 def search_series(request, study: str | None = None):
     series = ImageSeries.objects.filter(study__in=visible_studies(request.user)).select_related(
-        "study"
+        "study__patient"
     )
+    db_filters = {
+        "0020000D": _uid_filter("study__study_instance_uid"),
+        "0020000E": _uid_filter("series_instance_uid"),
+        "00080060": _exact_filter("modality"),
+        "00200011": _exact_filter("series_number", integer=True),
+    }
+    build = _series_datasets
     if study is not None:
         series = series.filter(study__study_instance_uid=study)
+    else:
+        db_filters["00100020"] = _exact_filter("study__patient__study_id")
+
+        def build(rows: list[ImageSeries], query: Query) -> list[dict]:
+            studies = _studies_of(rows, lambda row: row.study, query)
+            return _with_upper_levels(_series_datasets(rows, query), studies, "0020000D")
+
     return _search(
         request,
+        level="series",
         queryset=series.order_by("study_id", "series_number", "pk"),
-        db_filters={
-            "0020000D": _uid_filter("study__study_instance_uid"),
-            "0020000E": _uid_filter("series_instance_uid"),
-            "00080060": _exact_filter("modality"),
-            "00200011": _exact_filter("series_number", integer=True),
-        },
-        build=_series_datasets,
+        db_filters=db_filters,
+        build=build,
     )
 
 
@@ -471,22 +536,39 @@ def _instance_datasets(instances: list[DicomInstance], query: Query) -> list[dic
 def search_instances(request, study: str | None = None, series: str | None = None):
     instances = DicomInstance.objects.filter(
         series__study__in=visible_studies(request.user)
-    ).select_related("series__study")
+    ).select_related("series__study__patient")
+    db_filters = {
+        "0020000D": _uid_filter("series__study__study_instance_uid"),
+        "0020000E": _uid_filter("series__series_instance_uid"),
+        "00080018": _uid_filter("sop_instance_uid"),
+        "00080016": _uid_filter("sop_class_uid"),
+        "00200013": _exact_filter("instance_number", integer=True),
+    }
     if study is not None:
         instances = instances.filter(series__study__study_instance_uid=study)
+    else:
+        db_filters["00100020"] = _exact_filter("series__study__patient__study_id")
     if series is not None:
         instances = instances.filter(series__series_instance_uid=series)
+
+    def build(rows: list[DicomInstance], query: Query) -> list[dict]:
+        datasets = _instance_datasets(rows, query)
+        if series is None:  # the series' attributes, and the study's without a study in the path
+            all_series = {row.series.pk: row.series for row in rows}
+            series_datasets = _series_datasets(list(all_series.values()), query)
+            if study is None:
+                studies = _studies_of(all_series.values(), lambda row: row.study, query)
+                series_datasets = _with_upper_levels(series_datasets, studies, "0020000D")
+            by_uid = {item["0020000E"]["Value"][0]: item for item in series_datasets}
+            datasets = _with_upper_levels(datasets, by_uid, "0020000E")
+        return datasets
+
     return _search(
         request,
+        level="instance",
         queryset=instances.order_by("series_id", "instance_number", "pk"),
-        db_filters={
-            "0020000D": _uid_filter("series__study__study_instance_uid"),
-            "0020000E": _uid_filter("series__series_instance_uid"),
-            "00080018": _uid_filter("sop_instance_uid"),
-            "00080016": _uid_filter("sop_class_uid"),
-            "00200013": _exact_filter("instance_number", integer=True),
-        },
-        build=_instance_datasets,
+        db_filters=db_filters,
+        build=build,
     )
 
 
@@ -542,7 +624,7 @@ def _metadata(request, instances: QuerySet[DicomInstance], *, audited: str) -> H
             via="dicomweb",
             images=audited,
         )
-    return _json(answer)
+    return _json(request, answer)
 
 
 @dicomweb_view
@@ -703,17 +785,35 @@ def _frame_numbers(text: str) -> list[int]:
 
 @dicomweb_view
 def retrieve_frames(request, study: str, series: str, sop: str, frames: str):
+    """Frames as multipart/related, or one frame as a single-part body where the client asks
+    for ``application/octet-stream`` itself; several frames cannot be one part, so a client
+    that takes only single-part bodies gets 406 for them (PS3.18 8.7.3.2)."""
     numbers = _frame_numbers(frames)
     name, layout = _instance_pixels(request.user, study, series, sop)
     if max(numbers) > layout.number_of_frames:
         raise DicomWebError(404, f"This instance has {layout.number_of_frames} frame(s).")
-    offer = choose(accepted_types(request.headers.get("Accept", "")), layout.offers())
-    if offer is None:
-        raise DicomWebError(406, f"Frames are offered as {OCTET_STREAM} (explicit VR LE).")
+    accepted = accepted_types(request.headers.get("Accept", ""))
     indices = [number - 1 for number in numbers]
-    bodies = _read_frames(name, layout, indices, offer.decode)
-    return _multipart_response(
-        _parts(bodies, offer.media, offer.transfer_syntax), offer.media, stream=len(indices) > 1
+    offer = choose(accepted, layout.offers())
+    if offer is not None:
+        bodies = _read_frames(name, layout, indices, offer.decode)
+        return _multipart_response(
+            _parts(bodies, offer.media, offer.transfer_syntax),
+            offer.media,
+            stream=len(indices) > 1,
+        )
+    single = choose_single_part(accepted, layout.offers())
+    if single is None:
+        raise DicomWebError(406, f"Frames are offered as {OCTET_STREAM} (explicit VR LE).")
+    if len(indices) > 1:
+        raise DicomWebError(
+            406,
+            f"A single-part {single.media} body holds one frame: ask for multipart/related; "
+            f"type={single.media} to receive several.",
+        )
+    body = b"".join(_read_frames(name, layout, indices, single.decode))
+    return HttpResponse(
+        body, content_type=f"{single.media}; transfer-syntax={single.transfer_syntax}"
     )
 
 
@@ -775,3 +875,113 @@ def retrieve_series(request, study: str, series: str):
 @dicomweb_view
 def retrieve_instance(request, study: str, series: str, sop: str):
     return _instances_answer(request, _instances(request.user, study, series, sop))
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendered images and thumbnails (PNG or JPEG), for study browsers and other viewers
+
+
+def _rendered_media_type(request) -> str:
+    """PNG or JPEG, as the client prefers; JPEG where it takes either (PS3.18 8.7.4)."""
+    for entry in accepted_types(request.headers.get("Accept", "")):
+        for media in rendering.RENDERED_MEDIA_TYPES:
+            if entry.media in ("*/*", "image/*", media):
+                return media
+    raise DicomWebError(406, "Images are rendered as image/jpeg or image/png.")
+
+
+def _middle_instance_file(instances: QuerySet[DicomInstance]) -> str:
+    """The stored file of the middle instance (by instance number) of the series of the first
+    of ``instances``, preferring an image series to a segmentation: what a browser shows as the
+    study's or the series' picture."""
+    ordered = instances.annotate(
+        is_segmentation=Case(
+            When(series__modality="SEG", then=Value(1)),
+            default=Value(0),
+            output_field=IntegerField(),
+        )
+    ).order_by("is_segmentation", "series__series_number", "series_id", "instance_number", "pk")
+    first = ordered.values_list("series_id", flat=True).first()
+    if first is None:
+        raise DicomWebError(404, "No such study, series or instance.")
+    files = list(ordered.filter(series_id=first).values_list("file", flat=True))
+    return files[len(files) // 2]
+
+
+def _rendered(request, name: str, *, frame: int = 1, thumbnail: bool) -> HttpResponse:
+    media_type = _rendered_media_type(request)
+    try:
+        window = rendering.parse_window(request.GET.get("window"))
+        viewport = rendering.parse_viewport(request.GET.get("viewport"))
+    except rendering.RenderingError as exc:
+        raise DicomWebError(400, str(exc)) from exc
+    if thumbnail and viewport is None:
+        viewport = rendering.Viewport(rendering.THUMBNAIL_SIZE, rendering.THUMBNAIL_SIZE)
+    with _storage().open(name, "rb") as handle:
+        ds = pydicom.dcmread(handle)
+    if "PixelData" not in ds:
+        raise DicomWebError(404, "This instance has no pixel data to render.")
+    try:
+        body = rendering.render(
+            ds, media_type=media_type, index=frame - 1, window=window, viewport=viewport
+        )
+    except rendering.RenderingError as exc:
+        raise DicomWebError(404, f"Cannot render: {exc}.") from exc
+    except Exception as exc:  # pydicom has no decoder for this transfer syntax
+        raise DicomWebError(406, f"This image cannot be decoded here: {exc}") from exc
+    return HttpResponse(body, content_type=media_type)
+
+
+def _study_image(request, study: str, *, thumbnail: bool) -> HttpResponse:
+    name = _middle_instance_file(_instances(request.user, study))
+    return _rendered(request, name, thumbnail=thumbnail)
+
+
+def _series_image(request, study: str, series: str, *, thumbnail: bool) -> HttpResponse:
+    name = _middle_instance_file(_instances(request.user, study, series))
+    return _rendered(request, name, thumbnail=thumbnail)
+
+
+def _instance_image(request, study, series, sop, *, thumbnail: bool) -> HttpResponse:
+    return _rendered(
+        request, _instance_file(request.user, study, series, sop, fresh=True), thumbnail=thumbnail
+    )
+
+
+@dicomweb_view
+def study_rendered(request, study: str):
+    return _study_image(request, study, thumbnail=False)
+
+
+@dicomweb_view
+def study_thumbnail(request, study: str):
+    return _study_image(request, study, thumbnail=True)
+
+
+@dicomweb_view
+def series_rendered(request, study: str, series: str):
+    return _series_image(request, study, series, thumbnail=False)
+
+
+@dicomweb_view
+def series_thumbnail(request, study: str, series: str):
+    return _series_image(request, study, series, thumbnail=True)
+
+
+@dicomweb_view
+def instance_rendered(request, study: str, series: str, sop: str):
+    return _instance_image(request, study, series, sop, thumbnail=False)
+
+
+@dicomweb_view
+def instance_thumbnail(request, study: str, series: str, sop: str):
+    return _instance_image(request, study, series, sop, thumbnail=True)
+
+
+@dicomweb_view
+def frame_rendered(request, study: str, series: str, sop: str, frames: str):
+    numbers = _frame_numbers(frames)
+    if len(numbers) > 1:
+        raise DicomWebError(400, "A rendered frame is one frame: ask for each separately.")
+    name = _instance_file(request.user, study, series, sop, fresh=True)
+    return _rendered(request, name, frame=numbers[0], thumbnail=False)

@@ -397,8 +397,8 @@ def test_query_matching_rules():
     assert protocol.matches(dataset, "00200011", "3")
     assert protocol.matches(dataset, "00080060", "MR\\CT")
     assert not protocol.matches(dataset, "00080060", "C")
-    assert protocol.accepted_types(OHIF_FRAME_ACCEPT) == [("application/octet-stream", "*")]
-    assert protocol.accepted_types("") == [("*/*", None)]
+    assert protocol.accepted_types(OHIF_FRAME_ACCEPT) == [("application/octet-stream", "*", False)]
+    assert protocol.accepted_types("") == [("*/*", None, False)]
 
 
 def test_unknown_query_attributes_are_refused(imaged, client_for, members):
