@@ -10,7 +10,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install frontend browser test e2e lint demo serve worker bench bench-gpu clean
+.PHONY: install frontend browser orthanc test e2e lint demo serve worker bench bench-gpu clean
 
 # The page assets and the OHIF viewer (frontend/build.mjs), both build outputs outside git.
 FRONTEND_BUILT := pmpd_web/static/vendor/.built pmpd_web/ohif/.build-info.json
@@ -38,11 +38,19 @@ browser:
 		apt-get update -q && apt-get install -y -q chromium; \
 	fi
 
+# Debian's Orthanc with its DICOMweb plugin: the peer that tests/imaging/test_dicomweb_conformance.py
+# and tests/bench/bench_dicomweb.py compare the platform's DICOMweb with (started by them).
+orthanc:
+	@if [ ! -x /usr/sbin/Orthanc ] || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q && apt-get install -y -q orthanc orthanc-dicomweb; \
+	fi
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install browser lint
+test: install browser orthanc lint
 	$(PY) manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
 		PMPD_TEST_REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest -p no:cacheprovider

@@ -312,8 +312,9 @@ def _search(
 
 def _with_upper_levels(datasets: list[dict], upper: dict[str, dict], key: str) -> list[dict]:
     """Each dataset completed with the attributes of its study (or series), found in
-    ``upper`` by its value of ``key``: the answers of searches without a study (or series)
-    in the path hold them too (PS3.18 table 10.6.3-4 and -5, as Orthanc answers)."""
+    ``upper`` by its value of ``key``: series and instance answers hold their study's and
+    patient's attributes, instance answers their series' too, whether or not the path names
+    the study (PS3.18 tables 10.6.3-4 and -5 ask it without one; Orthanc answers so always)."""
     merged = []
     for dataset in datasets:
         above = upper.get(dataset[key]["Value"][0], {})
@@ -485,33 +486,30 @@ def _studies_of(rows: Iterable, study_of: Callable, query: Query) -> dict[str, d
     return {dataset["0020000D"]["Value"][0]: dataset for dataset in datasets}
 
 
+def _series_with_study(rows: list[ImageSeries], query: Query) -> list[dict]:
+    studies = _studies_of(rows, lambda row: row.study, query)
+    return _with_upper_levels(_series_datasets(rows, query), studies, "0020000D")
+
+
 @dicomweb_view
 def search_series(request, study: str | None = None):
     series = ImageSeries.objects.filter(study__in=visible_studies(request.user)).select_related(
         "study__patient"
     )
-    db_filters = {
-        "0020000D": _uid_filter("study__study_instance_uid"),
-        "0020000E": _uid_filter("series_instance_uid"),
-        "00080060": _exact_filter("modality"),
-        "00200011": _exact_filter("series_number", integer=True),
-    }
-    build = _series_datasets
     if study is not None:
         series = series.filter(study__study_instance_uid=study)
-    else:
-        db_filters["00100020"] = _exact_filter("study__patient__study_id")
-
-        def build(rows: list[ImageSeries], query: Query) -> list[dict]:
-            studies = _studies_of(rows, lambda row: row.study, query)
-            return _with_upper_levels(_series_datasets(rows, query), studies, "0020000D")
-
     return _search(
         request,
         level="series",
         queryset=series.order_by("study_id", "series_number", "pk"),
-        db_filters=db_filters,
-        build=build,
+        db_filters={
+            "0020000D": _uid_filter("study__study_instance_uid"),
+            "0020000E": _uid_filter("series_instance_uid"),
+            "00080060": _exact_filter("modality"),
+            "00200011": _exact_filter("series_number", integer=True),
+            "00100020": _exact_filter("study__patient__study_id"),
+        },
+        build=_series_with_study,
     )
 
 
@@ -532,43 +530,37 @@ def _instance_datasets(instances: list[DicomInstance], query: Query) -> list[dic
     return datasets
 
 
+def _instances_with_series_and_study(rows: list[DicomInstance], query: Query) -> list[dict]:
+    series = {row.series.pk: row.series for row in rows}
+    by_uid = {
+        dataset["0020000E"]["Value"][0]: dataset
+        for dataset in _series_with_study(list(series.values()), query)
+    }
+    return _with_upper_levels(_instance_datasets(rows, query), by_uid, "0020000E")
+
+
 @dicomweb_view
 def search_instances(request, study: str | None = None, series: str | None = None):
     instances = DicomInstance.objects.filter(
         series__study__in=visible_studies(request.user)
     ).select_related("series__study__patient")
-    db_filters = {
-        "0020000D": _uid_filter("series__study__study_instance_uid"),
-        "0020000E": _uid_filter("series__series_instance_uid"),
-        "00080018": _uid_filter("sop_instance_uid"),
-        "00080016": _uid_filter("sop_class_uid"),
-        "00200013": _exact_filter("instance_number", integer=True),
-    }
     if study is not None:
         instances = instances.filter(series__study__study_instance_uid=study)
-    else:
-        db_filters["00100020"] = _exact_filter("series__study__patient__study_id")
     if series is not None:
         instances = instances.filter(series__series_instance_uid=series)
-
-    def build(rows: list[DicomInstance], query: Query) -> list[dict]:
-        datasets = _instance_datasets(rows, query)
-        if series is None:  # the series' attributes, and the study's without a study in the path
-            all_series = {row.series.pk: row.series for row in rows}
-            series_datasets = _series_datasets(list(all_series.values()), query)
-            if study is None:
-                studies = _studies_of(all_series.values(), lambda row: row.study, query)
-                series_datasets = _with_upper_levels(series_datasets, studies, "0020000D")
-            by_uid = {item["0020000E"]["Value"][0]: item for item in series_datasets}
-            datasets = _with_upper_levels(datasets, by_uid, "0020000E")
-        return datasets
-
     return _search(
         request,
         level="instance",
         queryset=instances.order_by("series_id", "instance_number", "pk"),
-        db_filters=db_filters,
-        build=build,
+        db_filters={
+            "0020000D": _uid_filter("series__study__study_instance_uid"),
+            "0020000E": _uid_filter("series__series_instance_uid"),
+            "00080018": _uid_filter("sop_instance_uid"),
+            "00080016": _uid_filter("sop_class_uid"),
+            "00200013": _exact_filter("instance_number", integer=True),
+            "00100020": _exact_filter("series__study__patient__study_id"),
+        },
+        build=_instances_with_series_and_study,
     )
 
 

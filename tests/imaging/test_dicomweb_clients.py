@@ -110,11 +110,11 @@ def test_series_and_instance_searches_without_a_study_hold_study_and_patient(ima
     assert value(seg, "0020000E") == first.seg.series_instance_uid
     assert value(seg, "00200011") == first.seg.series_number
 
-    # With the study in the path, instances carry their series' attributes, not the study's.
+    # With the study in the path too, instances carry their series' and study's attributes.
     within = clinician.get(f"/dicomweb/studies/{first.study.study_instance_uid}/instances").json()
     assert len(within) == 13
     assert {value(i, "00080060") for i in within} == {"CT", "SEG"}
-    assert all("00200011" in i for i in within)
+    assert all("00200011" in i and value(i, "00100020") == "PMPD-001" for i in within)
 
 
 def test_an_accept_the_server_cannot_produce_gets_406(imaged, clinician):
