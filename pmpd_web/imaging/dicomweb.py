@@ -1,5 +1,6 @@
-"""DICOMweb for the embedded OHIF viewer and for scripts: QIDO-RS search and WADO-RS retrieval
-(metadata, instances, frames, bulk data) of the platform's de-identified studies.
+"""DICOMweb for the embedded OHIF viewer, other viewers and study browsers, and scripts: QIDO-RS
+search and WADO-RS retrieval (metadata, instances, frames, bulk data, rendered images and
+thumbnails) of the platform's de-identified studies.
 
 Same login as the pages (the session, or an API token), same permission check: a user sees the
 studies of patients in cohorts where ``can(user, cohort, VIEW_IMAGES)``. Searches show nothing
@@ -12,7 +13,8 @@ segmentation mode POSTs to ``/studies`` without a CSRF token; that is refused wi
 Frames are served without decoding the image: where an instance's pixel data starts in its
 file is read once (cached per file), then a frame is one seek and read (native pixel data) or
 its fragments (encapsulated pixel data, sent in its own transfer syntax when the client accepts
-it, decoded by pydicom otherwise). The protocol itself is in ``dicomweb_protocol``.
+it, decoded by pydicom otherwise). The protocol itself is in ``dicomweb_protocol``, the
+rendering of images in ``rendering``, who asks in ``dicomweb_auth``.
 """
 
 from __future__ import annotations
@@ -27,27 +29,19 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import pydicom
-from django.conf import settings
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
-from django.contrib.sessions.backends.db import SessionStore
-from django.contrib.sessions.models import Session
-from django.db import connection
 from django.db.models import Case, Count, IntegerField, OuterRef, QuerySet, Subquery, Value, When
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
-from django.utils import timezone
-from django.utils.crypto import constant_time_compare
 from django.views.decorators.csrf import csrf_exempt
 from pydicom.uid import UID
-from rest_framework.authentication import TokenAuthentication
-from rest_framework.exceptions import AuthenticationFailed
 
 from pmpd_web.accounts.audit import record as audit
-from pmpd_web.accounts.models import AuditAction, Membership
-from pmpd_web.accounts.permissions import Action, can, remember_roles, visible_cohorts
+from pmpd_web.accounts.models import AuditAction
+from pmpd_web.accounts.permissions import Action, can, visible_cohorts
 from pmpd_web.cohorts.models import Cohort
 
 from . import rendering
+from .dicomweb_auth import authenticated_user
 from .dicomweb_protocol import (
     APPLICATION_DICOM,
     DICOM_JSON,
@@ -126,89 +120,6 @@ def _error(status: int, message: str, **headers: str) -> HttpResponse:
     return response
 
 
-MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
-DB_SESSIONS = "django.contrib.sessions.backends.db"
-SESSIONS_REMEMBERED = 10_000
-
-# Session key -> the user id its data held when last decoded: lets one query read the session
-# with its user. Only a guess, checked against the session's data at every request.
-_user_of_session: dict[str, object] = {}
-
-
-def _session_rows(key: str, user_id) -> list[tuple]:
-    """The unexpired session ``key`` joined with the user ``user_id`` (the user's columns
-    null when there is no such user, or ``user_id`` is None) and each of its cohort roles."""
-    User = get_user_model()  # noqa: N806 - a class
-    quote = connection.ops.quote_name
-    columns = ", ".join(f"u.{quote(field.column)}" for field in User._meta.concrete_fields)
-    sql = (
-        f"SELECT s.session_data, {columns}, m.cohort_id, m.role "  # noqa: S608 - model names
-        f"FROM {quote(Session._meta.db_table)} s "
-        f"LEFT JOIN {quote(User._meta.db_table)} u ON u.id = %s "
-        f"LEFT JOIN {quote(Membership._meta.db_table)} m ON m.user_id = u.id "
-        "WHERE s.session_key = %s AND s.expire_date > %s"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [user_id, key, timezone.now()])
-        return cursor.fetchall()
-
-
-def _session_user(request):
-    """The user of the request's session as ``django.contrib.auth.get_user`` finds it (the
-    session unexpired, the backend ModelBackend, the user active, the session's hash that of
-    the user's password), read with the user's cohort roles in one plain SQL query: the ORM's
-    lookups of session, user and role cost more than the rest of a frame request, and the
-    roles read with the user spare ``can`` its own query. None where Django's own path must
-    decide: no session cookie, another session engine or backend, a hash the current secret
-    does not verify (a fallback secret may, and then Django rotates the session)."""
-    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
-    User = get_user_model()  # noqa: N806 - a class
-    if not key or settings.SESSION_ENGINE != DB_SESSIONS or User._meta.label != "auth.User":
-        return None
-    guess = _user_of_session.get(key)
-    rows = _session_rows(key, guess)
-    if not rows:
-        return None
-    session = SessionStore().decode(rows[0][0])
-    if session.get(BACKEND_SESSION_KEY) != MODEL_BACKEND or SESSION_KEY not in session:
-        return None
-    user_id = User._meta.pk.to_python(session[SESSION_KEY])
-    if user_id != guess:
-        if len(_user_of_session) >= SESSIONS_REMEMBERED:
-            _user_of_session.clear()
-        _user_of_session[key] = user_id
-        rows = _session_rows(key, user_id)
-        if not rows or SessionStore().decode(rows[0][0]).get(SESSION_KEY) != session[SESSION_KEY]:
-            return None
-    fields = User._meta.concrete_fields
-    if rows[0][1] is None:  # the user is gone
-        return None
-    user = User.from_db(connection.alias, [f.attname for f in fields], rows[0][1:-2])
-    verified = constant_time_compare(
-        session.get(HASH_SESSION_KEY) or "", user.get_session_auth_hash()
-    )
-    if not verified or not user.is_active:
-        return None
-    remember_roles(user, {row[-2]: row[-1] for row in rows if row[-2] is not None})
-    return user
-
-
-def _authenticated_user(request):
-    user = _session_user(request)
-    if user is not None:
-        return user
-    if request.user.is_authenticated:
-        return request.user
-    if request.headers.get("Authorization", "").startswith("Token "):
-        try:
-            result = TokenAuthentication().authenticate(request)
-        except AuthenticationFailed:
-            return None
-        if result is not None:
-            return result[0]
-    return None
-
-
 def dicomweb_view(view: Callable) -> Callable:
     """Authentication (401), read-only methods (405) and refusals as JSON.
 
@@ -218,7 +129,7 @@ def dicomweb_view(view: Callable) -> Callable:
 
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
-        user = _authenticated_user(request)
+        user = authenticated_user(request)
         if user is None:
             return _error(
                 401, "Log in to the PMPD platform first.", WWW_Authenticate='Token realm="pmpd"'
@@ -359,22 +270,21 @@ def _uid_filter(field: str) -> Callable[[QuerySet, str], QuerySet]:
     return lambda queryset, value: queryset.filter(**{f"{field}__in": uid_list(value)})
 
 
+def _images_first(instances: QuerySet[DicomInstance]) -> QuerySet[DicomInstance]:
+    """``instances`` in series order, those of image series before those of segmentations."""
+    is_segmentation = Case(
+        When(series__modality="SEG", then=Value(1)), default=Value(0), output_field=IntegerField()
+    )
+    return instances.annotate(is_segmentation=is_segmentation).order_by(
+        "is_segmentation", "series__series_number", "series_id", "instance_number", "pk"
+    )
+
+
 def _representative(outer: str) -> Subquery:
     """The first instance of each study or series (``outer`` leads there), preferring
     images to segmentations: its headers give the study- and series-level attributes."""
-    first = (
-        DicomInstance.objects.filter(**{outer: OuterRef("pk")})
-        .annotate(
-            is_segmentation=Case(
-                When(series__modality="SEG", then=Value(1)),
-                default=Value(0),
-                output_field=IntegerField(),
-            )
-        )
-        .order_by("is_segmentation", "series__series_number", "instance_number", "pk")
-        .values("pk")[:1]
-    )
-    return Subquery(first)
+    first = _images_first(DicomInstance.objects.filter(**{outer: OuterRef("pk")}))
+    return Subquery(first.values("pk")[:1])
 
 
 def _headers_of(pks: Iterable[int | None]) -> dict[int, dict]:

@@ -16,7 +16,7 @@ from django.core.files.storage import default_storage
 from factories import make_patient
 from PIL import Image
 
-from pmpd_web.imaging import dicomweb, rendering
+from pmpd_web.imaging import dicomweb, dicomweb_auth, rendering
 from pmpd_web.imaging.models import DicomInstance
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -25,7 +25,7 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 @pytest.fixture(autouse=True)
 def _fresh_index():
     dicomweb._series_files.clear()
-    dicomweb._user_of_session.clear()
+    dicomweb_auth._user_of_session.clear()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from factories import make_patient
 
 from pmpd_web.accounts.models import Membership
-from pmpd_web.imaging import dicomweb
+from pmpd_web.imaging import dicomweb, dicomweb_auth
 
 FRAME_ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 
@@ -21,7 +21,7 @@ FRAME_ACCEPT = "multipart/related; type=application/octet-stream; transfer-synta
 @pytest.fixture(autouse=True)
 def _fresh_index():
     dicomweb._series_files.clear()
-    dicomweb._user_of_session.clear()
+    dicomweb_auth._user_of_session.clear()
 
 
 @pytest.fixture
@@ -87,9 +87,9 @@ def test_the_remembered_user_of_a_session_is_checked_against_the_session(imaged,
     guess (here a user without images) still answers for the session's own user."""
     client.force_login(members["clinician"])
     key = client.cookies["sessionid"].value
-    dicomweb._user_of_session[key] = members["statistician"].pk
+    dicomweb_auth._user_of_session[key] = members["statistician"].pk
     assert client.get(frame_url(imaged), HTTP_ACCEPT=FRAME_ACCEPT).status_code == 200
-    assert dicomweb._user_of_session[key] == members["clinician"].pk
+    assert dicomweb_auth._user_of_session[key] == members["clinician"].pk
     client.force_login(members["statistician"])
-    dicomweb._user_of_session[client.cookies["sessionid"].value] = members["clinician"].pk
+    dicomweb_auth._user_of_session[client.cookies["sessionid"].value] = members["clinician"].pk
     assert client.get(frame_url(imaged), HTTP_ACCEPT=FRAME_ACCEPT).status_code == 404

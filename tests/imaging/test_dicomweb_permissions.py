@@ -14,7 +14,7 @@ from django.urls import reverse
 from factories import make_patient
 from permission_table import USERS, C, K
 
-from pmpd_web.imaging import dicomweb, dicomweb_urls
+from pmpd_web.imaging import dicomweb, dicomweb_auth, dicomweb_urls
 
 pytestmark = pytest.mark.django_db
 
@@ -51,7 +51,7 @@ ROUTES = [
 @pytest.fixture(autouse=True)
 def _fresh_index():
     dicomweb._series_files.clear()
-    dicomweb._user_of_session.clear()
+    dicomweb_auth._user_of_session.clear()
 
 
 @pytest.fixture
