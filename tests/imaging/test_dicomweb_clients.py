@@ -271,3 +271,33 @@ def test_window_functions_by_hand():
     assert sigmoid.tolist() == [0, 30, 128, 225, 255]
     flat = rendering.range_window(np.full((2, 2), 7.0))
     assert rendering.apply_window(np.full((2, 2), 7.0), flat).tolist() == [[128, 128]] * 2
+
+
+def _image(pixels: np.ndarray, **attributes) -> pydicom.Dataset:
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = EXPLICIT_LE
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 3 if pixels.ndim == 3 else 1
+    ds.BitsAllocated = ds.BitsStored = pixels.dtype.itemsize * 8
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    if pixels.ndim == 3:
+        ds.PlanarConfiguration = 0
+    for name, value in attributes.items():
+        setattr(ds, name, value)
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def test_monochrome1_is_inverted_and_colour_kept():
+    ramp = np.arange(16, dtype=np.uint16).reshape(4, 4) * 100
+    plain = rendering.to_display(_image(ramp, PhotometricInterpretation="MONOCHROME2"))
+    inverted = rendering.to_display(_image(ramp, PhotometricInterpretation="MONOCHROME1"))
+    assert plain[0, 0] == 0 and plain[-1, -1] == 255
+    np.testing.assert_array_equal(inverted, 255 - plain)
+    colour = np.random.default_rng(1).integers(0, 256, size=(4, 5, 3), dtype=np.uint8)
+    rgb = rendering.to_display(_image(colour, PhotometricInterpretation="RGB"))
+    np.testing.assert_array_equal(rgb, colour)
+    png = Image.open(io.BytesIO(rendering.encode(rgb, rendering.PNG)))
+    assert png.mode == "RGB" and png.size == (5, 4)
