@@ -18,8 +18,8 @@ PYTEST_ARGS ?=
 TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
 	PMPD_TEST_REDIS_URL=$(TEST_REDIS_URL)
 
-.PHONY: install frontend browser test test-fast e2e lint lock demo serve worker bench bench-gpu \
-	clean
+.PHONY: install frontend browser orthanc test test-fast e2e lint lock demo serve worker bench \
+	bench-gpu clean
 
 # The page assets and the OHIF viewer (frontend/build.mjs), both build outputs outside git.
 FRONTEND_BUILT := pmpd_web/static/vendor/.built pmpd_web/ohif/.build-info.json
@@ -60,6 +60,14 @@ browser:
 		apt-get update -q && apt-get install -y -q chromium; \
 	fi
 
+# Debian's Orthanc with its DICOMweb plugin: the peer that tests/imaging/test_dicomweb_conformance.py
+# and tests/bench/bench_dicomweb.py compare the platform's DICOMweb with (started by them).
+orthanc:
+	@if [ ! -x /usr/sbin/Orthanc ] || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q && apt-get install -y -q orthanc orthanc-dicomweb; \
+	fi
+
 # Style, the import contracts (.importlinter) and the type checker (pyproject's [tool.mypy]).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -68,7 +76,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 # Everything, with coverage reported (not gated).
-test: install browser lint
+test: install browser orthanc lint
 	$(PY) manage.py makemigrations --check --dry-run
 	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider --cov --cov-report=term:skip-covered \
 		$(PYTEST_ARGS)

@@ -66,6 +66,12 @@ def role_of(user: AbstractBaseUser | AnonymousUser, cohort_id: int) -> str | Non
     return cache[cohort_id]
 
 
+def remember_roles(user: AbstractBaseUser, roles: dict[int, str]) -> None:
+    """Give ``user`` its roles (cohort id -> role) read together with it, so that ``can`` needs
+    no query of its own for those cohorts in this request."""
+    user.__dict__.setdefault("_pmpd_roles", {}).update(roles)
+
+
 def can(user: AbstractBaseUser | AnonymousUser, cohort, action: Action) -> bool:
     """Whether ``user`` may do ``action`` in ``cohort`` (a Cohort or its primary key)."""
     if not user.is_authenticated or not user.is_active:

@@ -39,6 +39,10 @@ MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 SECONDARY_CAPTURE_ROOT = "1.2.840.10008.5.1.4.1.1.7"
 PIXEL_DATA = 0x7FE00010
 SEG_SERIES_NUMBER = 900
+# Fixed display colours of the SEG's segments (RecommendedDisplayCIELabValue), so that viewers
+# show the pancreas and the tumour alike on every open instead of picking colours themselves.
+PANCREAS_DISPLAY_RGB = (249, 180, 111)
+TUMOUR_DISPLAY_RGB = (220, 40, 40)
 GENERATED_SERIES_NUMBER = 800
 
 # Phase of the contrast injection, from the words of the series description and protocol. The
@@ -908,6 +912,7 @@ def build_segmentation(
             segmented_property_category=codes.SCT.AnatomicalStructure,
             segmented_property_type=codes.SCT.Pancreas,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+            display_color=hd.color.CIELabColor.from_rgb(*PANCREAS_DISPLAY_RGB),
         ),
         hd.seg.SegmentDescription(
             segment_number=CANONICAL_TUMOUR,
@@ -915,6 +920,7 @@ def build_segmentation(
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
             segmented_property_type=codes.SCT.Neoplasm,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+            display_color=hd.color.CIELabColor.from_rgb(*TUMOUR_DISPLAY_RGB),
         ),
     ]
     # Only the slices that hold a label are the SEG's sources: its frames and references are

@@ -1,5 +1,6 @@
-"""DICOMweb for the embedded OHIF viewer and for scripts: QIDO-RS search and WADO-RS retrieval
-(metadata, instances, frames, bulk data) of the platform's de-identified studies.
+"""DICOMweb for the embedded OHIF viewer, other viewers and study browsers, and scripts: QIDO-RS
+search and WADO-RS retrieval (metadata, instances, frames, bulk data, rendered images and
+thumbnails) of the platform's de-identified studies.
 
 Same login as the pages (the session, or an API token), same permission check: a user sees the
 studies of patients in cohorts where ``can(user, cohort, VIEW_IMAGES)``. Searches show nothing
@@ -12,7 +13,8 @@ segmentation mode POSTs to ``/studies`` without a CSRF token; that is refused wi
 Frames are served without decoding the image: where an instance's pixel data starts in its
 file is read once (cached per file), then a frame is one seek and read (native pixel data) or
 its fragments (encapsulated pixel data, sent in its own transfer syntax when the client accepts
-it, decoded by pydicom otherwise). The protocol itself is in ``dicomweb_protocol``.
+it, decoded by pydicom otherwise). The protocol itself is in ``dicomweb_protocol``, the
+rendering of images in ``rendering``, who asks in ``dicomweb_auth``.
 """
 
 from __future__ import annotations
@@ -20,38 +22,42 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import pydicom
-from django.core.cache import cache
 from django.db.models import Case, Count, IntegerField, OuterRef, QuerySet, Subquery, Value, When
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from pydicom.uid import UID
-from rest_framework.authentication import TokenAuthentication
-from rest_framework.exceptions import AuthenticationFailed
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction
-from pmpd_web.accounts.permissions import Action, visible_cohorts
+from pmpd_web.accounts.permissions import Action, can, visible_cohorts
 from pmpd_web.cohorts.models import Cohort
 
+from . import rendering
+from .dicomweb_auth import authenticated_user
 from .dicomweb_protocol import (
     APPLICATION_DICOM,
     DICOM_JSON,
     EXPLICIT_VR_LITTLE_ENDIAN,
     OCTET_STREAM,
     PIXEL_DATA,
+    RETRIEVE_URL,
     DicomWebError,
     PixelLayout,
     Query,
     acceptable,
     accepted_types,
+    accepts_json,
     as_explicit_little_endian,
     choose,
+    choose_single_part,
     complete,
     decoded_frames,
     element,
@@ -60,6 +66,7 @@ from .dicomweb_protocol import (
     multipart,
     parse_query,
     read_pixel_layout,
+    search_warnings,
     stored_frames,
     tag_key,
     uid_list,
@@ -69,6 +76,7 @@ from .models import DicomInstance, ImageSeries, ImagingStudy
 MAX_RESULTS = 1000
 CHUNK_BYTES = 256 * 1024
 SERIES_FILES_TTL_S = 30
+SERIES_FILES_KEPT = 512
 
 # What each search level answers (PS3.18 tables 10.6.3-3 to -5, and what OHIF reads) from the
 # stored headers beside the database's columns, and what ``includefield=all`` adds.
@@ -112,19 +120,6 @@ def _error(status: int, message: str, **headers: str) -> HttpResponse:
     return response
 
 
-def _authenticated_user(request):
-    if request.user.is_authenticated:
-        return request.user
-    if request.headers.get("Authorization", "").startswith("Token "):
-        try:
-            result = TokenAuthentication().authenticate(request)
-        except AuthenticationFailed:
-            return None
-        if result is not None:
-            return result[0]
-    return None
-
-
 def dicomweb_view(view: Callable) -> Callable:
     """Authentication (401), read-only methods (405) and refusals as JSON.
 
@@ -134,7 +129,7 @@ def dicomweb_view(view: Callable) -> Callable:
 
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
-        user = _authenticated_user(request)
+        user = authenticated_user(request)
         if user is None:
             return _error(
                 401, "Log in to the PMPD platform first.", WWW_Authenticate='Token realm="pmpd"'
@@ -160,22 +155,40 @@ def visible_studies(user) -> QuerySet[ImagingStudy]:
     return ImagingStudy.objects.filter(patient__cohort__in=cohorts)
 
 
-def _json(data) -> HttpResponse:
-    return HttpResponse(json.dumps(data, separators=(",", ":")), content_type=DICOM_JSON)
+def _json(request, data, *, warnings: Iterable[str] = ()) -> HttpResponse:
+    """DICOM JSON, the only form of searches and metadata: another Accept gets 406."""
+    if not accepts_json(request.headers.get("Accept", "")):
+        raise DicomWebError(406, f"Searches and metadata are answered as {DICOM_JSON} only.")
+    response = HttpResponse(json.dumps(data, separators=(",", ":")), content_type=DICOM_JSON)
+    if warnings := list(warnings):
+        response.headers["Warning"] = ", ".join(warnings)
+    return response
 
 
-# ----------------------------------------------------------------------------------------------
-# QIDO-RS
+def _retrieve_url(request, dataset: dict, level: str) -> str:
+    """Where WADO-RS retrieves what a search answer describes (RetrieveURL, 0008,1190)."""
+    uids = [dataset["0020000D"]["Value"][0]]
+    route = "dicomweb-study"
+    if level in ("series", "instance"):
+        uids.append(dataset["0020000E"]["Value"][0])
+        route = "dicomweb-series"
+    if level == "instance":
+        uids.append(dataset["00080018"]["Value"][0])
+        route = "dicomweb-instance"
+    return request.build_absolute_uri(reverse(route, args=uids))
 
 
 def _search(
     request,
     *,
+    level: str,
     queryset: QuerySet,
     db_filters: dict[str, Callable[[QuerySet, str], QuerySet | None]],
     build: Callable[[list, Query], list[dict]],
 ) -> HttpResponse:
     """Filter in the database what it can, build the answers, match the rest on them."""
+    if not accepts_json(request.headers.get("Accept", "")):
+        raise DicomWebError(406, f"Searches are answered as {DICOM_JSON} only.")
     params = {name: request.GET.getlist(name) for name in request.GET}
     query = parse_query(params, max_limit=MAX_RESULTS)
     remaining = dict(query.filters)
@@ -185,16 +198,41 @@ def _search(
             if filtered is not None:
                 queryset = filtered
                 del remaining[key]
+    end = query.offset + query.limit
     if remaining:
         datasets = [
             dataset
             for dataset in build(list(queryset), query)
             if all(matches(dataset, key, value) for key, value in remaining.items())
         ]
-        datasets = datasets[query.offset : query.offset + query.limit]
+        truncated = len(datasets) > end
+        datasets = datasets[query.offset : end]
     else:
-        datasets = build(list(queryset[query.offset : query.offset + query.limit]), query)
-    return _json([dict(sorted(dataset.items())) for dataset in datasets])
+        rows = list(queryset[query.offset : end + 1])
+        truncated = len(rows) > query.limit
+        datasets = build(rows[: query.limit], query)
+    for dataset in datasets:
+        dataset[RETRIEVE_URL] = element("UR", _retrieve_url(request, dataset, level))
+    warnings = search_warnings(
+        query, truncated=truncated and query.limit == MAX_RESULTS, service=request.get_host()
+    )
+    return _json(
+        request, [dict(sorted(dataset.items())) for dataset in datasets], warnings=warnings
+    )
+
+
+def _with_upper_levels(datasets: list[dict], upper: dict[str, dict], key: str) -> list[dict]:
+    """Each dataset completed with the attributes of its study (or series), found in
+    ``upper`` by its value of ``key``: series and instance answers hold their study's and
+    patient's attributes, instance answers their series' too, whether or not the path names
+    the study (PS3.18 tables 10.6.3-4 and -5 ask it without one; Orthanc answers so always)."""
+    merged = []
+    for dataset in datasets:
+        above = upper.get(dataset[key]["Value"][0], {})
+        combined = dict(above)
+        combined.update((k, v) for k, v in dataset.items() if k not in above or "Value" in v)
+        merged.append(combined)
+    return merged
 
 
 def _date_filter(field: str) -> Callable[[QuerySet, str], QuerySet | None]:
@@ -232,22 +270,21 @@ def _uid_filter(field: str) -> Callable[[QuerySet, str], QuerySet]:
     return lambda queryset, value: queryset.filter(**{f"{field}__in": uid_list(value)})
 
 
+def _images_first(instances: QuerySet[DicomInstance]) -> QuerySet[DicomInstance]:
+    """``instances`` in series order, those of image series before those of segmentations."""
+    is_segmentation = Case(
+        When(series__modality="SEG", then=Value(1)), default=Value(0), output_field=IntegerField()
+    )
+    return instances.annotate(is_segmentation=is_segmentation).order_by(
+        "is_segmentation", "series__series_number", "series_id", "instance_number", "pk"
+    )
+
+
 def _representative(outer: str) -> Subquery:
     """The first instance of each study or series (``outer`` leads there), preferring
     images to segmentations: its headers give the study- and series-level attributes."""
-    first = (
-        DicomInstance.objects.filter(**{outer: OuterRef("pk")})
-        .annotate(
-            is_segmentation=Case(
-                When(series__modality="SEG", then=Value(1)),
-                default=Value(0),
-                output_field=IntegerField(),
-            )
-        )
-        .order_by("is_segmentation", "series__series_number", "instance_number", "pk")
-        .values("pk")[:1]
-    )
-    return Subquery(first)
+    first = _images_first(DicomInstance.objects.filter(**{outer: OuterRef("pk")}))
+    return Subquery(first.values("pk")[:1])
 
 
 def _headers_of(pks: Iterable[int | None]) -> dict[int, dict]:
@@ -310,6 +347,7 @@ def search_studies(request):
 
     return _search(
         request,
+        level="study",
         queryset=studies,
         db_filters={
             "0020000D": _uid_filter("study_instance_uid"),
@@ -351,23 +389,37 @@ def _series_datasets(series_list: list[ImageSeries], query: Query) -> list[dict]
     return datasets
 
 
+def _studies_of(rows: Iterable, study_of: Callable, query: Query) -> dict[str, dict]:
+    """The study-level answers of the studies of ``rows``, by Study Instance UID."""
+    studies = {study.pk: study for study in map(study_of, rows)}
+    datasets = _study_datasets(list(studies.values()), query)
+    return {dataset["0020000D"]["Value"][0]: dataset for dataset in datasets}
+
+
+def _series_with_study(rows: list[ImageSeries], query: Query) -> list[dict]:
+    studies = _studies_of(rows, lambda row: row.study, query)
+    return _with_upper_levels(_series_datasets(rows, query), studies, "0020000D")
+
+
 @dicomweb_view
 def search_series(request, study: str | None = None):
     series = ImageSeries.objects.filter(study__in=visible_studies(request.user)).select_related(
-        "study"
+        "study__patient"
     )
     if study is not None:
         series = series.filter(study__study_instance_uid=study)
     return _search(
         request,
+        level="series",
         queryset=series.order_by("study_id", "series_number", "pk"),
         db_filters={
             "0020000D": _uid_filter("study__study_instance_uid"),
             "0020000E": _uid_filter("series_instance_uid"),
             "00080060": _exact_filter("modality"),
             "00200011": _exact_filter("series_number", integer=True),
+            "00100020": _exact_filter("study__patient__study_id"),
         },
-        build=_series_datasets,
+        build=_series_with_study,
     )
 
 
@@ -388,17 +440,27 @@ def _instance_datasets(instances: list[DicomInstance], query: Query) -> list[dic
     return datasets
 
 
+def _instances_with_series_and_study(rows: list[DicomInstance], query: Query) -> list[dict]:
+    series = {row.series.pk: row.series for row in rows}
+    by_uid = {
+        dataset["0020000E"]["Value"][0]: dataset
+        for dataset in _series_with_study(list(series.values()), query)
+    }
+    return _with_upper_levels(_instance_datasets(rows, query), by_uid, "0020000E")
+
+
 @dicomweb_view
 def search_instances(request, study: str | None = None, series: str | None = None):
     instances = DicomInstance.objects.filter(
         series__study__in=visible_studies(request.user)
-    ).select_related("series__study")
+    ).select_related("series__study__patient")
     if study is not None:
         instances = instances.filter(series__study__study_instance_uid=study)
     if series is not None:
         instances = instances.filter(series__series_instance_uid=series)
     return _search(
         request,
+        level="instance",
         queryset=instances.order_by("series_id", "instance_number", "pk"),
         db_filters={
             "0020000D": _uid_filter("series__study__study_instance_uid"),
@@ -406,8 +468,9 @@ def search_instances(request, study: str | None = None, series: str | None = Non
             "00080018": _uid_filter("sop_instance_uid"),
             "00080016": _uid_filter("sop_class_uid"),
             "00200013": _exact_filter("instance_number", integer=True),
+            "00100020": _exact_filter("series__study__patient__study_id"),
         },
-        build=_instance_datasets,
+        build=_instances_with_series_and_study,
     )
 
 
@@ -463,7 +526,7 @@ def _metadata(request, instances: QuerySet[DicomInstance], *, audited: str) -> H
             via="dicomweb",
             images=audited,
         )
-    return _json(answer)
+    return _json(request, answer)
 
 
 @dicomweb_view
@@ -556,24 +619,49 @@ def _parts(bodies: Iterable, media: str, transfer_syntax: str):
     return ((content_type, body) for body in bodies)
 
 
-def _instance_file(user, study: str, series: str, sop: str, *, cached: bool = True) -> str:
-    """The stored file of an instance ``user`` may view (404 otherwise).
+@dataclass(frozen=True)
+class SeriesFiles:
+    """Where a series' instances are stored, and the cohort whose permission guards them."""
 
-    A viewer asks for the frames of a series by the hundred: the permission check and the file
-    names of the whole series are looked up once, then kept for ``SERIES_FILES_TTL_S`` seconds
-    per user (so a revoked membership stops frames within that time; searches and metadata
-    always ask the database)."""
-    key = f"pmpd-dicomweb-files:{user.pk}:{study}:{series}"
-    files = cache.get(key) if cached else None
-    if files is None:
-        files = dict(
-            _instances(user, study, series).values_list("sop_instance_uid", "file").iterator()
-        )
-        if files:
-            cache.set(key, files, SERIES_FILES_TTL_S)
-    if sop not in files:
+    cohort_id: int
+    files: dict[str, str]
+    read_at: float
+
+
+_series_files: dict[tuple[str, str], SeriesFiles] = {}
+
+
+def _series_index(study: str, series: str, *, fresh: bool) -> SeriesFiles | None:
+    """The stored files of a series, looked up once per ``SERIES_FILES_TTL_S`` seconds and
+    process: a viewer asks for a series' frames by the hundred. Not a permission cache: the
+    caller checks the user's permission on the cohort at every request."""
+    key = (study, series)
+    entry = _series_files.get(key)
+    if fresh or entry is None or time.monotonic() - entry.read_at > SERIES_FILES_TTL_S:
+        rows = DicomInstance.objects.filter(
+            series__series_instance_uid=series, series__study__study_instance_uid=study
+        ).values_list("sop_instance_uid", "file", "series__study__patient__cohort_id")
+        files = {sop: name for sop, name, _ in rows}
+        if not files:
+            _series_files.pop(key, None)
+            return None
+        if len(_series_files) >= SERIES_FILES_KEPT:
+            _series_files.clear()
+        entry = SeriesFiles(cohort_id=rows[0][2], files=files, read_at=time.monotonic())
+        _series_files[key] = entry
+    return entry
+
+
+def _instance_file(user, study: str, series: str, sop: str, *, fresh: bool = False) -> str:
+    """The stored file of an instance ``user`` may view (404 otherwise, whatever the reason)."""
+    entry = _series_index(study, series, fresh=fresh)
+    if (
+        entry is None
+        or sop not in entry.files
+        or not can(user, entry.cohort_id, Action.VIEW_IMAGES)
+    ):
         raise DicomWebError(404, "No such instance.")
-    return files[sop]
+    return entry.files[sop]
 
 
 def _instance_pixels(user, study: str, series: str, sop: str) -> tuple[str, PixelLayout]:
@@ -583,7 +671,7 @@ def _instance_pixels(user, study: str, series: str, sop: str) -> tuple[str, Pixe
     try:
         return name, pixel_layout(name)
     except FileNotFoundError:
-        name = _instance_file(user, study, series, sop, cached=False)
+        name = _instance_file(user, study, series, sop, fresh=True)
         return name, pixel_layout(name)
 
 
@@ -599,17 +687,35 @@ def _frame_numbers(text: str) -> list[int]:
 
 @dicomweb_view
 def retrieve_frames(request, study: str, series: str, sop: str, frames: str):
+    """Frames as multipart/related, or one frame as a single-part body where the client asks
+    for ``application/octet-stream`` itself; several frames cannot be one part, so a client
+    that takes only single-part bodies gets 406 for them (PS3.18 8.7.3.2)."""
     numbers = _frame_numbers(frames)
     name, layout = _instance_pixels(request.user, study, series, sop)
     if max(numbers) > layout.number_of_frames:
         raise DicomWebError(404, f"This instance has {layout.number_of_frames} frame(s).")
-    offer = choose(accepted_types(request.headers.get("Accept", "")), layout.offers())
-    if offer is None:
-        raise DicomWebError(406, f"Frames are offered as {OCTET_STREAM} (explicit VR LE).")
+    accepted = accepted_types(request.headers.get("Accept", ""))
     indices = [number - 1 for number in numbers]
-    bodies = _read_frames(name, layout, indices, offer.decode)
-    return _multipart_response(
-        _parts(bodies, offer.media, offer.transfer_syntax), offer.media, stream=len(indices) > 1
+    offer = choose(accepted, layout.offers())
+    if offer is not None:
+        bodies = _read_frames(name, layout, indices, offer.decode)
+        return _multipart_response(
+            _parts(bodies, offer.media, offer.transfer_syntax),
+            offer.media,
+            stream=len(indices) > 1,
+        )
+    single = choose_single_part(accepted, layout.offers())
+    if single is None:
+        raise DicomWebError(406, f"Frames are offered as {OCTET_STREAM} (explicit VR LE).")
+    if len(indices) > 1:
+        raise DicomWebError(
+            406,
+            f"A single-part {single.media} body holds one frame: ask for multipart/related; "
+            f"type={single.media} to receive several.",
+        )
+    body = b"".join(_read_frames(name, layout, indices, single.decode))
+    return HttpResponse(
+        body, content_type=f"{single.media}; transfer-syntax={single.transfer_syntax}"
     )
 
 
@@ -619,7 +725,7 @@ def retrieve_bulkdata(request, study: str, series: str, sop: str, tag: str):
     encapsulated pixel data one part per frame, another binary attribute in one part."""
     key = tag_key(tag)
     if key != PIXEL_DATA:
-        name = _instance_file(request.user, study, series, sop, cached=False)
+        name = _instance_file(request.user, study, series, sop, fresh=True)
         with _storage().open(name, "rb") as handle:
             found = pydicom.dcmread(handle, stop_before_pixels=True).get(int(key, 16))
         if found is None or not isinstance(found.value, bytes):
@@ -671,3 +777,113 @@ def retrieve_series(request, study: str, series: str):
 @dicomweb_view
 def retrieve_instance(request, study: str, series: str, sop: str):
     return _instances_answer(request, _instances(request.user, study, series, sop))
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendered images and thumbnails (PNG or JPEG), for study browsers and other viewers
+
+
+def _rendered_media_type(request) -> str:
+    """PNG or JPEG, as the client prefers; JPEG where it takes either (PS3.18 8.7.4)."""
+    for entry in accepted_types(request.headers.get("Accept", "")):
+        for media in rendering.RENDERED_MEDIA_TYPES:
+            if entry.media in ("*/*", "image/*", media):
+                return media
+    raise DicomWebError(406, "Images are rendered as image/jpeg or image/png.")
+
+
+def _middle_instance_file(instances: QuerySet[DicomInstance]) -> str:
+    """The stored file of the middle instance (by instance number) of the series of the first
+    of ``instances``, preferring an image series to a segmentation: what a browser shows as the
+    study's or the series' picture."""
+    ordered = instances.annotate(
+        is_segmentation=Case(
+            When(series__modality="SEG", then=Value(1)),
+            default=Value(0),
+            output_field=IntegerField(),
+        )
+    ).order_by("is_segmentation", "series__series_number", "series_id", "instance_number", "pk")
+    first = ordered.values_list("series_id", flat=True).first()
+    if first is None:
+        raise DicomWebError(404, "No such study, series or instance.")
+    files = list(ordered.filter(series_id=first).values_list("file", flat=True))
+    return files[len(files) // 2]
+
+
+def _rendered(request, name: str, *, frame: int = 1, thumbnail: bool) -> HttpResponse:
+    media_type = _rendered_media_type(request)
+    try:
+        window = rendering.parse_window(request.GET.get("window"))
+        viewport = rendering.parse_viewport(request.GET.get("viewport"))
+    except rendering.RenderingError as exc:
+        raise DicomWebError(400, str(exc)) from exc
+    if thumbnail and viewport is None:
+        viewport = rendering.Viewport(rendering.THUMBNAIL_SIZE, rendering.THUMBNAIL_SIZE)
+    with _storage().open(name, "rb") as handle:
+        ds = pydicom.dcmread(handle)
+    if "PixelData" not in ds:
+        raise DicomWebError(404, "This instance has no pixel data to render.")
+    try:
+        body = rendering.render(
+            ds, media_type=media_type, index=frame - 1, window=window, viewport=viewport
+        )
+    except rendering.RenderingError as exc:
+        raise DicomWebError(404, f"Cannot render: {exc}.") from exc
+    except Exception as exc:  # pydicom has no decoder for this transfer syntax
+        raise DicomWebError(406, f"This image cannot be decoded here: {exc}") from exc
+    return HttpResponse(body, content_type=media_type)
+
+
+def _study_image(request, study: str, *, thumbnail: bool) -> HttpResponse:
+    name = _middle_instance_file(_instances(request.user, study))
+    return _rendered(request, name, thumbnail=thumbnail)
+
+
+def _series_image(request, study: str, series: str, *, thumbnail: bool) -> HttpResponse:
+    name = _middle_instance_file(_instances(request.user, study, series))
+    return _rendered(request, name, thumbnail=thumbnail)
+
+
+def _instance_image(request, study, series, sop, *, thumbnail: bool) -> HttpResponse:
+    return _rendered(
+        request, _instance_file(request.user, study, series, sop, fresh=True), thumbnail=thumbnail
+    )
+
+
+@dicomweb_view
+def study_rendered(request, study: str):
+    return _study_image(request, study, thumbnail=False)
+
+
+@dicomweb_view
+def study_thumbnail(request, study: str):
+    return _study_image(request, study, thumbnail=True)
+
+
+@dicomweb_view
+def series_rendered(request, study: str, series: str):
+    return _series_image(request, study, series, thumbnail=False)
+
+
+@dicomweb_view
+def series_thumbnail(request, study: str, series: str):
+    return _series_image(request, study, series, thumbnail=True)
+
+
+@dicomweb_view
+def instance_rendered(request, study: str, series: str, sop: str):
+    return _instance_image(request, study, series, sop, thumbnail=False)
+
+
+@dicomweb_view
+def instance_thumbnail(request, study: str, series: str, sop: str):
+    return _instance_image(request, study, series, sop, thumbnail=True)
+
+
+@dicomweb_view
+def frame_rendered(request, study: str, series: str, sop: str, frames: str):
+    numbers = _frame_numbers(frames)
+    if len(numbers) > 1:
+        raise DicomWebError(400, "A rendered frame is one frame: ask for each separately.")
+    name = _instance_file(request.user, study, series, sop, fresh=True)
+    return _rendered(request, name, frame=numbers[0], thumbnail=False)

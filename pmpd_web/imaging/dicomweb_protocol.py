@@ -24,6 +24,7 @@ DICOM_JSON = "application/dicom+json"
 OCTET_STREAM = "application/octet-stream"
 APPLICATION_DICOM = "application/dicom"
 PIXEL_DATA = "7FE00010"
+RETRIEVE_URL = "00081190"
 PIXEL_DATA_TAGS = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)})
 NUMERIC_VRS = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "UV", "SV"})
 
@@ -74,6 +75,8 @@ class Query:
     include_all: bool
     limit: int
     offset: int
+    limit_capped: bool = False  # the client asked for more than the server answers at once
+    fuzzy_asked: bool = False  # fuzzymatching=true, which is not offered
 
     def wanted(self) -> set[str]:
         """Attributes to answer beside the defaults: included ones and the matched ones."""
@@ -102,7 +105,8 @@ def _whole_number(params: Mapping[str, Sequence[str]], name: str, default: int) 
 def parse_query(params: Mapping[str, Sequence[str]], *, max_limit: int) -> Query:
     """Filters by keyword or tag (``PatientID=...``, ``00100020=...``), ``includefield``
     (comma-separated or repeated, ``all``), ``limit`` (at most ``max_limit``), ``offset``.
-    ``fuzzymatching`` is not offered and ignored; an empty filter matches everything."""
+    ``fuzzymatching`` is not offered (asking for it gets a warning); an empty filter matches
+    everything."""
     filters: dict[str, str] = {}
     include: set[str] = set()
     include_all = False
@@ -121,13 +125,33 @@ def parse_query(params: Mapping[str, Sequence[str]], *, max_limit: int) -> Query
             raise DicomWebError(400, "Matching on attributes inside sequences is not supported.")
         if values and values[-1] != "":
             filters[tag_key(name)] = values[-1]
+    asked = _whole_number(params, "limit", max_limit)
     return Query(
         filters=filters,
         include=include,
         include_all=include_all,
-        limit=min(_whole_number(params, "limit", max_limit), max_limit),
+        limit=min(asked, max_limit),
         offset=_whole_number(params, "offset", 0),
+        limit_capped=asked > max_limit,
+        fuzzy_asked=(params.get("fuzzymatching") or ["false"])[-1].lower() == "true",
     )
+
+
+def search_warnings(query: Query, *, truncated: bool, service: str) -> list[str]:
+    """The Warning header values of a search answer (PS3.18 8.3.4.5 and 8.3.4.6): results cut
+    at the server's maximum, and fuzzy matching asked for but not done."""
+    warnings = []
+    if query.limit_capped or truncated:
+        warnings.append(
+            f'299 {service}: "The number of results exceeded the maximum supported by the '
+            f'server ({query.limit}). Additional results can be requested."'
+        )
+    if query.fuzzy_asked:
+        warnings.append(
+            f'299 {service}: "The fuzzymatching parameter is not supported. Only literal '
+            'matching has been performed."'
+        )
+    return warnings
 
 
 def vr_of(key: str, element: dict | None = None) -> str | None:
@@ -215,9 +239,22 @@ class Offer(NamedTuple):
     decode: bool = False
 
 
-def accepted_types(header: str) -> list[tuple[str, str | None]]:
-    """(media type of the parts, transfer syntax or None) of each entry of an Accept header;
-    ``multipart/related; type=...`` gives its part type. No header accepts anything."""
+class Accepted(NamedTuple):
+    """One entry of an Accept header: the media type of the body or of its parts, the
+    transfer syntax asked for (None: the media type's default), and whether it asks for a
+    single-part body (``application/octet-stream``) rather than ``multipart/related``."""
+
+    media: str
+    transfer_syntax: str | None
+    single_part: bool = False
+
+
+JSON_MEDIA_TYPES = frozenset({DICOM_JSON, "application/json", "application/*", "*/*"})
+
+
+def accepted_types(header: str) -> list[Accepted]:
+    """The entries of an Accept header; ``multipart/related; type=...`` gives its part type.
+    No header accepts anything, as multipart."""
     entries = []
     for entry in filter(None, (part.strip() for part in header.split(","))):
         media, *parameters = (item.strip() for item in entry.split(";"))
@@ -225,34 +262,55 @@ def accepted_types(header: str) -> list[tuple[str, str | None]]:
         for parameter in parameters:
             name, _, value = parameter.partition("=")
             values[name.strip().lower()] = value.strip().strip('"')
-        if values.get("q") in ("0", "0.0"):
+        if values.get("q") in ("0", "0.0", "0.00", "0.000"):
             continue
         media = media.lower()
+        single_part = media != "multipart/related" and media != "*/*"
         if media == "multipart/related":
             media = values.get("type", "*/*").lower()
-        entries.append((media, values.get("transfer-syntax")))
-    return entries or [("*/*", None)]
+        entries.append(Accepted(media, values.get("transfer-syntax"), single_part))
+    return entries or [Accepted("*/*", None)]
 
 
-def acceptable(accepted: list[tuple[str, str | None]], media: str, transfer_syntax: str) -> bool:
+def accepts_json(header: str) -> bool:
+    """Whether an Accept header takes DICOM JSON (searches and metadata answer nothing else)."""
+    return any(
+        entry.single_part or entry.media == "*/*"
+        for entry in accepted_types(header)
+        if entry.media in JSON_MEDIA_TYPES
+    )
+
+
+def acceptable(accepted: list[Accepted], media: str, transfer_syntax: str) -> bool:
     """Whether parts of ``media`` in ``transfer_syntax`` suit one of the ``accepted`` entries;
     an entry without a transfer syntax means its media type's default (PS3.18 8.7.3.5)."""
-    for accepted_media, accepted_syntax in accepted:
-        family = accepted_media.endswith("/*") and media.startswith(accepted_media[:-1])
-        if accepted_media not in ("*/*", media) and not family:
-            continue
-        if accepted_syntax in ("*", transfer_syntax):
-            return True
-        if accepted_syntax is None and (
-            accepted_media == "*/*" or DEFAULT_TRANSFER_SYNTAX.get(media) == transfer_syntax
-        ):
-            return True
-    return False
+    return any(_suits(entry, media, transfer_syntax) for entry in accepted)
 
 
-def choose(accepted: list[tuple[str, str | None]], offers: Iterable[Offer]) -> Offer | None:
-    """The first of ``offers`` (the server's order of preference) that the client accepts."""
-    return next((o for o in offers if acceptable(accepted, o.media, o.transfer_syntax)), None)
+def _suits(entry: Accepted, media: str, transfer_syntax: str) -> bool:
+    family = entry.media.endswith("/*") and media.startswith(entry.media[:-1])
+    if entry.media not in ("*/*", media) and not family:
+        return False
+    if entry.transfer_syntax in ("*", transfer_syntax):
+        return True
+    return entry.transfer_syntax is None and (
+        entry.media == "*/*" or DEFAULT_TRANSFER_SYNTAX.get(media) == transfer_syntax
+    )
+
+
+def choose(accepted: list[Accepted], offers: Iterable[Offer]) -> Offer | None:
+    """The first of ``offers`` (the server's order of preference) that the client accepts
+    as parts of a multipart/related body."""
+    multipart_entries = [entry for entry in accepted if not entry.single_part]
+    return next(
+        (o for o in offers if acceptable(multipart_entries, o.media, o.transfer_syntax)), None
+    )
+
+
+def choose_single_part(accepted: list[Accepted], offers: Iterable[Offer]) -> Offer | None:
+    """The first of ``offers`` that the client accepts as a single-part body."""
+    single_entries = [entry for entry in accepted if entry.single_part]
+    return next((o for o in offers if acceptable(single_entries, o.media, o.transfer_syntax)), None)
 
 
 def multipart(boundary: str, parts: Iterable[tuple[str, bytes | Iterable[bytes]]]):

@@ -26,4 +26,15 @@ urlpatterns = [
     path(f"{INSTANCE}/metadata", views.instance_metadata, name="dicomweb-instance-metadata"),
     path(f"{INSTANCE}/frames/<str:frames>", views.retrieve_frames, name="dicomweb-frames"),
     path(f"{INSTANCE}/bulkdata/<str:tag>", views.retrieve_bulkdata, name="dicomweb-bulkdata"),
+    path(f"{STUDY}/rendered", views.study_rendered, name="dicomweb-study-rendered"),
+    path(f"{STUDY}/thumbnail", views.study_thumbnail, name="dicomweb-study-thumbnail"),
+    path(f"{SERIES}/rendered", views.series_rendered, name="dicomweb-series-rendered"),
+    path(f"{SERIES}/thumbnail", views.series_thumbnail, name="dicomweb-series-thumbnail"),
+    path(f"{INSTANCE}/rendered", views.instance_rendered, name="dicomweb-instance-rendered"),
+    path(f"{INSTANCE}/thumbnail", views.instance_thumbnail, name="dicomweb-instance-thumbnail"),
+    path(
+        f"{INSTANCE}/frames/<str:frames>/rendered",
+        views.frame_rendered,
+        name="dicomweb-frame-rendered",
+    ),
 ]

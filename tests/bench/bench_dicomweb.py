@@ -1,4 +1,5 @@
-"""Benchmark: fetching a whole CT series over DICOMweb (its metadata, then every frame) with
+"""Benchmark: fetching a whole CT series over DICOMweb (its metadata, then every frame) and
+fetching frames one by one (200 requests of one frame each, as a viewer scrolling does) with
 dicomweb-client, from the platform served by a real server process (gunicorn), beside Orthanc
 with its DICOMweb plugin serving the same instances on this machine in the same run.
 
@@ -12,14 +13,10 @@ orthanc-dicomweb with apt-get when they are missing. Stops what it starts.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import queue
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,54 +34,25 @@ django.setup()
 for noisy in ("highdicom", "dicomweb_client"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
-import requests  # noqa: E402
 from dicomweb_client.api import DICOMwebClient  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
+from orthanc_peer import (  # noqa: E402
+    DICOMWEB_ROOT,
+    free_port,
+    install_orthanc,
+    running,
+    running_orthanc,
+    store_in_orthanc,
+)
 
 SIZE = 512
 SLICES = 80
 REPEATS = 3
 PARALLEL = 4
+FRAME_REQUESTS = 200
 # Frames as stored (explicit VR little endian): what both servers send without transcoding.
 NATIVE = (("application/octet-stream", "1.2.840.10008.1.2.1"),)
-ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} exited early:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(requests.ConnectionError, requests.Timeout):
-            if requests.get(url, timeout=30).status_code < 500:
-                return
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-@contextlib.contextmanager
-def running(command: list[str], *, url: str, log: Path, env: dict | None = None):
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT
-        )
-        try:
-            wait_until_up(url, process, log)
-            yield process
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def database_url() -> str:
@@ -93,22 +61,6 @@ def database_url() -> str:
     password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
     host = db.get("HOST") or "127.0.0.1"
     return f"postgres://{user}{password}@{host}:{db.get('PORT') or 5432}/{db['NAME']}"
-
-
-def install_orthanc() -> str:
-    binary = shutil.which("Orthanc")
-    if binary and ORTHANC_PLUGIN.exists():
-        return binary
-    print("installing orthanc and orthanc-dicomweb with apt-get ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "orthanc", "orthanc-dicomweb"],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    return shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 
 
 def fetch_series(clients: queue.Queue, study: str, series: str, *, parallel: int) -> int:
@@ -134,6 +86,31 @@ def fetch_series(clients: queue.Queue, study: str, series: str, *, parallel: int
 
     with ThreadPoolExecutor(parallel) as pool:
         return sum(pool.map(frame, sops))
+
+
+def fetch_frames_one_by_one(client: DICOMwebClient, study: str, series: str, sops: list[str]):
+    """``FRAME_REQUESTS`` requests of one frame each, one at a time, going through the
+    series' instances in order (round again when the series has fewer)."""
+    received = 0
+    for position in range(FRAME_REQUESTS):
+        sop = sops[position % len(sops)]
+        frames = client.retrieve_instance_frames(study, series, sop, [1], media_types=NATIVE)
+        received += len(frames[0])
+    return received
+
+
+def report(title: str, times: dict[str, list[float]], per: int, unit: str) -> None:
+    """The first (cold) and best time of each server, and the platform's ratio to Orthanc."""
+    print(f"\n{title}:")
+    for name, measured in times.items():
+        cold, best = measured[0], min(measured[1:])
+        print(
+            f"  {name:9s} first {cold * 1000:7.0f} ms   best of {REPEATS} "
+            f"{best * 1000:7.0f} ms   ({best / per * 1000:.2f} ms per {unit})"
+        )
+    ratio = min(times["platform"][1:]) / min(times["orthanc"][1:])
+    verdict = "no slower than" if ratio <= 1.0 else "slower than"
+    print(f"  platform / orthanc = {ratio:.2f} ({verdict} Orthanc)")
 
 
 def main() -> None:
@@ -165,7 +142,7 @@ def main() -> None:
             f"made in {time.perf_counter() - started:.1f} s"
         )
         orthanc = install_orthanc()
-        web_port, orthanc_port = free_port(), free_port()
+        web_port = free_port()
         env = {
             **os.environ,
             "DATABASE_URL": database_url(),
@@ -187,40 +164,19 @@ def main() -> None:
             "--log-level",
             "warning",
         ]
-        config = work / "orthanc.json"
-        config.write_text(
-            json.dumps(
-                {
-                    "Name": "pmpd-bench",
-                    "StorageDirectory": str(work / "orthanc"),
-                    "IndexDirectory": str(work / "orthanc"),
-                    "HttpPort": orthanc_port,
-                    "DicomServerEnabled": False,
-                    "RemoteAccessAllowed": False,
-                    "AuthenticationEnabled": False,
-                    "HttpCompressionEnabled": False,
-                    "Plugins": [str(ORTHANC_PLUGIN)],
-                    "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-                }
-            )
-        )
         web_url = f"http://127.0.0.1:{web_port}"
-        orthanc_url = f"http://127.0.0.1:{orthanc_port}"
+        web_log = work / "web.log"
         with (
-            running(gunicorn, url=f"{web_url}/accounts/login/", log=work / "web.log", env=env),
-            running([orthanc, str(config)], url=f"{orthanc_url}/system", log=work / "orthanc.log"),
+            running(gunicorn, url=f"{web_url}/accounts/login/", log=web_log, env=env, cwd=REPO),
+            running_orthanc(orthanc, work / "orthanc") as orthanc_url,
         ):
-            with requests.Session() as upload:
-                for path in files:
-                    upload.post(
-                        f"{orthanc_url}/instances", data=path.read_bytes()
-                    ).raise_for_status()
+            store_in_orthanc(orthanc_url, [path.read_bytes() for path in files])
             servers = {
                 "platform": lambda: DICOMwebClient(
                     f"{web_url}/dicomweb",
                     session=logged_in_session(web_url, "bench", "pw-bench"),
                 ),
-                "orthanc": lambda: DICOMwebClient(f"{orthanc_url}/dicom-web"),
+                "orthanc": lambda: DICOMwebClient(f"{orthanc_url}{DICOMWEB_ROOT}"),
             }
             # Both serve the same pixels.
             sop = imaged.ct.instances.first().sop_instance_uid
@@ -245,16 +201,24 @@ def main() -> None:
                         times[name].append(time.perf_counter() - start)
                         assert size == len(files) * SIZE * SIZE * 2
                 label = "one request at a time" if parallel == 1 else f"{parallel} at a time"
-                print(f"\nwhole series (metadata + {len(files)} frames), {label}:")
-                for name, measured in times.items():
-                    cold, best = measured[0], min(measured[1:])
-                    print(
-                        f"  {name:9s} first {cold * 1000:7.0f} ms   best of {REPEATS} "
-                        f"{best * 1000:7.0f} ms   ({best / len(files) * 1000:.2f} ms per frame)"
-                    )
-                ratio = min(times["platform"][1:]) / min(times["orthanc"][1:])
-                verdict = "no slower than" if ratio <= 1.0 else "slower than"
-                print(f"  platform / orthanc = {ratio:.2f} ({verdict} Orthanc)")
+                title = f"whole series (metadata + {len(files)} frames), {label}"
+                report(title, times, len(files), "frame")
+
+            sops = [i.sop_instance_uid for i in imaged.ct.instances.order_by("instance_number")]
+            single = {name: clients[name].get() for name in servers}
+            times = {name: [] for name in servers}
+            for _ in range(REPEATS + 1):
+                for name in servers:
+                    start = time.perf_counter()
+                    size = fetch_frames_one_by_one(single[name], study, series, sops)
+                    times[name].append(time.perf_counter() - start)
+                    assert size == FRAME_REQUESTS * SIZE * SIZE * 2
+            report(
+                f"frame by frame ({FRAME_REQUESTS} requests of one frame)",
+                times,
+                FRAME_REQUESTS,
+                "frame",
+            )
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
         shutil.rmtree(work, ignore_errors=True)

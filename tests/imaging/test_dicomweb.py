@@ -11,7 +11,6 @@ import pytest
 import requests
 from dicom_fixtures import add_imaged_patient
 from dicomweb_client.api import DICOMwebClient
-from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from factories import make_patient
@@ -20,6 +19,7 @@ from rest_framework.authtoken.models import Token
 from web_session import logged_in_session
 
 from pmpd_web.accounts.models import AuditEvent
+from pmpd_web.imaging import dicomweb
 from pmpd_web.imaging import dicomweb_protocol as protocol
 from pmpd_web.imaging.models import DicomInstance
 
@@ -39,7 +39,7 @@ def stored_dataset(instance: DicomInstance) -> pydicom.Dataset:
 @pytest.fixture(autouse=True)
 def _fresh_cache():
     """The frame views keep a series' file names for a while: each test starts without."""
-    cache.clear()
+    dicomweb._series_files.clear()
 
 
 @pytest.fixture
@@ -397,8 +397,8 @@ def test_query_matching_rules():
     assert protocol.matches(dataset, "00200011", "3")
     assert protocol.matches(dataset, "00080060", "MR\\CT")
     assert not protocol.matches(dataset, "00080060", "C")
-    assert protocol.accepted_types(OHIF_FRAME_ACCEPT) == [("application/octet-stream", "*")]
-    assert protocol.accepted_types("") == [("*/*", None)]
+    assert protocol.accepted_types(OHIF_FRAME_ACCEPT) == [("application/octet-stream", "*", False)]
+    assert protocol.accepted_types("") == [("*/*", None, False)]
 
 
 def test_unknown_query_attributes_are_refused(imaged, client_for, members):
