@@ -31,12 +31,12 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from pydicom.uid import UID
-from rest_framework.authentication import TokenAuthentication
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, Throttled
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction
 from pmpd_web.accounts.permissions import Action, visible_cohorts
+from pmpd_web.accounts.tokens import ApiTokenAuthentication
 from pmpd_web.cohorts.models import Cohort
 
 from .dicomweb_protocol import (
@@ -117,7 +117,7 @@ def _authenticated_user(request):
         return request.user
     if request.headers.get("Authorization", "").startswith("Token "):
         try:
-            result = TokenAuthentication().authenticate(request)
+            result = ApiTokenAuthentication().authenticate(request)
         except AuthenticationFailed:
             return None
         if result is not None:
@@ -134,7 +134,10 @@ def dicomweb_view(view: Callable) -> Callable:
 
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
-        user = _authenticated_user(request)
+        try:
+            user = _authenticated_user(request)
+        except Throttled as exc:
+            return _error(429, str(exc.detail), Retry_After=str(int(exc.wait or 1)))
         if user is None:
             return _error(
                 401, "Log in to the PMPD platform first.", WWW_Authenticate='Token realm="pmpd"'

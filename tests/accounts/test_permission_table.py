@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from factories import make_patient
+from factories import make_patient, make_token_key
 from permission_table import EVERY_ROLE, USERS, C, K, S, assert_answer_for
 from rest_framework.test import APIClient
 from tablemaker import NON_METASTATIC_ROW, to_csv
@@ -107,10 +107,8 @@ def test_lists_show_only_the_users_cohorts(world, members, other_cohort, cohort)
 
 
 def test_token_authentication(world, members):
-    from rest_framework.authtoken.models import Token
-
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Token " + Token.objects.create(user=members[K]).key)
+    client.credentials(HTTP_AUTHORIZATION="Token " + make_token_key(members[K]))
     assert client.get(f"/api/cohorts/{world['cohort']}/patients/").json()["count"] == 1
     client.credentials(HTTP_AUTHORIZATION="Token wrong")
     assert client.get(f"/api/cohorts/{world['cohort']}/patients/").status_code == 401

@@ -1,0 +1,165 @@
+"""Request guards of the whole site: session timeouts, NUL bytes, security headers."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import logout
+from django.http import HttpResponse
+
+LOGIN_AT = "pmpd_login_at"
+LAST_SEEN = "pmpd_last_seen"
+# How often the last-seen time is written back: often enough for the idle timeout, rarely
+# enough that a page's burst of requests does not save the session each time.
+LAST_SEEN_RESOLUTION_SECONDS = 60
+# Answers of these paths are read by programs: their refusals are JSON.
+MACHINE_PATHS = ("/api/", "/dicomweb/")
+
+
+def start_session_clock(session) -> None:
+    now = int(time.time())
+    session[LOGIN_AT] = now
+    session[LAST_SEEN] = now
+
+
+class SessionTimeoutMiddleware:
+    """Logs out a session PMPD_SESSION_IDLE_SECONDS after its last request (the idle timeout)
+    or SESSION_COOKIE_AGE after its login (the absolute timeout; saving the session would
+    otherwise push the cookie's own expiry forward)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.user.is_authenticated:
+            self._check(request)
+        return self.get_response(request)
+
+    def _check(self, request) -> None:
+        session = request.session
+        now = int(time.time())
+        login_at, last_seen = session.get(LOGIN_AT), session.get(LAST_SEEN)
+        if login_at is None or last_seen is None:
+            start_session_clock(session)
+            return
+        idle = settings.PMPD_SESSION_IDLE_SECONDS
+        if now - login_at > settings.SESSION_COOKIE_AGE:
+            reason = f"Your session ended {settings.SESSION_COOKIE_AGE // 60} minutes after login"
+        elif now - last_seen > idle:
+            reason = f"Your session ended after {idle // 60} minutes without activity"
+        else:
+            if now - last_seen >= min(LAST_SEEN_RESOLUTION_SECONDS, max(1, idle // 10)):
+                session[LAST_SEEN] = now
+            return
+        logout(request)
+        messages.info(request, f"{reason}: please log in again.")
+
+
+def _first_nul(pairs) -> str | None:
+    for name, values in pairs:
+        if "\x00" in name or any("\x00" in value for value in values):
+            return name.replace("\x00", "\\0")
+    return None
+
+
+class RefuseNulBytesMiddleware:
+    """A NUL character in the address, a query parameter or a form field is refused with 400
+    before any view runs (PostgreSQL cannot store or compare it: it ended in a server error)."""
+
+    FORM = "application/x-www-form-urlencoded"
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if "\x00" in request.path:
+            return self._refuse(request, "The address contains a NUL character (%00).")
+        name = _first_nul(request.GET.lists())
+        if name is not None:
+            return self._refuse(
+                request, f"Query parameter '{name}' contains a NUL character (%00)."
+            )
+        if request.method == "POST" and request.content_type == self.FORM:
+            name = _first_nul(request.POST.lists())
+            if name is not None:
+                return self._refuse(request, f"Form field '{name}' contains a NUL character.")
+        return self.get_response(request)
+
+    @staticmethod
+    def _refuse(request, message: str) -> HttpResponse:
+        if request.path.startswith(MACHINE_PATHS):
+            return HttpResponse(
+                json.dumps({"detail": message}), status=400, content_type="application/json"
+            )
+        return HttpResponse(message, status=400, content_type="text/plain; charset=utf-8")
+
+
+# Content-Security-Policy. The platform's pages load scripts only from its own static files
+# (htmx, plotly, page scripts); styles may be inline (plotly and htmx insert <style> elements,
+# bars are sized by style attributes). Nothing may frame a page, except that the patient page
+# frames the viewer.
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
+    "worker-src 'self' blob:; frame-src 'self'; frame-ancestors 'none'; object-src 'none'; "
+    "base-uri 'self'; form-action 'self'"
+)
+# OHIF compiles its image decoders from WebAssembly, decodes in web workers started from blob:
+# URLs, styles inline, and has two small inline scripts in index.html (allowed by their hashes,
+# computed from the installed build).
+OHIF_POLICY = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'{hashes}; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
+    "connect-src 'self' data: blob:; worker-src 'self' blob:; child-src 'self' blob:; "
+    "frame-ancestors 'self'; object-src 'none'; base-uri 'self'; form-action 'self'"
+)
+PERMISSIONS_POLICY = (
+    "accelerometer=(), autoplay=(), camera=(), display-capture=(), geolocation=(), "
+    "gyroscope=(), magnetometer=(), microphone=(), midi=(), payment=(), usb=(), "
+    "fullscreen=(self)"
+)
+INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.DOTALL)
+
+
+@functools.lru_cache(maxsize=4)
+def _ohif_policy(index: Path, modified: float) -> str:  # noqa: ARG001 - the cache key
+    hashes = "".join(
+        " 'sha256-" + base64.b64encode(hashlib.sha256(script).digest()).decode() + "'"
+        for script in INLINE_SCRIPT.findall(index.read_bytes())
+        if script.strip()
+    )
+    return OHIF_POLICY.format(hashes=hashes)
+
+
+def ohif_policy() -> str:
+    index = Path(settings.PMPD_OHIF_ROOT) / "index.html"
+    try:
+        modified = index.stat().st_mtime
+    except FileNotFoundError:
+        return OHIF_POLICY.format(hashes="")
+    return _ohif_policy(index, modified)
+
+
+class ContentSecurityPolicyMiddleware:
+    """Content-Security-Policy and Permissions-Policy on every answer; a view that sets its own
+    Content-Security-Policy keeps it."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if "Content-Security-Policy" not in response:
+            response["Content-Security-Policy"] = (
+                ohif_policy() if request.path.startswith("/ohif/") else PAGE_POLICY
+            )
+        response.setdefault("Permissions-Policy", PERMISSIONS_POLICY)
+        return response
