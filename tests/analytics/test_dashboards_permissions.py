@@ -9,6 +9,7 @@ the analyses computed for the first page serve the others from the cache.
 from __future__ import annotations
 
 import pytest
+from factories import make_token_key
 from rest_framework.test import APIClient
 from scored import make_model_version, make_scored_cohort
 
