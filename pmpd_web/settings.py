@@ -219,13 +219,12 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_THROTTLE_CLASSES": [
-        "pmpd_web.accounts.throttles.AnonymousRateThrottle",
         "pmpd_web.accounts.throttles.PerUserRateThrottle",
     ],
-    # Requests per client address (anonymous), per user, and wrong tokens per address; a
-    # client over a rate gets 429 with Retry-After.
+    # Requests per user (session or token), and wrong tokens per client address (every API
+    # request needs a login, so that is what an anonymous client can do); a client over a rate
+    # gets 429 with Retry-After.
     "DEFAULT_THROTTLE_RATES": {
-        "anon": os.environ.get("PMPD_API_ANON_RATE", "60/minute"),
         "user": os.environ.get("PMPD_API_USER_RATE", "3000/minute"),
         "token_failure": os.environ.get("PMPD_API_TOKEN_FAILURE_RATE", "10/minute"),
     },

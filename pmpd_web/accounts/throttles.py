@@ -8,16 +8,12 @@ from __future__ import annotations
 
 from rest_framework.exceptions import Throttled
 from rest_framework.settings import api_settings
-from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle, UserRateThrottle
+from rest_framework.throttling import SimpleRateThrottle, UserRateThrottle
 
 
 class _LiveRates:
     def get_rate(self):
         return api_settings.DEFAULT_THROTTLE_RATES[self.scope]
-
-
-class AnonymousRateThrottle(_LiveRates, AnonRateThrottle):
-    """Requests without a login, per client address."""
 
 
 class PerUserRateThrottle(_LiveRates, UserRateThrottle):
