@@ -114,9 +114,10 @@ PAGE_POLICY = (
 )
 # OHIF compiles its image decoders from WebAssembly, decodes in web workers started from blob:
 # URLs, styles inline, and has two small inline scripts in index.html (allowed by their hashes,
-# computed from the installed build).
+# computed from the installed build). Its DICOM SEG loader builds array accessors with
+# ``new Function`` (the ndarray package): without 'unsafe-eval' the segmentation never shows.
 OHIF_POLICY = (
-    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'{hashes}; "
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval' 'unsafe-eval'{hashes}; "
     "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
     "connect-src 'self' data: blob:; worker-src 'self' blob:; child-src 'self' blob:; "
     "frame-ancestors 'self'; object-src 'none'; base-uri 'self'; form-action 'self'"
