@@ -307,10 +307,15 @@ PMPD_SESSION_IDLE_SECONDS = int(os.environ.get("PMPD_SESSION_IDLE_SECONDS", str(
 AXES_FAILURE_LIMIT = int(os.environ.get("PMPD_LOGIN_FAILURE_LIMIT", "5"))
 AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("PMPD_LOGIN_LOCKOUT_MINUTES", "15")))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
-AXES_RESET_ON_SUCCESS = True
+# A successful login clears that username's failures only (accounts.signals): axes' own reset
+# also clears every failure from the same address, which let someone with an account of their
+# own interleave logins to guess another account's password without ever being locked.
+AXES_RESET_ON_SUCCESS = False
 AXES_LOCKOUT_CALLABLE = "pmpd_web.accounts.lockout.lockout_response"
 AXES_CLIENT_IP_CALLABLE = "pmpd_web.accounts.lockout.client_address"
 AXES_VERBOSE = False
+# Successful logins are in the platform's audit trail already.
+AXES_DISABLE_ACCESS_LOG = True
 
 # API tokens (pmpd_web.accounts.tokens): stored as SHA-256 digests, valid this many days at
 # most (the owner picks fewer on the "API tokens" page), revoked when the password changes.

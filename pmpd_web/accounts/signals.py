@@ -1,4 +1,5 @@
 from axes.signals import user_locked_out
+from axes.utils import reset as reset_failed_logins
 from django.conf import settings
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.db.models.signals import pre_save
@@ -15,6 +16,7 @@ from .tokens import revoke_all
 def _audit_login(sender, request, user, **kwargs):
     if request is not None and hasattr(request, "session"):
         start_session_clock(request.session)
+    reset_failed_logins(username=user.get_username())
     record(user, AuditAction.LOGIN)
 
 

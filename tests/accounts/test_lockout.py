@@ -65,6 +65,14 @@ def test_a_success_before_the_limit_clears_the_count(client, members, limit):
     assert log_in(client, "clinician", "pw-clinician").status_code == 302
 
 
+def test_logging_in_to_ones_own_account_does_not_reset_anothers_count(client, members, limit):
+    for _ in range(limit - 1):
+        log_in(client, "clinician", "guess")
+        assert log_in(Client(), "nobody", "pw-nobody").status_code == 302
+    assert log_in(client, "clinician", "guess").status_code == 429
+    assert log_in(client, "clinician", "pw-clinician", address="10.7.7.7").status_code == 429
+
+
 def test_admin_unlocks_a_locked_user(client, members, limit):
     for _ in range(limit):
         log_in(client, "clinician", "guess")
