@@ -285,8 +285,9 @@ if PRODUCTION:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", True)
 
-# The API's rate counters live in this cache: set PMPD_CACHE_URL (redis://...) where several
-# web processes serve, so that they count together; the default is per process.
+# The default cache holds the API's rate counters (and DICOMweb's short-lived permission
+# cache): set PMPD_CACHE_URL (redis://...) where several web processes serve, so that they
+# count together; the default is per process.
 CACHES = {
     "default": (
         {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
