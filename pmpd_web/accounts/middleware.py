@@ -14,12 +14,17 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
 from django.http import HttpResponse
+from django.shortcuts import resolve_url
+from django.urls import Resolver404, resolve
+from django.utils.http import urlencode
 
 LOGIN_AT = "pmpd_login_at"
 LAST_SEEN = "pmpd_last_seen"
 # How often the last-seen time is written back: often enough for the idle timeout, rarely
 # enough that a page's burst of requests does not save the session each time.
 LAST_SEEN_RESOLUTION_SECONDS = 60
+# What pages poll by themselves (htmx "every Ns"): not the user's activity.
+POLLED_URL_NAMES = frozenset({"job-progress", "image-upload-status"})
 # Answers of these paths are read by programs: their refusals are JSON.
 MACHINE_PATHS = ("/api/", "/dicomweb/")
 
@@ -39,28 +44,46 @@ class SessionTimeoutMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        if request.user.is_authenticated:
-            self._check(request)
+        ended = request.user.is_authenticated and self._ended(request)
+        if ended and request.headers.get("HX-Request") == "true":
+            # A page's background request: send the whole page to the login, rather than the
+            # login form into the part of the page being refreshed.
+            page = request.headers.get("HX-Current-URL", "/")
+            login = f"{resolve_url(settings.LOGIN_URL)}?{urlencode({'next': page})}"
+            return HttpResponse(status=204, headers={"HX-Redirect": login})
         return self.get_response(request)
 
-    def _check(self, request) -> None:
+    def _ended(self, request) -> bool:
         session = request.session
         now = int(time.time())
         login_at, last_seen = session.get(LOGIN_AT), session.get(LAST_SEEN)
         if login_at is None or last_seen is None:
             start_session_clock(session)
-            return
+            return False
         idle = settings.PMPD_SESSION_IDLE_SECONDS
         if now - login_at > settings.SESSION_COOKIE_AGE:
             reason = f"Your session ended {settings.SESSION_COOKIE_AGE // 60} minutes after login"
         elif now - last_seen > idle:
             reason = f"Your session ended after {idle // 60} minutes without activity"
         else:
-            if now - last_seen >= min(LAST_SEEN_RESOLUTION_SECONDS, max(1, idle // 10)):
+            resolution = min(LAST_SEEN_RESOLUTION_SECONDS, max(1, idle // 10))
+            if now - last_seen >= resolution and not _is_poll(request):
                 session[LAST_SEEN] = now
-            return
+            return False
         logout(request)
         messages.info(request, f"{reason}: please log in again.")
+        return True
+
+
+def _is_poll(request) -> bool:
+    """A page's own periodic refresh (htmx polling a job's progress), which is no activity of
+    the user: a page left open on a long job would otherwise keep its session forever."""
+    if request.method != "GET" or request.headers.get("HX-Request") != "true":
+        return False
+    try:
+        return resolve(request.path_info).url_name in POLLED_URL_NAMES
+    except Resolver404:
+        return False
 
 
 def _first_nul(pairs) -> str | None:

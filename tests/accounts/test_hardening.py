@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 
 from pmpd_web.accounts.middleware import LAST_SEEN, LOGIN_AT
 from pmpd_web.cohorts.models import Cohort
+from pmpd_web.jobs.models import Job
 
 pytestmark = pytest.mark.django_db
 
@@ -177,3 +178,19 @@ def test_the_idle_timeout_applies_to_the_api_session_too(members, settings):
     api.force_login(members["clinician"])
     set_clock(api, login=700, seen=601)
     assert api.get("/api/cohorts/").status_code in (401, 403)
+
+
+def test_a_pages_own_polling_is_no_activity(client, members, cohort, settings):
+    settings.PMPD_SESSION_IDLE_SECONDS = 600
+    job = Job.objects.create(kind=Job.Kind.TABLE_IMPORT, cohort=cohort)
+    client.force_login(members["clinician"])
+    poll = {"HTTP_HX_REQUEST": "true", "HTTP_HX_CURRENT_URL": "http://testserver/cohorts/1/"}
+    set_clock(client, login=900, seen=590)
+    seen_before = client.session[LAST_SEEN]
+    assert client.get(f"/jobs/{job.pk}/progress/", **poll).status_code == 200
+    assert client.session[LAST_SEEN] == seen_before
+    set_clock(client, login=900, seen=601)
+    ended = client.get(f"/jobs/{job.pk}/progress/", **poll)
+    assert ended.status_code == 204
+    assert ended["HX-Redirect"] == "/accounts/login/?next=http%3A%2F%2Ftestserver%2Fcohorts%2F1%2F"
+    assert client.get("/").status_code == 302
