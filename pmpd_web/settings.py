@@ -304,9 +304,12 @@ SESSION_COOKIE_AGE = int(os.environ.get("PMPD_SESSION_MAX_AGE_SECONDS", str(8 * 
 PMPD_SESSION_IDLE_SECONDS = int(os.environ.get("PMPD_SESSION_IDLE_SECONDS", str(30 * 60)))
 
 # Login lockout (django-axes): after PMPD_LOGIN_FAILURE_LIMIT failed logins for one username,
-# or from one address, further logins there are refused for PMPD_LOGIN_LOCKOUT_MINUTES after
-# the last failure. Site admins unlock early (admin: Users -> "Unlock logins").
+# or PMPD_LOGIN_ADDRESS_FAILURE_LIMIT from one address (any usernames), further logins there
+# are refused for PMPD_LOGIN_LOCKOUT_MINUTES after the last failure. Site admins unlock early
+# (admin: Users -> "Unlock logins").
 AXES_FAILURE_LIMIT = int(os.environ.get("PMPD_LOGIN_FAILURE_LIMIT", "5"))
+PMPD_LOGIN_ADDRESS_FAILURE_LIMIT = int(os.environ.get("PMPD_LOGIN_ADDRESS_FAILURE_LIMIT", "20"))
+AXES_HANDLER = "pmpd_web.accounts.lockout.AccountAndAddressHandler"
 AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("PMPD_LOGIN_LOCKOUT_MINUTES", "15")))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 # A successful login clears that username's failures only (accounts.signals): axes' own reset

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+from axes.handlers.database import AxesDatabaseHandler
 from axes.helpers import get_cool_off
 from axes.models import AccessAttempt
 from axes.utils import reset
 from django.conf import settings
 from django.contrib.auth.forms import AuthenticationForm
-from django.db.models import Max, Q
+from django.db.models import Max, Q, Sum
 from django.shortcuts import render
 from django.utils import timezone
 
@@ -27,6 +28,23 @@ def client_address(request) -> str:
         return remote
     addresses = [part.strip() for part in forwarded.split(",") if part.strip()]
     return addresses[-min(proxies, len(addresses))] if addresses else remote
+
+
+class AccountAndAddressHandler(AxesDatabaseHandler):
+    """django-axes' database handler with two limits: an account locks after AXES_FAILURE_LIMIT
+    failures, an address after PMPD_LOGIN_ADDRESS_FAILURE_LIMIT failures of any usernames (set
+    higher: a hospital's users often share one address, and one user's typos must not lock
+    everyone there)."""
+
+    def get_failures(self, request, credentials=None) -> int:
+        # One queryset per AXES_LOCKOUT_PARAMETERS entry: username, then ip_address.
+        by_username, by_address = (
+            attempts.aggregate(n=Sum("failures_since_start"))["n"] or 0
+            for attempts in self.get_user_attempts(request, credentials)
+        )
+        if by_address >= settings.PMPD_LOGIN_ADDRESS_FAILURE_LIMIT:
+            return max(by_username, settings.AXES_FAILURE_LIMIT)
+        return by_username
 
 
 def minutes_left(*, username: str, address: str) -> int:
