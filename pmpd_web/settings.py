@@ -9,6 +9,7 @@ required, secure cookies, HSTS) that passes ``manage.py check --deploy`` without
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -56,10 +57,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "rest_framework",
-    "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "pmpd_web.accounts",
     "pmpd_web.jobs",
     "pmpd_web.cohorts",
@@ -71,6 +72,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Before WhiteNoise, so that static files carry the headers too.
+    "pmpd_web.accounts.security_headers.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -78,6 +81,10 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "pmpd_web.accounts.middleware.SessionTimeoutMiddleware",
+    "pmpd_web.accounts.middleware.RefuseNulBytesMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "pmpd_web.urls"
@@ -117,6 +124,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out account or address before a password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "cohort-list"
@@ -184,9 +196,14 @@ PMPD_CANONICAL_GZIP_LEVEL = int(os.environ.get("PMPD_CANONICAL_GZIP_LEVEL", "1")
 # Scratch space of the ingest worker (uploads are unpacked here, never under their own names).
 PMPD_INGEST_WORK_DIR = os.environ.get("PMPD_INGEST_WORK_DIR", "") or None
 
+# Reverse proxies in front of the platform that append to X-Forwarded-For (docker-compose has
+# one): rate limits and the login lockout count the address the outermost of them saw. 0 when
+# gunicorn faces the clients (X-Forwarded-For is then ignored: a client could forge it).
+PMPD_TRUSTED_PROXIES = int(os.environ.get("PMPD_TRUSTED_PROXIES", "0"))
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "pmpd_web.accounts.tokens.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -198,12 +215,30 @@ REST_FRAMEWORK = {
         "rest_framework.filters.SearchFilter",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PARSER_CLASSES": [
+        "pmpd_web.accounts.parsers.DepthLimitedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "pmpd_web.accounts.throttles.PerUserRateThrottle",
+    ],
+    # Requests per user (session or token), and wrong tokens per client address (every API
+    # request needs a login, so that is what an anonymous client can do); a client over a rate
+    # gets 429 with Retry-After.
+    "DEFAULT_THROTTLE_RATES": {
+        "user": os.environ.get("PMPD_API_USER_RATE", "3000/minute"),
+        "token_failure": os.environ.get("PMPD_API_TOKEN_FAILURE_RATE", "10/minute"),
+    },
+    "NUM_PROXIES": PMPD_TRUSTED_PROXIES,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "PMPD platform API",
     "DESCRIPTION": "Cohorts, patients, clinical-table imports and jobs. Research use only.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and its documentation pages are for logged-in users (session or token).
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
@@ -254,7 +289,49 @@ if PRODUCTION:
     SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", str(365 * 24 * 3600)))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", True)
-    SESSION_COOKIE_AGE = 8 * 3600
+
+# The default cache holds the API's rate counters (and DICOMweb's short-lived permission
+# cache): set PMPD_CACHE_URL (redis://...) where several web processes serve, so that they
+# count together; the default is per process.
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
+        if (_cache_url := os.environ.get("PMPD_CACHE_URL", ""))
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
+# Sessions end PMPD_SESSION_MAX_AGE_SECONDS after the login whatever happens (the absolute
+# timeout), and sooner after PMPD_SESSION_IDLE_SECONDS without a request (the idle timeout);
+# pmpd_web.accounts.middleware enforces both.
+SESSION_COOKIE_AGE = int(os.environ.get("PMPD_SESSION_MAX_AGE_SECONDS", str(8 * 3600)))
+PMPD_SESSION_IDLE_SECONDS = int(os.environ.get("PMPD_SESSION_IDLE_SECONDS", str(30 * 60)))
+
+# Login lockout (django-axes): after PMPD_LOGIN_FAILURE_LIMIT failed logins for one username,
+# or PMPD_LOGIN_ADDRESS_FAILURE_LIMIT from one address (any usernames), further logins there
+# are refused for PMPD_LOGIN_LOCKOUT_MINUTES after the last failure. Site admins unlock early
+# (admin: Users -> "Unlock logins").
+AXES_FAILURE_LIMIT = int(os.environ.get("PMPD_LOGIN_FAILURE_LIMIT", "5"))
+PMPD_LOGIN_ADDRESS_FAILURE_LIMIT = int(os.environ.get("PMPD_LOGIN_ADDRESS_FAILURE_LIMIT", "20"))
+AXES_HANDLER = "pmpd_web.accounts.lockout.AccountAndAddressHandler"
+AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("PMPD_LOGIN_LOCKOUT_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# A successful login clears that username's failures only (accounts.signals): axes' own reset
+# also clears every failure from the same address, which let someone with an account of their
+# own interleave logins to guess another account's password without ever being locked.
+AXES_RESET_ON_SUCCESS = False
+AXES_LOCKOUT_CALLABLE = "pmpd_web.accounts.lockout.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "pmpd_web.accounts.lockout.client_address"
+AXES_VERBOSE = False
+# Successful logins are in the platform's audit trail already.
+AXES_DISABLE_ACCESS_LOG = True
+
+# API tokens (pmpd_web.accounts.tokens): stored as SHA-256 digests, valid this many days at
+# most (the owner picks fewer on the "API tokens" page), revoked when the password changes.
+PMPD_API_TOKEN_MAX_DAYS = int(os.environ.get("PMPD_API_TOKEN_MAX_DAYS", "90"))
+
+# Nesting deeper than this in a JSON body is refused with 400 (a deep body exhausts the stack).
+PMPD_JSON_MAX_DEPTH = int(os.environ.get("PMPD_JSON_MAX_DEPTH", "64"))
 
 LOGGING = {
     "version": 1,

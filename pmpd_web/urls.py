@@ -1,7 +1,11 @@
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerSplitView,
+)
 
 from pmpd_web.cohorts import views as cohort_views
 from pmpd_web.imaging import viewer
@@ -9,8 +13,7 @@ from pmpd_web.jobs import views as job_views
 
 urlpatterns = [
     path("", cohort_views.cohort_list, name="cohort-list"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/", include("pmpd_web.accounts.urls")),
     path("admin/", admin.site.urls),
     path("roles/", cohort_views.roles_help, name="roles"),
     path("cohorts/new/", cohort_views.cohort_create, name="cohort-create"),
@@ -45,10 +48,18 @@ urlpatterns = [
     re_path(r"^ohif/(?P<path>.*)$", viewer.ohif, name="ohif"),
     path("api/", include("pmpd_web.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # Documentation pages send anonymous visitors to the login (the schema itself answers 401).
+    # The split view serves its start-up script as a file: the pages' CSP allows no inline script.
+    path(
+        "api/docs/",
+        login_required(SpectacularSwaggerSplitView.as_view(url_name="api-schema")),
+        name="api-docs",
+    ),
     path(
         "api/redoc/",
-        SpectacularRedocView.as_view(url_name="api-schema", template_name="api/redoc.html"),
+        login_required(
+            SpectacularRedocView.as_view(url_name="api-schema", template_name="api/redoc.html")
+        ),
         name="api-redoc",
     ),
 ]

@@ -25,8 +25,12 @@ def _media_and_eager(request, settings, tmp_path, monkeypatch):
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+    from django.core.cache import cache
+
     from pmpd_web.celery import app
 
+    # The API's rate counters live in the cache: each test starts with none.
+    cache.clear()
     app.conf.task_always_eager = True
     yield
     app.conf.task_always_eager = False

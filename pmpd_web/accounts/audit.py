@@ -7,10 +7,20 @@ from typing import Any
 from .models import AuditEvent
 
 
-def record(user, action: str, *, cohort=None, patient=None, label: str = "", **detail: Any) -> None:
+def record(
+    user,
+    action: str,
+    *,
+    cohort=None,
+    patient=None,
+    label: str = "",
+    username: str = "",
+    **detail: Any,
+) -> None:
+    """``username`` names who it was when there is no user (a failed login's typed name)."""
     AuditEvent.objects.create(
         user=user if getattr(user, "is_authenticated", False) else None,
-        username=getattr(user, "username", "") or "system",
+        username=(username or getattr(user, "username", "") or "system")[:150],
         action=action,
         cohort=cohort if cohort is not None else getattr(patient, "cohort", None),
         patient=patient,

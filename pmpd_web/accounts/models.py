@@ -52,6 +52,12 @@ class AuditAction(models.TextChoices):
     ACTIVATE_MODEL_VERSION = "activate_model_version", "Activated a model version"
     LOGIN = "login", "Logged in"
     LOGOUT = "logout", "Logged out"
+    LOGIN_FAILED = "login_failed", "Failed login"
+    LOGIN_LOCKED_OUT = "login_locked_out", "Locked out after failed logins"
+    LOGIN_UNLOCKED = "login_unlocked", "Unlocked logins"
+    PASSWORD_CHANGE = "password_change", "Changed password"
+    CREATE_API_TOKEN = "create_api_token", "Created an API token"
+    REVOKE_API_TOKEN = "revoke_api_token", "Revoked an API token"
 
 
 class AuditEventQuerySet(models.QuerySet):
@@ -115,3 +121,29 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise PermissionDenied("The audit trail cannot be edited.")
+
+
+class ApiToken(models.Model):
+    """A user's key for the API and DICOMweb (``Authorization: Token <key>``).
+
+    Only the key's SHA-256 digest is stored: the key itself is shown once, when it is made. A
+    key is 256 random bits, so a fast digest suffices (nothing to guess from a dictionary).
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=80, help_text="What the token is for, e.g. 'notebook'")
+    key_digest = models.CharField(max_length=64, unique=True, editable=False)
+    key_prefix = models.CharField(
+        max_length=12, editable=False, help_text="The key's first characters, to recognise it"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key_prefix}...) of {self.user}"

@@ -47,9 +47,14 @@ class CohortViewSet(
             .order_by("name")
         )
 
-    def perform_create(self, serializer):
-        if not self.request.user.has_perm("cohorts.add_cohort"):
+    def create(self, request, *args, **kwargs):
+        # The permission first: validating the name before it told anyone which cohort names
+        # exist ("already exists"), including cohorts they may not see.
+        if not request.user.has_perm("cohorts.add_cohort"):
             raise PermissionDenied("You are not allowed to create cohorts.")
+        return super().create(request, *args, **kwargs)
+
+    def perform_create(self, serializer):
         with transaction.atomic():
             cohort = serializer.save()
             Membership.objects.create(user=self.request.user, cohort=cohort, role=Role.COORDINATOR)

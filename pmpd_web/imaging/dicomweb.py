@@ -34,6 +34,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from pydicom.uid import UID
+from rest_framework.exceptions import Throttled
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction
@@ -129,7 +130,10 @@ def dicomweb_view(view: Callable) -> Callable:
 
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
-        user = authenticated_user(request)
+        try:
+            user = authenticated_user(request)
+        except Throttled as exc:
+            return _error(429, str(exc.detail), Retry_After=str(int(exc.wait or 1)))
         if user is None:
             return _error(
                 401, "Log in to the PMPD platform first.", WWW_Authenticate='Token realm="pmpd"'

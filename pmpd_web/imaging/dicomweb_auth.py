@@ -16,11 +16,11 @@ from django.contrib.sessions.models import Session
 from django.db import connection
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
-from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
 from pmpd_web.accounts.models import Membership
 from pmpd_web.accounts.permissions import remember_roles
+from pmpd_web.accounts.tokens import ApiTokenAuthentication
 
 MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 DB_SESSIONS = "django.contrib.sessions.backends.db"
@@ -97,7 +97,7 @@ def authenticated_user(request):
         return request.user
     if request.headers.get("Authorization", "").startswith("Token "):
         try:
-            result = TokenAuthentication().authenticate(request)
+            result = ApiTokenAuthentication().authenticate(request)
         except AuthenticationFailed:
             return None
         if result is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from factories import make_patient
+from factories import make_patient, make_token_key
 from permission_table import EVERY_ROLE, USERS, C, K, S, assert_answer_for
 from rest_framework.test import APIClient
 from tablemaker import NON_METASTATIC_ROW, to_csv
@@ -107,10 +107,8 @@ def test_lists_show_only_the_users_cohorts(world, members, other_cohort, cohort)
 
 
 def test_token_authentication(world, members):
-    from rest_framework.authtoken.models import Token
-
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Token " + Token.objects.create(user=members[K]).key)
+    client.credentials(HTTP_AUTHORIZATION="Token " + make_token_key(members[K]))
     assert client.get(f"/api/cohorts/{world['cohort']}/patients/").json()["count"] == 1
     client.credentials(HTTP_AUTHORIZATION="Token wrong")
     assert client.get(f"/api/cohorts/{world['cohort']}/patients/").status_code == 401
@@ -123,3 +121,35 @@ def test_cohort_creation_needs_the_permission(members):
     client.force_login(members[C])
     created = client.post("/api/cohorts/", {"name": "New", "role": "external_validation"})
     assert created.status_code == 201 and created.json()["my_role"] == "coordinator"
+
+
+# Per-user account pages (never per cohort): every logged-in user reaches their own, anonymous
+# visitors are sent to the login; another user's token is 404 (tests/accounts/test_api_tokens.py).
+ACCOUNT_PAGES = [
+    ("api tokens", "get", "/accounts/tokens/"),
+    ("api token create", "post", "/accounts/tokens/"),
+    ("api token revoke", "post", "/accounts/tokens/{token}/revoke/"),
+    ("password change", "get", "/accounts/password/"),
+]
+
+
+@pytest.mark.parametrize("username", [*USERS, "anonymous"])
+@pytest.mark.parametrize(
+    ("name", "method", "path"), ACCOUNT_PAGES, ids=[p[0] for p in ACCOUNT_PAGES]
+)
+def test_account_pages_table(members, username, name, method, path):
+    from pmpd_web.accounts.models import ApiToken
+
+    client = APIClient()
+    owner = members["nobody" if username == "anonymous" else username]
+    make_token_key(owner)
+    url = path.format(token=ApiToken.objects.get(user=owner).pk)
+    if username != "anonymous":
+        client.force_login(owner)
+    data = {"name": "n", "days": 3} if name == "api token create" else None
+    response = getattr(client, method)(url, data)
+    if username == "anonymous":
+        assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+    else:
+        assert response.status_code in (200, 302), (url, response.status_code)
+        assert "/accounts/login" not in response.get("Location", "")

@@ -9,7 +9,7 @@ the analyses computed for the first page serve the others from the cache.
 from __future__ import annotations
 
 import pytest
-from rest_framework.authtoken.models import Token
+from factories import make_token_key
 from rest_framework.test import APIClient
 from scored import make_model_version, make_scored_cohort
 
@@ -89,7 +89,7 @@ def test_anonymous_is_sent_to_login_or_refused(world):
 
 def test_token_authentication_and_pooled_cohorts(world, members, other_cohort):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Token " + Token.objects.create(user=members[S]).key)
+    client.credentials(HTTP_AUTHORIZATION="Token " + make_token_key(members[S]))
     url = "/api/analytics/kaplan-meier/?cohort={cohort}&group=sex".format(**world)
     assert client.get(url).status_code == 200
     # Pooling a cohort the statistician is no member of is refused as if it did not exist.

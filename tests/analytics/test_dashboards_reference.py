@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from factories import make_cohort
+from factories import make_cohort, make_token_key
 from lifelines.datasets import load_lung
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from tablemaker import to_csv
 
@@ -50,7 +49,7 @@ def lung_cohort(members):
     for role in (Role.COORDINATOR, Role.STATISTICIAN):
         Membership.objects.create(user=members[role.value], cohort=cohort, role=role)
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=members['coordinator'])}")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {make_token_key(members['coordinator'])}")
     url = f"/api/cohorts/{cohort.pk}/imports/"
     preview = api.post(url, {"file": SimpleUploadedFile("lung.csv", to_csv(lung_rows()))}).json()
     assert preview["status"] == "previewed", preview["problems"][:3]
@@ -63,8 +62,7 @@ def lung_cohort(members):
 @pytest.fixture
 def statistician_api(members):
     api = APIClient()
-    token = Token.objects.create(user=members["statistician"])
-    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {make_token_key(members['statistician'])}")
     return api
 
 

@@ -215,11 +215,10 @@ def test_template_downloads(client_for, members):
 
 
 def test_import_through_the_api(cohort, members):
-    from rest_framework.authtoken.models import Token
+    from factories import make_token_key
 
     api = APIClient()
-    token = Token.objects.create(user=members["coordinator"])
-    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {make_token_key(members['coordinator'])}")
     url = f"/api/cohorts/{cohort.pk}/imports/"
     bad = api.post(url, {"file": SimpleUploadedFile("t.csv", to_csv([GOOD_ROW, GOOD_ROW]))})
     assert bad.status_code == 201 and bad.json()["status"] == "invalid"

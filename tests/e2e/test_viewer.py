@@ -5,64 +5,16 @@ screenshot of the run is kept under test-artifacts/."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from browser import ARTIFACTS, chromium
+from browser import ARTIFACTS, VIEWER_LOAD_S, chromium, viewer_frame, wait_for_pixels
 from dicom_fixtures import phantom
 from django.conf import settings
 from factories import make_patient
 from imagemaker import dicom_series, folder_files, ingest, write_volume
-from playwright.sync_api import Frame, Page
 
 STUDY_ID = "PMPD-E2E"
-# The viewer is about 20 MB of JavaScript: generous, bounded waits.
-VIEWER_LOAD_S = 180
-# The viewport's pixels as the page shows them: mean and standard deviation of the grey level,
-# distinct grey levels, and coloured pixels (the segmentation overlay; CT pixels are grey).
-VIEWPORT_PIXELS_JS = """canvas => {
-  const copy = document.createElement('canvas');
-  copy.width = canvas.width;
-  copy.height = canvas.height;
-  const context = copy.getContext('2d');
-  context.drawImage(canvas, 0, 0);
-  const data = context.getImageData(0, 0, copy.width, copy.height).data;
-  let sum = 0, squares = 0, coloured = 0;
-  const levels = new Set();
-  const n = data.length / 4;
-  for (let i = 0; i < data.length; i += 4) {
-    const [r, g, b] = [data[i], data[i + 1], data[i + 2]];
-    const grey = (r + g + b) / 3;
-    sum += grey;
-    squares += grey * grey;
-    levels.add(Math.round(grey));
-    if (Math.max(r, g, b) - Math.min(r, g, b) > 60) coloured += 1;
-  }
-  const mean = sum / n;
-  return {mean, std: Math.sqrt(Math.max(squares / n - mean * mean, 0)), levels: levels.size,
-          coloured};
-}"""
-
-
-def _viewer_frame(page: Page) -> Frame:
-    frame = page.wait_for_selector("iframe.viewer", timeout=30_000).content_frame()
-    assert frame is not None
-    return frame
-
-
-def _wait_for_pixels(frame: Frame, ready, what: str) -> dict:
-    """Poll the viewport's canvas until ``ready(pixels)``, within the load allowance."""
-    canvas = frame.locator("canvas.cornerstone-canvas").first
-    canvas.wait_for(state="visible", timeout=VIEWER_LOAD_S * 1000)
-    deadline = time.monotonic() + VIEWER_LOAD_S
-    pixels = canvas.evaluate(VIEWPORT_PIXELS_JS)
-    while not ready(pixels):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the viewport never showed {what}: {pixels}")
-        time.sleep(1)
-        pixels = canvas.evaluate(VIEWPORT_PIXELS_JS)
-    return pixels
 
 
 def test_patient_page_shows_the_ct_with_its_segmentation(live_server, cohort, members, tmp_path):
@@ -96,15 +48,15 @@ def test_patient_page_shows_the_ct_with_its_segmentation(live_server, cohort, me
 
             page.goto(f"{live_server.url}/cohorts/{cohort.pk}/patients/{STUDY_ID}/")
             assert page.locator("#images h2").inner_text() == "CT and segmentation"
-            frame = _viewer_frame(page)
-            ct = _wait_for_pixels(frame, lambda p: p["std"] > 10 and p["levels"] > 20, "a CT")
+            frame = viewer_frame(page)
+            ct = wait_for_pixels(frame, lambda p: p["std"] > 10 and p["levels"] > 20, "a CT")
             # The SEG is in the study browser, drawn over the CT, and its panel lists its
             # segments by label.
             frame.locator(
                 "[data-cy=study-browser-thumbnail-no-image] [data-cy=series-modality-label]",
                 has_text="SEG",
             ).wait_for(timeout=VIEWER_LOAD_S * 1000)
-            overlay = _wait_for_pixels(frame, lambda p: p["coloured"] > 20, "the segmentation")
+            overlay = wait_for_pixels(frame, lambda p: p["coloured"] > 20, "the segmentation")
             frame.locator("[data-cy=panelSegmentation-btn]").click()
             for label in ("Pancreas", "Tumour"):
                 frame.get_by_text(label, exact=True).first.wait_for(

@@ -13,9 +13,8 @@ from dicom_fixtures import add_imaged_patient
 from dicomweb_client.api import DICOMwebClient
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from factories import make_patient
+from factories import make_patient, make_token_key
 from pydicom.uid import RLELossless
-from rest_framework.authtoken.models import Token
 from web_session import logged_in_session
 
 from pmpd_web.accounts.models import AuditEvent
@@ -261,10 +260,8 @@ def test_anonymous_gets_401_and_a_token_works(live_server, imaged, members):
     for path in paths:
         assert requests.get(root + path, timeout=30).status_code == 401
     assert requests.post(root + "/studies", timeout=30).status_code == 401
-    token = Token.objects.create(user=members["clinician"])
-    found = requests.get(
-        root + "/studies", headers={"Authorization": f"Token {token.key}"}, timeout=30
-    )
+    key = make_token_key(members["clinician"])
+    found = requests.get(root + "/studies", headers={"Authorization": f"Token {key}"}, timeout=30)
     assert len(found.json()) == 2
     bad = requests.get(root + "/studies", headers={"Authorization": "Token nope"}, timeout=30)
     assert bad.status_code == 401

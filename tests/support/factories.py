@@ -30,3 +30,10 @@ def make_patient(cohort: Cohort, study_id: str, **extra) -> Patient:
     }
     values.update(extra)
     return Patient.objects.create(cohort=cohort, study_id=study_id, **values)
+
+
+def make_token_key(user: User, *, days: int = 30) -> str:
+    """A new API token of ``user``; returns the key (as the "API tokens" page shows it once)."""
+    from pmpd_web.accounts.tokens import create_token
+
+    return create_token(user, name="test", days=days).key
