@@ -20,7 +20,6 @@ from pmpd_web.cohorts.models import Patient
 from pmpd_web.cohorts.serializers import JobSerializer
 from pmpd_web.jobs.runner import UserFacingError
 
-from .ingest import select_series
 from .models import CanonicalVolume, ImageSeries, ImageUpload, UploadFile
 from .serializers import (
     DeclareFilesSerializer,
@@ -28,6 +27,7 @@ from .serializers import (
     ImageUploadSerializer,
     UploadFileSerializer,
 )
+from .series_pick import select_series
 from .uploads import (
     ChunkConflict,
     DeclaredFile,

@@ -2,7 +2,7 @@
 picks a patient's CT series, writing a CT series from a volume, DICOM SEG in and out, and the
 DICOM JSON metadata of the stored instances.
 
-Pure (pydicom, highdicom, numpy); the ingest (``pmpd_web.imaging.ingest``) is the Django shell.
+Pure (pydicom, highdicom, numpy); the ingest (``pmpd_web.imaging.ingest`` package) is the Django shell.
 Everything stored is explicit VR little endian, uncompressed: compressed input is decoded here.
 """
 
