@@ -28,7 +28,12 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SegmentationStorage
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    SegmentationStorage,
+)
 
 from . import deid
 from .errors import IngestError
@@ -112,15 +117,18 @@ def peek_list(ds: Dataset, keyword: str) -> list:
         if vr == "IS":
             return [int(float(part)) for part in parts]
         return parts
-    value = ds[_tag(keyword)].value
+    # Converted by pydicom: its VR is the one to go by (an implicit VR raw element has none),
+    # so that a slice read before and one read after conversion give the same numbers.
+    converted = ds[_tag(keyword)]
+    value, vr = converted.value, converted.VR
     if value is None or value == "":
         return []
     values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
-    if element.VR == "DS":
+    if vr == "DS":
         return [float(v) for v in values]
-    if element.VR == "IS":
+    if vr == "IS":
         return [int(v) for v in values]
-    if element.VR in _BINARY_VRS:
+    if vr in _BINARY_VRS or vr in ("US or SS", "US or OW", "US or SS or OW"):
         return [v for v in values]
     return [str(v) for v in values]
 
@@ -165,6 +173,9 @@ def read_dicom(path: Path, *, label: str) -> DicomFile:
         raise IngestError(
             label, "not a readable DICOM file: it is truncated or damaged (no SOP Class UID)"
         )
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") == ExplicitVRBigEndian:
+        _to_little_endian(dataset, label=label)
     return DicomFile(
         label=label,
         path=path,
@@ -173,6 +184,24 @@ def read_dicom(path: Path, *, label: str) -> DicomFile:
         protocol=" ".join(peek_list(dataset, "ProtocolName")),
         contrast_agent=" ".join(peek_list(dataset, "ContrastBolusAgent")),
     )
+
+
+def _to_little_endian(ds: Dataset, *, label: str) -> None:
+    """Explicit VR big endian (retired from the standard, still found on old archives) turned
+    into explicit VR little endian in memory: every element decoded, the pixels swapped."""
+    try:
+        pixels = ds.pixel_array if PIXEL_DATA in ds else None
+        for _ in ds.iterall():
+            pass  # decodes every element from its big-endian bytes
+    except Exception as exc:
+        raise IngestError(
+            label, f"explicit VR big endian data that cannot be decoded ({type(exc).__name__})"
+        ) from None
+    if pixels is not None:
+        ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+        ds["PixelData"].VR = "OB" if pixels.dtype.itemsize == 1 else "OW"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.set_original_encoding(False, True, ds.original_character_set)
 
 
 def role_of(dicom: DicomFile) -> tuple[str, str]:
@@ -277,14 +306,6 @@ def _native_pixels(dicom: DicomFile) -> np.ndarray:
         raise IngestError(dicom.label, "the file holds no pixel data (truncated?)")
     if transfer_syntax is not None and transfer_syntax.is_compressed:
         _decompress(dicom, dtype=dtype)
-    elif transfer_syntax is not None and not transfer_syntax.is_little_endian:
-        array = ds.pixel_array.astype(dtype)
-        ds.set_pixel_data(
-            array,
-            str(ds.PhotometricInterpretation),
-            int(ds.BitsStored),
-            generate_instance_uid=False,
-        )
     raw = ds.get_item(PIXEL_DATA).value
     expected = rows * columns * dtype.itemsize
     if raw is None or len(raw) < expected:
@@ -328,17 +349,55 @@ def _decompress(dicom: DicomFile, *, dtype: np.dtype) -> None:
     )
 
 
+def _complete(dicom: DicomFile) -> bool:
+    """Whether the file holds all its pixel data (compressed data cannot be measured: a copy
+    that holds some counts as complete, its decoding tells the rest)."""
+    ds = dicom.dataset
+    element = ds.get_item(PIXEL_DATA)
+    if element is None or not element.value:
+        return False
+    meta = getattr(ds, "file_meta", None)
+    transfer_syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if transfer_syntax is not None and transfer_syntax.is_compressed:
+        return True
+    try:
+        rows, columns = int(peek(ds, "Rows", 0)), int(peek(ds, "Columns", 0))
+        size = rows * columns * int(peek(ds, "BitsAllocated", 16)) // 8
+    except (TypeError, ValueError):
+        return False
+    return len(element.value) >= size
+
+
+def drop_duplicate_instances(
+    files: list[DicomFile],
+) -> tuple[list[DicomFile], list[tuple[DicomFile, str]]]:
+    """One file per SOP instance, whatever the order of the copies: the first complete copy
+    is kept (the first copy when none is complete, so that its problem is told); each other
+    copy is returned with the note that says why it was left out."""
+    copies: dict[str, list[DicomFile]] = {}
+    for dicom in files:
+        copies.setdefault(str(peek(dicom.dataset, "SOPInstanceUID", "")), []).append(dicom)
+    kept, dropped = [], []
+    for same in copies.values():
+        keep = next((dicom for dicom in same if _complete(dicom)), same[0])
+        kept.append(keep)
+        for dicom in same:
+            if dicom is not keep:
+                state = "a complete" if _complete(dicom) else "an incomplete"
+                dropped.append(
+                    (dicom, f"{state} second copy of the SOP instance in {keep.label}: left out")
+                )
+    return kept, dropped
+
+
 def assemble_ct(files: list[DicomFile], *, min_slices: int, tolerance_mm: float) -> CtSeries:
     """Check one CT series and build its volume; IngestError names the series and the file.
 
     Slices are sorted along the normal of their orientation (like SimpleITK/GDCM): the origin
     is the first slice's position, the direction's columns are row, column and normal.
-    Duplicate SOP instances (the same file twice) count once.
+    Duplicate SOP instances count once (``drop_duplicate_instances``).
     """
-    unique: dict[str, DicomFile] = {}
-    for dicom in files:
-        unique.setdefault(str(peek(dicom.dataset, "SOPInstanceUID", "")), dicom)
-    files = list(unique.values())
+    files, _ = drop_duplicate_instances(files)
     first = files[0]
     series_label = f"CT series '{first.description or 'no description'}' ({first.label}...)"
     if len(files) < min_slices:

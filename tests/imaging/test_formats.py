@@ -12,7 +12,13 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from imagemaker import dicom_series, small_patient, write_volume, zip_of
+from imagemaker import (
+    dicom_series,
+    rewrite_transfer_syntax,
+    small_patient,
+    write_volume,
+    zip_of,
+)
 from pydicom.data import get_testdata_file, get_testdata_files
 
 from pmpd_web.imaging import deid
@@ -24,6 +30,7 @@ from pmpd_web.imaging.dicom_series import (
     build_segmentation,
     ct_series_from_volume,
     decimal_string,
+    drop_duplicate_instances,
     encode,
     encode_series,
     instance_metadata,
@@ -244,6 +251,46 @@ def test_series_problems_name_the_file_and_the_reason(tmp_path):
     mr = read_dicom(Path(get_testdata_file("MR_small.dcm")), label="mr/1.dcm")
     with pytest.raises(IngestError, match="mr/1.dcm: modality MR .*CT series and their masks only"):
         role_of(mr)
+
+
+@pytest.mark.parametrize(
+    "transfer_syntax",
+    [
+        pydicom.uid.ImplicitVRLittleEndian,
+        pydicom.uid.ExplicitVRBigEndian,
+        pydicom.uid.DeflatedExplicitVRLittleEndian,
+    ],
+    ids=lambda uid: uid.name,
+)
+def test_uncompressed_transfer_syntaxes_give_the_same_volume(tmp_path, transfer_syntax):
+    """Implicit VR (the DICOM default) was refused with "Rows 64 differs from the series' 64";
+    big endian ended in NotImplementedError."""
+    patient = small_patient()
+    paths = dicom_series(patient, tmp_path / "ct", private_tags=False)
+    rewrite_transfer_syntax(paths, transfer_syntax)
+    files = read_all(paths)
+    series = assemble_ct(files, min_slices=8, tolerance_mm=0.01)
+    np.testing.assert_array_equal(series.hu, patient.ct)
+    stored = pydicom.dcmread(io.BytesIO(next(encode_series(series.datasets))))
+    assert stored.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    np.testing.assert_array_equal(stored.pixel_array.astype(np.int32) - 1024, patient.ct[0])
+    assert (
+        stored.Rows == 64 and stored.ImagePositionPatient == files[0].dataset.ImagePositionPatient
+    )
+
+
+def test_duplicate_instances_keep_the_complete_copy_whatever_the_order(tmp_path):
+    patient = small_patient()
+    paths = dicom_series(patient, tmp_path / "ct", private_tags=False)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(paths[3].read_bytes()[:-3000])
+    for order in ([*paths, truncated], [truncated, *paths]):
+        files = read_all(order)
+        kept, dropped = drop_duplicate_instances(files)
+        assert len(kept) == len(paths) and [d.label for d, _ in dropped] == ["truncated.dcm"]
+        assert "an incomplete second copy of the SOP instance in CT0004.dcm" in dropped[0][1]
+        series = assemble_ct(files, min_slices=8, tolerance_mm=0.01)
+        np.testing.assert_array_equal(series.hu, patient.ct)
 
 
 def test_compressed_slices_are_decoded_for_storage(tmp_path):

@@ -18,6 +18,7 @@ from imagemaker import (
     dicom_series,
     folder_files,
     ingest,
+    rewrite_transfer_syntax,
     small_patient,
     upload_files,
     write_volume,
@@ -154,6 +155,46 @@ def test_dicom_series_with_nifti_mask(cohort, coordinator, phantom):
     assert len(ct_volume.content_hash) == 64 and ct_volume.content_hash == ct.content_hash
     # The raw upload (identifiable) is gone.
     assert media_files("image-uploads") == set()
+
+
+@pytest.mark.parametrize(
+    "transfer_syntax",
+    [pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRBigEndian],
+    ids=lambda uid: uid.name,
+)
+def test_implicit_vr_and_big_endian_exports_are_ingested(
+    cohort, coordinator, phantom, transfer_syntax
+):
+    patient, folder = phantom
+    rewrite_transfer_syntax(sorted((folder / "ct").iterdir()), transfer_syntax)
+    upload, job = ingest(cohort, coordinator, folder_files(folder.parent))
+    assert job.status == "succeeded", job.error
+    ct = ImageSeries.objects.get(modality="CT")
+    volume = CanonicalVolume.objects.get(series=ct, kind="ct")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_canonical(volume)), patient.ct)
+    with ct.instances.first().file.open("rb") as handle:
+        stored = pydicom.dcmread(handle)
+    assert stored.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert stored.PatientName == patient.study_id
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_truncated_duplicate_is_left_out_with_a_note_whatever_its_place(
+    cohort, coordinator, phantom, where
+):
+    patient, folder = phantom
+    files = folder_files(folder.parent)
+    name = sorted(k for k in files if k.endswith(".dcm"))[4]
+    copy = {f"{patient.study_id}/copy/CT-copy.dcm": files[name].read_bytes()[:-3000]}
+    files = {**copy, **files} if where == "before" else {**files, **copy}
+    upload, job = ingest(cohort, coordinator, files)
+    assert job.status == "succeeded", job.error
+    left_out = upload.files.get(client_name__endswith="CT-copy.dcm")
+    assert left_out.status == "skipped"
+    assert "an incomplete second copy of the SOP instance" in left_out.error
+    ct = ImageSeries.objects.get(modality="CT")
+    assert ct.n_instances == patient.ct.shape[0]
+    assert any("CT-copy.dcm" in note for note in job.result["skipped"])
 
 
 def test_a_repeated_upload_changes_nothing(cohort, coordinator, phantom):

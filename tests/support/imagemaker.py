@@ -130,3 +130,20 @@ def folder_files(folder: Path, prefix: str = "") -> dict[str, Path]:
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
+
+
+def rewrite_transfer_syntax(paths: list[Path], transfer_syntax: str) -> None:
+    """Rewrite DICOM files in ``transfer_syntax``: implicit or explicit VR, little or big endian
+    (pixels byte-swapped as the standard stores them), deflated, or one of the compressed
+    syntaxes pydicom can encode."""
+    uid = pydicom.uid.UID(transfer_syntax)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        if uid.is_compressed:
+            ds.compress(uid, generate_instance_uid=False)
+        else:
+            if not uid.is_little_endian:
+                pixels = ds.pixel_array
+                ds.PixelData = pixels.astype(pixels.dtype.newbyteorder(">")).tobytes()
+            ds.file_meta.TransferSyntaxUID = uid
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)

@@ -12,7 +12,15 @@ import numpy as np
 from pmpd_web.cohorts.models import Patient
 
 from .. import deid
-from ..dicom_series import CtSeries, DicomFile, assemble_ct, contrast_phase, read_dicom, role_of
+from ..dicom_series import (
+    CtSeries,
+    DicomFile,
+    assemble_ct,
+    contrast_phase,
+    drop_duplicate_instances,
+    read_dicom,
+    role_of,
+)
 from ..errors import IngestError
 from ..intake import IngestOptions, Item
 from ..models import ImageSeries, ImageUpload
@@ -83,6 +91,11 @@ def _dicom_cts(
         return [], []
     series = []
     for members in groups.values():
+        _, dropped = drop_duplicate_instances([dicom for _, dicom in members])
+        for dicom, note in dropped:
+            item = next(item for item, copy in members if copy is dicom)
+            item.skipped = note
+        members = [(item, dicom) for item, dicom in members if not item.skipped]
         try:
             series.append(
                 assemble_ct(
