@@ -120,7 +120,7 @@ def test_dicom_series_with_nifti_mask(cohort, coordinator, phantom):
         assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
         assert instance.transfer_syntax_uid == pydicom.uid.ExplicitVRLittleEndian
         assert ds.PatientName == patient.study_id and ds.PatientIdentityRemoved == "YES"
-        assert "InstitutionName" not in ds and not any(e.tag.is_private for e in ds)
+        assert not ds.get("InstitutionName") and not any(e.tag.is_private for e in ds)
         assert patient.identifiers["patient_id"] not in str(instance.metadata)
         assert "7FE00010" not in instance.metadata and instance.number_of_frames == 1
         assert instance.metadata["00080018"]["Value"] == [ds.SOPInstanceUID]
