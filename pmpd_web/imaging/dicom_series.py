@@ -317,10 +317,44 @@ def _native_pixels(dicom: DicomFile) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, count=rows * columns).reshape(rows, columns)
 
 
+# Transfer syntaxes whose compression may lose information, with the method's code (PS3.3
+# C.7.6.1.1.5.1): decoding one leaves pixels that differ from the acquired ones, so the stored
+# slice says so (LossyImageCompression "01").
+LOSSY_METHODS = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG extended
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.91": "ISO_15444_1",  # JPEG 2000 (lossy or lossless)
+    "1.2.840.10008.1.2.4.203": "ISO_15444_15",  # HTJ2K (lossy or lossless)
+}
+
+
+def _mark_lossy(ds: Dataset, transfer_syntax: str, compressed_bytes: int) -> None:
+    """LossyImageCompression 01 with the method and the ratio of this slice, added to what an
+    earlier lossy step recorded."""
+    method = LOSSY_METHODS.get(str(transfer_syntax))
+    if method is None:
+        return
+    rows, columns = int(peek(ds, "Rows", 0)), int(peek(ds, "Columns", 0))
+    size = rows * columns * int(peek(ds, "BitsAllocated", 16)) // 8
+    ratios = [str(v) for v in peek_list(ds, "LossyImageCompressionRatio")]
+    methods = [str(v) for v in peek_list(ds, "LossyImageCompressionMethod")]
+    ds.LossyImageCompression = "01"
+    # An encoder that recorded its ratio but not its method leaves one ratio more: that ratio
+    # is this step's.
+    if len(ratios) <= len(methods) and compressed_bytes:
+        ratios.append(decimal_string(round(size / compressed_bytes, 2)))
+        ds.LossyImageCompressionRatio = ratios
+    ds.LossyImageCompressionMethod = [*methods, method]
+
+
 def _decompress(dicom: DicomFile, *, dtype: np.dtype) -> None:
     ds = dicom.dataset
+    transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
+    compressed = ds.get_item(PIXEL_DATA).value
     try:
         ds.decompress(generate_instance_uid=False)
+        _mark_lossy(ds, transfer_syntax, len(compressed or b""))
         return
     except Exception as pydicom_error:  # no decoder for this transfer syntax, or bad data
         reason = f"{type(pydicom_error).__name__}"
@@ -347,6 +381,7 @@ def _decompress(dicom: DicomFile, *, dtype: np.dtype) -> None:
         int(ds.get("BitsStored", dtype.itemsize * 8)),
         generate_instance_uid=False,
     )
+    _mark_lossy(ds, transfer_syntax, len(compressed or b""))
 
 
 def _complete(dicom: DicomFile) -> bool:

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from imagemaker import (
     dicom_series,
     rewrite_transfer_syntax,
+    series_from_slice,
     small_patient,
     write_volume,
     zip_of,
@@ -291,6 +292,28 @@ def test_duplicate_instances_keep_the_complete_copy_whatever_the_order(tmp_path)
         assert "an incomplete second copy of the SOP instance in CT0004.dcm" in dropped[0][1]
         series = assemble_ct(files, min_slices=8, tolerance_mm=0.01)
         np.testing.assert_array_equal(series.hu, patient.ct)
+
+
+def test_a_decoded_lossy_transfer_syntax_is_marked_lossy(tmp_path):
+    paths = series_from_slice(get_testdata_file("693_J2KI.dcm"), tmp_path / "ct", slices=3)
+    series = assemble_ct(read_all(paths), min_slices=3, tolerance_mm=0.01)
+    stored = pydicom.dcmread(io.BytesIO(next(encode_series(series.datasets))))
+    assert stored.LossyImageCompression == "01"
+    assert stored.LossyImageCompressionMethod == "ISO_15444_1"
+    assert float(stored.LossyImageCompressionRatio) > 1  # the encoder's, without its method
+    uncompressed = series_from_slice(get_testdata_file("693_UNCI.dcm"), tmp_path / "u", slices=2)
+    for path in uncompressed:
+        ds = pydicom.dcmread(path)
+        ds.compress(pydicom.uid.JPEGLSNearLossless, jls_error=3)
+        ds.save_as(path)
+    series = assemble_ct(read_all(uncompressed), min_slices=2, tolerance_mm=0.01)
+    marked = series.datasets[0]  # 693_UNCI was decoded from JPEG 2000 and says so
+    assert list(marked.LossyImageCompressionMethod) == ["ISO_15444_1", "ISO_14495_1"]
+    assert len(marked.LossyImageCompressionRatio) == 2
+    assert float(marked.LossyImageCompressionRatio[1]) > 2
+    lossless = series_from_slice(get_testdata_file("693_J2KR.dcm"), tmp_path / "r", slices=3)
+    series = assemble_ct(read_all(lossless), min_slices=3, tolerance_mm=0.01)
+    assert "LossyImageCompressionMethod" not in series.datasets[0]
 
 
 def test_compressed_slices_are_decoded_for_storage(tmp_path):

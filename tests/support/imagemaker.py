@@ -147,3 +147,28 @@ def rewrite_transfer_syntax(paths: list[Path], transfer_syntax: str) -> None:
                 ds.PixelData = pixels.astype(pixels.dtype.newbyteorder(">")).tobytes()
             ds.file_meta.TransferSyntaxUID = uid
         pydicom.dcmwrite(path, ds, enforce_file_format=True)
+
+
+def series_from_slice(source: Path | str, folder: Path, *, slices: int = 3) -> list[Path]:
+    """A CT series of ``slices`` copies of one real slice (its pixels and transfer syntax kept,
+    encapsulated data included), stacked along its normal 2.5 mm apart with their own SOP
+    instance UIDs, in one series: real single files become series the ingest accepts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    template = pydicom.dcmread(source)
+    orientation = np.array([float(v) for v in template.ImageOrientationPatient])
+    normal = np.cross(orientation[:3], orientation[3:])
+    origin = np.array([float(v) for v in template.ImagePositionPatient])
+    series_uid = pydicom.uid.generate_uid(entropy_srcs=[str(source), "series"])
+    paths = []
+    for index in range(slices):
+        ds = pydicom.dcmread(source)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[str(source), str(index)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in origin + 2.5 * index * normal]
+        ds.SliceThickness = "2.5"
+        ds.InstanceNumber = index + 1
+        path = folder / f"slice-{index:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
