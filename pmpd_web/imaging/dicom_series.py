@@ -169,11 +169,12 @@ def read_dicom(path: Path, *, label: str) -> DicomFile:
         ) from None
     except Exception as exc:  # pydicom raises many kinds on a damaged file
         raise IngestError(label, f"not a readable DICOM file ({type(exc).__name__})") from None
-    if "SOPClassUID" not in dataset:
+    meta = getattr(dataset, "file_meta", None)
+    stored_as = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    if "SOPClassUID" not in dataset and stored_as != MEDIA_STORAGE_DIRECTORY:
         raise IngestError(
             label, "not a readable DICOM file: it is truncated or damaged (no SOP Class UID)"
         )
-    meta = getattr(dataset, "file_meta", None)
     if meta is not None and meta.get("TransferSyntaxUID") == ExplicitVRBigEndian:
         _to_little_endian(dataset, label=label)
     return DicomFile(
@@ -208,7 +209,9 @@ def role_of(dicom: DicomFile) -> tuple[str, str]:
     """("ct" | "seg" | "skip", why): what the ingest does with this file. Image modalities
     other than CT raise IngestError (an MR series is a mistake, not clutter)."""
     ds = dicom.dataset
-    sop_class = str(peek(ds, "SOPClassUID", ""))
+    meta = getattr(ds, "file_meta", None)
+    stored_as = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    sop_class = str(peek(ds, "SOPClassUID", "") or stored_as)
     modality = str(peek(ds, "Modality", "")).upper()
     if sop_class == MEDIA_STORAGE_DIRECTORY:
         return "skip", "a DICOMDIR index, not an image"

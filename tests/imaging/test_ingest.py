@@ -25,6 +25,7 @@ from imagemaker import (
     zip_of,
 )
 from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.fileset import FileSet
 
 from pmpd_web.cohorts.models import Patient
 from pmpd_web.imaging.deid import remap_uid
@@ -195,6 +196,49 @@ def test_a_truncated_duplicate_is_left_out_with_a_note_whatever_its_place(
     ct = ImageSeries.objects.get(modality="CT")
     assert ct.n_instances == patient.ct.shape[0]
     assert any("CT-copy.dcm" in note for note in job.result["skipped"])
+
+
+def test_a_cd_export_with_a_dicomdir_and_stray_files(cohort, coordinator, phantom, tmp_path):
+    """A CD/DVD export (DICOMDIR written by pydicom's FileSet, files without extensions) with
+    the clutter that comes with it: the DICOMDIR and the non-image files are skipped with a
+    note, never failing the upload (the DICOMDIR was refused: "no SOP Class UID")."""
+    patient, folder = phantom
+    file_set = FileSet()
+    for path in sorted((folder / "ct").iterdir()):
+        file_set.add(path)
+    file_set.write(tmp_path / "cd" / patient.study_id)
+    files = folder_files(tmp_path / "cd")
+    assert f"{patient.study_id}/DICOMDIR" in files
+    stray = {
+        "README.TXT": b"This disc holds the images of one study.\n",
+        "AUTORUN.INF": b"[autorun]\nopen=viewer.exe\n",
+        ".DS_Store": b"\x00\x00\x00\x01Bud1",
+        "Thumbs.db": b"\xd0\xcf\x11\xe0",
+        "MARKER": b"",
+    }
+    files |= {f"{patient.study_id}/{name}": data for name, data in stray.items()}
+    files["LIESMICH.txt"] = b"at the root of a bulk upload, in no patient's folder"
+    upload, job = ingest(cohort, coordinator, files)
+    assert job.status == "succeeded", job.error
+    ct = ImageSeries.objects.get(modality="CT")
+    assert ct.n_instances == patient.ct.shape[0]
+    notes = {f.client_name.split("/")[-1]: f for f in upload.files.filter(status="skipped")}
+    assert "16 files listed" in notes["DICOMDIR"].error
+    assert notes["README.TXT"].error.startswith("not an image")
+    assert notes["MARKER"].error.startswith("an empty file")
+    assert {"AUTORUN.INF", "LIESMICH.txt", ".DS_Store", "Thumbs.db"} <= set(notes)
+
+
+def test_a_bad_image_among_stray_files_fails_the_upload_with_its_reason_once(
+    cohort, coordinator, stored
+):
+    patient, folder = stored
+    files = folder_files(folder.parent)
+    files[f"{patient.study_id}/README.txt"] = b"notes"
+    files[f"{patient.study_id}/ct/CT9999.dcm"] = b"not an image at all" * 10
+    upload = assert_refused(cohort, coordinator, files, "CT9999.dcm: not a format PMPD reads")
+    assert upload.error.count("CT9999.dcm") == 1
+    assert upload.files.get(client_name__endswith="README.txt").status == "skipped"
 
 
 def test_a_repeated_upload_changes_nothing(cohort, coordinator, phantom):

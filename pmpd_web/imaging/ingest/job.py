@@ -19,6 +19,8 @@ from ..intake import (
     assign_study_ids,
     link_metaimage_data,
     materialise,
+    skip_non_images,
+    use_dicomdir,
 )
 from ..models import ImageUpload
 from ..models import UploadFile as UploadFileModel
@@ -70,6 +72,8 @@ def ingest_upload(upload: ImageUpload, progress: ProgressCallback) -> dict[str, 
             progress(2, "Reading the uploaded files")
             items = materialise(upload, scratch, options, failures)
             link_metaimage_data(items, scratch, failures)
+            use_dicomdir(items)
+            skip_non_images(items)
             assign_study_ids(upload, items, failures)
             if failures:
                 raise _fail(upload, items, failures)
