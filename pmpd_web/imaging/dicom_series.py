@@ -41,6 +41,8 @@ from .volumes import CANONICAL_PANCREAS, CANONICAL_TUMOUR, Grid, check_grid
 
 ENHANCED_CT_CLASSES = {"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+# Label Map Segmentation Storage: what OHIF writes by default; highdicom 0.28 does not read it.
+LABEL_MAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
 SECONDARY_CAPTURE_ROOT = "1.2.840.10008.5.1.4.1.1.7"
 PIXEL_DATA = 0x7FE00010
 SEG_SERIES_NUMBER = 900
@@ -215,7 +217,7 @@ def role_of(dicom: DicomFile) -> tuple[str, str]:
     modality = str(peek(ds, "Modality", "")).upper()
     if sop_class == MEDIA_STORAGE_DIRECTORY:
         return "skip", "a DICOMDIR index, not an image"
-    if sop_class == str(SegmentationStorage):
+    if sop_class in (str(SegmentationStorage), LABEL_MAP_SEGMENTATION_STORAGE):
         return "seg", "DICOM SEG"
     if sop_class.startswith(SECONDARY_CAPTURE_ROOT):
         return "skip", "a secondary capture (screenshot or dose report), not a CT slice"
@@ -924,24 +926,11 @@ def referenced_series(seg: Dataset) -> set[str]:
     }
 
 
-def seg_to_canonical(
-    seg_file: DicomFile,
-    source_uids: list[str],
-    *,
-    label_pancreas: int,
-    label_tumour: int,
-) -> np.ndarray:
-    """The SEG's segments as a canonical mask (z, y, x) on the CT whose slices have
-    ``source_uids`` (in slice order); a voxel in both is tumour."""
-    import highdicom as hd
-
-    label = seg_file.label
-    try:
-        seg = hd.seg.Segmentation.from_dataset(seg_file.dataset, copy=False)
-    except Exception as exc:
-        raise IngestError(label, f"not a valid DICOM SEG ({type(exc).__name__}: {exc})") from None
+def _segment_classes(seg: Dataset, *, label: str, label_pancreas: int, label_tumour: int):
     classes: dict[int, int] = {}
-    for segment in seg.SegmentSequence:
+    for segment in seg.get("SegmentSequence", []):
+        if int(segment.SegmentNumber) == 0:
+            continue  # a label map's background
         kind = segment_class(segment, label_pancreas=label_pancreas, label_tumour=label_tumour)
         if kind is None:
             raise IngestError(
@@ -950,17 +939,24 @@ def seg_to_canonical(
                 "pancreas nor tumour (by its code, label or this upload's label numbers)",
             )
         classes[int(segment.SegmentNumber)] = kind
-    referenced = {
-        str(item.ReferencedSOPInstanceUID)
-        for series in seg.get("ReferencedSeriesSequence", [])
-        for item in series.get("ReferencedInstanceSequence", [])
-    }
-    if not referenced & set(source_uids):
-        raise IngestError(label, "the SEG does not reference the slices of this patient's CT")
-    numbers = sorted(classes)
+    if not classes:
+        raise IngestError(label, "not a valid DICOM SEG: it has no SegmentSequence")
+    return classes
+
+
+def _binary_frames(seg_file: DicomFile, numbers: list[int], referenced: list[str]) -> np.ndarray:
+    """(slices, rows, columns, segments) of a BINARY or FRACTIONAL SEG, read by highdicom, for
+    the ``referenced`` source slices."""
+    import highdicom as hd
+
+    label = seg_file.label
     try:
-        pixels = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=source_uids,
+        seg = hd.seg.Segmentation.from_dataset(seg_file.dataset, copy=False)
+    except Exception as exc:
+        raise IngestError(label, f"not a valid DICOM SEG ({type(exc).__name__}: {exc})") from None
+    try:
+        return seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=referenced,
             segment_numbers=numbers,
             combine_segments=False,
             ignore_spatial_locations=True,
@@ -970,11 +966,76 @@ def seg_to_canonical(
         raise IngestError(
             label, f"its frames cannot be placed on the CT's slices ({type(exc).__name__}: {exc})"
         ) from None
-    mask = np.zeros(pixels.shape[:3], dtype=np.uint8)
+
+
+def _label_map_frames(seg_file: DicomFile, numbers: list[int], referenced: list[str]) -> np.ndarray:
+    """The same for a LABELMAP SEG (a frame's value is its segment number): each frame is put
+    on the slice its DerivationImageSequence names."""
+    ds, label = seg_file.dataset, seg_file.label
+    try:
+        frames = ds.pixel_array
+    except Exception as exc:
+        raise IngestError(
+            label, f"the label map's pixel data cannot be decoded ({type(exc).__name__})"
+        ) from None
+    frames = frames.reshape(-1, *frames.shape[-2:])
+    groups = ds.get("PerFrameFunctionalGroupsSequence", [])
+    if len(groups) != frames.shape[0]:
+        raise IngestError(label, "the label map has not one per-frame group for each frame")
+    index = {uid: position for position, uid in enumerate(referenced)}
+    pixels = np.zeros((len(referenced), *frames.shape[1:], len(numbers)), dtype=np.uint8)
+    for number, (group, frame) in enumerate(zip(groups, frames, strict=True), start=1):
+        try:
+            source = group.DerivationImageSequence[0].SourceImageSequence[0]
+            uid = str(source.ReferencedSOPInstanceUID)
+        except (AttributeError, IndexError):
+            raise IngestError(
+                label,
+                f"frame {number} of the label map names no CT slice (DerivationImageSequence)",
+            ) from None
+        if uid not in index:
+            continue  # a slice of another series, or not referenced: not on this CT
+        for segment, value in enumerate(numbers):
+            pixels[index[uid], ..., segment] |= frame == value
+    return pixels
+
+
+def seg_to_canonical(
+    seg_file: DicomFile,
+    source_uids: list[str],
+    *,
+    label_pancreas: int,
+    label_tumour: int,
+) -> np.ndarray:
+    """The SEG's segments as a canonical mask (z, y, x) on the CT whose slices have
+    ``source_uids`` (in slice order); a voxel in both is tumour. Slices the SEG does not
+    reference are empty (a SEG may reference only the slices it labels). BINARY and FRACTIONAL
+    SEGs are read by highdicom, LABELMAP SEGs (OHIF's default) here."""
+    label = seg_file.label
+    ds = seg_file.dataset
+    classes = _segment_classes(
+        ds, label=label, label_pancreas=label_pancreas, label_tumour=label_tumour
+    )
+    listed = {
+        str(item.ReferencedSOPInstanceUID)
+        for series in ds.get("ReferencedSeriesSequence", [])
+        for item in series.get("ReferencedInstanceSequence", [])
+    }
+    referenced = [uid for uid in source_uids if uid in listed]
+    if not referenced:
+        raise IngestError(label, "the SEG does not reference the slices of this patient's CT")
+    numbers = sorted(classes)
+    if str(peek(ds, "SOPClassUID", "")) == LABEL_MAP_SEGMENTATION_STORAGE:
+        pixels = _label_map_frames(seg_file, numbers, referenced)
+    else:
+        pixels = _binary_frames(seg_file, numbers, referenced)
+    rows = {uid: position for position, uid in enumerate(source_uids)}
+    mask = np.zeros((len(source_uids), *pixels.shape[1:3]), dtype=np.uint8)
     for kind in (CANONICAL_PANCREAS, CANONICAL_TUMOUR):
         for index, number in enumerate(numbers):
             if classes[number] == kind:
-                mask[pixels[..., index] > 0] = kind
+                for position, uid in enumerate(referenced):
+                    mask[rows[uid]][pixels[position, ..., index] > 0] = kind
     present = set(np.unique(mask).tolist())
     if CANONICAL_TUMOUR not in present:
         raise IngestError(label, "the SEG has no tumour voxels on this CT: PMPD needs the tumour")

@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 from imagemaker import (
     dicom_series,
+    ohif_seg,
     rewrite_transfer_syntax,
     series_from_slice,
     small_patient,
@@ -431,6 +432,71 @@ def test_segmentation_out_and_in(tmp_path):
         label_tumour=2,
     )
     np.testing.assert_array_equal(back, patient.mask)
+
+
+def _partly_labelled(patient) -> np.ndarray:
+    """The phantom's mask with its first and last slices empty."""
+    mask = patient.mask.copy()
+    mask[:4] = 0
+    mask[-3:] = 0
+    assert mask.any() and (mask == 2).any()
+    return mask
+
+
+def test_a_seg_that_references_only_its_labelled_slices(tmp_path):
+    """The platform's own SEG (only the labelled slices referenced) was refused on upload:
+    "KeyError: SOP Instance UID(s) [...] do not match any referenced source instances"."""
+    patient = small_patient()
+    series = assemble_ct(
+        read_all(dicom_series(patient, tmp_path / "ct", private_tags=False)),
+        min_slices=8,
+        tolerance_mm=0.01,
+    )
+    mask = _partly_labelled(patient)
+    seg = build_segmentation(
+        series.datasets, mask, series_uid="2.25.1", sop_uid="2.25.2", content_date=""
+    )
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert len(referenced) < len(series.datasets)
+    path = tmp_path / "seg.dcm"
+    path.write_bytes(encode(seg))
+    back = seg_to_canonical(
+        read_dicom(path, label="seg.dcm"),
+        [str(ds.SOPInstanceUID) for ds in series.datasets],
+        label_pancreas=1,
+        label_tumour=2,
+    )
+    np.testing.assert_array_equal(back, mask)
+
+
+@pytest.mark.parametrize("label_map", [True, False], ids=["LABELMAP", "BINARY"])
+def test_segs_as_ohif_writes_them(tmp_path, label_map):
+    import highdicom as hd
+
+    patient = small_patient()
+    series = assemble_ct(
+        read_all(dicom_series(patient, tmp_path / "ct", private_tags=False)),
+        min_slices=8,
+        tolerance_mm=0.01,
+    )
+    mask = _partly_labelled(patient)
+    seg = ohif_seg(series.datasets, mask, label_map=label_map)
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    dicom = read_dicom(path, label="seg.dcm")
+    assert role_of(dicom) == ("seg", "DICOM SEG")
+    if label_map:
+        assert dicom.dataset.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
+        # Why the label map is read here: highdicom 0.28 wants a FrameContentSequence.
+        with pytest.raises(AttributeError, match="FrameContentSequence"):
+            hd.seg.Segmentation.from_dataset(pydicom.dcmread(path))
+    back = seg_to_canonical(
+        dicom,
+        [str(ds.SOPInstanceUID) for ds in series.datasets],
+        label_pancreas=1,
+        label_tumour=2,
+    )
+    np.testing.assert_array_equal(back, mask)
 
 
 # ----------------------------------------------------------------------------------------------

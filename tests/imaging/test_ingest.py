@@ -18,6 +18,7 @@ from imagemaker import (
     dicom_series,
     folder_files,
     ingest,
+    ohif_seg,
     rewrite_transfer_syntax,
     small_patient,
     upload_files,
@@ -352,6 +353,19 @@ def test_dicom_seg_as_the_mask(cohort, coordinator, phantom, tmp_path):
     assert job.status == "succeeded", job.error
     mask = sitk.GetArrayFromImage(read_canonical(CanonicalVolume.objects.get(kind="mask")))
     np.testing.assert_array_equal(mask, patient.mask)
+
+
+def test_a_label_map_seg_as_ohif_writes_it_on_part_of_the_slices(cohort, coordinator, phantom):
+    patient, folder = phantom
+    sources = [read_dicom(p, label=p.name).dataset for p in sorted((folder / "ct").iterdir())]
+    mask = patient.mask.copy()
+    mask[:4] = 0
+    (folder / "mask.nii.gz").unlink()
+    ohif_seg(sources, mask, label_map=True).save_as(folder / "seg.dcm", enforce_file_format=True)
+    _, job = ingest(cohort, coordinator, folder_files(folder.parent))
+    assert job.status == "succeeded", job.error
+    stored = sitk.GetArrayFromImage(read_canonical(CanonicalVolume.objects.get(kind="mask")))
+    np.testing.assert_array_equal(stored, mask)
 
 
 def test_bulk_zip_with_folders_and_a_manifest(cohort, coordinator, tmp_path):
