@@ -94,6 +94,7 @@ class ImageUploadViewSet(
                 patient=patient,
                 label_pancreas=data.get("label_pancreas", 1),
                 label_tumour=data.get("label_tumour", 2),
+                confirm_shared_source=data.get("confirm_shared_source", False),
             )
         except UserFacingError as exc:
             return _refuse(exc)

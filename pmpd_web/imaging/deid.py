@@ -205,15 +205,18 @@ class _Context:
     """One patient's de-identification: the keys, and a memo of rewritten raw elements (the
     slices of a series repeat most values, so each distinct value is rewritten once)."""
 
-    def __init__(self, *, study_id: str, secret: str, date_mode: str, shift_days: int) -> None:
+    def __init__(
+        self, *, study_id: str, uid_scope: str, secret: str, date_mode: str, shift_days: int
+    ) -> None:
         self.study_id = study_id
+        self.uid_scope = uid_scope
         self.secret = secret
         self.date_mode = date_mode
         self.shift_days = shift_days
         self.memo: dict[tuple, RawDataElement] = {}
 
     def uid(self, value: str) -> str:
-        return remap_uid(value, study_id=self.study_id, secret=self.secret)
+        return remap_uid(value, study_id=self.uid_scope, secret=self.secret)
 
     def date(self, value: str, vr: str) -> str:
         return _modify_date(value, vr=vr, date_mode=self.date_mode, shift_days=self.shift_days)
@@ -380,8 +383,11 @@ def deidentify(
     secret: str,
     date_mode: str = "shift",
     date_shift_max_days: int = 3650,
+    uid_scope: str = "",
 ) -> Dataset:
-    """De-identify ``ds`` in place (see the module docstring) and return it.
+    """De-identify ``ds`` in place (see the module docstring) and return it. UIDs are remapped
+    within ``uid_scope`` (default: the study ID; the ingest names the cohort too, so the same
+    scan under the same study ID in two cohorts gets different UIDs).
 
     The file meta information, when present, is rebuilt: only the SOP class, the new SOP
     instance UID and the transfer syntax are kept.
@@ -392,6 +398,7 @@ def deidentify(
         raise ValueError("a study ID is required")
     context = _context(
         study_id,
+        uid_scope or study_id,
         secret,
         date_mode,
         date_shift_days(study_id, secret=secret, max_days=date_shift_max_days),
@@ -422,9 +429,26 @@ def _add_marks(ds: Dataset, study_id: str) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _context(study_id: str, secret: str, date_mode: str, shift_days: int) -> _Context:
+def _context(
+    study_id: str, uid_scope: str, secret: str, date_mode: str, shift_days: int
+) -> _Context:
     """One context per patient and policy, so its memo serves every slice of the patient."""
-    return _Context(study_id=study_id, secret=secret, date_mode=date_mode, shift_days=shift_days)
+    return _Context(
+        study_id=study_id,
+        uid_scope=uid_scope,
+        secret=secret,
+        date_mode=date_mode,
+        shift_days=shift_days,
+    )
+
+
+def source_key(kind: str, value: str, *, scope: str, secret: str) -> str:
+    """A keyed hash of an original identifier (the source PatientID, StudyInstanceUID) within
+    ``scope`` (a cohort): stored to recognise the same source again, never to read it back."""
+    value = str(value).strip().rstrip("\x00")
+    if not value:
+        return ""
+    return _digest(secret, f"source\x00{kind}\x00{scope}\x00{value}").hex()
 
 
 def method_code_sequence() -> Sequence:

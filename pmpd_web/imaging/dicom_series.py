@@ -159,6 +159,10 @@ class DicomFile:
     description: str = ""
     protocol: str = ""
     contrast_agent: str = ""
+    # The source's identifiers, read before de-identification (to recognise the same scan
+    # uploaded for another patient).
+    source_patient_id: str = ""
+    source_study_uid: str = ""
 
 
 def read_dicom(path: Path, *, label: str) -> DicomFile:
@@ -186,6 +190,8 @@ def read_dicom(path: Path, *, label: str) -> DicomFile:
         description=" ".join(peek_list(dataset, "SeriesDescription")),
         protocol=" ".join(peek_list(dataset, "ProtocolName")),
         contrast_agent=" ".join(peek_list(dataset, "ContrastBolusAgent")),
+        source_patient_id=" ".join(peek_list(dataset, "PatientID")),
+        source_study_uid=" ".join(peek_list(dataset, "StudyInstanceUID")),
     )
 
 

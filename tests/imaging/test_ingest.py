@@ -28,6 +28,7 @@ from imagemaker import (
 from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.fileset import FileSet
 
+from pmpd_web.accounts.models import Membership, Role
 from pmpd_web.cohorts.models import Patient
 from pmpd_web.imaging.deid import remap_uid
 from pmpd_web.imaging.dicom_series import build_segmentation, encode, read_dicom
@@ -114,7 +115,9 @@ def test_dicom_series_with_nifti_mask(cohort, coordinator, phantom):
     # Stored instances: de-identified, explicit VR little endian, metadata without pixels.
     original = pydicom.dcmread(sorted((folder / "ct").iterdir())[0])
     assert ct.study.study_instance_uid == remap_uid(
-        original.StudyInstanceUID, study_id=patient.study_id, secret=settings.PMPD_DEID_SECRET
+        original.StudyInstanceUID,
+        study_id=f"cohort-{cohort.pk}/{patient.study_id}",  # keyed by cohort and study ID
+        secret=settings.PMPD_DEID_SECRET,
     )
     for instance in ct.instances.all()[:3]:
         with instance.file.open("rb") as handle:
@@ -240,6 +243,52 @@ def test_a_bad_image_among_stray_files_fails_the_upload_with_its_reason_once(
     upload = assert_refused(cohort, coordinator, files, "CT9999.dcm: not a format PMPD reads")
     assert upload.error.count("CT9999.dcm") == 1
     assert upload.files.get(client_name__endswith="README.txt").status == "skipped"
+
+
+def test_the_same_scan_for_two_patients_is_refused_unless_confirmed(
+    cohort, coordinator, stored, tmp_path
+):
+    """A DICOM folder of one patient uploaded to another was ingested without a word."""
+    patient, folder = stored
+    make_patient(cohort, "UX-0003")
+    files = {
+        name.replace(patient.study_id, "UX-0003", 1): path
+        for name, path in folder_files(folder.parent).items()
+        if name.endswith(".dcm")
+    }
+    assert_refused(
+        cohort,
+        coordinator,
+        files,
+        f"the same scan .* is already stored for study ID {patient.study_id} of this cohort",
+    )
+    _, job = ingest(cohort, coordinator, files, confirm_shared_source=True)
+    assert job.status == "succeeded", job.error
+    assert ImageSeries.objects.filter(study__patient__study_id="UX-0003").count() == 1
+    # Two patients of one bulk upload with the same new scan: the same rule.
+    make_patient(cohort, "UX-0004")
+    make_patient(cohort, "UX-0005")
+    scan = dicom_series(small_patient(5), tmp_path / "another")
+    both = {
+        f"{study_id}/ct/{path.name}": path for path in scan for study_id in ("UX-0004", "UX-0005")
+    }
+    assert_refused(cohort, coordinator, both, "already stored for study ID UX-0004")
+
+
+def test_the_same_scan_under_the_same_study_id_in_two_cohorts(
+    cohort, other_cohort, coordinator, phantom
+):
+    """The de-identified UIDs were keyed by study ID only: cohort B was refused ("already
+    belongs to another patient") and learnt that the scan exists elsewhere."""
+    patient, folder = phantom
+    make_patient(other_cohort, patient.study_id)
+    Membership.objects.create(user=coordinator, cohort=other_cohort, role=Role.COORDINATOR)
+    for each in (cohort, other_cohort):
+        _, job = ingest(each, coordinator, folder_files(folder.parent))
+        assert job.status == "succeeded", job.error
+    studies = ImagingStudy.objects.order_by("patient__cohort_id")
+    assert studies.count() == 2
+    assert studies[0].study_instance_uid != studies[1].study_instance_uid
 
 
 def test_a_repeated_upload_changes_nothing(cohort, coordinator, phantom):

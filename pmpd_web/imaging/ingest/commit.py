@@ -67,6 +67,8 @@ def _commit_patient(plan: PatientPlan, upload: ImageUpload) -> dict[str, Any]:
             study_instance_uid=output.study_uid,
             defaults={
                 "patient": patient,
+                "source_patient_key": output.source_patient_key,
+                "source_study_key": output.source_study_key,
                 "study_date": output.study_date[:8],
                 "description": "CT study" if output.study_date else "CT study (from volume files)",
             },

@@ -27,7 +27,7 @@ from ..models import UploadFile as UploadFileModel
 from ..sniff import Kind
 from .commit import commit_upload, mark_files
 from .outputs import PatientFailed, PatientPlan
-from .planning import prepare_patient
+from .planning import prepare_patient, shared_source_message
 from .staging import Staging
 
 
@@ -46,6 +46,20 @@ def _fail(upload: ImageUpload, items: list[Item], failures: Failures) -> UserFac
         status=ImageUpload.Status.FAILED, error=message[:8000]
     )
     return UserFacingError(message)
+
+
+def _same_scan_for_two_patients(plans: list[PatientPlan], failures: Failures) -> None:
+    """The shared-source check of ``planning`` between the patients of one bulk upload."""
+    first: dict[str, str] = {}
+    for plan in plans:
+        for output in plan.cts:
+            for key in (output.source_patient_key, output.source_study_key):
+                if not key:
+                    continue
+                other = first.setdefault(key, plan.patient.study_id)
+                if other != plan.patient.study_id:
+                    failures.add(output.items[0].upload_file, shared_source_message(output, other))
+                    break
 
 
 def ingest_upload(upload: ImageUpload, progress: ProgressCallback) -> dict[str, Any]:
@@ -107,6 +121,8 @@ def ingest_upload(upload: ImageUpload, progress: ProgressCallback) -> dict[str, 
                 except PatientFailed as exc:
                     for item, message in exc.problems:
                         failures.add(item.upload_file, message)
+            if not upload.confirm_shared_source:
+                _same_scan_for_two_patients(plans, failures)
             if failures:
                 raise _fail(upload, items, failures)
             progress(92, "Saving the series in one transaction")

@@ -35,6 +35,8 @@ class CtOutput:
     series_number: int | None
     content_hash: str
     items: list[Item]
+    source_patient_key: str = ""
+    source_study_key: str = ""
     datasets: list[Dataset] = field(default_factory=list)
     existing: ImageSeries | None = None
     instances: list[dict[str, Any]] = field(default_factory=list)
@@ -106,3 +108,9 @@ def stored_sources(series: ImageSeries) -> list[Dataset]:
     normal = grid.matrix[:, 2]
     datasets.sort(key=lambda ds: float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)))
     return datasets
+
+
+def uid_scope(patient: Patient) -> str:
+    """What de-identified UIDs are keyed by: the cohort and the study ID, so that the same scan
+    under the same study ID in two cohorts is two studies, told apart."""
+    return f"cohort-{patient.cohort_id}/{patient.study_id}"

@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from django.conf import settings
+from django.db.models import Q
 
 from pmpd_web.cohorts.models import Patient
 
@@ -23,7 +25,7 @@ from ..dicom_series import (
 )
 from ..errors import IngestError
 from ..intake import IngestOptions, Item
-from ..models import ImageSeries, ImageUpload
+from ..models import ImageSeries, ImageUpload, ImagingStudy
 from ..sniff import Kind, describe_unknown
 from ..volumes import (
     Grid,
@@ -36,7 +38,7 @@ from ..volumes import (
     to_hounsfield,
 )
 from .masks import match_masks
-from .outputs import CtOutput, PatientFailed, PatientPlan, storage_folder
+from .outputs import CtOutput, PatientFailed, PatientPlan, storage_folder, uid_scope
 from .staging import Staging, VolumeWriter
 from .storage import write_outputs
 
@@ -72,6 +74,7 @@ def _dicom_cts(
         deid.deidentify(
             dicom.dataset,
             study_id=patient.study_id,
+            uid_scope=uid_scope(patient),
             secret=options.secret,
             date_mode=options.date_mode,
             date_shift_max_days=options.date_shift_max_days,
@@ -134,6 +137,47 @@ def _volume_items(
     return cts, masks
 
 
+def _source_key(kind: str, value: str, patient: Patient) -> str:
+    return deid.source_key(
+        kind, value, scope=f"cohort-{patient.cohort_id}", secret=settings.PMPD_DEID_SECRET
+    )
+
+
+def _check_shared_source(
+    patient: Patient, outputs: list[CtOutput], problems: list[tuple[Item, str]]
+) -> None:
+    """A series whose source PatientID or StudyInstanceUID is stored for another patient of
+    the cohort is the same scan given to two patients (as XNAT's prearchive flags it):
+    refused, naming the other study ID, unless the upload confirms it."""
+    for output in outputs:
+        same = Q()
+        if output.source_patient_key:
+            same |= Q(source_patient_key=output.source_patient_key)
+        if output.source_study_key:
+            same |= Q(source_study_key=output.source_study_key)
+        if not same:
+            continue
+        other = (
+            ImagingStudy.objects.filter(same, patient__cohort_id=patient.cohort_id)
+            .exclude(patient=patient)
+            .select_related("patient")
+            .first()
+        )
+        if other is not None:
+            problems.append(
+                (output.items[0], shared_source_message(output, other.patient.study_id))
+            )
+
+
+def shared_source_message(output: CtOutput, other_study_id: str) -> str:
+    return (
+        f"{output.items[0].label}: the same scan (its source patient ID or study) is already "
+        f"stored for study ID {other_study_id} of this cohort. If it truly belongs to this "
+        'patient too, upload it again with "the same scan is stored for another patient" '
+        "ticked (API: confirm_shared_source)"
+    )
+
+
 def prepare_patient(
     patient: Patient,
     items: list[Item],
@@ -182,6 +226,8 @@ def prepare_patient(
                 series_number=ct.series_number,
                 content_hash=content_hash(ct.hu, ct.grid),
                 items=[i for i in dicom_items if i.label in labels],
+                source_patient_key=_source_key("patient", ct.files[0].source_patient_id, patient),
+                source_study_key=_source_key("study", ct.files[0].source_study_uid, patient),
                 datasets=ct.datasets,
             )
         )
@@ -190,14 +236,14 @@ def prepare_patient(
         outputs.append(
             CtOutput(
                 series_uid=deid.derived_uid(
-                    "volume-ct", digest, study_id=patient.study_id, secret=options.secret
+                    "volume-ct", digest, study_id=uid_scope(patient), secret=options.secret
                 ),
                 study_uid=deid.derived_uid(
-                    "volume-study", study_id=patient.study_id, secret=options.secret
+                    "volume-study", study_id=uid_scope(patient), secret=options.secret
                 ),
                 study_date="",
                 frame_of_reference_uid=deid.derived_uid(
-                    "volume-frame", digest, study_id=patient.study_id, secret=options.secret
+                    "volume-frame", digest, study_id=uid_scope(patient), secret=options.secret
                 ),
                 grid=grid,
                 hu=hu,
@@ -211,6 +257,8 @@ def prepare_patient(
                 items=[item],
             )
         )
+    if not upload.confirm_shared_source:
+        _check_shared_source(patient, outputs, problems)
     seen: dict[str, CtOutput] = {}
     for output in outputs:
         if output.series_uid in seen:

@@ -19,7 +19,7 @@ from ..dicom_series import (
     instance_metadata,
 )
 from ..intake import IngestOptions
-from .outputs import CtOutput, MaskOutput, storage_folder, stored_sources
+from .outputs import CtOutput, MaskOutput, storage_folder, stored_sources, uid_scope
 from .staging import Staging, VolumeWriter
 
 
@@ -52,7 +52,7 @@ def write_outputs(
                         "volume-instance",
                         output.content_hash,
                         index,
-                        study_id=patient.study_id,
+                        study_id=uid_scope(patient),
                         secret=options.secret,
                     ),
                 ),
@@ -88,11 +88,11 @@ def write_outputs(
             ct_uid,
             ct_hash,
             mask.content_hash,
-            study_id=patient.study_id,
+            study_id=uid_scope(patient),
             secret=options.secret,
         )
         mask.seg_sop_uid = deid.derived_uid(
-            "seg-instance", mask.seg_series_uid, study_id=patient.study_id, secret=options.secret
+            "seg-instance", mask.seg_series_uid, study_id=uid_scope(patient), secret=options.secret
         )
         seg = build_segmentation(
             sources,
