@@ -177,6 +177,7 @@ def main() -> None:
         print(f"receiving the files into storage (apart) {receive_s:7.2f} s")
         if profiler:
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
         import shutil
