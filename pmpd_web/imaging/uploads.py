@@ -261,6 +261,7 @@ def upload_local_path(
     patient: Patient | None = None,
     label_pancreas: int = 1,
     label_tumour: int = 2,
+    confirm_shared_source: bool = False,
     include: Callable[[Path], bool] | None = None,
     on_file: Callable[[int, int], None] | None = None,
 ) -> ImageUpload:
@@ -290,6 +291,7 @@ def upload_local_path(
         patient=patient,
         label_pancreas=label_pancreas,
         label_tumour=label_tumour,
+        confirm_shared_source=confirm_shared_source,
     )
     declared = declare_files(
         upload,

@@ -706,3 +706,5 @@ def test_the_ingest_images_command(cohort, coordinator, phantom, capsys):
     assert "unchanged 1" in capsys.readouterr().out
     with pytest.raises(Exception, match="No cohort named"):
         call_command("ingest_images", str(archive), cohort="nope")
+    call_command("ingest_images", str(archive), cohort=str(cohort.pk), confirm_shared_source=True)
+    assert ImageUpload.objects.latest("pk").confirm_shared_source
