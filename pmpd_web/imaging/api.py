@@ -20,7 +20,6 @@ from pmpd_web.cohorts.models import Patient
 from pmpd_web.cohorts.serializers import JobSerializer
 from pmpd_web.jobs.runner import UserFacingError
 
-from .ingest import select_series
 from .models import CanonicalVolume, ImageSeries, ImageUpload, UploadFile
 from .serializers import (
     DeclareFilesSerializer,
@@ -28,6 +27,7 @@ from .serializers import (
     ImageUploadSerializer,
     UploadFileSerializer,
 )
+from .series_pick import select_series
 from .uploads import (
     ChunkConflict,
     DeclaredFile,
@@ -94,6 +94,7 @@ class ImageUploadViewSet(
                 patient=patient,
                 label_pancreas=data.get("label_pancreas", 1),
                 label_tumour=data.get("label_tumour", 2),
+                confirm_shared_source=data.get("confirm_shared_source", False),
             )
         except UserFacingError as exc:
             return _refuse(exc)

@@ -30,10 +30,13 @@ ingest before they get here. No Django import: this module is tested on its own.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import functools
 import hashlib
 import hmac
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -60,106 +63,81 @@ METHOD_CODES = (
     ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
 )
 DUMMY = "DEIDENTIFIED"
-
-# Table E.1-1 actions for the attributes that can occur in the images PMPD ingests (CT, SEG and
-# what travels with them). X: remove; Z: empty; D: dummy value. UIDs (action U), dates,
-# person names, free text, private and unknown attributes are handled by VR in ``_clean``.
-_REMOVE = """
-    AcquisitionComments AcquisitionContextSequence AcquisitionDeviceProcessingDescription
-    AcquisitionProtocolDescription ActualHumanPerformersSequence AdditionalPatientHistory
-    AdmissionID AdmittingDiagnosesCodeSequence AdmittingDiagnosesDescription Allergies
-    AuthorObserverSequence BranchOfService CassetteID ClinicalTrialProtocolEthicsCommitteeApprovalNumber
-    ClinicalTrialSeriesDescription ClinicalTrialSeriesID ClinicalTrialTimePointDescription
-    CommentsOnThePerformedProcedureStep ConfidentialityConstraintOnPatientDataDescription
-    ConsultingPhysicianIdentificationSequence ContentCreatorIdentificationCodeSequence
-    ContentSequence ContributionDescription CountryOfResidence CurrentPatientLocation
-    CustodialOrganizationSequence DataSetTrailingPadding DerivationDescription DetectorID
-    DeviceDescription DeviceSerialNumber DigitalSignaturesSequence DischargeDiagnosisDescription
-    DistributionAddress DistributionName EthnicGroup FrameComments GantryID GeneratorID
-    GraphicAnnotationSequence HumanPerformerName HumanPerformerOrganization IconImageSequence
-    IdentifyingComments ImageComments ImagePresentationComments ImagingServiceRequestComments
-    Impressions InstanceCoercionDateTime InstitutionAddress InstitutionalDepartmentName
-    InstitutionalDepartmentTypeCodeSequence InstitutionCodeSequence InstitutionName
-    InsurancePlanIdentification IntendedRecipientsOfResultsIdentificationSequence
-    InterpretationApproverSequence InterpretationAuthor InterpretationDiagnosisDescription
-    InterpretationIDIssuer InterpretationRecorder InterpretationText InterpretationTranscriber
-    IssuerOfAdmissionID IssuerOfAdmissionIDSequence IssuerOfPatientID
-    IssuerOfPatientIDQualifiersSequence IssuerOfServiceEpisodeID IssuerOfServiceEpisodeIDSequence
-    LastMenstrualDate MAC MedicalAlerts MedicalRecordLocator MilitaryRank
-    ModifiedAttributesSequence ModifiedImageDescription ModifyingDeviceID
-    NameOfPhysiciansReadingStudy NamesOfIntendedRecipientsOfResults Occupation
-    OperatorIdentificationSequence OperatorsName OrderCallbackPhoneNumber
-    OrderCallbackTelecomInformation OrderEnteredBy OrderEntererLocation OriginalAttributesSequence
-    OtherPatientIDs OtherPatientIDsSequence OtherPatientNames ParticipantSequence PatientAddress
-    PatientAge PatientBirthName PatientBirthTime PatientComments PatientInstitutionResidence
-    PatientInsurancePlanCodeSequence PatientMotherBirthName PatientPrimaryLanguageCodeSequence
-    PatientPrimaryLanguageModifierCodeSequence PatientReligiousPreference PatientSexNeutered
-    PatientSize PatientState PatientTelecomInformation PatientTelephoneNumbers
-    PatientTransportArrangements PatientWeight PerformedLocation PerformedProcedureStepDescription
-    PerformedProcedureStepEndDate PerformedProcedureStepEndDateTime PerformedProcedureStepEndTime
-    PerformedProcedureStepID PerformedProcedureStepStartDate PerformedProcedureStepStartDateTime
-    PerformedProcedureStepStartTime PerformedStationAETitle
-    PerformedStationGeographicLocationCodeSequence PerformedStationName
-    PerformedStationNameCodeSequence PerformingPhysicianIdentificationSequence
-    PerformingPhysicianName PersonAddress PersonIdentificationCodeSequence PersonTelecomInformation
-    PersonTelephoneNumbers PhysicianApprovingInterpretation PhysiciansOfRecord
-    PhysiciansOfRecordIdentificationSequence PhysiciansReadingStudyIdentificationSequence PlateID
-    PreMedication PregnancyStatus ProtocolName ReasonForStudy ReasonForTheImagingServiceRequest
-    ReasonForTheRequestedProcedure ReasonForVisit ReasonForVisitCodeSequence
-    ReasonForRequestedProcedureCodeSequence ReferencedDigitalSignatureSequence
-    ReferencedPatientAliasSequence ReferencedPatientPhotoSequence ReferencedPatientSequence
-    ReferencedPerformedProcedureStepSequence ReferencedSOPInstanceMACSequence
-    ReferencedStudySequence ReferringPhysicianAddress ReferringPhysicianIdentificationSequence
-    ReferringPhysicianTelephoneNumbers RegionOfResidence RequestAttributesSequence
-    RequestedContrastAgent RequestedProcedureComments RequestedProcedureDescription
-    RequestedProcedureID RequestedProcedureLocation RequestingPhysician RequestingService
-    ResponsibleOrganization ResponsiblePerson ResultsComments ResultsDistributionListSequence
-    ResultsIDIssuer ScheduledHumanPerformersSequence ScheduledPatientInstitutionResidence
-    ScheduledPerformingPhysicianIdentificationSequence ScheduledPerformingPhysicianName
-    ScheduledProcedureStepDescription ScheduledProcedureStepEndDate ScheduledProcedureStepEndTime
-    ScheduledProcedureStepLocation ScheduledProcedureStepStartDate ScheduledProcedureStepStartTime
-    ScheduledStationAETitle ScheduledStationGeographicLocationCodeSequence ScheduledStationName
-    ScheduledStationNameCodeSequence ScheduledStudyLocation ScheduledStudyLocationAETitle
-    SeriesDescription ServiceEpisodeDescription ServiceEpisodeID SmokingStatus SpecialNeeds
-    SpecimenAccessionNumber SpecimenDetailedDescription SpecimenShortDescription StationName
-    StudyComments StudyDescription StudyIDIssuer TextComments TextString TimezoneOffsetFromUTC
-    TopicAuthor TopicKeywords TopicSubject TopicTitle UDISequence UniqueDeviceIdentifier
-    VerifyingObserverIdentificationCodeSequence VerifyingObserverName VerifyingObserverSequence
-    VerifyingOrganization VisitComments XRayDetectorID XRayDetectorLabel XRaySourceID
-"""
-_EMPTY = """
-    AccessionNumber ClinicalTrialCoordinatingCenterName ClinicalTrialProtocolName
-    ClinicalTrialSiteID ClinicalTrialSiteName ClinicalTrialTimePointID ConsultingPhysicianName
-    ContentCreatorName FillerOrderNumberImagingServiceRequest PatientBirthDate PatientSex
-    PlacerOrderNumberImagingServiceRequest ReferringPhysicianName StudyID
-"""
-_DUMMY = """
-    ClinicalTrialProtocolEthicsCommitteeName ClinicalTrialProtocolID ClinicalTrialSponsorName
-    ClinicalTrialSubjectID ClinicalTrialSubjectReadingID ContrastBolusAgent
-"""
+# Dummy values (action D) that are valid in their VR; D on a VR absent here is handled by
+# ``effective_action``.
+_DUMMIES = {"AS": "000Y", "IS": "0", "DS": "0"}
+_MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "UC": 64, "PN": 64}
+_TEXT_VRS = {"AE", "AS", "CS", "DS", "IS", "LO", "LT", "PN", "SH", "ST", "UC", "UT"}
+_STRING_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC"}
+_STRING_VRS |= {"UR", "UT"}
+TABLE_FILE = Path(__file__).with_name("data") / "ps3_15_table_e1_1.csv"
 
 
-def _tags(keywords: str) -> set[int]:
-    tags = set()
-    for keyword in keywords.split():
-        tag = tag_for_keyword(keyword)
-        if tag is None:
-            raise KeyError(f"not a DICOM keyword: {keyword}")
-        tags.add(tag)
-    return tags
+@dataclass(frozen=True)
+class TableRow:
+    """One attribute of PS3.15 Table E.1-1 (``TABLE_FILE``, whose header names its edition)."""
+
+    tag: int
+    keyword: str
+    name: str
+    basic_profile: str
+    retain_long_modified_dates: str
 
 
-ACTIONS: dict[int, str] = (
-    dict.fromkeys(_tags(_REMOVE), "X")
-    | dict.fromkeys(_tags(_EMPTY), "Z")
-    | dict.fromkeys(_tags(_DUMMY), "D")
-)
+def load_table(path: Path = TABLE_FILE) -> list[TableRow]:
+    """The rows of Table E.1-1 with a single tag (the repeating curve and overlay groups are
+    removed by group in ``_clean``)."""
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(line for line in handle if not line.startswith("#"))
+        return [
+            TableRow(
+                tag=int(row["tag"], 16),
+                keyword=row["keyword"],
+                name=row["name"],
+                basic_profile=row["basic_profile"],
+                retain_long_modified_dates=row["retain_long_modified_dates"],
+            )
+            for row in reader
+            if "x" not in row["tag"]
+        ]
+
+
+def effective_action(row: TableRow, vr: str | None) -> str:
+    """What the platform does with an attribute of the table, as one code: X remove, Z empty,
+    D dummy, U new UID, C clean (dates shifted: times of day are kept, the shift being whole
+    days), K keep.
+
+    The Retain Longitudinal Temporal Information with Modified Dates Option's C overrides the
+    basic profile. Combinations take the choice that is valid in every IOD and carries nothing:
+    X/Z, Z/D and X/Z/D empty the attribute (a Type 2 attribute must stay, empty); X/D removes
+    it; X/Z/U* keeps the sequence with its UIDs replaced. D on a sequence empties it, on a UID
+    replaces it, on a value that has no meaningful dummy (bytes, URLs, unknown VR) removes it.
+    """
+    if row.retain_long_modified_dates == "C" and vr in ("DA", "DT", "TM"):
+        return "C"
+    action = {"X/Z": "Z", "Z/D": "Z", "X/Z/D": "Z", "X/D": "X", "X/Z/U*": "U"}.get(
+        row.basic_profile, row.basic_profile
+    )
+    if action == "D":
+        if vr == "SQ":
+            return "Z"
+        if vr == "UI":
+            return "U"
+        if vr not in _TEXT_VRS:
+            return "X"
+    if action == "U" and vr == "SQ":
+        return "K"  # its items are cleaned like any sequence's: their UIDs are replaced
+    return action
+
+
+TABLE = load_table()
+_TABLE_BY_TAG = {row.tag: row for row in TABLE}
 _PATIENT_NAME = tag_for_keyword("PatientName")
 _PATIENT_ID = tag_for_keyword("PatientID")
+_PATIENT_BIRTH_DATE = tag_for_keyword("PatientBirthDate")
 _PIXEL_DATA = 0x7FE00010
+# Safety nets for attributes the table does not name: person names and free text are removed.
 _REMOVED_VRS = {"PN", "LT", "ST", "UT", "AE"}
-_STRING_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC"}
-_MAX_LENGTH = {"SH": 16, "CS": 16, "LO": 64, "UC": 64}
 # VRs whose explicit VR element header is 12 bytes (a 4-byte length), PS3.5 7.1.2.
 _LONG_HEADER_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 
@@ -227,15 +205,18 @@ class _Context:
     """One patient's de-identification: the keys, and a memo of rewritten raw elements (the
     slices of a series repeat most values, so each distinct value is rewritten once)."""
 
-    def __init__(self, *, study_id: str, secret: str, date_mode: str, shift_days: int) -> None:
+    def __init__(
+        self, *, study_id: str, uid_scope: str, secret: str, date_mode: str, shift_days: int
+    ) -> None:
         self.study_id = study_id
+        self.uid_scope = uid_scope
         self.secret = secret
         self.date_mode = date_mode
         self.shift_days = shift_days
         self.memo: dict[tuple, RawDataElement] = {}
 
     def uid(self, value: str) -> str:
-        return remap_uid(value, study_id=self.study_id, secret=self.secret)
+        return remap_uid(value, study_id=self.uid_scope, secret=self.secret)
 
     def date(self, value: str, vr: str) -> str:
         return _modify_date(value, vr=vr, date_mode=self.date_mode, shift_days=self.shift_days)
@@ -247,7 +228,7 @@ class _Context:
         if kind == "empty":
             return [] if vr == "SQ" else ("" if vr in _STRING_VRS else None)
         if kind == "dummy":
-            return DUMMY[: _MAX_LENGTH.get(vr, 64)]
+            return _DUMMIES.get(vr, DUMMY)[: _MAX_LENGTH.get(vr, 64)]
         if kind == "uid":
             return _map_values(value, self.uid)
         return _map_values(value, lambda v: self.date(v, vr)) if value else value
@@ -308,6 +289,50 @@ def _dictionary_vr(tag: BaseTag) -> str | None:
         return None
 
 
+def _resolve_un(ds: Dataset, tag: BaseTag, element: Any) -> Any:
+    """An element stored with VR UN (unknown, common after a conversion): decoded with its
+    dictionary VR, sequences parsed (their items are implicit VR little endian), so that the
+    rules below see what it really is."""
+    vr = _dictionary_vr(tag)
+    if vr is None or " or " in vr:
+        return element
+    if vr != "SQ" and isinstance(element, RawDataElement) and element.is_little_endian:
+        resolved = RawDataElement(
+            tag, vr, element.length, element.value, element.value_tell, False, True, True, False
+        )
+        ds[tag] = resolved
+        return resolved
+    try:
+        decoded = ds[tag]
+    except Exception:  # a damaged value: the caller treats it as unknown
+        return element
+    if decoded.VR == "UN":  # pydicom leaves it when it cannot be read as its dictionary VR
+        return element
+    return decoded
+
+
+def _action(tag: BaseTag, vr: str | None) -> str:
+    """The one action for this attribute: the table's (``effective_action``), else the safety
+    nets by VR; K keeps it (what the engine and the viewer need)."""
+    if tag in (_PATIENT_NAME, _PATIENT_ID):
+        return "identity"
+    if tag == _PATIENT_BIRTH_DATE:
+        return "Z"  # emptied in every date mode, not shifted
+    row = _TABLE_BY_TAG.get(tag)
+    if row is not None:
+        return effective_action(row, vr)
+    if vr is None or vr == "UN" or vr in _REMOVED_VRS:
+        return "X"  # unknown to the dictionary, still unknown, or free text and names
+    if vr == "UI":
+        return "U"
+    if vr in ("DA", "DT"):
+        return "C"
+    return "K"
+
+
+_KINDS = {"Z": "empty", "D": "dummy", "U": "uid", "identity": "identity"}
+
+
 def _clean(ds: Dataset, context: _Context) -> None:
     for tag in list(ds.keys()):
         if tag == _PIXEL_DATA:
@@ -317,27 +342,27 @@ def _clean(ds: Dataset, context: _Context) -> None:
             del ds[tag]
             continue
         element = ds.get_item(tag)
+        if element.VR == "UN":
+            element = _resolve_un(ds, tag, element)
         vr = element.VR or _dictionary_vr(tag)
-        action = ACTIONS.get(tag)
-        if tag in (_PATIENT_NAME, _PATIENT_ID):
-            kind = "identity"
-        elif vr is None or action == "X" or vr in _REMOVED_VRS:
+        action = _action(tag, vr)
+        if action == "X":
             del ds[tag]
             continue
-        elif action == "Z":
-            kind = "empty"
-        elif action == "D":
-            kind = "dummy"
-        elif vr == "SQ":
+        if vr == "SQ" and action in ("K", "C", "U"):
             for item in ds[tag].value:
                 _clean(item, context)
             continue
-        elif vr == "UI":
-            kind = "uid"
-        elif vr in ("DA", "DT"):
+        if action == "C":
+            if vr not in ("DA", "DT"):
+                continue  # times of day are kept: the shift is whole days
             kind = "date"
-        else:
+        elif action == "U" and vr != "UI":
+            kind = "empty"
+        elif action == "K":
             continue
+        else:
+            kind = _KINDS[action]
         if (
             isinstance(element, RawDataElement)
             and vr == element.VR
@@ -358,8 +383,11 @@ def deidentify(
     secret: str,
     date_mode: str = "shift",
     date_shift_max_days: int = 3650,
+    uid_scope: str = "",
 ) -> Dataset:
-    """De-identify ``ds`` in place (see the module docstring) and return it.
+    """De-identify ``ds`` in place (see the module docstring) and return it. UIDs are remapped
+    within ``uid_scope`` (default: the study ID; the ingest names the cohort too, so the same
+    scan under the same study ID in two cohorts gets different UIDs).
 
     The file meta information, when present, is rebuilt: only the SOP class, the new SOP
     instance UID and the transfer syntax are kept.
@@ -370,6 +398,7 @@ def deidentify(
         raise ValueError("a study ID is required")
     context = _context(
         study_id,
+        uid_scope or study_id,
         secret,
         date_mode,
         date_shift_days(study_id, secret=secret, max_days=date_shift_max_days),
@@ -400,9 +429,26 @@ def _add_marks(ds: Dataset, study_id: str) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _context(study_id: str, secret: str, date_mode: str, shift_days: int) -> _Context:
+def _context(
+    study_id: str, uid_scope: str, secret: str, date_mode: str, shift_days: int
+) -> _Context:
     """One context per patient and policy, so its memo serves every slice of the patient."""
-    return _Context(study_id=study_id, secret=secret, date_mode=date_mode, shift_days=shift_days)
+    return _Context(
+        study_id=study_id,
+        uid_scope=uid_scope,
+        secret=secret,
+        date_mode=date_mode,
+        shift_days=shift_days,
+    )
+
+
+def source_key(kind: str, value: str, *, scope: str, secret: str) -> str:
+    """A keyed hash of an original identifier (the source PatientID, StudyInstanceUID) within
+    ``scope`` (a cohort): stored to recognise the same source again, never to read it back."""
+    value = str(value).strip().rstrip("\x00")
+    if not value:
+        return ""
+    return _digest(secret, f"source\x00{kind}\x00{scope}\x00{value}").hex()
 
 
 def method_code_sequence() -> Sequence:

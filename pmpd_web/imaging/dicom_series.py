@@ -2,7 +2,7 @@
 picks a patient's CT series, writing a CT series from a volume, DICOM SEG in and out, and the
 DICOM JSON metadata of the stored instances.
 
-Pure (pydicom, highdicom, numpy); the ingest (``pmpd_web.imaging.ingest``) is the Django shell.
+Pure (pydicom, highdicom, numpy); the ingest (``pmpd_web.imaging.ingest`` package) is the Django shell.
 Everything stored is explicit VR little endian, uncompressed: compressed input is decoded here.
 """
 
@@ -28,7 +28,12 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SegmentationStorage
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    SegmentationStorage,
+)
 
 from . import deid
 from .errors import IngestError
@@ -36,6 +41,8 @@ from .volumes import CANONICAL_PANCREAS, CANONICAL_TUMOUR, Grid, check_grid
 
 ENHANCED_CT_CLASSES = {"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+# Label Map Segmentation Storage: what OHIF writes by default; highdicom 0.28 does not read it.
+LABEL_MAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
 SECONDARY_CAPTURE_ROOT = "1.2.840.10008.5.1.4.1.1.7"
 PIXEL_DATA = 0x7FE00010
 SEG_SERIES_NUMBER = 900
@@ -116,15 +123,18 @@ def peek_list(ds: Dataset, keyword: str) -> list:
         if vr == "IS":
             return [int(float(part)) for part in parts]
         return parts
-    value = ds[_tag(keyword)].value
+    # Converted by pydicom: its VR is the one to go by (an implicit VR raw element has none),
+    # so that a slice read before and one read after conversion give the same numbers.
+    converted = ds[_tag(keyword)]
+    value, vr = converted.value, converted.VR
     if value is None or value == "":
         return []
     values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
-    if element.VR == "DS":
+    if vr == "DS":
         return [float(v) for v in values]
-    if element.VR == "IS":
+    if vr == "IS":
         return [int(v) for v in values]
-    if element.VR in _BINARY_VRS:
+    if vr in _BINARY_VRS or vr in ("US or SS", "US or OW", "US or SS or OW"):
         return [v for v in values]
     return [str(v) for v in values]
 
@@ -153,6 +163,10 @@ class DicomFile:
     description: str = ""
     protocol: str = ""
     contrast_agent: str = ""
+    # The source's identifiers, read before de-identification (to recognise the same scan
+    # uploaded for another patient).
+    source_patient_id: str = ""
+    source_study_uid: str = ""
 
 
 def read_dicom(path: Path, *, label: str) -> DicomFile:
@@ -165,10 +179,14 @@ def read_dicom(path: Path, *, label: str) -> DicomFile:
         ) from None
     except Exception as exc:  # pydicom raises many kinds on a damaged file
         raise IngestError(label, f"not a readable DICOM file ({type(exc).__name__})") from None
-    if "SOPClassUID" not in dataset:
+    meta = getattr(dataset, "file_meta", None)
+    stored_as = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    if "SOPClassUID" not in dataset and stored_as != MEDIA_STORAGE_DIRECTORY:
         raise IngestError(
             label, "not a readable DICOM file: it is truncated or damaged (no SOP Class UID)"
         )
+    if meta is not None and meta.get("TransferSyntaxUID") == ExplicitVRBigEndian:
+        _to_little_endian(dataset, label=label)
     return DicomFile(
         label=label,
         path=path,
@@ -176,18 +194,40 @@ def read_dicom(path: Path, *, label: str) -> DicomFile:
         description=" ".join(peek_list(dataset, "SeriesDescription")),
         protocol=" ".join(peek_list(dataset, "ProtocolName")),
         contrast_agent=" ".join(peek_list(dataset, "ContrastBolusAgent")),
+        source_patient_id=" ".join(peek_list(dataset, "PatientID")),
+        source_study_uid=" ".join(peek_list(dataset, "StudyInstanceUID")),
     )
+
+
+def _to_little_endian(ds: Dataset, *, label: str) -> None:
+    """Explicit VR big endian (retired from the standard, still found on old archives) turned
+    into explicit VR little endian in memory: every element decoded, the pixels swapped."""
+    try:
+        pixels = ds.pixel_array if PIXEL_DATA in ds else None
+        for _ in ds.iterall():
+            pass  # decodes every element from its big-endian bytes
+    except Exception as exc:
+        raise IngestError(
+            label, f"explicit VR big endian data that cannot be decoded ({type(exc).__name__})"
+        ) from None
+    if pixels is not None:
+        ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+        ds["PixelData"].VR = "OB" if pixels.dtype.itemsize == 1 else "OW"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.set_original_encoding(False, True, ds.original_character_set)
 
 
 def role_of(dicom: DicomFile) -> tuple[str, str]:
     """("ct" | "seg" | "skip", why): what the ingest does with this file. Image modalities
     other than CT raise IngestError (an MR series is a mistake, not clutter)."""
     ds = dicom.dataset
-    sop_class = str(peek(ds, "SOPClassUID", ""))
+    meta = getattr(ds, "file_meta", None)
+    stored_as = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    sop_class = str(peek(ds, "SOPClassUID", "") or stored_as)
     modality = str(peek(ds, "Modality", "")).upper()
     if sop_class == MEDIA_STORAGE_DIRECTORY:
         return "skip", "a DICOMDIR index, not an image"
-    if sop_class == str(SegmentationStorage):
+    if sop_class in (str(SegmentationStorage), LABEL_MAP_SEGMENTATION_STORAGE):
         return "seg", "DICOM SEG"
     if sop_class.startswith(SECONDARY_CAPTURE_ROOT):
         return "skip", "a secondary capture (screenshot or dose report), not a CT slice"
@@ -281,14 +321,6 @@ def _native_pixels(dicom: DicomFile) -> np.ndarray:
         raise IngestError(dicom.label, "the file holds no pixel data (truncated?)")
     if transfer_syntax is not None and transfer_syntax.is_compressed:
         _decompress(dicom, dtype=dtype)
-    elif transfer_syntax is not None and not transfer_syntax.is_little_endian:
-        array = ds.pixel_array.astype(dtype)
-        ds.set_pixel_data(
-            array,
-            str(ds.PhotometricInterpretation),
-            int(ds.BitsStored),
-            generate_instance_uid=False,
-        )
     raw = ds.get_item(PIXEL_DATA).value
     expected = rows * columns * dtype.itemsize
     if raw is None or len(raw) < expected:
@@ -300,10 +332,44 @@ def _native_pixels(dicom: DicomFile) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, count=rows * columns).reshape(rows, columns)
 
 
+# Transfer syntaxes whose compression may lose information, with the method's code (PS3.3
+# C.7.6.1.1.5.1): decoding one leaves pixels that differ from the acquired ones, so the stored
+# slice says so (LossyImageCompression "01").
+LOSSY_METHODS = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG extended
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.91": "ISO_15444_1",  # JPEG 2000 (lossy or lossless)
+    "1.2.840.10008.1.2.4.203": "ISO_15444_15",  # HTJ2K (lossy or lossless)
+}
+
+
+def _mark_lossy(ds: Dataset, transfer_syntax: str, compressed_bytes: int) -> None:
+    """LossyImageCompression 01 with the method and the ratio of this slice, added to what an
+    earlier lossy step recorded."""
+    method = LOSSY_METHODS.get(str(transfer_syntax))
+    if method is None:
+        return
+    rows, columns = int(peek(ds, "Rows", 0)), int(peek(ds, "Columns", 0))
+    size = rows * columns * int(peek(ds, "BitsAllocated", 16)) // 8
+    ratios = [str(v) for v in peek_list(ds, "LossyImageCompressionRatio")]
+    methods = [str(v) for v in peek_list(ds, "LossyImageCompressionMethod")]
+    ds.LossyImageCompression = "01"
+    # An encoder that recorded its ratio but not its method leaves one ratio more: that ratio
+    # is this step's.
+    if len(ratios) <= len(methods) and compressed_bytes:
+        ratios.append(decimal_string(round(size / compressed_bytes, 2)))
+        ds.LossyImageCompressionRatio = ratios
+    ds.LossyImageCompressionMethod = [*methods, method]
+
+
 def _decompress(dicom: DicomFile, *, dtype: np.dtype) -> None:
     ds = dicom.dataset
+    transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
+    compressed = ds.get_item(PIXEL_DATA).value
     try:
         ds.decompress(generate_instance_uid=False)
+        _mark_lossy(ds, transfer_syntax, len(compressed or b""))
         return
     except Exception as pydicom_error:  # no decoder for this transfer syntax, or bad data
         reason = f"{type(pydicom_error).__name__}"
@@ -330,6 +396,48 @@ def _decompress(dicom: DicomFile, *, dtype: np.dtype) -> None:
         int(ds.get("BitsStored", dtype.itemsize * 8)),
         generate_instance_uid=False,
     )
+    _mark_lossy(ds, transfer_syntax, len(compressed or b""))
+
+
+def _complete(dicom: DicomFile) -> bool:
+    """Whether the file holds all its pixel data (compressed data cannot be measured: a copy
+    that holds some counts as complete, its decoding tells the rest)."""
+    ds = dicom.dataset
+    element = ds.get_item(PIXEL_DATA)
+    if element is None or not element.value:
+        return False
+    meta = getattr(ds, "file_meta", None)
+    transfer_syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if transfer_syntax is not None and transfer_syntax.is_compressed:
+        return True
+    try:
+        rows, columns = int(peek(ds, "Rows", 0)), int(peek(ds, "Columns", 0))
+        size = rows * columns * int(peek(ds, "BitsAllocated", 16)) // 8
+    except (TypeError, ValueError):
+        return False
+    return len(element.value) >= size
+
+
+def drop_duplicate_instances(
+    files: list[DicomFile],
+) -> tuple[list[DicomFile], list[tuple[DicomFile, str]]]:
+    """One file per SOP instance, whatever the order of the copies: the first complete copy
+    is kept (the first copy when none is complete, so that its problem is told); each other
+    copy is returned with the note that says why it was left out."""
+    copies: dict[str, list[DicomFile]] = {}
+    for dicom in files:
+        copies.setdefault(str(peek(dicom.dataset, "SOPInstanceUID", "")), []).append(dicom)
+    kept, dropped = [], []
+    for same in copies.values():
+        keep = next((dicom for dicom in same if _complete(dicom)), same[0])
+        kept.append(keep)
+        for dicom in same:
+            if dicom is not keep:
+                state = "a complete" if _complete(dicom) else "an incomplete"
+                dropped.append(
+                    (dicom, f"{state} second copy of the SOP instance in {keep.label}: left out")
+                )
+    return kept, dropped
 
 
 def assemble_ct(files: list[DicomFile], *, min_slices: int, tolerance_mm: float) -> CtSeries:
@@ -337,12 +445,9 @@ def assemble_ct(files: list[DicomFile], *, min_slices: int, tolerance_mm: float)
 
     Slices are sorted along the normal of their orientation (like SimpleITK/GDCM): the origin
     is the first slice's position, the direction's columns are row, column and normal.
-    Duplicate SOP instances (the same file twice) count once.
+    Duplicate SOP instances count once (``drop_duplicate_instances``).
     """
-    unique: dict[str, DicomFile] = {}
-    for dicom in files:
-        unique.setdefault(str(peek(dicom.dataset, "SOPInstanceUID", "")), dicom)
-    files = list(unique.values())
+    files, _ = drop_duplicate_instances(files)
     first = files[0]
     series_label = f"CT series '{first.description or 'no description'}' ({first.label}...)"
     if len(files) < min_slices:
@@ -831,24 +936,11 @@ def referenced_series(seg: Dataset) -> set[str]:
     }
 
 
-def seg_to_canonical(
-    seg_file: DicomFile,
-    source_uids: list[str],
-    *,
-    label_pancreas: int,
-    label_tumour: int,
-) -> np.ndarray:
-    """The SEG's segments as a canonical mask (z, y, x) on the CT whose slices have
-    ``source_uids`` (in slice order); a voxel in both is tumour."""
-    import highdicom as hd
-
-    label = seg_file.label
-    try:
-        seg = hd.seg.Segmentation.from_dataset(seg_file.dataset, copy=False)
-    except Exception as exc:
-        raise IngestError(label, f"not a valid DICOM SEG ({type(exc).__name__}: {exc})") from None
+def _segment_classes(seg: Dataset, *, label: str, label_pancreas: int, label_tumour: int):
     classes: dict[int, int] = {}
-    for segment in seg.SegmentSequence:
+    for segment in seg.get("SegmentSequence", []):
+        if int(segment.SegmentNumber) == 0:
+            continue  # a label map's background
         kind = segment_class(segment, label_pancreas=label_pancreas, label_tumour=label_tumour)
         if kind is None:
             raise IngestError(
@@ -857,17 +949,24 @@ def seg_to_canonical(
                 "pancreas nor tumour (by its code, label or this upload's label numbers)",
             )
         classes[int(segment.SegmentNumber)] = kind
-    referenced = {
-        str(item.ReferencedSOPInstanceUID)
-        for series in seg.get("ReferencedSeriesSequence", [])
-        for item in series.get("ReferencedInstanceSequence", [])
-    }
-    if not referenced & set(source_uids):
-        raise IngestError(label, "the SEG does not reference the slices of this patient's CT")
-    numbers = sorted(classes)
+    if not classes:
+        raise IngestError(label, "not a valid DICOM SEG: it has no SegmentSequence")
+    return classes
+
+
+def _binary_frames(seg_file: DicomFile, numbers: list[int], referenced: list[str]) -> np.ndarray:
+    """(slices, rows, columns, segments) of a BINARY or FRACTIONAL SEG, read by highdicom, for
+    the ``referenced`` source slices."""
+    import highdicom as hd
+
+    label = seg_file.label
     try:
-        pixels = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=source_uids,
+        seg = hd.seg.Segmentation.from_dataset(seg_file.dataset, copy=False)
+    except Exception as exc:
+        raise IngestError(label, f"not a valid DICOM SEG ({type(exc).__name__}: {exc})") from None
+    try:
+        return seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=referenced,
             segment_numbers=numbers,
             combine_segments=False,
             ignore_spatial_locations=True,
@@ -877,11 +976,76 @@ def seg_to_canonical(
         raise IngestError(
             label, f"its frames cannot be placed on the CT's slices ({type(exc).__name__}: {exc})"
         ) from None
-    mask = np.zeros(pixels.shape[:3], dtype=np.uint8)
+
+
+def _label_map_frames(seg_file: DicomFile, numbers: list[int], referenced: list[str]) -> np.ndarray:
+    """The same for a LABELMAP SEG (a frame's value is its segment number): each frame is put
+    on the slice its DerivationImageSequence names."""
+    ds, label = seg_file.dataset, seg_file.label
+    try:
+        frames = ds.pixel_array
+    except Exception as exc:
+        raise IngestError(
+            label, f"the label map's pixel data cannot be decoded ({type(exc).__name__})"
+        ) from None
+    frames = frames.reshape(-1, *frames.shape[-2:])
+    groups = ds.get("PerFrameFunctionalGroupsSequence", [])
+    if len(groups) != frames.shape[0]:
+        raise IngestError(label, "the label map has not one per-frame group for each frame")
+    index = {uid: position for position, uid in enumerate(referenced)}
+    pixels = np.zeros((len(referenced), *frames.shape[1:], len(numbers)), dtype=np.uint8)
+    for number, (group, frame) in enumerate(zip(groups, frames, strict=True), start=1):
+        try:
+            source = group.DerivationImageSequence[0].SourceImageSequence[0]
+            uid = str(source.ReferencedSOPInstanceUID)
+        except (AttributeError, IndexError):
+            raise IngestError(
+                label,
+                f"frame {number} of the label map names no CT slice (DerivationImageSequence)",
+            ) from None
+        if uid not in index:
+            continue  # a slice of another series, or not referenced: not on this CT
+        for segment, value in enumerate(numbers):
+            pixels[index[uid], ..., segment] |= frame == value
+    return pixels
+
+
+def seg_to_canonical(
+    seg_file: DicomFile,
+    source_uids: list[str],
+    *,
+    label_pancreas: int,
+    label_tumour: int,
+) -> np.ndarray:
+    """The SEG's segments as a canonical mask (z, y, x) on the CT whose slices have
+    ``source_uids`` (in slice order); a voxel in both is tumour. Slices the SEG does not
+    reference are empty (a SEG may reference only the slices it labels). BINARY and FRACTIONAL
+    SEGs are read by highdicom, LABELMAP SEGs (OHIF's default) here."""
+    label = seg_file.label
+    ds = seg_file.dataset
+    classes = _segment_classes(
+        ds, label=label, label_pancreas=label_pancreas, label_tumour=label_tumour
+    )
+    listed = {
+        str(item.ReferencedSOPInstanceUID)
+        for series in ds.get("ReferencedSeriesSequence", [])
+        for item in series.get("ReferencedInstanceSequence", [])
+    }
+    referenced = [uid for uid in source_uids if uid in listed]
+    if not referenced:
+        raise IngestError(label, "the SEG does not reference the slices of this patient's CT")
+    numbers = sorted(classes)
+    if str(peek(ds, "SOPClassUID", "")) == LABEL_MAP_SEGMENTATION_STORAGE:
+        pixels = _label_map_frames(seg_file, numbers, referenced)
+    else:
+        pixels = _binary_frames(seg_file, numbers, referenced)
+    rows = {uid: position for position, uid in enumerate(source_uids)}
+    mask = np.zeros((len(source_uids), *pixels.shape[1:3]), dtype=np.uint8)
     for kind in (CANONICAL_PANCREAS, CANONICAL_TUMOUR):
         for index, number in enumerate(numbers):
             if classes[number] == kind:
-                mask[pixels[..., index] > 0] = kind
+                for position, uid in enumerate(referenced):
+                    mask[rows[uid]][pixels[position, ..., index] > 0] = kind
     present = set(np.unique(mask).tolist())
     if CANONICAL_TUMOUR not in present:
         raise IngestError(label, "the SEG has no tumour voxels on this CT: PMPD needs the tumour")

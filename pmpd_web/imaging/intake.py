@@ -16,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
 from django.conf import settings
 from django.core.files.storage import default_storage
 
@@ -25,7 +26,7 @@ from .archives import ArchiveLimits, extract_zip, is_clutter
 from .errors import IngestError
 from .models import ImageUpload
 from .models import UploadFile as UploadFileModel
-from .sniff import SUFFIX, Kind, sniff
+from .sniff import SUFFIX, Kind, describe_unknown, sniff
 
 COPY_BLOCK = 4 * 1024 * 1024
 
@@ -84,7 +85,8 @@ class Failures:
         self.by_file: dict[int, list[str]] = defaultdict(list)
 
     def add(self, upload_file: UploadFileModel, message: str) -> None:
-        self.by_file[upload_file.pk].append(message)
+        if message not in self.by_file[upload_file.pk]:  # each reason told once
+            self.by_file[upload_file.pk].append(message)
 
     def __bool__(self) -> bool:
         return bool(self.by_file)
@@ -197,6 +199,65 @@ def materialise(
         except IngestError as exc:
             failures.add(upload_file, str(exc))
     return items
+
+
+# Names that claim an image: a file so named whose content is not one fails the upload.
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima", ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha")
+IMAGE_SUFFIXES += (".mhd",)
+
+
+def use_dicomdir(items: list[Item]) -> None:
+    """A CD/DVD export's DICOMDIR is the index of its files: every file it lists is DICOM (read
+    as such even without the Part 10 preamble), and the DICOMDIR itself is skipped with a note
+    saying what it lists and what of that is missing from the upload."""
+    by_parts = {
+        tuple(part.upper() for part in item.parts): item
+        for item in items
+        if item.parts and not item.skipped
+    }
+    for item in items:
+        if item.kind != Kind.DICOM or item.skipped or not item.parts:
+            continue
+        if item.parts[-1].upper() != "DICOMDIR":
+            continue
+        try:
+            index = pydicom.dcmread(item.path, force=True)
+            file_ids = [
+                record.ReferencedFileID
+                for record in index.DirectoryRecordSequence
+                if "ReferencedFileID" in record
+            ]
+        except Exception as exc:  # pydicom raises many kinds on a damaged index
+            item.skipped = (
+                f"a DICOMDIR index that cannot be read ({type(exc).__name__}); its files are "
+                "read one by one"
+            )
+            continue
+        folder = tuple(part.upper() for part in item.parts[:-1])
+        missing = 0
+        for file_id in file_ids:
+            names = [file_id] if isinstance(file_id, str) else list(file_id)
+            listed = by_parts.get(folder + tuple(str(name).upper() for name in names))
+            if listed is None:
+                missing += 1
+            elif listed.kind == Kind.UNKNOWN:
+                listed.kind = Kind.DICOM
+        note = f"the DICOMDIR index of a CD/DVD export ({len(file_ids)} files listed"
+        note += f", {missing} of them not in the upload)" if missing else ")"
+        item.skipped = note
+
+
+def skip_non_images(items: list[Item]) -> None:
+    """Files that are not images at all (a README, an autorun.inf, a zero-byte marker) are
+    skipped with a note; an unreadable file whose name claims an image stays, to fail."""
+    for item in items:
+        if item.kind != Kind.UNKNOWN or item.skipped:
+            continue
+        name = item.parts[-1].lower() if item.parts else ""
+        if item.path.stat().st_size == 0:
+            item.skipped = "an empty file (a marker?), not an image"
+        elif not name.endswith(IMAGE_SUFFIXES):
+            item.skipped = f"not an image: {describe_unknown(item.path)}"
 
 
 _METAIMAGE_DATA_FILE = re.compile(rb"^(\s*ElementDataFile\s*=\s*)(.*?)\s*$", re.MULTILINE)

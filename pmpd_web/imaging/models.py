@@ -58,6 +58,11 @@ class ImageUpload(models.Model):
     )
     label_pancreas = models.PositiveSmallIntegerField(default=1)
     label_tumour = models.PositiveSmallIntegerField(default=2)
+    confirm_shared_source = models.BooleanField(
+        default=False,
+        help_text="The coordinator confirms that a scan already stored for another patient of "
+        "the cohort (same source patient ID or study) belongs to this patient too.",
+    )
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.RECEIVING)
     error = models.TextField(blank=True)
     summary = models.JSONField(default=dict, blank=True, help_text="What the ingest did")
@@ -114,6 +119,10 @@ class ImagingStudy(models.Model):
     study_instance_uid = models.CharField(max_length=64, unique=True)
     study_date = models.CharField(max_length=8, blank=True)
     description = models.CharField(max_length=200, blank=True)
+    # Keyed hashes (deid.source_key) of the source PatientID and StudyInstanceUID, to recognise
+    # the same scan uploaded for another patient of the cohort; empty for volume files.
+    source_patient_key = models.CharField(max_length=64, blank=True, db_index=True)
+    source_study_key = models.CharField(max_length=64, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

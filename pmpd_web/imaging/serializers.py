@@ -48,6 +48,7 @@ class ImageUploadSerializer(serializers.ModelSerializer):
             "patient",
             "label_pancreas",
             "label_tumour",
+            "confirm_shared_source",
             "status",
             "error",
             "summary",
@@ -60,7 +61,9 @@ class ImageUploadSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = [
-            f for f in fields if f not in ("study_id", "label_pancreas", "label_tumour")
+            f
+            for f in fields
+            if f not in ("study_id", "label_pancreas", "label_tumour", "confirm_shared_source")
         ]
 
 

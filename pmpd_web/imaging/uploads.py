@@ -68,9 +68,11 @@ def create_upload(
     patient: Patient | None = None,
     label_pancreas: int = 1,
     label_tumour: int = 2,
+    confirm_shared_source: bool = False,
 ) -> ImageUpload:
     """A new upload session into ``cohort`` (for one patient, or in bulk when ``patient`` is
-    None), with the upload's label convention."""
+    None), with the upload's label convention; ``confirm_shared_source`` lets a scan already
+    stored for another patient of the cohort in (README "Images")."""
     if patient is not None and patient.cohort_id != cohort.pk:
         raise UserFacingError("This patient is not in this cohort.")
     for name, value in (("pancreas", label_pancreas), ("tumour", label_tumour)):
@@ -84,6 +86,7 @@ def create_upload(
         uploaded_by=user if getattr(user, "is_authenticated", False) else None,
         label_pancreas=label_pancreas,
         label_tumour=label_tumour,
+        confirm_shared_source=bool(confirm_shared_source),
     )
 
 
@@ -258,6 +261,7 @@ def upload_local_path(
     patient: Patient | None = None,
     label_pancreas: int = 1,
     label_tumour: int = 2,
+    confirm_shared_source: bool = False,
     include: Callable[[Path], bool] | None = None,
     on_file: Callable[[int, int], None] | None = None,
 ) -> ImageUpload:
@@ -287,6 +291,7 @@ def upload_local_path(
         patient=patient,
         label_pancreas=label_pancreas,
         label_tumour=label_tumour,
+        confirm_shared_source=confirm_shared_source,
     )
     declared = declare_files(
         upload,

@@ -17,8 +17,8 @@ from pmpd_web.cohorts.decorators import cohort_page
 from pmpd_web.cohorts.models import Patient
 from pmpd_web.jobs.runner import UserFacingError
 
-from .ingest import select_series
 from .models import CanonicalVolume, ImageSeries, ImageUpload
+from .series_pick import select_series
 
 PAGE_SIZE = 100
 

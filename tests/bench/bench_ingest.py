@@ -125,7 +125,9 @@ def main() -> None:
 
         # A worker that has run once has its libraries loaded (highdicom reads its tables of
         # the standard on first use): warm up with a small patient, as a running worker is.
-        small = generate_patient(INDEX, seed=SEED, config=PhantomConfig(size=64, z_extent_mm=40))
+        small = generate_patient(
+            INDEX + 1, seed=SEED, config=PhantomConfig(size=64, z_extent_mm=40)
+        )
         small.study_id = "WARM-UP"
         make_patient(cohort, small.study_id)
         write_dicom_series(small, work / "warm" / small.study_id / "ct")
@@ -175,6 +177,7 @@ def main() -> None:
         print(f"receiving the files into storage (apart) {receive_s:7.2f} s")
         if profiler:
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
         import shutil

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import functools
+import io
 
 import pydicom
 import pytest
 from imagemaker import dicom_series, small_patient
 from pydicom.data import get_testdata_file
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence
 
 from pmpd_web.imaging.deid import (
+    TABLE,
+    TABLE_FILE,
     date_shift_days,
     deidentify,
     derived_uid,
+    effective_action,
     remap_uid,
 )
+from pmpd_web.imaging.dicom_series import encode
+
+IDENTITY_TAGS = {0x00100010, 0x00100020}
 
 SECRET = "test-secret"
 
@@ -166,14 +179,12 @@ def test_pydicom_ct_small_with_its_private_tags_and_sequences():
     assert ds.OtherPatientIDsSequence and any(e.tag.is_private for e in ds)
     original_study = str(ds.StudyInstanceUID)
     deidentify(ds, study_id="CT-SMALL", secret=SECRET)
-    assert "OtherPatientIDsSequence" not in ds and "InstitutionName" not in ds
+    assert "OtherPatientIDsSequence" not in ds and ds.InstitutionName == ""  # X/Z/D: emptied
     assert not any(e.tag.is_private for e in ds.iterall())
     assert str(ds.PatientName) == "CT-SMALL"
     assert str(ds.StudyInstanceUID) != original_study
     assert "ABCD1234" not in " ".join(_value_texts(ds))
     # The de-identified dataset is valid DICOM again.
-    from pmpd_web.imaging.dicom_series import encode
-
     again = pydicom.dcmread(__import__("io").BytesIO(encode(ds)))
     assert again.PatientID == "CT-SMALL" and again.pixel_array.shape == (128, 128)
 
@@ -198,3 +209,167 @@ def test_a_secret_is_required():
         remap_uid("1.2.3", study_id="P", secret="")
     with pytest.raises(ValueError, match="date_mode"):
         deidentify(Dataset(), study_id="P", secret=SECRET, date_mode="keep")
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole of Table E.1-1, at top level, nested and encoded as UN, on a real CT file
+
+ORIGINAL_UID = "1.2.826.0.1.3680043.99.424242"
+ORIGINAL = {
+    "AE": "ORIGINALAE",
+    "AS": "042Y",
+    "CS": "ORIGINAL",
+    "DA": "20200315",
+    "DS": "12.5",
+    "DT": "20200315101010",
+    "IS": "42",
+    "LO": "ORIGINAL VALUE",
+    "LT": "ORIGINAL VALUE",
+    "PN": "ORIGINAL^NAME",
+    "SH": "ORIGINAL",
+    "ST": "ORIGINAL VALUE",
+    "TM": "101010",
+    "UC": "ORIGINAL VALUE",
+    "UI": ORIGINAL_UID,
+    "UR": "http://original.example/x",
+    "UT": "ORIGINAL VALUE",
+    "US": 7,
+    "OB": b"ORIGINAL",
+    "UN": b"ORIGINAL",
+}
+TABLE_ROWS = [
+    row
+    for row in TABLE
+    if row.keyword and row.tag >> 16 not in (0x0000, 0x0002) and row.tag not in IDENTITY_TAGS
+]
+
+
+def _original_element(row) -> pydicom.DataElement:
+    vr = dictionary_VR(row.tag).split(" or ")[0]
+    if vr == "SQ":
+        item = Dataset()
+        item.ReferencedSOPClassUID = pydicom.uid.CTImageStorage
+        item.ReferencedSOPInstanceUID = ORIGINAL_UID
+        return pydicom.DataElement(row.tag, "SQ", Sequence([item]))
+    return pydicom.DataElement(row.tag, vr, ORIGINAL[vr])
+
+
+def _as_un(element: pydicom.DataElement) -> RawDataElement:
+    """The element as read from a file whose exporter lost its VR: UN, the value in implicit
+    VR little endian (a sequence's items with their delimiters)."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_data_element(buffer, element)
+    data = buffer.getvalue()[8:]
+    if element.VR == "SQ":
+        data = data[:-8]  # the sequence delimiter: the UN element has a defined length
+    return RawDataElement(element.tag, "UN", len(data), data, 0, False, True, True, False)
+
+
+@functools.cache
+def _real_file_bytes() -> bytes:
+    """pydicom's CT_small without its pixels and private attributes (tested elsewhere)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    ds.remove_private_tags()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _real_file_with(element: pydicom.DataElement, *, variant: str) -> pydicom.Dataset:
+    ds = pydicom.dcmread(io.BytesIO(_real_file_bytes()))
+    added = _as_un(element) if variant == "un" else element
+    if variant == "nested":
+        holder = Dataset()
+        holder.add(added)
+        # A sequence the table does not name, so it is kept and its items cleaned.
+        ds.AnatomicRegionSequence = Sequence([holder])
+    else:
+        ds[element.tag] = added
+    return ds
+
+
+def _survives(value, original) -> bool:
+    if isinstance(original, Sequence):
+        return any(
+            str(item.get("ReferencedSOPInstanceUID", "")) == ORIGINAL_UID for item in value or []
+        )
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).rstrip(b"\x00 ") == bytes(original)
+    return str(value) == str(original)
+
+
+@pytest.mark.parametrize("row", TABLE_ROWS, ids=lambda row: f"{row.keyword}-{row.basic_profile}")
+def test_no_attribute_of_table_e1_1_survives_with_its_original_value(row):
+    vr = dictionary_VR(row.tag).split(" or ")[0]
+    action = effective_action(row, vr)
+    for variant in ("top", "nested", "un"):
+        original = _original_element(row)
+        before = copy.deepcopy(original.value)  # de-identification changes it in place
+        ds = deidentify(
+            _real_file_with(original, variant=variant), study_id="P-0001", secret=SECRET
+        )
+        # Still valid DICOM (read back where the VR was resolved).
+        again = pydicom.dcmread(io.BytesIO(encode(ds))) if variant == "un" else ds
+        holder = again if variant != "nested" else again.AnatomicRegionSequence[0]
+        where = f"{row.keyword} ({row.basic_profile} -> {action}), {variant}"
+        if action == "X":
+            assert row.tag not in holder, where
+            continue
+        assert row.tag in holder, f"{where}: removed, but the table keeps it"
+        value = holder[row.tag].value
+        assert vr == holder[row.tag].VR, where  # UN resolved to the dictionary VR
+        if action == "Z":
+            assert value in ("", None, b"") or (vr == "SQ" and len(value) == 0), where
+        elif action == "C" and vr == "TM":
+            assert str(value) == ORIGINAL["TM"], where  # whole-day shifts keep the time
+        else:
+            assert not _survives(value, before), where
+        if action == "U" and vr == "UI":
+            assert str(value) == remap_uid(ORIGINAL_UID, study_id="P-0001", secret=SECRET)
+
+
+def test_the_table_is_the_whole_of_e1_1_and_names_its_edition():
+    header = TABLE_FILE.read_text().splitlines()[0]
+    assert "PS3.15 2026c" in header and "Table E.1-1" in header
+    assert len(TABLE) > 640
+    codes = {row.basic_profile for row in TABLE}
+    assert codes == {"X", "Z", "D", "U", "X/Z", "X/D", "Z/D", "X/Z/D", "X/Z/U*"}
+    by_keyword = {row.keyword: row for row in TABLE}
+    # Attributes the hand-picked list of before let through.
+    for keyword in ("ScheduledProcedureStepID", "EthnicGroupCodeSequence"):
+        assert by_keyword[keyword].basic_profile == "X"
+    assert by_keyword["ReferringPhysicianName"].basic_profile == "Z"
+
+
+def test_type_2_attributes_with_z_are_emptied_not_removed():
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.ReferringPhysicianName = "REFERRER^DOCTOR"
+    ds.AccessionNumber = "ACC-1"
+    deidentify(ds, study_id="P-0001", secret=SECRET)
+    assert ds.ReferringPhysicianName == "" and ds.AccessionNumber == "" and ds.StudyID == ""
+    assert ds.PatientSex == "" and ds.PatientBirthDate == ""
+
+
+def test_the_tcia_pancreas_ct_slice_whose_attributes_are_encoded_un():
+    """pydicom-data's TCIA Pancreas-CT slice stores most public attributes with VR UN: its
+    UIDs and study date went through unchanged before UN was resolved."""
+    path = get_testdata_file("explicit_VR-UN.dcm")
+    original = pydicom.dcmread(path, stop_before_pixels=True)
+    assert original.get_item("StudyInstanceUID").VR == "UN"
+    uids = {k: str(original[k].value) for k in ("SOPInstanceUID", "StudyInstanceUID")}
+    uids["FrameOfReferenceUID"] = str(original.FrameOfReferenceUID)
+    study_date = str(original.StudyDate)
+    ds = deidentify(
+        pydicom.dcmread(path, stop_before_pixels=True), study_id="P-0001", secret=SECRET
+    )
+    for keyword, uid in uids.items():
+        assert str(ds[keyword].value) == remap_uid(uid, study_id="P-0001", secret=SECRET)
+        assert ds[keyword].VR == "UI"
+    shift = date_shift_days("P-0001", secret=SECRET)
+    expected = dt.datetime.strptime(study_date, "%Y%m%d").date() - dt.timedelta(days=shift)
+    assert ds.StudyDate == expected.strftime("%Y%m%d")
+    texts = " ".join(_value_texts(ds))
+    assert "PANCREAS_0001" not in texts and "Pancreas-CT" not in texts
+    assert ds.ReferringPhysicianName == "" and ds.AccessionNumber == ""
+    assert ds.Modality == "CT" and ds.ImageType  # what the engine needs stays

@@ -12,7 +12,15 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from imagemaker import dicom_series, small_patient, write_volume, zip_of
+from imagemaker import (
+    dicom_series,
+    ohif_seg,
+    rewrite_transfer_syntax,
+    series_from_slice,
+    small_patient,
+    write_volume,
+    zip_of,
+)
 from pydicom.data import get_testdata_file, get_testdata_files
 
 from pmpd_web.imaging import deid
@@ -24,6 +32,7 @@ from pmpd_web.imaging.dicom_series import (
     build_segmentation,
     ct_series_from_volume,
     decimal_string,
+    drop_duplicate_instances,
     encode,
     encode_series,
     instance_metadata,
@@ -246,6 +255,68 @@ def test_series_problems_name_the_file_and_the_reason(tmp_path):
         role_of(mr)
 
 
+@pytest.mark.parametrize(
+    "transfer_syntax",
+    [
+        pydicom.uid.ImplicitVRLittleEndian,
+        pydicom.uid.ExplicitVRBigEndian,
+        pydicom.uid.DeflatedExplicitVRLittleEndian,
+    ],
+    ids=lambda uid: uid.name,
+)
+def test_uncompressed_transfer_syntaxes_give_the_same_volume(tmp_path, transfer_syntax):
+    """Implicit VR (the DICOM default) was refused with "Rows 64 differs from the series' 64";
+    big endian ended in NotImplementedError."""
+    patient = small_patient()
+    paths = dicom_series(patient, tmp_path / "ct", private_tags=False)
+    rewrite_transfer_syntax(paths, transfer_syntax)
+    files = read_all(paths)
+    series = assemble_ct(files, min_slices=8, tolerance_mm=0.01)
+    np.testing.assert_array_equal(series.hu, patient.ct)
+    stored = pydicom.dcmread(io.BytesIO(next(encode_series(series.datasets))))
+    assert stored.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    np.testing.assert_array_equal(stored.pixel_array.astype(np.int32) - 1024, patient.ct[0])
+    assert (
+        stored.Rows == 64 and stored.ImagePositionPatient == files[0].dataset.ImagePositionPatient
+    )
+
+
+def test_duplicate_instances_keep_the_complete_copy_whatever_the_order(tmp_path):
+    patient = small_patient()
+    paths = dicom_series(patient, tmp_path / "ct", private_tags=False)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(paths[3].read_bytes()[:-3000])
+    for order in ([*paths, truncated], [truncated, *paths]):
+        files = read_all(order)
+        kept, dropped = drop_duplicate_instances(files)
+        assert len(kept) == len(paths) and [d.label for d, _ in dropped] == ["truncated.dcm"]
+        assert "an incomplete second copy of the SOP instance in CT0004.dcm" in dropped[0][1]
+        series = assemble_ct(files, min_slices=8, tolerance_mm=0.01)
+        np.testing.assert_array_equal(series.hu, patient.ct)
+
+
+def test_a_decoded_lossy_transfer_syntax_is_marked_lossy(tmp_path):
+    paths = series_from_slice(get_testdata_file("693_J2KI.dcm"), tmp_path / "ct", slices=3)
+    series = assemble_ct(read_all(paths), min_slices=3, tolerance_mm=0.01)
+    stored = pydicom.dcmread(io.BytesIO(next(encode_series(series.datasets))))
+    assert stored.LossyImageCompression == "01"
+    assert stored.LossyImageCompressionMethod == "ISO_15444_1"
+    assert float(stored.LossyImageCompressionRatio) > 1  # the encoder's, without its method
+    uncompressed = series_from_slice(get_testdata_file("693_UNCI.dcm"), tmp_path / "u", slices=2)
+    for path in uncompressed:
+        ds = pydicom.dcmread(path)
+        ds.compress(pydicom.uid.JPEGLSNearLossless, jls_error=3)
+        ds.save_as(path)
+    series = assemble_ct(read_all(uncompressed), min_slices=2, tolerance_mm=0.01)
+    marked = series.datasets[0]  # 693_UNCI was decoded from JPEG 2000 and says so
+    assert list(marked.LossyImageCompressionMethod) == ["ISO_15444_1", "ISO_14495_1"]
+    assert len(marked.LossyImageCompressionRatio) == 2
+    assert float(marked.LossyImageCompressionRatio[1]) > 2
+    lossless = series_from_slice(get_testdata_file("693_J2KR.dcm"), tmp_path / "r", slices=3)
+    series = assemble_ct(read_all(lossless), min_slices=3, tolerance_mm=0.01)
+    assert "LossyImageCompressionMethod" not in series.datasets[0]
+
+
 def test_compressed_slices_are_decoded_for_storage(tmp_path):
     patient = small_patient()
     paths = dicom_series(patient, tmp_path / "ct", private_tags=False)
@@ -361,6 +432,71 @@ def test_segmentation_out_and_in(tmp_path):
         label_tumour=2,
     )
     np.testing.assert_array_equal(back, patient.mask)
+
+
+def _partly_labelled(patient) -> np.ndarray:
+    """The phantom's mask with its first and last slices empty."""
+    mask = patient.mask.copy()
+    mask[:4] = 0
+    mask[-3:] = 0
+    assert mask.any() and (mask == 2).any()
+    return mask
+
+
+def test_a_seg_that_references_only_its_labelled_slices(tmp_path):
+    """The platform's own SEG (only the labelled slices referenced) was refused on upload:
+    "KeyError: SOP Instance UID(s) [...] do not match any referenced source instances"."""
+    patient = small_patient()
+    series = assemble_ct(
+        read_all(dicom_series(patient, tmp_path / "ct", private_tags=False)),
+        min_slices=8,
+        tolerance_mm=0.01,
+    )
+    mask = _partly_labelled(patient)
+    seg = build_segmentation(
+        series.datasets, mask, series_uid="2.25.1", sop_uid="2.25.2", content_date=""
+    )
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert len(referenced) < len(series.datasets)
+    path = tmp_path / "seg.dcm"
+    path.write_bytes(encode(seg))
+    back = seg_to_canonical(
+        read_dicom(path, label="seg.dcm"),
+        [str(ds.SOPInstanceUID) for ds in series.datasets],
+        label_pancreas=1,
+        label_tumour=2,
+    )
+    np.testing.assert_array_equal(back, mask)
+
+
+@pytest.mark.parametrize("label_map", [True, False], ids=["LABELMAP", "BINARY"])
+def test_segs_as_ohif_writes_them(tmp_path, label_map):
+    import highdicom as hd
+
+    patient = small_patient()
+    series = assemble_ct(
+        read_all(dicom_series(patient, tmp_path / "ct", private_tags=False)),
+        min_slices=8,
+        tolerance_mm=0.01,
+    )
+    mask = _partly_labelled(patient)
+    seg = ohif_seg(series.datasets, mask, label_map=label_map)
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    dicom = read_dicom(path, label="seg.dcm")
+    assert role_of(dicom) == ("seg", "DICOM SEG")
+    if label_map:
+        assert dicom.dataset.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
+        # Why the label map is read here: highdicom 0.28 wants a FrameContentSequence.
+        with pytest.raises(AttributeError, match="FrameContentSequence"):
+            hd.seg.Segmentation.from_dataset(pydicom.dcmread(path))
+    back = seg_to_canonical(
+        dicom,
+        [str(ds.SOPInstanceUID) for ds in series.datasets],
+        label_pancreas=1,
+        label_tumour=2,
+    )
+    np.testing.assert_array_equal(back, mask)
 
 
 # ----------------------------------------------------------------------------------------------

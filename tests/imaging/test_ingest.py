@@ -18,13 +18,17 @@ from imagemaker import (
     dicom_series,
     folder_files,
     ingest,
+    ohif_seg,
+    rewrite_transfer_syntax,
     small_patient,
     upload_files,
     write_volume,
     zip_of,
 )
 from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.fileset import FileSet
 
+from pmpd_web.accounts.models import Membership, Role
 from pmpd_web.cohorts.models import Patient
 from pmpd_web.imaging.deid import remap_uid
 from pmpd_web.imaging.dicom_series import build_segmentation, encode, read_dicom
@@ -111,7 +115,9 @@ def test_dicom_series_with_nifti_mask(cohort, coordinator, phantom):
     # Stored instances: de-identified, explicit VR little endian, metadata without pixels.
     original = pydicom.dcmread(sorted((folder / "ct").iterdir())[0])
     assert ct.study.study_instance_uid == remap_uid(
-        original.StudyInstanceUID, study_id=patient.study_id, secret=settings.PMPD_DEID_SECRET
+        original.StudyInstanceUID,
+        study_id=f"cohort-{cohort.pk}/{patient.study_id}",  # keyed by cohort and study ID
+        secret=settings.PMPD_DEID_SECRET,
     )
     for instance in ct.instances.all()[:3]:
         with instance.file.open("rb") as handle:
@@ -119,7 +125,7 @@ def test_dicom_series_with_nifti_mask(cohort, coordinator, phantom):
         assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
         assert instance.transfer_syntax_uid == pydicom.uid.ExplicitVRLittleEndian
         assert ds.PatientName == patient.study_id and ds.PatientIdentityRemoved == "YES"
-        assert "InstitutionName" not in ds and not any(e.tag.is_private for e in ds)
+        assert not ds.get("InstitutionName") and not any(e.tag.is_private for e in ds)
         assert patient.identifiers["patient_id"] not in str(instance.metadata)
         assert "7FE00010" not in instance.metadata and instance.number_of_frames == 1
         assert instance.metadata["00080018"]["Value"] == [ds.SOPInstanceUID]
@@ -154,6 +160,135 @@ def test_dicom_series_with_nifti_mask(cohort, coordinator, phantom):
     assert len(ct_volume.content_hash) == 64 and ct_volume.content_hash == ct.content_hash
     # The raw upload (identifiable) is gone.
     assert media_files("image-uploads") == set()
+
+
+@pytest.mark.parametrize(
+    "transfer_syntax",
+    [pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRBigEndian],
+    ids=lambda uid: uid.name,
+)
+def test_implicit_vr_and_big_endian_exports_are_ingested(
+    cohort, coordinator, phantom, transfer_syntax
+):
+    patient, folder = phantom
+    rewrite_transfer_syntax(sorted((folder / "ct").iterdir()), transfer_syntax)
+    upload, job = ingest(cohort, coordinator, folder_files(folder.parent))
+    assert job.status == "succeeded", job.error
+    ct = ImageSeries.objects.get(modality="CT")
+    volume = CanonicalVolume.objects.get(series=ct, kind="ct")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_canonical(volume)), patient.ct)
+    with ct.instances.first().file.open("rb") as handle:
+        stored = pydicom.dcmread(handle)
+    assert stored.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert stored.PatientName == patient.study_id
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_truncated_duplicate_is_left_out_with_a_note_whatever_its_place(
+    cohort, coordinator, phantom, where
+):
+    patient, folder = phantom
+    files = folder_files(folder.parent)
+    name = sorted(k for k in files if k.endswith(".dcm"))[4]
+    copy = {f"{patient.study_id}/copy/CT-copy.dcm": files[name].read_bytes()[:-3000]}
+    files = {**copy, **files} if where == "before" else {**files, **copy}
+    upload, job = ingest(cohort, coordinator, files)
+    assert job.status == "succeeded", job.error
+    left_out = upload.files.get(client_name__endswith="CT-copy.dcm")
+    assert left_out.status == "skipped"
+    assert "an incomplete second copy of the SOP instance" in left_out.error
+    ct = ImageSeries.objects.get(modality="CT")
+    assert ct.n_instances == patient.ct.shape[0]
+    assert any("CT-copy.dcm" in note for note in job.result["skipped"])
+
+
+def test_a_cd_export_with_a_dicomdir_and_stray_files(cohort, coordinator, phantom, tmp_path):
+    """A CD/DVD export (DICOMDIR written by pydicom's FileSet, files without extensions) with
+    the clutter that comes with it: the DICOMDIR and the non-image files are skipped with a
+    note, never failing the upload (the DICOMDIR was refused: "no SOP Class UID")."""
+    patient, folder = phantom
+    file_set = FileSet()
+    for path in sorted((folder / "ct").iterdir()):
+        file_set.add(path)
+    file_set.write(tmp_path / "cd" / patient.study_id)
+    files = folder_files(tmp_path / "cd")
+    assert f"{patient.study_id}/DICOMDIR" in files
+    stray = {
+        "README.TXT": b"This disc holds the images of one study.\n",
+        "AUTORUN.INF": b"[autorun]\nopen=viewer.exe\n",
+        ".DS_Store": b"\x00\x00\x00\x01Bud1",
+        "Thumbs.db": b"\xd0\xcf\x11\xe0",
+        "MARKER": b"",
+    }
+    files |= {f"{patient.study_id}/{name}": data for name, data in stray.items()}
+    files["LIESMICH.txt"] = b"at the root of a bulk upload, in no patient's folder"
+    upload, job = ingest(cohort, coordinator, files)
+    assert job.status == "succeeded", job.error
+    ct = ImageSeries.objects.get(modality="CT")
+    assert ct.n_instances == patient.ct.shape[0]
+    notes = {f.client_name.split("/")[-1]: f for f in upload.files.filter(status="skipped")}
+    assert "16 files listed" in notes["DICOMDIR"].error
+    assert notes["README.TXT"].error.startswith("not an image")
+    assert notes["MARKER"].error.startswith("an empty file")
+    assert {"AUTORUN.INF", "LIESMICH.txt", ".DS_Store", "Thumbs.db"} <= set(notes)
+
+
+def test_a_bad_image_among_stray_files_fails_the_upload_with_its_reason_once(
+    cohort, coordinator, stored
+):
+    patient, folder = stored
+    files = folder_files(folder.parent)
+    files[f"{patient.study_id}/README.txt"] = b"notes"
+    files[f"{patient.study_id}/ct/CT9999.dcm"] = b"not an image at all" * 10
+    upload = assert_refused(cohort, coordinator, files, "CT9999.dcm: not a format PMPD reads")
+    assert upload.error.count("CT9999.dcm") == 1
+    assert upload.files.get(client_name__endswith="README.txt").status == "skipped"
+
+
+def test_the_same_scan_for_two_patients_is_refused_unless_confirmed(
+    cohort, coordinator, stored, tmp_path
+):
+    """A DICOM folder of one patient uploaded to another was ingested without a word."""
+    patient, folder = stored
+    make_patient(cohort, "UX-0003")
+    files = {
+        name.replace(patient.study_id, "UX-0003", 1): path
+        for name, path in folder_files(folder.parent).items()
+        if name.endswith(".dcm")
+    }
+    assert_refused(
+        cohort,
+        coordinator,
+        files,
+        f"the same scan .* is already stored for study ID {patient.study_id} of this cohort",
+    )
+    _, job = ingest(cohort, coordinator, files, confirm_shared_source=True)
+    assert job.status == "succeeded", job.error
+    assert ImageSeries.objects.filter(study__patient__study_id="UX-0003").count() == 1
+    # Two patients of one bulk upload with the same new scan: the same rule.
+    make_patient(cohort, "UX-0004")
+    make_patient(cohort, "UX-0005")
+    scan = dicom_series(small_patient(5), tmp_path / "another")
+    both = {
+        f"{study_id}/ct/{path.name}": path for path in scan for study_id in ("UX-0004", "UX-0005")
+    }
+    assert_refused(cohort, coordinator, both, "already stored for study ID UX-0004")
+
+
+def test_the_same_scan_under_the_same_study_id_in_two_cohorts(
+    cohort, other_cohort, coordinator, phantom
+):
+    """The de-identified UIDs were keyed by study ID only: cohort B was refused ("already
+    belongs to another patient") and learnt that the scan exists elsewhere."""
+    patient, folder = phantom
+    make_patient(other_cohort, patient.study_id)
+    Membership.objects.create(user=coordinator, cohort=other_cohort, role=Role.COORDINATOR)
+    for each in (cohort, other_cohort):
+        _, job = ingest(each, coordinator, folder_files(folder.parent))
+        assert job.status == "succeeded", job.error
+    studies = ImagingStudy.objects.order_by("patient__cohort_id")
+    assert studies.count() == 2
+    assert studies[0].study_instance_uid != studies[1].study_instance_uid
 
 
 def test_a_repeated_upload_changes_nothing(cohort, coordinator, phantom):
@@ -258,15 +393,31 @@ def test_nrrd_ct_and_metaimage_mask_with_separate_data_file(cohort, coordinator,
 def test_dicom_seg_as_the_mask(cohort, coordinator, phantom, tmp_path):
     patient, folder = phantom
     sources = [read_dicom(p, label=p.name).dataset for p in sorted((folder / "ct").iterdir())]
+    labelled = patient.mask.copy()
+    labelled[:3] = 0  # the platform's SEG then references only the slices it labels
     seg = build_segmentation(
-        sources, patient.mask, series_uid="1.2.826.0.1.1", sop_uid="1.2.826.0.1.2", content_date=""
+        sources, labelled, series_uid="1.2.826.0.1.1", sop_uid="1.2.826.0.1.2", content_date=""
     )
+    assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) < len(sources)
     (folder / "mask.nii.gz").unlink()
     (folder / "seg.dcm").write_bytes(encode(seg))
     _, job = ingest(cohort, coordinator, folder_files(folder.parent))
     assert job.status == "succeeded", job.error
     mask = sitk.GetArrayFromImage(read_canonical(CanonicalVolume.objects.get(kind="mask")))
-    np.testing.assert_array_equal(mask, patient.mask)
+    np.testing.assert_array_equal(mask, labelled)
+
+
+def test_a_label_map_seg_as_ohif_writes_it_on_part_of_the_slices(cohort, coordinator, phantom):
+    patient, folder = phantom
+    sources = [read_dicom(p, label=p.name).dataset for p in sorted((folder / "ct").iterdir())]
+    mask = patient.mask.copy()
+    mask[:4] = 0
+    (folder / "mask.nii.gz").unlink()
+    ohif_seg(sources, mask, label_map=True).save_as(folder / "seg.dcm", enforce_file_format=True)
+    _, job = ingest(cohort, coordinator, folder_files(folder.parent))
+    assert job.status == "succeeded", job.error
+    stored = sitk.GetArrayFromImage(read_canonical(CanonicalVolume.objects.get(kind="mask")))
+    np.testing.assert_array_equal(stored, mask)
 
 
 def test_bulk_zip_with_folders_and_a_manifest(cohort, coordinator, tmp_path):
@@ -555,3 +706,5 @@ def test_the_ingest_images_command(cohort, coordinator, phantom, capsys):
     assert "unchanged 1" in capsys.readouterr().out
     with pytest.raises(Exception, match="No cohort named"):
         call_command("ingest_images", str(archive), cohort="nope")
+    call_command("ingest_images", str(archive), cohort=str(cohort.pk), confirm_shared_source=True)
+    assert ImageUpload.objects.latest("pk").confirm_shared_source

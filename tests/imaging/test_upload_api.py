@@ -110,7 +110,9 @@ def test_per_patient_upload_and_chunk_rules(api, cohort, patient_files, settings
     patient, files = patient_files
     base = f"/api/cohorts/{cohort.pk}/image-uploads/"
     upload = api.post(base, {"study_id": patient.study_id}, format="json").json()
-    assert upload["patient"] == patient.study_id
+    assert upload["patient"] == patient.study_id and upload["confirm_shared_source"] is False
+    confirmed = api.post(base, {"confirm_shared_source": True}, format="json").json()
+    assert confirmed["confirm_shared_source"] is True
     assert api.post(base, {"study_id": "NOPE"}, format="json").status_code == 400
     assert (
         api.post(base, {"label_pancreas": 2, "label_tumour": 2}, format="json").status_code == 400

@@ -130,3 +130,96 @@ def folder_files(folder: Path, prefix: str = "") -> dict[str, Path]:
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
+
+
+def rewrite_transfer_syntax(paths: list[Path], transfer_syntax: str) -> None:
+    """Rewrite DICOM files in ``transfer_syntax``: implicit or explicit VR, little or big endian
+    (pixels byte-swapped as the standard stores them), deflated, or one of the compressed
+    syntaxes pydicom can encode."""
+    uid = pydicom.uid.UID(transfer_syntax)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        if uid.is_compressed:
+            ds.compress(uid, generate_instance_uid=False)
+        else:
+            if not uid.is_little_endian:
+                pixels = ds.pixel_array
+                ds.PixelData = pixels.astype(pixels.dtype.newbyteorder(">")).tobytes()
+            ds.file_meta.TransferSyntaxUID = uid
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+
+
+def series_from_slice(source: Path | str, folder: Path, *, slices: int = 3) -> list[Path]:
+    """A CT series of ``slices`` copies of one real slice (its pixels and transfer syntax kept,
+    encapsulated data included), stacked along its normal 2.5 mm apart with their own SOP
+    instance UIDs, in one series: real single files become series the ingest accepts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    template = pydicom.dcmread(source)
+    orientation = np.array([float(v) for v in template.ImageOrientationPatient])
+    normal = np.cross(orientation[:3], orientation[3:])
+    origin = np.array([float(v) for v in template.ImagePositionPatient])
+    series_uid = pydicom.uid.generate_uid(entropy_srcs=[str(source), "series"])
+    paths = []
+    for index in range(slices):
+        ds = pydicom.dcmread(source)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[str(source), str(index)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in origin + 2.5 * index * normal]
+        ds.SliceThickness = "2.5"
+        ds.InstanceNumber = index + 1
+        path = folder / f"slice-{index:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def ohif_seg(sources, mask, *, label_map: bool) -> pydicom.Dataset:
+    """A SEG as OHIF 3.13 writes it (see the design notes): segments coded "Tissue" and named
+    as typed, MANUAL "OHIF Brush". LABELMAP (its default): 8-bit label map, RLE Lossless, only
+    the painted slices referenced, per-frame groups without FrameContentSequence. BINARY (its
+    bitmap mode): every CT slice referenced."""
+    import highdicom as hd
+
+    tissue = hd.sr.CodedConcept("T-D0050", "SRT", "Tissue")
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=name,
+            segmented_property_category=tissue,
+            segmented_property_type=tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                name="OHIF Brush", version="1", family=hd.sr.CodedConcept("T-D0050", "SRT", "x")
+            ),
+        )
+        for number, name in ((1, "Pancreas"), (2, "Tumour"))
+    ]
+    painted = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1)) if label_map else None
+    chosen = [sources[i] for i in painted] if label_map else sources
+    pixels = mask[painted] if label_map else np.stack([mask == 1, mask == 2], axis=-1)
+    seg = hd.seg.Segmentation(
+        source_images=chosen,
+        pixel_array=pixels.astype(np.uint8),
+        segmentation_type=(
+            hd.seg.SegmentationTypeValues.LABELMAP
+            if label_map
+            else hd.seg.SegmentationTypeValues.BINARY
+        ),
+        segment_descriptions=descriptions,
+        series_instance_uid="2.25.31",
+        series_number=3101,
+        sop_instance_uid="2.25.32",
+        instance_number=1,
+        manufacturer="OHIF",
+        manufacturer_model_name="OHIF Viewer",
+        software_versions="3.13",
+        device_serial_number="none",
+        transfer_syntax_uid=(
+            pydicom.uid.RLELossless if label_map else pydicom.uid.ExplicitVRLittleEndian
+        ),
+    )
+    if label_map:
+        for group in seg.PerFrameFunctionalGroupsSequence:
+            del group.FrameContentSequence
+    return seg

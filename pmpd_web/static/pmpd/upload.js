@@ -253,6 +253,7 @@
       var created = resumable ? Promise.resolve(resumable) : request("POST", uploadsUrl, {
         label_pancreas: parseInt(el("label-pancreas").value, 10),
         label_tumour: parseInt(el("label-tumour").value, 10),
+        confirm_shared_source: el("confirm-shared-source").checked,
         study_id: studyId || undefined
       }).then(function (answer) {
         if (!answer.ok) { throw new FatalError(message(answer.data)); }

@@ -31,6 +31,11 @@ class Command(BaseCommand):
         parser.add_argument("--label-tumour", type=int, default=2)
         parser.add_argument("--user", help="the coordinator recorded as uploader")
         parser.add_argument(
+            "--confirm-shared-source",
+            action="store_true",
+            help="accept a scan already stored for another patient of the cohort",
+        )
+        parser.add_argument(
             "--queue", action="store_true", help="queue the ingest for a worker instead of now"
         )
 
@@ -64,6 +69,7 @@ class Command(BaseCommand):
                     patient=one_patient,
                     label_pancreas=options["label_pancreas"],
                     label_tumour=options["label_tumour"],
+                    confirm_shared_source=options["confirm_shared_source"],
                     on_file=on_file,
                 )
             if options["queue"]:

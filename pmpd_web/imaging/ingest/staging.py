@@ -1,0 +1,65 @@
+"""What an ingest writes to storage before its commit: every name is remembered so that a
+failed ingest deletes it again, and the canonical volumes compress in worker threads."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.core.files import File
+from django.core.files.storage import default_storage
+
+from ..volumes import Grid, write_nifti
+
+
+class Staging:
+    """Storage names written by this ingest: deleted again when it fails."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def save(self, name: str, content: File) -> str:
+        saved = default_storage.save(name, content)
+        self.names.append(saved)
+        return saved
+
+    def discard(self) -> None:
+        for name in self.names:
+            default_storage.delete(name)
+        self.names.clear()
+
+
+class _ScratchFile(File):
+    """A finished file in the scratch folder: the file-system storage moves it into place
+    instead of copying it."""
+
+    def temporary_file_path(self) -> str:
+        return self.name
+
+
+class VolumeWriter:
+    """Writes canonical NIfTI volumes in worker threads (zlib releases the GIL) while the main
+    thread goes on with the DICOM work; ``store`` saves the finished files to storage."""
+
+    def __init__(self, pool: ThreadPoolExecutor, scratch: Path, *, level: int) -> None:
+        self.pool = pool
+        self.scratch = scratch
+        self.level = level
+        self.pending: list[tuple[Future, str, Any, Path]] = []
+        self.count = 0
+
+    def submit(self, array: np.ndarray, grid: Grid, name: str, owner: Any) -> None:
+        """Start writing ``array`` for ``owner`` (its ``volume_name`` is set by ``store``)."""
+        self.count += 1
+        target = self.scratch / f"volume-{self.count}.nii.gz"
+        future = self.pool.submit(write_nifti, array, grid, target, compression_level=self.level)
+        self.pending.append((future, name, owner, target))
+
+    def store(self, staging: Staging) -> None:
+        for future, name, owner, target in self.pending:
+            future.result()
+            with _ScratchFile(open(target, "rb"), name=str(target)) as content:
+                owner.volume_name = staging.save(name, content)
+        self.pending.clear()
