@@ -25,6 +25,21 @@ POLLED_URL_NAMES = frozenset({"job-progress", "image-upload-status"})
 MACHINE_PATHS = ("/api/", "/dicomweb/")
 
 
+def session_end_reason(session, now: int | None = None) -> str | None:
+    """Why a session has ended (its absolute or idle timeout passed), or None while it lasts.
+    A session without a clock has not ended (the middleware starts one)."""
+    now = int(time.time()) if now is None else now
+    login_at, last_seen = session.get(LOGIN_AT), session.get(LAST_SEEN)
+    if login_at is None or last_seen is None:
+        return None
+    idle = settings.PMPD_SESSION_IDLE_SECONDS
+    if now - login_at > settings.SESSION_COOKIE_AGE:
+        return f"Your session ended {settings.SESSION_COOKIE_AGE // 60} minutes after login"
+    if now - last_seen > idle:
+        return f"Your session ended after {idle // 60} minutes without activity"
+    return None
+
+
 def start_session_clock(session) -> None:
     now = int(time.time())
     session[LOGIN_AT] = now
@@ -40,6 +55,10 @@ class SessionTimeoutMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
+        if request.path.startswith("/dicomweb/"):
+            # DICOMweb reads the session with its user in one query and applies the same
+            # timeouts there (imaging.dicomweb_auth); a viewer's frame requests are no activity.
+            return self.get_response(request)
         ended = request.user.is_authenticated and self._ended(request)
         if ended and request.headers.get("HX-Request") == "true":
             # A page's background request: send the whole page to the login, rather than the
@@ -52,18 +71,14 @@ class SessionTimeoutMiddleware:
     def _ended(self, request) -> bool:
         session = request.session
         now = int(time.time())
-        login_at, last_seen = session.get(LOGIN_AT), session.get(LAST_SEEN)
-        if login_at is None or last_seen is None:
+        if session.get(LOGIN_AT) is None or session.get(LAST_SEEN) is None:
             start_session_clock(session)
             return False
-        idle = settings.PMPD_SESSION_IDLE_SECONDS
-        if now - login_at > settings.SESSION_COOKIE_AGE:
-            reason = f"Your session ended {settings.SESSION_COOKIE_AGE // 60} minutes after login"
-        elif now - last_seen > idle:
-            reason = f"Your session ended after {idle // 60} minutes without activity"
-        else:
+        reason = session_end_reason(session, now)
+        if reason is None:
+            idle = settings.PMPD_SESSION_IDLE_SECONDS
             resolution = min(LAST_SEEN_RESOLUTION_SECONDS, max(1, idle // 10))
-            if now - last_seen >= resolution and not _is_poll(request):
+            if now - session[LAST_SEEN] >= resolution and not _is_poll(request):
                 session[LAST_SEEN] = now
             return False
         logout(request)

@@ -18,6 +18,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from rest_framework.exceptions import AuthenticationFailed
 
+from pmpd_web.accounts.middleware import session_end_reason
 from pmpd_web.accounts.models import Membership
 from pmpd_web.accounts.permissions import remember_roles
 from pmpd_web.accounts.tokens import ApiTokenAuthentication
@@ -67,6 +68,8 @@ def _session_user(request):
     session = SessionStore().decode(rows[0][0])
     if session.get(BACKEND_SESSION_KEY) != MODEL_BACKEND or SESSION_KEY not in session:
         return None
+    if session_end_reason(session) is not None:
+        raise SessionEnded
     user_id = User._meta.pk.to_python(session[SESSION_KEY])
     if user_id != guess:
         if len(_user_of_session) >= SESSIONS_REMEMBERED:
@@ -88,13 +91,21 @@ def _session_user(request):
     return user
 
 
+class SessionEnded(Exception):
+    """The session's idle or absolute timeout has passed."""
+
+
 def authenticated_user(request):
-    """The request's user (session or ``Authorization: Token ...``), or None."""
-    user = _session_user(request)
+    """The request's user (session or ``Authorization: Token ...``), or None. A session past
+    its timeouts counts as none (the site's middleware leaves DICOMweb to this check)."""
+    try:
+        user = _session_user(request)
+    except SessionEnded:
+        return None
     if user is not None:
         return user
     if request.user.is_authenticated:
-        return request.user
+        return None if session_end_reason(request.session) else request.user
     if request.headers.get("Authorization", "").startswith("Token "):
         try:
             result = ApiTokenAuthentication().authenticate(request)

@@ -5,6 +5,8 @@ password stop the next frame, not one 30 seconds later."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from dicom_fixtures import add_imaged_patient
 from django.contrib.sessions.models import Session
@@ -12,6 +14,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from factories import make_patient
 
+from pmpd_web.accounts.middleware import LAST_SEEN, LOGIN_AT
 from pmpd_web.accounts.models import Membership
 from pmpd_web.imaging import dicomweb, dicomweb_auth
 
@@ -93,3 +96,21 @@ def test_the_remembered_user_of_a_session_is_checked_against_the_session(imaged,
     client.force_login(members["statistician"])
     dicomweb_auth._user_of_session[client.cookies["sessionid"].value] = members["clinician"].pk
     assert client.get(frame_url(imaged), HTTP_ACCEPT=FRAME_ACCEPT).status_code == 404
+
+
+@pytest.mark.parametrize(("login", "seen"), [(700, 601), (9 * 3600, 10)])
+def test_a_session_past_its_timeouts_gets_no_frame(
+    imaged, client_for, members, settings, login, seen
+):
+    """DICOMweb applies the site's idle and absolute session timeouts itself (the middleware
+    leaves it to the one-query session read)."""
+    settings.PMPD_SESSION_IDLE_SECONDS = 600
+    settings.SESSION_COOKIE_AGE = 8 * 3600
+    client = client_for(members["clinician"])
+    assert client.get("/").status_code == 200
+    assert client.get(frame_url(imaged, 0), HTTP_ACCEPT=FRAME_ACCEPT).status_code == 200
+    session = client.session
+    now = int(time.time())
+    session[LOGIN_AT], session[LAST_SEEN] = now - login, now - seen
+    session.save()
+    assert client.get(frame_url(imaged, 1), HTTP_ACCEPT=FRAME_ACCEPT).status_code == 401
