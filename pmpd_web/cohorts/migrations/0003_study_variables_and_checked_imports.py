@@ -6,45 +6,106 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('cohorts', '0002_initial'),
+        ("cohorts", "0002_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='patient',
-            name='study_values',
-            field=models.JSONField(blank=True, default=dict, help_text="Values of the cohort's study-defined variables, by variable name"),
+            model_name="patient",
+            name="study_values",
+            field=models.JSONField(
+                blank=True,
+                default=dict,
+                help_text="Values of the cohort's study-defined variables, by variable name",
+            ),
         ),
         migrations.AddField(
-            model_name='tableimport',
-            name='checked',
-            field=models.BinaryField(blank=True, help_text="The preview's checked rows (compressed): the commit writes them as they are while the file and the cohort are unchanged", null=True),
+            model_name="tableimport",
+            name="checked",
+            field=models.BinaryField(
+                blank=True,
+                help_text="The preview's checked rows (compressed): the commit writes them as they are while the file and the cohort are unchanged",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='tableimport',
-            name='checked_against',
-            field=models.CharField(blank=True, help_text='The state of the cohort the preview was checked against', max_length=64),
+            model_name="tableimport",
+            name="checked_against",
+            field=models.CharField(
+                blank=True,
+                help_text="The state of the cohort the preview was checked against",
+                max_length=64,
+            ),
         ),
         migrations.CreateModel(
-            name='StudyVariable',
+            name="StudyVariable",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=40, validators=[django.core.validators.RegexValidator('^[a-z][a-z0-9_]{0,39}$', "A variable name is lower-case letters, digits and '_', starting with a letter (the column name in the table; e.g. ecog_performance_status).")])),
-                ('label', models.CharField(help_text='How the variable reads in tables', max_length=120)),
-                ('kind', models.CharField(choices=[('number', 'Number'), ('int', 'Whole number'), ('choice', 'Category'), ('date', 'Date (YYYY-MM-DD)')], max_length=8)),
-                ('unit', models.CharField(blank=True, max_length=24)),
-                ('minimum', models.FloatField(blank=True, help_text='Smallest allowed value', null=True)),
-                ('maximum', models.FloatField(blank=True, help_text='Largest allowed value', null=True)),
-                ('choices', models.JSONField(blank=True, default=list, help_text='Allowed values of a category (codes)')),
-                ('required', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('cohort', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='study_variables', to='cohorts.cohort')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "name",
+                    models.CharField(
+                        max_length=40,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z][a-z0-9_]{0,39}$",
+                                "A variable name is lower-case letters, digits and '_', starting with a letter (the column name in the table; e.g. ecog_performance_status).",
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "label",
+                    models.CharField(help_text="How the variable reads in tables", max_length=120),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("number", "Number"),
+                            ("int", "Whole number"),
+                            ("choice", "Category"),
+                            ("date", "Date (YYYY-MM-DD)"),
+                        ],
+                        max_length=8,
+                    ),
+                ),
+                ("unit", models.CharField(blank=True, max_length=24)),
+                (
+                    "minimum",
+                    models.FloatField(blank=True, help_text="Smallest allowed value", null=True),
+                ),
+                (
+                    "maximum",
+                    models.FloatField(blank=True, help_text="Largest allowed value", null=True),
+                ),
+                (
+                    "choices",
+                    models.JSONField(
+                        blank=True, default=list, help_text="Allowed values of a category (codes)"
+                    ),
+                ),
+                ("required", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "cohort",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="study_variables",
+                        to="cohorts.cohort",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['cohort_id', 'name'],
-                'constraints': [models.UniqueConstraint(fields=('cohort', 'name'), name='study_variable_unique')],
+                "ordering": ["cohort_id", "name"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("cohort", "name"), name="study_variable_unique")
+                ],
             },
         ),
     ]
