@@ -42,6 +42,11 @@ PARAMETERS = [
         "reference", str, many=True, description="variable:level reference, repeatable"
     ),
     OpenApiParameter("group", str, description="grouping of an extra Kaplan-Meier analysis"),
+    OpenApiParameter(
+        "cutpoint_variable",
+        str,
+        description="continuous variable (a study variable too) cut by maxstat, low = <= cut",
+    ),
     OpenApiParameter("mrs_cutpoint", float, description="fixed MRS cut (default: maxstat)"),
     OpenApiParameter("minprop", float, description="maxstat minimal group share (0.1)"),
     OpenApiParameter("ca19_9_threshold", float, description="CA19-9 cut in U/mL (500)"),
@@ -57,13 +62,17 @@ PARAMETERS = [
 
 
 def _parameters(request: Request) -> AnalysisParameters:
+    cohort_ids = [
+        int(item)
+        for value in request.query_params.getlist("cohort")
+        for item in value.split(",")
+        if item.strip().isdigit()
+    ]
     try:
-        return parse_parameters(request.query_params)
+        return parse_parameters(request.query_params, study=services.study_variables_of(cohort_ids))
     except ParameterError as error:
-        for value in request.query_params.getlist("cohort"):
-            for item in value.split(","):
-                if item.strip().isdigit():
-                    api_check(request.user, int(item), Action.VIEW_ANALYTICS)
+        for cohort_id in cohort_ids:
+            api_check(request.user, cohort_id, Action.VIEW_ANALYTICS)
         raise ValidationError(error.errors) from None
 
 
@@ -128,6 +137,7 @@ class SurvivalView(AnalyticsView):
             else {},
             "group": params.group,
             "custom": results.all_kaplan_meier.get(params.group) if params.group else None,
+            "cutpoint": results.cutpoint.to_dict() if results.cutpoint is not None else None,
         }
 
 
@@ -237,13 +247,33 @@ class SubgroupsView(AnalyticsView):
 
 @extend_schema(parameters=PARAMETERS, responses=OpenApiTypes.OBJECT)
 class AnalysisView(AnalyticsView):
-    """The whole analysis set of the paper (``run_full_analysis``) as JSON."""
+    """The whole analysis set of the paper (``run_full_analysis``) as JSON; without a model
+    version, every analysis that does not need one (overall and grouped Kaplan-Meier with
+    log-rank, the chosen cut-point, the Cox models)."""
 
     sections = ("analysis",)
+    clinical_sections = ("analysis", "survival", "cox")
+
+    def get(self, request: Request) -> Response:
+        if not request.query_params.get("model_version"):
+            self.sections = self.clinical_sections
+        return super().get(request)
 
     def payload(self, results: Results, params: AnalysisParameters) -> dict[str, Any]:
         analysis = results.analysis
-        return {"analysis": analysis if analysis is not None else needs_model_version("Analysis")}
+        if analysis is not None:
+            return {"analysis": analysis}
+        return {
+            "analysis": {
+                "model_version": None,
+                "kaplan_meier": results.all_kaplan_meier,
+                "cutpoint": results.cutpoint.to_dict() if results.cutpoint is not None else None,
+                "cox": results.cox.to_dict() if results.cox is not None else None,
+                "needs_model_version": needs_model_version(
+                    "Evaluation, calibration, development and subgroup AUROC"
+                ),
+            }
+        }
 
 
 @extend_schema(

@@ -39,14 +39,18 @@ from django.utils import timezone
 from analytics import figures as fig
 from analytics.analyses import (
     CoxAnalysis,
+    CutpointAnalysis,
     PreparedFrame,
+    Variable,
     cox_analysis,
+    cutpoint_for,
     kaplan_meier_for,
     mrs_percentile,
     prepare_frame,
+    study_variables,
 )
 from analytics.catalogue import MODEL_SECTIONS, SECTIONS, Entry, Results, display_rows, entries
-from analytics.loaders import LoadedData, fingerprint, frame_hash, load_frame
+from analytics.loaders import LoadedData, fingerprint, frame_hash, load_frame, study_definitions
 from analytics.models import AnalysisCache
 from analytics.parameters import AnalysisParameters
 from analytics.stats import (
@@ -161,6 +165,12 @@ class Selection:
     @property
     def all_cached(self) -> bool:
         return bool(self.events) and all(event.hit for event in self.events)
+
+
+def study_variables_of(cohort_ids: Iterable[int]) -> dict[str, Variable]:
+    """The study-defined variables of the cohorts, as analysis variables. Only for choosing
+    parameters: the permission is checked on the cohorts before any result is shown."""
+    return study_variables(study_definitions(list(Cohort.objects.filter(pk__in=cohort_ids))))
 
 
 def resolve_selection(user: Any, params: AnalysisParameters, *, api: bool) -> Selection:
@@ -305,7 +315,7 @@ def results_for(
             },
         )
     custom = None
-    standard = ("mrs_group", "risk_group", *CLINICAL_GROUPINGS)
+    standard = ("overall", "mrs_group", "risk_group", *CLINICAL_GROUPINGS)
     if params.group and params.group not in standard and "survival" in wanted:
         custom = cached(
             selection,
@@ -313,6 +323,24 @@ def results_for(
             {**key, "group": params.group},
             lambda: kaplan_meier_for(selection.prepared(options), params.group or "", options),
         )
+    overall = None
+    chosen_cut: CutpointAnalysis | None = None
+    if "survival" in wanted:
+        overall = cached(
+            selection,
+            "kaplan-meier",
+            {**key, "group": "overall"},
+            lambda: kaplan_meier_for(selection.prepared(options), "overall", options),
+        )
+        if params.cutpoint_variable:
+            chosen_cut = cached(
+                selection,
+                "cutpoint",
+                {**key, "variable": params.cutpoint_variable},
+                lambda: cutpoint_for(
+                    selection.prepared(options), params.cutpoint_variable or "", options
+                ),
+            )
     cox: CoxAnalysis | None = None
     if "cox" in wanted:
         cox = cached(
@@ -338,6 +366,8 @@ def results_for(
         custom_group=params.group,
         custom_kaplan_meier=custom,
         cox=cox,
+        overall_kaplan_meier=overall,
+        cutpoint=chosen_cut,
     )
 
 

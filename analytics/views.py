@@ -31,6 +31,7 @@ SECTION_FIELDS: dict[str, tuple[str, ...]] = {
     "evaluation": ("decision_threshold", "confidence_level"),
     "survival": (
         "group",
+        "cutpoint_variable",
         "mrs_cutpoint",
         "minprop",
         "ca19_9_threshold",
@@ -79,7 +80,9 @@ def _resolve(
     """The permission-checked selection and parameters, or a 400 page saying what is wrong
     (after the permission check of the cohorts named, so outsiders still get 404)."""
     try:
-        params = parse_parameters(request.GET)
+        params = parse_parameters(
+            request.GET, study=services.study_variables_of(_cohort_ids(request))
+        )
     except ParameterError as error:
         for cohort_id in _cohort_ids(request):
             require(request.user, cohort_id, Action.VIEW_ANALYTICS)
@@ -138,7 +141,10 @@ def _form_context(request: HttpRequest, params: AnalysisParameters, section: str
                 "in_univariable": name in params.univariable_variables,
                 "in_adjust_for": name in params.adjust_for,
             }
-            for name, variable in VARIABLES.items()
+            for name, variable in {
+                **VARIABLES,
+                **services.study_variables_of(params.cohort_ids),
+            }.items()
         ],
         "references": [f"{k}:{v}" for k, v in params.reference] + ["", ""],
         "get": request.GET,
