@@ -26,12 +26,14 @@ from analytics.stats import (
     CutpointResult,
     KaplanMeierResult,
     NotComputable,
+    SubgroupAurocTable,
     adjusted_cox,
     age_groups,
     cox_univariable,
     dichotomise,
     kaplan_meier_by_group,
     maxstat_cutpoint,
+    subgroup_auroc,
     tumour_size_groups,
 )
 from analytics.stats._base import jsonable
@@ -44,6 +46,7 @@ __all__ = [
     "CutpointAnalysis",
     "cutpoint_for",
     "study_variables",
+    "subgroups_for",
     "PreparedFrame",
     "Variable",
     "cox_analysis",
@@ -226,6 +229,27 @@ def cutpoint_for(
         at_risk_times=options.at_risk_times_days,
     )
     return CutpointAnalysis(variable, cut, curves)
+
+
+def subgroups_for(
+    prepared: PreparedFrame, variables: Sequence[str], options: AnalysisOptions
+) -> SubgroupAurocTable:
+    """AUROC of the MRS (DeLong CI) within each level of the chosen categorical variables
+    (study-defined ones too), beside the paper's subgroups."""
+    data = prepared.data
+    present = [name for name in variables if name in data.columns]
+    groups = {
+        name: data[name].astype(object).where(data[name].notna(), None).to_numpy()
+        for name in present
+    }
+    orders = {name: group_order(name, data[name], options) for name in present}
+    return subgroup_auroc(
+        data["metastasis_label"],
+        data["metastasis_risk_score"],
+        groups,
+        level_order={name: order for name, order in orders.items() if order is not None},
+        confidence_level=options.confidence_level,
+    )
 
 
 def _no_survival(analysis: str) -> NotComputable:

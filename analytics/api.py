@@ -42,6 +42,7 @@ PARAMETERS = [
         "reference", str, many=True, description="variable:level reference, repeatable"
     ),
     OpenApiParameter("group", str, description="grouping of an extra Kaplan-Meier analysis"),
+    OpenApiParameter("subgroups", str, description=f"extra AUROC subgroup variables; {_LIST}"),
     OpenApiParameter(
         "cutpoint_variable",
         str,
@@ -242,7 +243,7 @@ class SubgroupsView(AnalyticsView):
         analysis = results.analysis
         if analysis is None:
             return {"subgroups": needs_model_version("AUROC by subgroup")}
-        return {"subgroups": analysis.subgroups}
+        return {"subgroups": analysis.subgroups, "chosen": results.chosen_subgroups}
 
 
 @extend_schema(parameters=PARAMETERS, responses=OpenApiTypes.OBJECT)

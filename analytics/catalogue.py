@@ -78,6 +78,7 @@ class Results:
     cox: CoxAnalysis | None = None
     overall_kaplan_meier: KaplanMeierResult | NotComputable | None = None
     cutpoint: CutpointAnalysis | None = None
+    chosen_subgroups: SubgroupAurocTable | None = None
 
     @property
     def kaplan_meier(self) -> dict[str, KaplanMeierResult | NotComputable]:
@@ -721,6 +722,14 @@ def entries(results: Results, sections: Iterable[str] | None = None) -> list[Ent
             _development(build, analysis)
         elif section == "subgroups":
             _subgroups(build, analysis)
+            if results.chosen_subgroups is not None:
+                chosen = results.chosen_subgroups
+                build.table(
+                    section,
+                    "auroc-chosen-subgroups",
+                    "AUROC by the chosen subgroups (" + ", ".join(chosen.variables) + ")",
+                    chosen,
+                )
     return build.items
 
 

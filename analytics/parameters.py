@@ -14,6 +14,7 @@ Python: the query is anything with ``getlist(name)`` (Django's ``QueryDict``).
 ``reference``              ``variable:level``, repeatable (default: low MRS group, low
                            CA19-9, low risk, resectable, male)
 ``group``                  grouping of an extra Kaplan-Meier figure (e.g. ``sex``, ``overall``)
+``subgroups``              categorical variables for extra AUROC subgroups (with a model)
 ``cutpoint_variable``      continuous variable to cut by maxstat (survminer's
                            ``surv_cutpoint``: low = value <= cut), with KM of its groups
 ``mrs_cutpoint``           fixed MRS cut (default: maxstat on the selected cohorts)
@@ -87,6 +88,7 @@ class AnalysisParameters:
     reference: tuple[tuple[str, str], ...] = ()
     group: str | None = None
     cutpoint_variable: str | None = None
+    subgroups: tuple[str, ...] = ()
     mrs_cutpoint: float | None = None
     minprop: float = 0.1
     ca19_9_threshold: float = 500.0
@@ -279,6 +281,13 @@ def parse_parameters(
             errors["group"] = f"{group} needs a model version (model_version=...)"
         else:
             values["group"] = group
+    subgroups = _variables(query, "subgroups", errors, with_model=with_model, known=known)
+    if subgroups:
+        continuous = [name for name in subgroups if not known[name].categorical]
+        if continuous:
+            errors["subgroups"] = f"{', '.join(continuous)}: subgroups need categorical variables"
+        else:
+            values["subgroups"] = subgroups
     cut_variable = _single(query, "cutpoint_variable")
     if cut_variable is not None:
         continuous = [name for name, v in known.items() if not v.categorical]

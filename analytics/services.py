@@ -48,6 +48,7 @@ from analytics.analyses import (
     mrs_percentile,
     prepare_frame,
     study_variables,
+    subgroups_for,
 )
 from analytics.catalogue import MODEL_SECTIONS, SECTIONS, Entry, Results, display_rows, entries
 from analytics.loaders import LoadedData, fingerprint, frame_hash, load_frame, study_definitions
@@ -341,6 +342,14 @@ def results_for(
                     selection.prepared(options), params.cutpoint_variable or "", options
                 ),
             )
+    chosen_subgroups = None
+    if "subgroups" in wanted and params.subgroups and analysis is not None:
+        chosen_subgroups = cached(
+            selection,
+            "subgroups",
+            {**key, "subgroups": params.subgroups},
+            lambda: subgroups_for(selection.prepared(options), params.subgroups, options),
+        )
     cox: CoxAnalysis | None = None
     if "cox" in wanted:
         cox = cached(
@@ -368,6 +377,7 @@ def results_for(
         cox=cox,
         overall_kaplan_meier=overall,
         cutpoint=chosen_cut,
+        chosen_subgroups=chosen_subgroups,
     )
 
 

@@ -49,7 +49,7 @@ SECTION_FIELDS: dict[str, tuple[str, ...]] = {
         "ca19_9_threshold",
     ),
     "development": ("development_months", "confidence_level"),
-    "subgroups": ("age_cut", "size_edges", "confidence_level"),
+    "subgroups": ("subgroups", "age_cut", "size_edges", "confidence_level"),
 }
 FIELD_LABELS = {
     "decision_threshold": "Decision threshold (default Youden)",
@@ -140,6 +140,7 @@ def _form_context(request: HttpRequest, params: AnalysisParameters, section: str
                 "in_variables": name in params.cox_variables,
                 "in_univariable": name in params.univariable_variables,
                 "in_adjust_for": name in params.adjust_for,
+                "in_subgroups": name in params.subgroups,
             }
             for name, variable in {
                 **VARIABLES,

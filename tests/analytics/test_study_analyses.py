@@ -209,3 +209,32 @@ def test_cutpoint_groups_follow_survminer_low_is_at_or_below_the_cut():
     cut = result.cutpoint.cutpoint
     low = result.kaplan_meier.curves[f"low (<= {cut:g})"]
     assert low.n == int((frame["weight"] <= cut).sum())
+
+
+def test_subgroups_take_a_study_variable_with_a_model_version(scored, members):
+    from pmpd_web.cohorts.models import Patient, StudyVariable
+
+    StudyVariable.objects.create(
+        cohort=scored.cohort,
+        name="treatment",
+        label="Treatment",
+        kind="choice",
+        choices=["adjuvant", "none"],
+    )
+    patients = list(Patient.objects.filter(cohort=scored.cohort).order_by("study_id"))
+    for index, patient in enumerate(patients):
+        patient.study_values = {"treatment": "adjuvant" if index % 2 else "none"}
+    Patient.objects.bulk_update(patients, ["study_values"])
+    scored.cohort.bump_data_version()
+    client = api_for(members["statistician"])
+    query = f"cohort={scored.cohort.pk}&model_version={scored.version.pk}&subgroups=treatment"
+    answer = client.get(f"/api/analytics/subgroups/?{query}")
+    assert answer.status_code == 200, answer.json()
+    rows = answer.json()["chosen"]["rows"]
+    assert [(row["variable"], row["level"]) for row in rows] == [
+        ("treatment", "adjuvant"),
+        ("treatment", "none"),
+    ]
+    assert sum(row["n"] for row in rows) == len(patients)
+    page = client.get(f"/analytics/subgroups/?{query}")
+    assert "AUROC by the chosen subgroups (treatment)" in page.content.decode()
