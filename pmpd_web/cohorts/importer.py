@@ -164,10 +164,7 @@ def plan_import(cohort: Cohort, parsed: ParsedTable) -> ImportPlan:
             value = new[name].iloc[row : row + 1]
             python = python_values(value, column)[0] if column is not None else bool(value.iat[0])
             if column is not None and column.study:
-                if python is None:
-                    study_values.pop(name, None)
-                else:
-                    study_values[name] = python
+                study_values[name] = python
                 changes["study_values"] = study_values
             else:
                 changes[name] = python
@@ -237,11 +234,23 @@ def insert_patients(cohort: Cohort, parsed: ParsedTable, positions: np.ndarray) 
         copy.write(data)
 
 
-def _study_json(frame: pd.DataFrame, parsed: ParsedTable) -> list[str]:
+def _study_json(frame: pd.DataFrame, parsed: ParsedTable) -> pd.Series:
+    """Each row's ``study_values`` as JSON text, written by columns (a blank is null: no value).
+    Codes are letters, digits and '_', dates ISO text: they need no escaping."""
     if not parsed.study_present:
-        return ["{}"] * len(frame)
-    records = frame_records(frame, parsed.columns, parsed.study_present)
-    return [json.dumps(record["study_values"]) for record in records]
+        return pd.Series("{}", index=frame.index)
+    kinds = {c.name: c.kind for c in parsed.columns}
+    text = pd.Series("{", index=frame.index)
+    for position, name in enumerate(parsed.study_present):
+        values = frame[name]
+        if kinds[name] == "int":
+            shown = values.astype("Int64").astype(str).where(values.notna(), "null")
+        elif kinds[name] == "number":
+            shown = values.astype(str).where(values.notna(), "null")
+        else:
+            shown = ('"' + values.astype(str) + '"').where(values != "", "null")
+        text = text + ("" if position == 0 else ", ") + f'"{name}": ' + shown
+    return text + "}"
 
 
 def cohort_state(cohort: Cohort) -> str:

@@ -94,7 +94,8 @@ class Patient(models.Model):
     study_values = models.JSONField(
         default=dict,
         blank=True,
-        help_text="Values of the cohort's study-defined variables, by variable name",
+        help_text="Values of the cohort's study-defined variables, by variable name (null or "
+        "absent: no value)",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

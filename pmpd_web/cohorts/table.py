@@ -219,7 +219,8 @@ class ParsedTable:
     @property
     def records(self) -> list[dict[str, Any]]:
         """The rows as model values (int, Decimal, str, bool; None when blank), each with its
-        ``study_values`` (variable name -> value, blanks left out)."""
+        ``study_values`` (variable name -> value of each study column in the file; None, as
+        an absent name, means no value)."""
         return frame_records(self.frame, self.columns, self.study_present)
 
 
@@ -239,11 +240,7 @@ def frame_records(
     records = []
     for position in range(len(frame)):
         record = {name: converted[name][position] for name in fields}
-        record["study_values"] = {
-            name: converted[name][position]
-            for name in study_present
-            if converted[name][position] is not None
-        }
+        record["study_values"] = {name: converted[name][position] for name in study_present}
         records.append(record)
     return records
 

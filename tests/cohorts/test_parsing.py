@@ -64,7 +64,7 @@ def test_study_columns_are_read_and_checked():
         "weight_loss_pct": 12.5,
         "surgery_date": "2021-03-04",
     }
-    assert second["study_values"] == {}
+    assert second["study_values"] == {"ecog": None, "weight_loss_pct": None, "surgery_date": None}
 
     bad = [{**GOOD_ROW, "ecog": "5", "weight_loss_pct": "75", "surgery_date": "04/03/2021"}]
     found = [
@@ -92,7 +92,7 @@ def test_an_optional_study_column_may_be_absent_a_required_one_not():
 
 
 def test_study_values_round_trip_through_the_export():
-    record = {
+    record: dict = {
         **read_table(to_csv([GOOD_ROW]), "t.csv", max_bytes=LIMIT).records[0],
         "study_values": {"ecog": "2", "weight_loss_pct": 7.0, "surgery_date": "2020-01-31"},
     }
