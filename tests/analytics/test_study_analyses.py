@@ -189,6 +189,18 @@ def test_pages_show_the_analyses_and_every_export_reads_back(study, cohort):
         study.get(f"/analytics/survival/tables/cutpoint-weight-loss-pct.csv?{query}").content
     )
     assert cut_table["variable"].tolist() == ["weight_loss_pct"]
+    # The clinical table itself, with the study variables, as the statistician exports it.
+    for fmt in ("csv", "xlsx"):
+        exported = study.get(f"/cohorts/{cohort.pk}/export.{fmt}")
+        assert exported.status_code == 200
+        if fmt == "xlsx":
+            book = openpyxl.load_workbook(io.BytesIO(exported.content))
+            assert [c.value for c in book["patients"][1]][-2:] == ["ecog", "weight_loss_pct"]
+            table = pd.read_excel(io.BytesIO(exported.content), sheet_name="patients", dtype=str)
+        else:
+            table = pd.read_csv(io.BytesIO(exported.content), dtype=str, keep_default_na=False)
+        assert len(table) == N
+        assert sorted(table["ecog"].unique()) == ["0", "1", "2"]
 
 
 def test_cutpoint_groups_follow_survminer_low_is_at_or_below_the_cut():
