@@ -185,3 +185,27 @@ def test_import_page_status_refreshes_itself_while_importing(client_for, cohort,
     done = client_for(user).get(url).content.decode()
     assert 'id="import-status"' in done and "hx-select" not in done
     assert ">Imported<" in done and "Importing" not in done
+
+
+def test_reimport_changes_a_study_value_and_keeps_the_others(cohort, members):
+    api = api_for(members["coordinator"])
+    define_two(api, cohort)
+    user = members["coordinator"]
+    columns = [c.name for c in table_columns(cohort)]
+    first = upload_table(
+        cohort=cohort, user=user, data=to_csv(with_study(rows(3)), columns=columns), filename="a"
+    )
+    commit_import(first, lambda *a: None)
+    changed = with_study(rows(3))
+    changed[0]["ecog"] = "3"
+    without_weight = [c for c in columns if c != "weight_loss_pct"]
+    second = upload_table(
+        cohort=cohort, user=user, data=to_csv(changed, columns=without_weight), filename="b"
+    )
+    assert second.summary["changes"] == [{"study_id": "P-00001", "values": [["ecog", "0", "3"]]}]
+    assert second.summary["unchanged"] == 2
+    commit_import(second, lambda *a: None)
+    assert Patient.objects.get(study_id="P-00001").study_values == {
+        "ecog": "3",
+        "weight_loss_pct": 0.5,
+    }
