@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 
 from analytics import services
 from analytics.catalogue import Results, needs_model_version
-from analytics.parameters import AnalysisParameters, ParameterError, parse_parameters
+from analytics.parameters import AnalysisParameters, ParameterError
 from analytics.stats._base import jsonable
 from inference.models import ModelVersion
 from pmpd_web.accounts.audit import record as audit
@@ -63,16 +63,10 @@ PARAMETERS = [
 
 
 def _parameters(request: Request) -> AnalysisParameters:
-    cohort_ids = [
-        int(item)
-        for value in request.query_params.getlist("cohort")
-        for item in value.split(",")
-        if item.strip().isdigit()
-    ]
     try:
-        return parse_parameters(request.query_params, study=services.study_variables_of(cohort_ids))
+        return services.parse_query(request.query_params)
     except ParameterError as error:
-        for cohort_id in cohort_ids:
+        for cohort_id in services.query_cohort_ids(request.query_params):
             api_check(request.user, cohort_id, Action.VIEW_ANALYTICS)
         raise ValidationError(error.errors) from None
 

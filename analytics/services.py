@@ -53,7 +53,7 @@ from analytics.analyses import (
 from analytics.catalogue import MODEL_SECTIONS, SECTIONS, Entry, Results, display_rows, entries
 from analytics.loaders import LoadedData, fingerprint, frame_hash, load_frame, study_definitions
 from analytics.models import AnalysisCache
-from analytics.parameters import AnalysisParameters
+from analytics.parameters import AnalysisParameters, parse_parameters
 from analytics.stats import (
     AnalysisOptions,
     AnalysisResult,
@@ -172,6 +172,22 @@ def study_variables_of(cohort_ids: Iterable[int]) -> dict[str, Variable]:
     """The study-defined variables of the cohorts, as analysis variables. Only for choosing
     parameters: the permission is checked on the cohorts before any result is shown."""
     return study_variables(study_definitions(list(Cohort.objects.filter(pk__in=cohort_ids))))
+
+
+def query_cohort_ids(query: Any) -> list[int]:
+    """The cohort ids a query names (``cohort=1&cohort=2`` or ``cohort=1,2``)."""
+    return [
+        int(item)
+        for value in query.getlist("cohort")
+        for item in value.split(",")
+        if item.strip().isdigit()
+    ]
+
+
+def parse_query(query: Any) -> AnalysisParameters:
+    """:func:`~analytics.parameters.parse_parameters` knowing the study-defined variables of
+    the cohorts the query names: pages, API and background jobs read a query the same way."""
+    return parse_parameters(query, study=study_variables_of(query_cohort_ids(query)))
 
 
 def resolve_selection(user: Any, params: AnalysisParameters, *, api: bool) -> Selection:

@@ -18,7 +18,7 @@ from django.urls import reverse
 from analytics import exports, services
 from analytics.analyses import VARIABLES
 from analytics.catalogue import MODEL_SECTIONS, SECTIONS, Entry, entries
-from analytics.parameters import AnalysisParameters, ParameterError, parse_parameters
+from analytics.parameters import AnalysisParameters, ParameterError
 from inference.models import ModelVersion
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.decorators import cohort_page
@@ -80,9 +80,7 @@ def _resolve(
     """The permission-checked selection and parameters, or a 400 page saying what is wrong
     (after the permission check of the cohorts named, so outsiders still get 404)."""
     try:
-        params = parse_parameters(
-            request.GET, study=services.study_variables_of(_cohort_ids(request))
-        )
+        params = services.parse_query(request.GET)
     except ParameterError as error:
         for cohort_id in _cohort_ids(request):
             require(request.user, cohort_id, Action.VIEW_ANALYTICS)

@@ -250,3 +250,22 @@ def test_subgroups_take_a_study_variable_with_a_model_version(scored, members):
     assert sum(row["n"] for row in rows) == len(patients)
     page = client.get(f"/analytics/subgroups/?{query}")
     assert "AUROC by the chosen subgroups (treatment)" in page.content.decode()
+
+
+def test_a_large_selection_is_analysed_by_a_job_that_knows_the_study_variables(
+    study, cohort, settings, monkeypatch
+):
+    from analytics import tasks
+    from pmpd_web.jobs.models import Job
+
+    settings.PMPD_ANALYTICS_INLINE_MAX = 50
+    queued = []
+    monkeypatch.setattr(tasks.compute_dashboards, "delay", queued.append)
+    query = f"cohort={cohort.pk}&group=ecog&cutpoint_variable=weight_loss_pct"
+    waiting = study.get(f"/analytics/survival/?{query}")
+    assert waiting.status_code == 200 and queued
+    tasks.compute_dashboards(queued[0])  # what the cpu worker does
+    job = Job.objects.get(pk=queued[0])
+    assert job.status == "succeeded", job.error
+    done = study.get(f"/analytics/survival/?{query}").content.decode()
+    assert "Cut-point of weight_loss_pct" in done
