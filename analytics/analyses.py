@@ -26,18 +26,27 @@ from analytics.stats import (
     CutpointResult,
     KaplanMeierResult,
     NotComputable,
+    SubgroupAurocTable,
     adjusted_cox,
     age_groups,
     cox_univariable,
+    dichotomise,
     kaplan_meier_by_group,
+    maxstat_cutpoint,
+    subgroup_auroc,
     tumour_size_groups,
 )
 from analytics.stats._base import jsonable
 from analytics.stats.report import RESECTABILITY_ORDER, _clean, _patient_groups
 
 __all__ = [
+    "OVERALL",
     "VARIABLES",
     "CoxAnalysis",
+    "CutpointAnalysis",
+    "cutpoint_for",
+    "study_variables",
+    "subgroups_for",
     "PreparedFrame",
     "Variable",
     "cox_analysis",
@@ -49,6 +58,8 @@ __all__ = [
 
 TIME_COLUMN = "overall_survival_days"
 EVENT_COLUMN = "death"
+#: The one group of the overall Kaplan-Meier curve.
+OVERALL = "all patients"
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class Variable:
     label: str
     categorical: bool
     needs_model: bool = False
+    study: bool = False  # defined by the cohort's study (a StudyVariable)
 
     @property
     def groupable(self) -> bool:
@@ -68,6 +80,7 @@ class Variable:
 VARIABLES: dict[str, Variable] = {
     variable.name: variable
     for variable in (
+        Variable("overall", "All patients (overall survival)", categorical=True),
         Variable("age_at_diagnosis_years", "Age at diagnosis (years)", categorical=False),
         Variable("age_group", "Age group (cut in years)", categorical=True),
         Variable("sex", "Sex", categorical=True),
@@ -87,6 +100,18 @@ VARIABLES: dict[str, Variable] = {
         Variable("risk_group", "Risk group (MRS x CA19-9)", categorical=True, needs_model=True),
     )
 }
+
+
+def study_variables(definitions: Sequence[tuple[str, str, str, str]]) -> dict[str, Variable]:
+    """Variables of the study-defined columns ``(name, label, kind, unit)``: categories group
+    curves, numbers and whole numbers are continuous; dates are exported, not analysed."""
+    out: dict[str, Variable] = {}
+    for name, label, kind, unit in definitions:
+        if kind == "date" or name in VARIABLES:
+            continue
+        shown = f"{label} ({unit})" if unit else label
+        out[name] = Variable(name, shown, categorical=kind == "choice", study=True)
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,6 +143,7 @@ def prepare_frame(frame: pd.DataFrame, options: AnalysisOptions) -> PreparedFram
     data["mrs_group"] = groups["mrs_group"].to_numpy()
     data["ca19_9_group"] = groups["ca19_9_group"].to_numpy()
     data["risk_group"] = groups["risk_group"].where(groups["risk_group"] != "unknown").to_numpy()
+    data["overall"] = OVERALL
     if "age_at_diagnosis_years" in data.columns:
         data["age_group"] = age_groups(
             data["age_at_diagnosis_years"], cut_years=options.age_cut_years
@@ -140,7 +166,7 @@ def group_order(name: str, values: pd.Series, options: AnalysisOptions) -> list[
         ordered = [level for level in RESECTABILITY_ORDER if level in present]
         return ordered + sorted(level for level in present if level not in ordered)
     if name == "age_group":
-        return [f"< {options.age_cut_years:g}", f">= {options.age_cut_years:g}"]
+        return [f"<= {options.age_cut_years:g}", f"> {options.age_cut_years:g}"]
     if name == "tumour_size_group":
         edges = options.tumour_size_edges_mm
         return (
@@ -149,6 +175,81 @@ def group_order(name: str, values: pd.Series, options: AnalysisOptions) -> list[
             + [f"> {edges[-1]:g} mm"]
         )
     return None
+
+
+@dataclass(frozen=True, eq=False)
+class CutpointAnalysis:
+    """The maxstat cut-point of a continuous variable and the survival of its two groups
+    (survminer's ``surv_cutpoint``/``surv_categorize``: low = value <= cut)."""
+
+    variable: str
+    cutpoint: CutpointResult | NotComputable
+    kaplan_meier: KaplanMeierResult | NotComputable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "variable": self.variable,
+            "cutpoint": jsonable(self.cutpoint),
+            "kaplan_meier": jsonable(self.kaplan_meier),
+        }
+
+
+def cutpoint_for(
+    prepared: PreparedFrame, variable: str, options: AnalysisOptions
+) -> CutpointAnalysis:
+    """maxstat cut of ``variable`` on the selection's overall survival, and KM by its groups."""
+    analysis = f"Cut-point of {variable}"
+    data = prepared.data
+    if not prepared.has_survival:
+        absent = _no_survival(analysis)
+        return CutpointAnalysis(variable, absent, absent)
+    if variable not in data.columns or data[variable].isna().all():
+        absent = NotComputable(analysis, f"no patient has a value of {variable}", (variable,))
+        return CutpointAnalysis(variable, absent, absent)
+    values = pd.to_numeric(data[variable], errors="coerce").to_numpy(dtype=float)
+    cut = maxstat_cutpoint(
+        data[TIME_COLUMN],
+        data[EVENT_COLUMN],
+        values,
+        minprop=options.cutpoint_minprop,
+        variable=variable,
+    )
+    if isinstance(cut, NotComputable):
+        return CutpointAnalysis(variable, cut, cut)
+    labels = (f"low (<= {cut.cutpoint:g})", f"high (> {cut.cutpoint:g})")
+    groups = dichotomise(values, cut.cutpoint, labels=labels)
+    curves = kaplan_meier_by_group(
+        data[TIME_COLUMN],
+        data[EVENT_COLUMN],
+        groups,
+        group_variable=f"{variable} (maxstat cut)",
+        group_order=list(labels),
+        conf_type=options.km_conf_type,
+        confidence_level=options.confidence_level,
+        at_risk_times=options.at_risk_times_days,
+    )
+    return CutpointAnalysis(variable, cut, curves)
+
+
+def subgroups_for(
+    prepared: PreparedFrame, variables: Sequence[str], options: AnalysisOptions
+) -> SubgroupAurocTable:
+    """AUROC of the MRS (DeLong CI) within each level of the chosen categorical variables
+    (study-defined ones too), beside the paper's subgroups."""
+    data = prepared.data
+    present = [name for name in variables if name in data.columns]
+    groups = {
+        name: data[name].astype(object).where(data[name].notna(), None).to_numpy()
+        for name in present
+    }
+    orders = {name: group_order(name, data[name], options) for name in present}
+    return subgroup_auroc(
+        data["metastasis_label"],
+        data["metastasis_risk_score"],
+        groups,
+        level_order={name: order for name, order in orders.items() if order is not None},
+        confidence_level=options.confidence_level,
+    )
 
 
 def _no_survival(analysis: str) -> NotComputable:

@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 
 from analytics import services
 from analytics.catalogue import Results, needs_model_version
-from analytics.parameters import AnalysisParameters, ParameterError, parse_parameters
+from analytics.parameters import AnalysisParameters, ParameterError
 from analytics.stats._base import jsonable
 from inference.models import ModelVersion
 from pmpd_web.accounts.audit import record as audit
@@ -42,6 +42,12 @@ PARAMETERS = [
         "reference", str, many=True, description="variable:level reference, repeatable"
     ),
     OpenApiParameter("group", str, description="grouping of an extra Kaplan-Meier analysis"),
+    OpenApiParameter("subgroups", str, description=f"extra AUROC subgroup variables; {_LIST}"),
+    OpenApiParameter(
+        "cutpoint_variable",
+        str,
+        description="continuous variable (a study variable too) cut by maxstat, low = <= cut",
+    ),
     OpenApiParameter("mrs_cutpoint", float, description="fixed MRS cut (default: maxstat)"),
     OpenApiParameter("minprop", float, description="maxstat minimal group share (0.1)"),
     OpenApiParameter("ca19_9_threshold", float, description="CA19-9 cut in U/mL (500)"),
@@ -58,12 +64,10 @@ PARAMETERS = [
 
 def _parameters(request: Request) -> AnalysisParameters:
     try:
-        return parse_parameters(request.query_params)
+        return services.parse_query(request.query_params)
     except ParameterError as error:
-        for value in request.query_params.getlist("cohort"):
-            for item in value.split(","):
-                if item.strip().isdigit():
-                    api_check(request.user, int(item), Action.VIEW_ANALYTICS)
+        for cohort_id in services.query_cohort_ids(request.query_params):
+            api_check(request.user, cohort_id, Action.VIEW_ANALYTICS)
         raise ValidationError(error.errors) from None
 
 
@@ -128,6 +132,7 @@ class SurvivalView(AnalyticsView):
             else {},
             "group": params.group,
             "custom": results.all_kaplan_meier.get(params.group) if params.group else None,
+            "cutpoint": results.cutpoint.to_dict() if results.cutpoint is not None else None,
         }
 
 
@@ -232,18 +237,38 @@ class SubgroupsView(AnalyticsView):
         analysis = results.analysis
         if analysis is None:
             return {"subgroups": needs_model_version("AUROC by subgroup")}
-        return {"subgroups": analysis.subgroups}
+        return {"subgroups": analysis.subgroups, "chosen": results.chosen_subgroups}
 
 
 @extend_schema(parameters=PARAMETERS, responses=OpenApiTypes.OBJECT)
 class AnalysisView(AnalyticsView):
-    """The whole analysis set of the paper (``run_full_analysis``) as JSON."""
+    """The whole analysis set of the paper (``run_full_analysis``) as JSON; without a model
+    version, every analysis that does not need one (overall and grouped Kaplan-Meier with
+    log-rank, the chosen cut-point, the Cox models)."""
 
     sections = ("analysis",)
+    clinical_sections = ("analysis", "survival", "cox")
+
+    def get(self, request: Request) -> Response:
+        if not request.query_params.get("model_version"):
+            self.sections = self.clinical_sections
+        return super().get(request)
 
     def payload(self, results: Results, params: AnalysisParameters) -> dict[str, Any]:
         analysis = results.analysis
-        return {"analysis": analysis if analysis is not None else needs_model_version("Analysis")}
+        if analysis is not None:
+            return {"analysis": analysis}
+        return {
+            "analysis": {
+                "model_version": None,
+                "kaplan_meier": results.all_kaplan_meier,
+                "cutpoint": results.cutpoint.to_dict() if results.cutpoint is not None else None,
+                "cox": results.cox.to_dict() if results.cox is not None else None,
+                "needs_model_version": needs_model_version(
+                    "Evaluation, calibration, development and subgroup AUROC"
+                ),
+            }
+        }
 
 
 @extend_schema(

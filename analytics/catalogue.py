@@ -19,7 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analytics import figures as fig
-from analytics.analyses import CoxAnalysis
+from analytics.analyses import CoxAnalysis, CutpointAnalysis
 from analytics.stats import (
     AnalysisResult,
     BinaryClassificationResult,
@@ -76,13 +76,21 @@ class Results:
     custom_group: str | None = None
     custom_kaplan_meier: KaplanMeierResult | NotComputable | None = None
     cox: CoxAnalysis | None = None
+    overall_kaplan_meier: KaplanMeierResult | NotComputable | None = None
+    cutpoint: CutpointAnalysis | None = None
+    chosen_subgroups: SubgroupAurocTable | None = None
 
     @property
     def kaplan_meier(self) -> dict[str, KaplanMeierResult | NotComputable]:
-        """Curves by MRS group, CA19-9 group, resectability and risk group."""
+        """Overall survival, and curves by MRS group, CA19-9 group, resectability and risk
+        group."""
+        overall = (
+            {} if self.overall_kaplan_meier is None else {"overall": self.overall_kaplan_meier}
+        )
         if self.analysis is not None:
-            return dict(self.analysis.kaplan_meier)
+            return {**overall, **self.analysis.kaplan_meier}
         return {
+            **overall,
             "mrs_group": needs_model_version("Kaplan-Meier by mrs_group"),
             **self.clinical_kaplan_meier,
             "risk_group": needs_model_version("Kaplan-Meier by risk_group"),
@@ -97,6 +105,8 @@ class Results:
                 curves[f"mrs_group within {stratum}"] = result
         if self.custom_group and self.custom_kaplan_meier is not None:
             curves.setdefault(self.custom_group, self.custom_kaplan_meier)
+        if self.cutpoint is not None:
+            curves[f"{self.cutpoint.variable} (maxstat cut)"] = self.cutpoint.kaplan_meier
         return curves
 
 
@@ -501,6 +511,7 @@ def _survival(build: _Builder, results: Results) -> None:
         data=_or_reason(cut, lambda r: r.candidates_frame()),
     )
     titles = {
+        "overall": "Overall survival, all patients",
         "mrs_group": "Overall survival by MRS group",
         "ca19_9_group": "Overall survival by CA19-9 group",
         "nccn_resectability": "Overall survival by NCCN resectability",
@@ -536,6 +547,26 @@ def _survival(build: _Builder, results: Results) -> None:
             fig.kaplan_meier_figure,
             data=lambda: _km_frame(custom),
         )
+    chosen = results.cutpoint
+    if chosen is not None:
+        name = _slug(chosen.variable)
+        build.figure(
+            section,
+            f"cutpoint-{name}",
+            f"Cut-point of {chosen.variable}: maximally selected log-rank statistic",
+            chosen.cutpoint,
+            fig.cutpoint_figure,
+            data=_or_reason(chosen.cutpoint, lambda r: r.candidates_frame()),
+        )
+        build.figure(
+            section,
+            f"km-cutpoint-{name}",
+            f"Overall survival by {chosen.variable} (maxstat cut, low = value <= cut)",
+            chosen.kaplan_meier,
+            fig.kaplan_meier_figure,
+            data=lambda: _km_frame(chosen.kaplan_meier),
+        )
+        build.table(section, f"cutpoint-{name}", f"Cut-point of {chosen.variable}", chosen.cutpoint)
     curves = results.all_kaplan_meier
     build.table(section, "mrs-cutpoint", "MRS cut-point", cut)
     build.table(
@@ -691,6 +722,14 @@ def entries(results: Results, sections: Iterable[str] | None = None) -> list[Ent
             _development(build, analysis)
         elif section == "subgroups":
             _subgroups(build, analysis)
+            if results.chosen_subgroups is not None:
+                chosen = results.chosen_subgroups
+                build.table(
+                    section,
+                    "auroc-chosen-subgroups",
+                    "AUROC by the chosen subgroups (" + ", ".join(chosen.variables) + ")",
+                    chosen,
+                )
     return build.items
 
 

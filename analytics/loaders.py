@@ -11,7 +11,9 @@ the ``Patient`` rows of the chosen cohorts and, with a model version, their
 - ``prob_*`` = the model's site probabilities; ``mrs_fold_k`` = the MRS of fold model k where
   the prediction holds several (the five-fold ensemble of an external cohort);
 - ``developed_metastasis`` yes/no = 1/0, ``days_to_metastasis`` as recorded;
-- ``nccn_resectability`` in words ("borderline resectable"), as the statistics order them.
+- ``nccn_resectability`` in words ("borderline resectable"), as the statistics order them;
+- one column per study-defined variable of the cohorts (``Patient.study_values``): numbers as
+  floats, categories as their codes, dates as ISO text.
 
 With a model version only the patients it scored are analysed (the others are counted in a
 note). The slice-level frame holds one row per scored slice: its probability averaged over the
@@ -34,9 +36,9 @@ from django.db.models import Count, Max, TextField
 from django.db.models.functions import Cast
 
 from inference.models import ModelVersion, PatientPrediction
-from pmpd_web.cohorts.models import Cohort, Patient
+from pmpd_web.cohorts.models import Cohort, Patient, StudyVariable
 
-__all__ = ["LoadedData", "fingerprint", "frame_hash", "load_frame"]
+__all__ = ["LoadedData", "fingerprint", "frame_hash", "load_frame", "study_definitions"]
 
 SITES = ("liver", "lung", "peritoneum")
 
@@ -79,13 +81,44 @@ def _yes_no(values: pd.Series, yes: str, no: str) -> pd.Series:
     return values.map({yes: 1.0, no: 0.0}).astype(float)
 
 
+def study_definitions(cohorts: list[Cohort]) -> list[tuple[str, str, str, str]]:
+    """``(name, label, kind, unit)`` of the study variables of the cohorts (pooled cohorts:
+    a name defined in several counts once, as its first definition)."""
+    rows = (
+        StudyVariable.objects.filter(cohort__in=cohorts)
+        .order_by("cohort_id", "name")
+        .values_list("name", "label", "kind", "unit")
+    )
+    first: dict[str, tuple[str, str, str, str]] = {}
+    for row in rows:
+        first.setdefault(row[0], row)
+    return list(first.values())
+
+
+def _study_frame(texts: list[str | None], definitions: list[tuple[str, str, str, str]]):
+    """One column per study variable: numbers as floats, categories as their codes, dates as
+    ISO text; missing where a patient has no value."""
+    values = _json_column(texts)
+    columns: dict[str, object] = {}
+    for name, _label, kind, _unit in definitions:
+        raw = [item.get(name) if isinstance(item, dict) else None for item in values]
+        if kind in ("number", "int"):
+            columns[name] = pd.to_numeric(pd.Series(raw, dtype=object), errors="coerce").astype(
+                float
+            )
+        else:
+            columns[name] = pd.Series([None if x is None else str(x) for x in raw], dtype=object)
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(values)))
+
+
 def _clinical_frame(cohorts: list[Cohort]) -> pd.DataFrame:
     rows = list(
         Patient.objects.filter(cohort__in=cohorts)
         .order_by("cohort_id", "study_id")
-        .values_list(*_PATIENT_FIELDS)
+        .annotate(study_values_text=Cast("study_values", TextField()))
+        .values_list(*_PATIENT_FIELDS, "study_values_text")
     )
-    raw = pd.DataFrame.from_records(rows, columns=list(_PATIENT_FIELDS))
+    raw = pd.DataFrame.from_records(rows, columns=[*_PATIENT_FIELDS, "study_values_text"])
     names = {cohort.pk: cohort.name for cohort in cohorts}
     metastatic = _yes_no(raw["metastasis_at_diagnosis"], "yes", "no")
     frame = pd.DataFrame(
@@ -118,6 +151,10 @@ def _clinical_frame(cohorts: list[Cohort]) -> pd.DataFrame:
     text = [*_TEXT_COLUMNS, "nccn_resectability", "metastasis_at_diagnosis"]
     frame[text] = frame[text].mask(frame[text] == "")
     frame.loc[frame["metastasis_at_diagnosis"] == "unknown", "metastasis_at_diagnosis"] = None
+    definitions = study_definitions(cohorts)
+    if definitions:
+        study = _study_frame(raw["study_values_text"].tolist(), definitions)
+        frame = pd.concat([frame, study.set_index(frame.index)], axis=1)
     return frame
 
 

@@ -13,7 +13,10 @@ Python: the query is anything with ``getlist(name)`` (Django's ``QueryDict``).
                            centre; empty = none)
 ``reference``              ``variable:level``, repeatable (default: low MRS group, low
                            CA19-9, low risk, resectable, male)
-``group``                  grouping of an extra Kaplan-Meier figure (e.g. ``sex``)
+``group``                  grouping of an extra Kaplan-Meier figure (e.g. ``sex``, ``overall``)
+``subgroups``              categorical variables for extra AUROC subgroups (with a model)
+``cutpoint_variable``      continuous variable to cut by maxstat (survminer's
+                           ``surv_cutpoint``: low = value <= cut), with KM of its groups
 ``mrs_cutpoint``           fixed MRS cut (default: maxstat on the selected cohorts)
 ``minprop``                maxstat minimal group proportion (0.1)
 ``ca19_9_threshold``       CA19-9 cut, U/mL (500)
@@ -32,11 +35,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from analytics.analyses import VARIABLES
+from analytics.analyses import VARIABLES, Variable
 from analytics.stats import DEFAULT_ADJUSTMENT, AnalysisOptions
 
 __all__ = [
@@ -84,6 +87,8 @@ class AnalysisParameters:
     adjust_for: tuple[str, ...] = DEFAULT_ADJUSTMENT
     reference: tuple[tuple[str, str], ...] = ()
     group: str | None = None
+    cutpoint_variable: str | None = None
+    subgroups: tuple[str, ...] = ()
     mrs_cutpoint: float | None = None
     minprop: float = 0.1
     ca19_9_threshold: float = 500.0
@@ -200,26 +205,36 @@ def _numbers(query: Query, name: str, errors: dict[str, str]) -> tuple[float, ..
 
 
 def _variables(
-    query: Query, name: str, errors: dict[str, str], *, with_model: bool
+    query: Query,
+    name: str,
+    errors: dict[str, str],
+    *,
+    with_model: bool,
+    known: Mapping[str, Variable],
 ) -> tuple[str, ...] | None:
     values = _values(query, name)
     if values is None:
         return None
-    unknown = [value for value in values if value not in VARIABLES]
+    unknown = [value for value in values if value not in known]
     if unknown:
-        errors[name] = f"unknown variable(s) {', '.join(unknown)}; choose from " + ", ".join(
-            VARIABLES
-        )
+        errors[name] = f"unknown variable(s) {', '.join(unknown)}; choose from " + ", ".join(known)
         return None
-    needing = [value for value in values if VARIABLES[value].needs_model and not with_model]
+    needing = [value for value in values if known[value].needs_model and not with_model]
     if needing:
         errors[name] = f"{', '.join(needing)} need(s) a model version (model_version=...)"
         return None
     return tuple(dict.fromkeys(values))
 
 
-def parse_parameters(query: Query) -> AnalysisParameters:
-    """Read and check the analysis parameters; raises :class:`ParameterError`."""
+def parse_parameters(
+    query: Query, *, study: Mapping[str, Variable] | None = None
+) -> AnalysisParameters:
+    """Read and check the analysis parameters; raises :class:`ParameterError`.
+
+    ``study`` adds the study-defined variables of the requested cohorts to the variables one
+    may choose (:func:`analytics.analyses.study_variables`).
+    """
+    known: dict[str, Variable] = {**VARIABLES, **(study or {})}
     errors: dict[str, str] = {}
     cohort_ids: list[int] = []
     for value in _values(query, "cohort") or []:
@@ -240,7 +255,7 @@ def parse_parameters(query: Query) -> AnalysisParameters:
 
     values: dict[str, Any] = {}
     for name in ("variables", "univariable", "adjust_for"):
-        chosen = _variables(query, name, errors, with_model=with_model)
+        chosen = _variables(query, name, errors, with_model=with_model, known=known)
         if chosen is not None:
             values[name] = chosen
     reference: list[tuple[str, str]] = []
@@ -249,9 +264,9 @@ def parse_parameters(query: Query) -> AnalysisParameters:
             continue
         variable, separator, level = item.partition(":")
         variable, level = variable.strip(), level.strip()
-        if not separator or not level or variable not in VARIABLES:
+        if not separator or not level or variable not in known:
             errors["reference"] = f"write variable:level with a known variable; got {item!r}"
-        elif not VARIABLES[variable].categorical:
+        elif not known[variable].categorical:
             errors["reference"] = f"{variable} is continuous: it has no reference level"
         else:
             reference.append((variable, level))
@@ -259,13 +274,32 @@ def parse_parameters(query: Query) -> AnalysisParameters:
         values["reference"] = tuple(sorted(dict(reference).items()))
     group = _single(query, "group")
     if group is not None:
-        if group not in VARIABLES or not VARIABLES[group].groupable:
-            groupable = [name for name, v in VARIABLES.items() if v.groupable]
+        if group not in known or not known[group].groupable:
+            groupable = [name for name, v in known.items() if v.groupable]
             errors["group"] = f"{group!r} cannot group curves; choose from {', '.join(groupable)}"
-        elif VARIABLES[group].needs_model and not with_model:
+        elif known[group].needs_model and not with_model:
             errors["group"] = f"{group} needs a model version (model_version=...)"
         else:
             values["group"] = group
+    subgroups = _variables(query, "subgroups", errors, with_model=with_model, known=known)
+    if subgroups:
+        continuous = [name for name in subgroups if not known[name].categorical]
+        if continuous:
+            errors["subgroups"] = f"{', '.join(continuous)}: subgroups need categorical variables"
+        else:
+            values["subgroups"] = subgroups
+    cut_variable = _single(query, "cutpoint_variable")
+    if cut_variable is not None:
+        continuous = [name for name, v in known.items() if not v.categorical]
+        if cut_variable not in known or known[cut_variable].categorical:
+            errors["cutpoint_variable"] = (
+                f"{cut_variable!r} is not a continuous variable; choose from "
+                + ", ".join(continuous)
+            )
+        elif known[cut_variable].needs_model and not with_model:
+            errors["cutpoint_variable"] = f"{cut_variable} needs a model version"
+        else:
+            values["cutpoint_variable"] = cut_variable
 
     def unit(value: float) -> bool:
         return 0.0 < value < 1.0

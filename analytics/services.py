@@ -39,16 +39,21 @@ from django.utils import timezone
 from analytics import figures as fig
 from analytics.analyses import (
     CoxAnalysis,
+    CutpointAnalysis,
     PreparedFrame,
+    Variable,
     cox_analysis,
+    cutpoint_for,
     kaplan_meier_for,
     mrs_percentile,
     prepare_frame,
+    study_variables,
+    subgroups_for,
 )
 from analytics.catalogue import MODEL_SECTIONS, SECTIONS, Entry, Results, display_rows, entries
-from analytics.loaders import LoadedData, fingerprint, frame_hash, load_frame
+from analytics.loaders import LoadedData, fingerprint, frame_hash, load_frame, study_definitions
 from analytics.models import AnalysisCache
-from analytics.parameters import AnalysisParameters
+from analytics.parameters import AnalysisParameters, parse_parameters
 from analytics.stats import (
     AnalysisOptions,
     AnalysisResult,
@@ -161,6 +166,28 @@ class Selection:
     @property
     def all_cached(self) -> bool:
         return bool(self.events) and all(event.hit for event in self.events)
+
+
+def study_variables_of(cohort_ids: Iterable[int]) -> dict[str, Variable]:
+    """The study-defined variables of the cohorts, as analysis variables. Only for choosing
+    parameters: the permission is checked on the cohorts before any result is shown."""
+    return study_variables(study_definitions(list(Cohort.objects.filter(pk__in=cohort_ids))))
+
+
+def query_cohort_ids(query: Any) -> list[int]:
+    """The cohort ids a query names (``cohort=1&cohort=2`` or ``cohort=1,2``)."""
+    return [
+        int(item)
+        for value in query.getlist("cohort")
+        for item in value.split(",")
+        if item.strip().isdigit()
+    ]
+
+
+def parse_query(query: Any) -> AnalysisParameters:
+    """:func:`~analytics.parameters.parse_parameters` knowing the study-defined variables of
+    the cohorts the query names: pages, API and background jobs read a query the same way."""
+    return parse_parameters(query, study=study_variables_of(query_cohort_ids(query)))
 
 
 def resolve_selection(user: Any, params: AnalysisParameters, *, api: bool) -> Selection:
@@ -305,13 +332,39 @@ def results_for(
             },
         )
     custom = None
-    standard = ("mrs_group", "risk_group", *CLINICAL_GROUPINGS)
+    standard = ("overall", "mrs_group", "risk_group", *CLINICAL_GROUPINGS)
     if params.group and params.group not in standard and "survival" in wanted:
         custom = cached(
             selection,
             "kaplan-meier",
             {**key, "group": params.group},
             lambda: kaplan_meier_for(selection.prepared(options), params.group or "", options),
+        )
+    overall = None
+    chosen_cut: CutpointAnalysis | None = None
+    if "survival" in wanted:
+        overall = cached(
+            selection,
+            "kaplan-meier",
+            {**key, "group": "overall"},
+            lambda: kaplan_meier_for(selection.prepared(options), "overall", options),
+        )
+        if params.cutpoint_variable:
+            chosen_cut = cached(
+                selection,
+                "cutpoint",
+                {**key, "variable": params.cutpoint_variable},
+                lambda: cutpoint_for(
+                    selection.prepared(options), params.cutpoint_variable or "", options
+                ),
+            )
+    chosen_subgroups = None
+    if "subgroups" in wanted and params.subgroups and analysis is not None:
+        chosen_subgroups = cached(
+            selection,
+            "subgroups",
+            {**key, "subgroups": params.subgroups},
+            lambda: subgroups_for(selection.prepared(options), params.subgroups, options),
         )
     cox: CoxAnalysis | None = None
     if "cox" in wanted:
@@ -338,6 +391,9 @@ def results_for(
         custom_group=params.group,
         custom_kaplan_meier=custom,
         cox=cox,
+        overall_kaplan_meier=overall,
+        cutpoint=chosen_cut,
+        chosen_subgroups=chosen_subgroups,
     )
 
 

@@ -23,10 +23,9 @@ from pmpd_web.jobs.runner import TRANSIENT_ERRORS, run_job
 def compute_dashboards(self, job_id: int) -> None:
     from analytics import services
     from analytics.catalogue import SECTIONS
-    from analytics.parameters import parse_parameters
 
     def work(job, progress):
-        params = parse_parameters(QueryDict(job.result["query"]))
+        params = services.parse_query(QueryDict(job.result["query"]))
         selection = services.selection_for(params)
         sections = services.sections_for(selection, first=job.result.get("section"))
         for index, section in enumerate(sections):

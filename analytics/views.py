@@ -18,7 +18,7 @@ from django.urls import reverse
 from analytics import exports, services
 from analytics.analyses import VARIABLES
 from analytics.catalogue import MODEL_SECTIONS, SECTIONS, Entry, entries
-from analytics.parameters import AnalysisParameters, ParameterError, parse_parameters
+from analytics.parameters import AnalysisParameters, ParameterError
 from inference.models import ModelVersion
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction
@@ -31,6 +31,7 @@ SECTION_FIELDS: dict[str, tuple[str, ...]] = {
     "evaluation": ("decision_threshold", "confidence_level"),
     "survival": (
         "group",
+        "cutpoint_variable",
         "mrs_cutpoint",
         "minprop",
         "ca19_9_threshold",
@@ -48,7 +49,7 @@ SECTION_FIELDS: dict[str, tuple[str, ...]] = {
         "ca19_9_threshold",
     ),
     "development": ("development_months", "confidence_level"),
-    "subgroups": ("age_cut", "size_edges", "confidence_level"),
+    "subgroups": ("subgroups", "age_cut", "size_edges", "confidence_level"),
 }
 FIELD_LABELS = {
     "decision_threshold": "Decision threshold (default Youden)",
@@ -79,7 +80,7 @@ def _resolve(
     """The permission-checked selection and parameters, or a 400 page saying what is wrong
     (after the permission check of the cohorts named, so outsiders still get 404)."""
     try:
-        params = parse_parameters(request.GET)
+        params = services.parse_query(request.GET)
     except ParameterError as error:
         for cohort_id in _cohort_ids(request):
             require(request.user, cohort_id, Action.VIEW_ANALYTICS)
@@ -137,8 +138,12 @@ def _form_context(request: HttpRequest, params: AnalysisParameters, section: str
                 "in_variables": name in params.cox_variables,
                 "in_univariable": name in params.univariable_variables,
                 "in_adjust_for": name in params.adjust_for,
+                "in_subgroups": name in params.subgroups,
             }
-            for name, variable in VARIABLES.items()
+            for name, variable in {
+                **VARIABLES,
+                **services.study_variables_of(params.cohort_ids),
+            }.items()
         ],
         "references": [f"{k}:{v}" for k, v in params.reference] + ["", ""],
         "get": request.GET,

@@ -1,7 +1,13 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from pmpd_web.cohorts.api import CohortViewSet, JobViewSet, PatientViewSet, TableImportViewSet
+from pmpd_web.cohorts.api import (
+    CohortViewSet,
+    JobViewSet,
+    PatientViewSet,
+    StudyVariableViewSet,
+    TableImportViewSet,
+)
 
 router = DefaultRouter(trailing_slash=True)
 router.register("cohorts", CohortViewSet, basename="api-cohort")
@@ -11,6 +17,7 @@ cohort_router = DefaultRouter(trailing_slash=True)
 cohort_router.include_root_view = False
 cohort_router.register("patients", PatientViewSet, basename="api-patient")
 cohort_router.register("imports", TableImportViewSet, basename="api-import")
+cohort_router.register("variables", StudyVariableViewSet, basename="api-study-variable")
 
 urlpatterns = [
     path("", include(router.urls)),

@@ -25,6 +25,16 @@ urlpatterns = [
     ),
     path("cohorts/<int:cohort_id>/import/", cohort_views.import_page, name="table-import"),
     path(
+        "cohorts/<int:cohort_id>/variables/",
+        cohort_views.study_variables,
+        name="study-variables",
+    ),
+    path(
+        "cohorts/<int:cohort_id>/variables/<str:name>/delete/",
+        cohort_views.study_variable_delete,
+        name="study-variable-delete",
+    ),
+    path(
         "cohorts/<int:cohort_id>/import/<int:import_id>/",
         cohort_views.import_detail,
         name="table-import-detail",

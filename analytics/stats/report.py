@@ -387,7 +387,7 @@ def _subgroups(data: pd.DataFrame, options: AnalysisOptions) -> SubgroupAurocTab
         groups["tumour location"] = data["tumour_location"].to_numpy(dtype=object)
     if _column(data, "age_at_diagnosis_years") is not None:
         groups["age"] = age_groups(data["age_at_diagnosis_years"], cut_years=options.age_cut_years)
-        order["age"] = [f"< {options.age_cut_years:g}", f">= {options.age_cut_years:g}"]
+        order["age"] = [f"<= {options.age_cut_years:g}", f"> {options.age_cut_years:g}"]
     if _column(data, "sex") is not None:
         groups["sex"] = data["sex"].to_numpy(dtype=object)
     if _column(data, "ct_manufacturer") is not None:

@@ -4,7 +4,7 @@
   group, sex and CT manufacturer (any grouping the caller passes).
 - :func:`tumour_size_groups` / :func:`age_groups`: the default groupings, with configurable
   edges. Size groups are right-closed: "<= 20 mm", "20-40 mm" (> 20 and <= 40), "> 40 mm".
-  Age groups are left-closed: "< 65" and ">= 65".
+  Age groups follow survminer's cut side (low = value <= cut): "<= 65" and "> 65".
 - :func:`missed_at_imaging_flagged`: among patients whose metastasis was missed at imaging
   and found at laparoscopy or surgery, the share the model flags (score >= threshold), with
   a Wilson score 95% CI.
@@ -61,12 +61,13 @@ def tumour_size_groups(
 
 
 def age_groups(age_years: ArrayLike, *, cut_years: float = 65.0) -> np.ndarray:
-    """ "< cut" and ">= cut" (default 65 years); ``None`` where the age is missing."""
+    """ "<= cut" and "> cut" (default 65 years), survminer's ``surv_cutpoint`` side (low =
+    value <= cut) as every cut of the platform; ``None`` where the age is missing."""
     ages = as_float_array(age_years, name="age_years")
     result = np.full(ages.size, None, dtype=object)
     present = np.isfinite(ages)
-    result[present & (ages < cut_years)] = f"< {cut_years:g}"
-    result[present & (ages >= cut_years)] = f">= {cut_years:g}"
+    result[present & (ages <= cut_years)] = f"<= {cut_years:g}"
+    result[present & (ages > cut_years)] = f"> {cut_years:g}"
     return result
 
 

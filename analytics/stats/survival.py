@@ -91,8 +91,15 @@ class _SurvivalData:
 
 
 def _prepare_survival(
-    time: ArrayLike, event: ArrayLike, *extra: np.ndarray, analysis: str
+    time: ArrayLike,
+    event: ArrayLike,
+    *extra: np.ndarray,
+    analysis: str,
+    names: Sequence[str] = (),
 ) -> _SurvivalData | NotComputable:
+    """The complete rows; when there are none, the reason names what is missing: the
+    follow-up itself, or (``names`` naming the ``extra`` arrays) the variables empty in every
+    patient who has a follow-up."""
     time_array = as_float_array(time, name="time")
     event_array, bad = binary_labels(event, name="event")
     check_same_length(time=time_array, event=event_array)
@@ -102,11 +109,27 @@ def _prepare_survival(
             f"event must be 0 (censored) or 1 (death); found {', '.join(bad[:5])}",
             ("0/1 event indicator",),
         )
-    keep = np.isfinite(time_array) & (time_array >= 0) & ~np.isnan(event_array)
+    followed = np.isfinite(time_array) & (time_array >= 0) & ~np.isnan(event_array)
+    keep = followed.copy()
     for array in extra:
         keep &= ~pd.isna(array)
     n_missing = int((~keep).sum())
     if not keep.any():
+        n_followed = int(followed.sum())
+        if n_followed and names:
+            empty = [
+                name
+                for name, array in zip(names, extra, strict=False)
+                if pd.isna(np.asarray(array, dtype=object)[followed]).all()
+            ]
+            what = (
+                f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty for all "
+                f"{n_followed} patients with a follow-up time and vital status"
+                if empty
+                else f"none of the {n_followed} patients with a follow-up time and vital "
+                f"status has every one of {', '.join(names)}"
+            )
+            return NotComputable(analysis, what, tuple(empty or names))
         return NotComputable(
             analysis,
             "no patient has a follow-up time and vital status"
@@ -822,8 +845,10 @@ def _design_matrix(
         series = frame[name]
         if _is_categorical(series, name, categorical):
             levels = _levels(series)
+            if not levels:
+                return f"{name} has no value in the analysed patients"
             if len(levels) < 2:
-                return f"{name} has a single value ({levels[0] if levels else 'none'})"
+                return f"{name} has a single value ({levels[0]})"
             reference = reference_levels.get(name, levels[0])
             if reference not in levels:
                 return f"reference level {reference!r} of {name} is not in the data ({levels})"
@@ -888,6 +913,7 @@ def cox_regression(
         subset[event_col],
         *(subset[name].to_numpy() for name in all_variables),
         analysis=analysis,
+        names=all_variables,
     )
     if isinstance(data, NotComputable):
         return data
@@ -1020,6 +1046,9 @@ def adjusted_cox(
         needed = [duration_col, event_col, *variables, name]
         present = [c for c in needed if c in frame.columns]
         values = frame.loc[frame[present].notna().all(axis=1), name]
+        if values.nunique() == 0:
+            notes.append(f"not adjusted for {name}: no value recorded in the analysed patients")
+            continue
         if values.nunique() < 2:
             notes.append(f"not adjusted for {name}: a single value in the analysed patients")
             continue

@@ -22,9 +22,16 @@ from pmpd_web.jobs.runner import UserFacingError
 
 from . import services
 from .importer import start_commit, upload_table
-from .models import Cohort, Patient, TableImport
-from .serializers import CohortSerializer, JobSerializer, PatientSerializer, TableImportSerializer
+from .models import Cohort, Patient, StudyVariable, TableImport, table_columns
+from .serializers import (
+    CohortSerializer,
+    JobSerializer,
+    PatientSerializer,
+    StudyVariableSerializer,
+    TableImportSerializer,
+)
 from .table import FIELD_NAMES, write_csv, write_xlsx
+from .variables import define_variable, errors_of, remove_variable
 from .views import CONTENT_TYPES, _download
 
 
@@ -82,9 +89,18 @@ class CohortViewSet(
         fmt = request.query_params.get("file_format", "csv")
         if fmt not in CONTENT_TYPES:
             raise ValidationError({"file_format": "csv or xlsx"})
-        records = Patient.objects.filter(cohort=cohort).order_by("study_id").values(*FIELD_NAMES)
+        records = (
+            Patient.objects.filter(cohort=cohort)
+            .order_by("study_id")
+            .values(*FIELD_NAMES, "study_values")
+        )
         audit(request.user, AuditAction.EXPORT_TABLE, cohort=cohort, format=fmt, via="api")
-        data = write_xlsx(records) if fmt == "xlsx" else write_csv(records)
+        columns = table_columns(cohort)
+        data = (
+            write_xlsx(records, columns=columns)
+            if fmt == "xlsx"
+            else write_csv(records, columns=columns)
+        )
         return _download(data, f"cohort-{cohort.pk}.{fmt}")
 
 
@@ -197,6 +213,43 @@ class TableImportViewSet(
         except UserFacingError as exc:
             raise ValidationError({"detail": str(exc)}) from None
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class StudyVariableViewSet(
+    CohortScoped,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """The cohort's study-defined variables (REDCap's data dictionary): name, label, type
+    (number, int = whole number, choice = category, date), unit, allowed range or values,
+    required. Coordinators define and remove them; every member sees them. Removing a variable
+    removes its values from every patient."""
+
+    serializer_class = StudyVariableSerializer
+    lookup_field = "name"
+    lookup_value_regex = r"[a-z][a-z0-9_]{0,39}"
+    pagination_class = None
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return StudyVariable.objects.none()
+        return StudyVariable.objects.filter(cohort_id=self.kwargs["cohort_pk"])
+
+    def perform_create(self, serializer):
+        from django.core.exceptions import ValidationError as ModelValidationError
+
+        try:
+            serializer.instance = define_variable(
+                cohort=self.cohort, user=self.request.user, values=serializer.validated_data
+            )
+        except ModelValidationError as error:
+            raise ValidationError(errors_of(error)) from None
+
+    def perform_destroy(self, instance):
+        remove_variable(variable=instance, user=self.request.user)
 
 
 class JobViewSet(viewsets.ReadOnlyModelViewSet):

@@ -1,107 +1,285 @@
 """Clinical table import: preview (dry run) and an all-or-nothing commit in one transaction.
 
-Re-importing updates patients by study ID; patients absent from the file are kept.
+Re-importing updates patients by study ID; patients absent from the file are kept, and so are
+the values of study variables the file has no column for. The preview lists each changed
+patient's old -> new values (as REDCap's import does).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import pickle
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import connection, transaction
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction
 from pmpd_web.jobs.runner import UserFacingError
 
-from .models import Cohort, Patient, TableImport
-from .table import FIELD_NAMES, ParsedTable, TableError, read_table
+from .models import Cohort, Patient, StudyVariable, TableImport, table_columns
+from .parsing import read_table
+from .table import FIELD_NAMES, Column, ParsedTable, TableError, frame_records, python_values
 
 BATCH = 1000
+#: Patients whose old -> new values the preview lists (the counts cover all of them).
+SHOWN_CHANGES = 200
 
 
 @dataclass
 class ImportPlan:
-    to_create: list[dict[str, Any]] = field(default_factory=list)
-    to_update: list[tuple[Patient, dict[str, Any]]] = field(default_factory=list)
+    """What an import does to the cohort: the rows of the file that become new patients, the
+    changes of existing ones (patient pk -> model values) and, for the preview, each changed
+    patient's old -> new values."""
+
+    new_positions: np.ndarray
+    new_study_ids: list[str]
+    updates: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    changed_fields: dict[str, int] = field(default_factory=dict)
     unchanged: int = 0
     kept_not_in_file: int = 0
 
     def summary(self) -> dict[str, Any]:
-        changed_fields: dict[str, int] = {}
-        for _, changes in self.to_update:
-            for name in changes:
-                changed_fields[name] = changed_fields.get(name, 0) + 1
         return {
-            "created": len(self.to_create),
-            "updated": len(self.to_update),
+            "created": len(self.new_positions),
+            "updated": len(self.updates),
             "unchanged": self.unchanged,
             "kept_not_in_file": self.kept_not_in_file,
-            "changed_fields": changed_fields,
-            "new_study_ids": [r["study_id"] for r in self.to_create[:20]],
-            "updated_study_ids": [p.study_id for p, _ in self.to_update[:20]],
+            "changed_fields": self.changed_fields,
+            "new_study_ids": self.new_study_ids[:20],
+            "updated_study_ids": [change["study_id"] for change in self.changes[:20]],
+            "changes": self.changes[:SHOWN_CHANGES],
         }
 
 
-def plan_import(cohort: Cohort, parsed: ParsedTable) -> ImportPlan:
-    existing = {p.study_id: p for p in Patient.objects.filter(cohort=cohort).only(*FIELD_NAMES)}
-    plan = ImportPlan()
-    seen = set()
-    for record in parsed.records:
-        seen.add(record["study_id"])
-        patient = existing.get(record["study_id"])
-        if patient is None:
-            plan.to_create.append(record)
-            continue
-        changes = {name: value for name, value in record.items() if getattr(patient, name) != value}
-        if changes:
-            plan.to_update.append((patient, changes))
+def _existing(cohort: Cohort, parsed: ParsedTable) -> pd.DataFrame:
+    """The cohort's patients in the frame's convention, read with one plain query (numbers
+    cast to float and JSON to text by the database: no per-value converters)."""
+    quote = connection.ops.quote_name
+    numeric = {c.name for c in parsed.columns if c.kind in {"int", "decimal"} and not c.study}
+    selected = ["id", *FIELD_NAMES, "study_values"]
+    expressions = []
+    for name in selected:
+        column = quote(Patient._meta.get_field(name).column)
+        if name in numeric:
+            column = f"CAST({column} AS double precision)"
+        elif name == "study_values":
+            column = f"CAST({column} AS text)" if parsed.study_present else "NULL"
+        expressions.append(column)
+    sql = (
+        f"SELECT {', '.join(expressions)} FROM {quote(Patient._meta.db_table)} "
+        f"WHERE {quote(Patient._meta.get_field('cohort').column)} = %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [cohort.pk])
+        rows = cursor.fetchall()
+    frame = pd.DataFrame.from_records(rows, columns=selected)
+    for name in numeric:
+        frame[name] = frame[name].astype(float)
+    stored = (
+        json.loads("[" + ",".join(text or "{}" for text in frame["study_values"]) + "]")
+        if parsed.study_present
+        else [{}] * len(frame)
+    )
+    frame["study_values"] = stored
+    for name in parsed.study_present:
+        column = next(c for c in parsed.columns if c.name == name)
+        values = [item.get(name) for item in stored]
+        if column.kind in {"int", "number"}:
+            frame[name] = np.array([np.nan if x is None else x for x in values], dtype=float)
         else:
-            plan.unchanged += 1
-    plan.kept_not_in_file = len(set(existing) - seen)
+            frame[name] = ["" if x is None else str(x) for x in values]
+    return frame
+
+
+def _compared(parsed: ParsedTable) -> list[tuple[str, Column | None]]:
+    """The frame columns an import compares with the stored patients."""
+    columns = {c.name: c for c in parsed.columns}
+    out: list[tuple[str, Column | None]] = [
+        (name, columns.get(name)) for name in FIELD_NAMES if name != "study_id"
+    ]
+    out.extend((name, columns[name]) for name in parsed.study_present)
+    return out
+
+
+def _shown(value: Any) -> str:
+    if value is None or value == "" or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def plan_import(cohort: Cohort, parsed: ParsedTable) -> ImportPlan:
+    """Compare the checked rows with the cohort's patients, column by column."""
+    new = parsed.frame
+    old = _existing(cohort, parsed)
+    position_of = pd.Series(np.arange(len(old)), index=old["study_id"].to_numpy())
+    matched = position_of.reindex(new["study_id"].to_numpy())
+    is_new = matched.isna().to_numpy()
+    plan = ImportPlan(
+        new_positions=np.flatnonzero(is_new),
+        new_study_ids=new["study_id"][is_new].tolist(),
+        kept_not_in_file=len(old) - int((~is_new).sum()),
+    )
+    in_file = np.flatnonzero(~is_new)
+    in_cohort = matched.to_numpy()[in_file].astype(int)
+    differs: dict[str, np.ndarray] = {}
+    for name, _column in _compared(parsed):
+        a = new[name].to_numpy()[in_file]
+        b = old[name].to_numpy()[in_cohort]
+        if a.dtype.kind == "f":
+            b = b.astype(float)
+            same = (a == b) | (np.isnan(a) & np.isnan(b))
+        else:
+            same = a == b
+        differs[name] = ~np.asarray(same, dtype=bool)
+    changed = np.zeros(len(in_file), dtype=bool)
+    for mask in differs.values():
+        changed |= mask
+    plan.unchanged = int((~changed).sum())
+    columns = dict(_compared(parsed))
+    for index in np.flatnonzero(changed):
+        row, stored = in_file[index], in_cohort[index]
+        study_id = str(new["study_id"].iat[row])
+        names = [name for name, mask in differs.items() if mask[index]]
+        changes: dict[str, Any] = {}
+        study_values = dict(old["study_values"].iat[stored] or {})
+        for name in names:
+            plan.changed_fields[name] = plan.changed_fields.get(name, 0) + 1
+            column = columns[name]
+            value = new[name].iloc[row : row + 1]
+            python = python_values(value, column)[0] if column is not None else bool(value.iat[0])
+            if column is not None and column.study:
+                study_values[name] = python
+                changes["study_values"] = study_values
+            else:
+                changes[name] = python
+        plan.updates.append((int(old["id"].iat[stored]), changes))
+        if len(plan.changes) < SHOWN_CHANGES:
+            plan.changes.append(
+                {
+                    "study_id": study_id,
+                    "values": [
+                        [name, _shown(old[name].iat[stored]), _shown(new[name].iat[row])]
+                        for name in names
+                    ],
+                }
+            )
     return plan
 
 
-def insert_patients(cohort: Cohort, records: list[dict[str, Any]]) -> None:
-    """Insert new patients; on PostgreSQL through COPY, many times faster than INSERTs.
+def insert_patients(cohort: Cohort, parsed: ParsedTable, positions: np.ndarray) -> None:
+    """Insert the rows at ``positions`` as new patients; on PostgreSQL through one COPY of a
+    CSV written by pandas, many times faster than INSERTs.
 
-    The records were checked by ``read_table`` (types, ranges, consistency rules); the database
+    The rows were checked by ``read_table`` (types, ranges, consistency rules); the database
     still enforces the unique study ID and the column types.
     """
-    if not records:
+    if not len(positions):
         return
+    frame = parsed.frame.iloc[positions]
     if connection.vendor != "postgresql":
+        records = frame_records(frame, parsed.columns, parsed.study_present)
         Patient.objects.bulk_create(
             [Patient(cohort=cohort, **record) for record in records], batch_size=BATCH
         )
         return
-    now = timezone.now()
-    fields = [Patient._meta.get_field(name) for name in FIELD_NAMES]
-    columns = ", ".join(
-        connection.ops.quote_name(f.column) for f in [*fields, *_STAMP_FIELDS, _COHORT_FIELD]
-    )
-    table = connection.ops.quote_name(Patient._meta.db_table)
+    columns = {c.name: c for c in parsed.columns}
+    out = pd.DataFrame(index=frame.index)
+    for name in FIELD_NAMES:
+        column = columns.get(name)
+        values = frame[name]
+        if column is not None and column.kind == "int":
+            out[name] = values.astype("Int64")
+        elif column is not None and column.kind == "decimal":
+            text = np.char.mod(f"%.{column.decimal_places}f", values.to_numpy(dtype=float))
+            out[name] = pd.Series(text, index=values.index, dtype=object).where(values.notna())
+        else:
+            out[name] = values
+    out["study_values"] = _study_json(frame, parsed)
+    now = timezone.now().isoformat()
+    out["created_at"] = now
+    out["updated_at"] = now
+    out["cohort_id"] = cohort.pk
+    text_columns = [
+        Patient._meta.get_field(name).column
+        for name in FIELD_NAMES
+        if columns.get(name) is not None and columns[name].kind in {"text", "choice"}
+    ]
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(Patient._meta.get_field(name).column) for name in out.columns)
+    table = quote(Patient._meta.db_table)
+    data = out.to_csv(index=False, header=False, lineterminator="\n")
+    force = ", ".join(quote(name) for name in text_columns)
     with (
         connection.cursor() as cursor,
-        cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
+        cursor.cursor.copy(
+            f"COPY {table} ({names}) FROM STDIN WITH (FORMAT csv, FORCE_NOT_NULL ({force}))"
+        ) as copy,
     ):
-        for record in records:
-            copy.write_row([*(record[f.name] for f in fields), now, now, cohort.pk])
+        copy.write(data)
 
 
-_STAMP_FIELDS = [Patient._meta.get_field("created_at"), Patient._meta.get_field("updated_at")]
-_COHORT_FIELD = Patient._meta.get_field("cohort")
+def _study_json(frame: pd.DataFrame, parsed: ParsedTable) -> pd.Series:
+    """Each row's ``study_values`` as JSON text, written by columns (a blank is null: no value).
+    Codes are letters, digits and '_', dates ISO text: they need no escaping."""
+    if not parsed.study_present:
+        return pd.Series("{}", index=frame.index)
+    kinds = {c.name: c.kind for c in parsed.columns}
+    text = pd.Series("{", index=frame.index)
+    for position, name in enumerate(parsed.study_present):
+        values = frame[name]
+        if kinds[name] == "int":
+            shown = values.astype("Int64").astype(str).where(values.notna(), "null")
+        elif kinds[name] == "number":
+            shown = values.astype(str).where(values.notna(), "null")
+        else:
+            shown = ('"' + values.astype(str) + '"').where(values != "", "null")
+        text = text + ("" if position == 0 else ", ") + f'"{name}": ' + shown
+    return text + "}"
+
+
+def cohort_state(cohort: Cohort) -> str:
+    """What a preview was checked against: the cohort's data version, its patients (count and
+    last change, which catches edits made elsewhere) and its study variables."""
+    patients = Patient.objects.filter(cohort=cohort).aggregate(
+        n=Count("id"), last=Max("updated_at")
+    )
+    version = Cohort.objects.filter(pk=cohort.pk).values_list("data_version", flat=True).first()
+    variables = list(
+        StudyVariable.objects.filter(cohort=cohort)
+        .order_by("name")
+        .values_list("name", "kind", "minimum", "maximum", "choices", "required")
+    )
+    text = json.dumps([version, patients["n"], str(patients["last"]), variables], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableImport:
-    """Store the uploaded file and its preview. Nothing in the cohort changes."""
+    """Store the uploaded file and its preview. Nothing in the cohort changes.
+
+    The checked rows are kept with the preview: while the file and the cohort stay as they
+    were, the commit writes them without reading and checking the file again.
+    """
+    state = cohort_state(cohort)
     try:
-        parsed = read_table(data, filename, max_bytes=settings.PMPD_TABLE_MAX_BYTES)
+        parsed = read_table(
+            data, filename, max_bytes=settings.PMPD_TABLE_MAX_BYTES, columns=table_columns(cohort)
+        )
     except TableError as exc:
         raise UserFacingError(str(exc)) from None
     digest = hashlib.sha256(data).hexdigest()
@@ -115,13 +293,17 @@ def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableIm
     if parsed.ok:
         table_import.status = TableImport.Status.PREVIEWED
         table_import.summary = plan_import(cohort, parsed).summary()
+        table_import.checked = zlib.compress(
+            pickle.dumps(parsed, protocol=pickle.HIGHEST_PROTOCOL), 1
+        )
+        table_import.checked_against = state
     else:
         table_import.status = TableImport.Status.INVALID
         table_import.problems = [
             {"row": p.row, "column": p.column, "message": p.message} for p in parsed.problems
         ]
-        table_import.summary = {"rows": len(parsed.records), "problems": len(parsed.problems)}
-    table_import.summary["rows"] = len(parsed.records)
+        table_import.summary = {"rows": len(parsed.rows), "problems": len(parsed.problems)}
+    table_import.summary["rows"] = len(parsed.rows)
     table_import.file.save(f"{digest}.bin", ContentFile(data), save=False)
     table_import.save()
     audit(
@@ -135,52 +317,61 @@ def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableIm
     return table_import
 
 
+def _checked_table(table_import: TableImport) -> tuple[ParsedTable, bool]:
+    """The preview's checked rows when the file and the cohort are unchanged since, else the
+    file read and checked again against the cohort as it is now. Returns (table, reused)."""
+    cohort = table_import.cohort
+    with table_import.file.open("rb") as handle:
+        data = handle.read()
+    same_file = hashlib.sha256(data).hexdigest() == table_import.sha256
+    if same_file and table_import.checked and table_import.checked_against == cohort_state(cohort):
+        return pickle.loads(zlib.decompress(bytes(table_import.checked))), True
+    try:
+        parsed = read_table(
+            data,
+            table_import.original_filename,
+            max_bytes=settings.PMPD_TABLE_MAX_BYTES,
+            columns=table_columns(cohort),
+        )
+    except TableError as exc:
+        raise UserFacingError(str(exc)) from None
+    return parsed, False
+
+
 def commit_import(
     table_import: TableImport, progress: Callable[[int, str], None]
 ) -> dict[str, Any]:
     """Apply a previewed table: all rows or none, in one transaction.
 
-    The file is read and checked again, against the cohort as it is now: the preview may be
-    stale. Any problem fails the whole import and leaves the cohort unchanged.
+    The preview's checked rows are written when the file and the cohort are unchanged since
+    the preview; otherwise the file is read and checked again, against the cohort as it is
+    now. Any problem fails the whole import and leaves the cohort unchanged.
     """
     cohort = table_import.cohort
     progress(5, "Reading the table")
-    with table_import.file.open("rb") as handle:
-        data = handle.read()
-    try:
-        parsed = read_table(
-            data, table_import.original_filename, max_bytes=settings.PMPD_TABLE_MAX_BYTES
-        )
-    except TableError as exc:
-        raise UserFacingError(str(exc)) from None
+    parsed, reused = _checked_table(table_import)
     if not parsed.ok:
         first = "; ".join(str(p) for p in parsed.problems[:5])
         raise UserFacingError(f"{len(parsed.problems)} problem(s) in the table: {first}")
-    progress(40, f"Comparing {len(parsed.records)} rows with the cohort")
+    progress(
+        40,
+        f"Comparing {len(parsed.rows)} rows with the cohort"
+        + (" (checked at the preview)" if reused else " (checked again: the cohort changed)"),
+    )
     plan = plan_import(cohort, parsed)
     progress(
         60,
-        f"Writing {len(plan.to_create)} new and {len(plan.to_update)} changed "
+        f"Writing {len(plan.new_positions)} new and {len(plan.updates)} changed "
         "patients in one transaction",
     )
     with transaction.atomic():
-        insert_patients(cohort, plan.to_create)
-        changed_fields: set[str] = set()
-        for patient, changes in plan.to_update:
-            for name, value in changes.items():
-                setattr(patient, name, value)
-            changed_fields.update(changes)
-        if plan.to_update:
-            Patient.objects.bulk_update(
-                [p for p, _ in plan.to_update],
-                sorted(changed_fields | {"updated_at"}),
-                batch_size=BATCH,
-            )
-        if plan.to_create or plan.to_update:
+        insert_patients(cohort, parsed, plan.new_positions)
+        _update_patients(plan.updates)
+        if len(plan.new_positions) or plan.updates:
             cohort.bump_data_version()
-        summary = plan.summary()
+        summary = plan.summary() | {"rows": len(parsed.rows), "checked_at_preview": reused}
         TableImport.objects.filter(pk=table_import.pk).update(
-            status=TableImport.Status.COMMITTED, summary=summary | {"rows": len(parsed.records)}
+            status=TableImport.Status.COMMITTED, summary=summary, checked=None
         )
         audit(
             table_import.uploaded_by,
@@ -193,6 +384,18 @@ def commit_import(
             unchanged=summary["unchanged"],
         )
     return summary
+
+
+def _update_patients(updates: list[tuple[int, dict[str, Any]]]) -> None:
+    if not updates:
+        return
+    fields: set[str] = set()
+    patients = []
+    now = timezone.now()
+    for pk, changes in updates:
+        patients.append(Patient(pk=pk, updated_at=now, **changes))
+        fields.update(changes)
+    Patient.objects.bulk_update(patients, sorted(fields | {"updated_at"}), batch_size=BATCH)
 
 
 def start_commit(table_import: TableImport, user) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
@@ -89,6 +91,12 @@ class Patient(models.Model):
     vital_status = models.CharField(max_length=8, choices=_choices(v.VITAL_STATUS), blank=True)
     developed_metastasis = models.CharField(max_length=4, choices=_choices(v.YES_NO), blank=True)
     days_to_metastasis = models.PositiveIntegerField(null=True, blank=True)
+    study_values = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Values of the cohort's study-defined variables, by variable name (null or "
+        "absent: no value)",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -115,6 +123,105 @@ class Patient(models.Model):
             errors.setdefault(field, []).append(problem.message)
         if errors:
             raise ValidationError(errors)
+
+
+class StudyVariable(models.Model):
+    """A variable a cohort's study adds to the clinical table (REDCap's data dictionary).
+
+    Its values live in ``Patient.study_values`` (a JSON object keyed by the variable's name)
+    rather than in a value table: a patient stays one row, so the import writes it with one
+    COPY, the analytics read a cohort with one query, and a cohort's variables differ from
+    another's without a migration. The import checks each value against the type and range
+    defined here.
+    """
+
+    class Kind(models.TextChoices):
+        NUMBER = "number", "Number"
+        WHOLE_NUMBER = "int", "Whole number"
+        CATEGORY = "choice", "Category"
+        DATE = "date", "Date (YYYY-MM-DD)"
+
+    cohort = models.ForeignKey(Cohort, on_delete=models.CASCADE, related_name="study_variables")
+    name = models.CharField(
+        max_length=40,
+        validators=[
+            RegexValidator(
+                r"^[a-z][a-z0-9_]{0,39}$",
+                "A variable name is lower-case letters, digits and '_', starting with a letter "
+                "(the column name in the table; e.g. ecog_performance_status).",
+            )
+        ],
+    )
+    label = models.CharField(max_length=120, help_text="How the variable reads in tables")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    unit = models.CharField(max_length=24, blank=True)
+    minimum = models.FloatField(null=True, blank=True, help_text="Smallest allowed value")
+    maximum = models.FloatField(null=True, blank=True, help_text="Largest allowed value")
+    choices = models.JSONField(
+        default=list, blank=True, help_text="Allowed values of a category (codes)"
+    )
+    required = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["cohort_id", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["cohort", "name"], name="study_variable_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.cohort})"
+
+    def clean(self) -> None:
+        super().clean()
+        from .table import COLUMN_NAMES
+        from .vocabulary import DERIVED_NAMES
+
+        errors: dict[str, str] = {}
+        if self.name in COLUMN_NAMES or self.name in DERIVED_NAMES:
+            errors["name"] = f"{self.name} is already a variable of the platform"
+        if self.kind == self.Kind.CATEGORY:
+            codes = [str(c).strip() for c in self.choices or [] if str(c).strip()]
+            if len(codes) < 2:
+                errors["choices"] = "a category needs at least two allowed values"
+            elif any(not re.fullmatch(r"[a-z0-9][a-z0-9_]{0,39}", c) for c in codes):
+                errors["choices"] = (
+                    "allowed values are codes: lower-case letters, digits and '_' (e.g. 0, 1, "
+                    "2 or adjuvant, none)"
+                )
+            self.choices = codes
+        elif self.choices:
+            errors["choices"] = "only a category has allowed values"
+        if self.kind in {self.Kind.CATEGORY, self.Kind.DATE} and (
+            self.minimum is not None or self.maximum is not None
+        ):
+            errors["minimum"] = "only numbers have a range"
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            errors["maximum"] = "must be at least the minimum"
+        if errors:
+            raise ValidationError(errors)
+
+    def column(self):
+        """This variable as a column of the clinical table."""
+        from .table import study_column
+
+        return study_column(
+            name=self.name,
+            label=self.label,
+            kind=self.kind,
+            unit=self.unit,
+            minimum=self.minimum,
+            maximum=self.maximum,
+            choices=self.choices,
+            required=self.required,
+        )
+
+
+def table_columns(cohort: Cohort) -> tuple:
+    """The template's columns followed by the cohort's study-defined variables."""
+    from .table import COLUMNS
+
+    return (*COLUMNS, *(variable.column() for variable in cohort.study_variables.all()))
 
 
 def _import_path(instance: TableImport, filename: str) -> str:
@@ -145,6 +252,18 @@ class TableImport(models.Model):
     problems = models.JSONField(default=list, blank=True)
     job = models.OneToOneField(
         "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="table_import"
+    )
+    checked = models.BinaryField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="The preview's checked rows (compressed): the commit writes them as they are "
+        "while the file and the cohort are unchanged",
+    )
+    checked_against = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="The state of the cohort the preview was checked against",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -2,7 +2,7 @@ from rest_framework import serializers
 
 from pmpd_web.jobs.models import Job
 
-from .models import Cohort, Patient, TableImport
+from .models import Cohort, Patient, StudyVariable, TableImport
 from .rules import check_patient
 
 
@@ -60,9 +60,10 @@ class PatientSerializer(serializers.ModelSerializer):
             "vital_status",
             "developed_metastasis",
             "days_to_metastasis",
+            "study_values",
             "updated_at",
         ]
-        read_only_fields = ["study_id", "updated_at"]
+        read_only_fields = ["study_id", "study_values", "updated_at"]
 
     def validate(self, attrs):
         values = {f.attname: getattr(self.instance, f.attname) for f in Patient._meta.fields}
@@ -115,3 +116,22 @@ class TableImportSerializer(serializers.ModelSerializer):
             "file",
         ]
         read_only_fields = [f for f in fields if f != "file"]
+
+
+class StudyVariableSerializer(serializers.ModelSerializer):
+    """A study-defined variable (REDCap's data dictionary entry); checked by the model."""
+
+    class Meta:
+        model = StudyVariable
+        fields = [
+            "name",
+            "label",
+            "kind",
+            "unit",
+            "minimum",
+            "maximum",
+            "choices",
+            "required",
+            "created_at",
+        ]
+        read_only_fields = ["created_at"]

@@ -1,7 +1,9 @@
-"""The clinical table: its columns, reading CSV/XLSX into checked records, and writing exports.
+"""The clinical table: its columns, and writing the template and exports.
 
-Pure Python (no Django): the import job, the API, the template download and the export all use
-these functions, and the synthetic phantom cohort writes the same columns.
+Pure Python (no Django): the import (:mod:`.parsing` reads files into checked columns), the
+API, the template download and the export all use these columns, and the synthetic phantom
+cohort writes the same ones. A cohort adds its study-defined variables (REDCap's data
+dictionary) as further columns: :func:`study_column` describes one.
 
 Row numbers in messages are spreadsheet rows: the header is row 1, the first patient row 2.
 """
@@ -10,27 +12,76 @@ from __future__ import annotations
 
 import csv
 import io
-import re
-import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
+import pandas as pd
+
 from . import vocabulary as v
-from .rules import SITE_FIELDS, check_patient
+from .rules import SITE_FIELDS
+
+#: The kinds of a study-defined variable, as the coordinator chooses them.
+STUDY_KINDS: dict[str, str] = {
+    "number": "number",
+    "int": "whole number",
+    "choice": "category",
+    "date": "date (YYYY-MM-DD)",
+}
 
 
 @dataclass(frozen=True)
 class Column:
     name: str
-    kind: str  # text, int, decimal, choice, sites
+    kind: str  # text, int, decimal, number, choice, sites, date
     description: str
     required: bool = False
     allowed: tuple[str, ...] = ()
     decimal_places: int = 0
     max_length: int = 120
     unit: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    study: bool = False  # a study-defined variable (stored in Patient.study_values)
+
+    @property
+    def range_text(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        if self.minimum is not None and self.maximum is not None:
+            return f"{self.minimum:g} to {self.maximum:g}{unit}"
+        if self.minimum is not None:
+            return f"{self.minimum:g} or more{unit}"
+        if self.maximum is not None:
+            return f"at most {self.maximum:g}{unit}"
+        return ""
+
+
+def study_column(
+    *,
+    name: str,
+    label: str,
+    kind: str,
+    unit: str = "",
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: Sequence[str] = (),
+    required: bool = False,
+) -> Column:
+    """The column of a study-defined variable (its range is checked by the import)."""
+    if kind not in STUDY_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(STUDY_KINDS)}")
+    return Column(
+        name,
+        kind,
+        label,
+        required=required,
+        allowed=tuple(choices),
+        unit=unit,
+        minimum=minimum,
+        maximum=maximum,
+        study=True,
+    )
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -41,13 +92,28 @@ COLUMNS: tuple[Column, ...] = (
         required=True,
         max_length=64,
     ),
-    Column("age_at_diagnosis_years", "int", "Age at diagnosis", unit="years"),
+    Column(
+        "age_at_diagnosis_years",
+        "int",
+        "Age at diagnosis",
+        unit="years",
+        minimum=v.AGE_RANGE_YEARS[0],
+        maximum=v.AGE_RANGE_YEARS[1],
+    ),
     Column("sex", "choice", "Sex", allowed=v.SEX),
     Column("centre", "text", "Recruiting centre"),
     Column(
         "tumour_location", "choice", "Location of the primary tumour", allowed=v.TUMOUR_LOCATION
     ),
-    Column("tumour_size_mm", "decimal", "Largest tumour diameter", decimal_places=1, unit="mm"),
+    Column(
+        "tumour_size_mm",
+        "decimal",
+        "Largest tumour diameter",
+        decimal_places=1,
+        unit="mm",
+        minimum=v.TUMOUR_SIZE_RANGE_MM[0],
+        maximum=v.TUMOUR_SIZE_RANGE_MM[1],
+    ),
     Column(
         "ct_manufacturer",
         "text",
@@ -60,6 +126,7 @@ COLUMNS: tuple[Column, ...] = (
         "Serum CA19-9 at diagnosis; blank when not measured",
         decimal_places=2,
         unit="U/mL",
+        minimum=v.CA19_9_RANGE_U_PER_ML[0],
     ),
     Column(
         "nccn_resectability", "choice", "NCCN resectability status", allowed=v.NCCN_RESECTABILITY
@@ -83,7 +150,14 @@ COLUMNS: tuple[Column, ...] = (
         "How metastasis was found; only when metastatic",
         allowed=v.METASTASIS_DETECTION,
     ),
-    Column("overall_survival_days", "int", "Overall survival from diagnosis", unit="days"),
+    Column(
+        "overall_survival_days",
+        "int",
+        "Overall survival from diagnosis",
+        unit="days",
+        minimum=0,
+        maximum=v.SURVIVAL_DAYS_MAX,
+    ),
     Column("vital_status", "choice", "Vital status at last follow-up", allowed=v.VITAL_STATUS),
     Column(
         "developed_metastasis",
@@ -92,7 +166,12 @@ COLUMNS: tuple[Column, ...] = (
         allowed=v.YES_NO,
     ),
     Column(
-        "days_to_metastasis", "int", "Days from diagnosis until metastasis developed", unit="days"
+        "days_to_metastasis",
+        "int",
+        "Days from diagnosis until metastasis developed",
+        unit="days",
+        minimum=0,
+        maximum=v.SURVIVAL_DAYS_MAX,
     ),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
@@ -102,7 +181,6 @@ FIELD_NAMES: tuple[str, ...] = (
 )
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-XLSX_MAGIC = b"PK\x03\x04"
 
 
 @dataclass(frozen=True)
@@ -122,21 +200,75 @@ class TableProblem:
 
 @dataclass
 class ParsedTable:
+    """A read table: the checked values of every patient row as columns (``frame``: numbers
+    as floats with NaN when blank, coded and text values as strings, sites as booleans), their
+    spreadsheet row numbers, and every problem found."""
+
     filename: str
-    records: list[dict[str, Any]] = field(default_factory=list)
+    frame: pd.DataFrame = field(default_factory=pd.DataFrame)
     rows: list[int] = field(default_factory=list)
     problems: list[TableProblem] = field(default_factory=list)
+    columns: tuple[Column, ...] = COLUMNS
+    #: The study-defined variables the file has a column for (the others are left as stored).
+    study_present: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The rows as model values (int, Decimal, str, bool; None when blank), each with its
+        ``study_values`` (variable name -> value of each study column in the file; None, as
+        an absent name, means no value)."""
+        return frame_records(self.frame, self.columns, self.study_present)
+
+
+def frame_records(
+    frame: pd.DataFrame, columns: Sequence[Column], study_present: Sequence[str]
+) -> list[dict[str, Any]]:
+    converted: dict[str, list[Any]] = {}
+    for column in columns:
+        if column.kind == "sites":
+            for name in SITE_FIELDS:
+                converted[name] = frame[name].astype(bool).tolist()
+            continue
+        if column.study and column.name not in study_present:
+            continue
+        converted[column.name] = python_values(frame[column.name], column)
+    fields = [c.name for c in columns if not c.study and c.kind != "sites"] + list(SITE_FIELDS)
+    records = []
+    for position in range(len(frame)):
+        record = {name: converted[name][position] for name in fields}
+        record["study_values"] = {name: converted[name][position] for name in study_present}
+        records.append(record)
+    return records
+
+
+def python_values(values: pd.Series, column: Column) -> list[Any]:
+    """A checked column as the model's Python values (None when blank)."""
+    if column.kind in {"int", "decimal", "number"}:
+        numbers = values.to_numpy(dtype=float)
+        if column.kind == "int":
+            return [None if n != n else int(n) for n in numbers]
+        if column.kind == "decimal":
+            quantum = Decimal(1).scaleb(-column.decimal_places)
+            return [
+                None if n != n else Decimal(repr(n)).quantize(quantum) for n in numbers.tolist()
+            ]
+        return [None if n != n else n for n in numbers.tolist()]
+    return (
+        [value if value != "" else None for value in values.tolist()]
+        if column.study
+        else (values.tolist())
+    )
 
 
 class TableError(Exception):
     """The file as a whole cannot be read (empty, too large, not UTF-8...)."""
 
 
-def describe_columns() -> list[dict[str, str]]:
+def describe_columns(columns: Sequence[Column] = COLUMNS) -> list[dict[str, str]]:
     """The template's documentation: one entry per column."""
     return [
         {
@@ -145,296 +277,42 @@ def describe_columns() -> list[dict[str, str]]:
             "type": {
                 "int": "whole number",
                 "decimal": f"number ({c.decimal_places} decimals)",
+                "number": "number",
+                "date": "date (YYYY-MM-DD)",
                 "choice": "one value",
                 "sites": "values joined with ';'",
             }.get(c.kind, "text"),
             "unit": c.unit,
-            "allowed": ", ".join(c.allowed),
-            "description": c.description,
+            "allowed": ", ".join(c.allowed) or c.range_text,
+            "description": ("Study variable: " if c.study else "") + c.description,
         }
-        for c in COLUMNS
+        for c in columns
     ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading
-
-
-def read_table(data: bytes, filename: str, *, max_bytes: int) -> ParsedTable:
-    """Read a CSV or XLSX file into checked records; every problem names its row and column.
-
-    The format is sniffed from the content, not the file name.
-    """
-    if len(data) > max_bytes:
-        raise TableError(
-            f"{filename}: the file is {len(data) / 1e6:.1f} MB, over the limit of "
-            f"{max_bytes / 1e6:.1f} MB"
-        )
-    if not data.strip():
-        raise TableError(f"{filename}: the file is empty")
-    reader = _read_xlsx if data.startswith(XLSX_MAGIC) else _read_csv
-    header, body, cell_problems = reader(data, filename)
-    parsed = check_rows(header, body, filename)
-    if cell_problems:
-        # A formula cell was read as blank: its row's other problems are beside the point.
-        flagged = {p.row for p in cell_problems}
-        parsed.problems = cell_problems + [p for p in parsed.problems if p.row not in flagged]
-        parsed.problems.sort(key=_problem_order)
-    return parsed
-
-
-def _read_csv(
-    data: bytes, filename: str
-) -> tuple[list[str], Iterable[tuple[int, list[Any]]], list[TableProblem]]:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise TableError(
-            f"{filename}: the file is not UTF-8 text (byte 0x{data[exc.start]:02x} at position "
-            f"{exc.start}); save it as 'CSV UTF-8'"
-        ) from None
-    if "\x00" in text:
-        raise TableError(f"{filename}: the file is binary, not a CSV or XLSX table")
-    first_line = text.split("\n", 1)[0]
-    delimiter = max(",;\t", key=first_line.count)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise TableError(f"{filename}: the file is empty") from None
-    return header, ((number, row) for number, row in enumerate(reader, start=2)), []
-
-
-def _read_xlsx(
-    data: bytes, filename: str
-) -> tuple[list[str], Iterable[tuple[int, list[Any]]], list[TableProblem]]:
-    import openpyxl
-
-    try:
-        workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=False)
-    except (zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:
-        raise TableError(f"{filename}: not a readable XLSX workbook ({exc})") from None
-    sheet = workbook["patients"] if "patients" in workbook.sheetnames else workbook.worksheets[0]
-    rows = sheet.iter_rows()
-    try:
-        header_cells = next(rows)
-    except StopIteration:
-        raise TableError(f"{filename}: the first sheet is empty") from None
-    header = ["" if c.value is None else str(c.value) for c in header_cells]
-
-    def body() -> Iterable[tuple[int, list[Any]]]:
-        for number, cells in enumerate(rows, start=2):
-            values = []
-            for position, cell in enumerate(cells):
-                if cell.data_type == "f":
-                    column = header[position] if position < len(header) else None
-                    formula_problems.append(
-                        TableProblem(
-                            number,
-                            column,
-                            f"contains a formula ({str(cell.value)[:40]}); paste values only",
-                        )
-                    )
-                    values.append(None)
-                else:
-                    values.append(cell.value)
-            yield number, values
-
-    formula_problems: list[TableProblem] = []
-    return header, body(), formula_problems
-
-
-def _normalise_header(name: str) -> str:
-    return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
-
-
-def check_rows(
-    header: Sequence[str], body: Iterable[tuple[int, Sequence[Any]]], filename: str
-) -> ParsedTable:
-    parsed = ParsedTable(filename=filename)
-    names = [_normalise_header(h) for h in header]
-    while names and names[-1] == "":
-        names.pop()
-    missing = [c for c in COLUMN_NAMES if c not in names]
-    unknown = [h for h in names if h not in COLUMN_NAMES]
-    if missing:
-        parsed.problems.append(TableProblem(1, None, f"missing columns: {', '.join(missing)}"))
-    if unknown:
-        parsed.problems.append(
-            TableProblem(
-                1,
-                None,
-                f"unknown columns: {', '.join(repr(u) for u in unknown)}; "
-                "download the template for the allowed columns",
-            )
-        )
-    repeated = sorted({n for n in names if names.count(n) > 1 and n})
-    if repeated:
-        parsed.problems.append(TableProblem(1, None, f"repeated columns: {', '.join(repeated)}"))
-    if parsed.problems:
-        return parsed
-
-    index = {name: names.index(name) for name in COLUMN_NAMES}
-    seen: dict[str, int] = {}
-    memo: dict[str, dict[tuple[type, Any], dict[str, Any] | str]] = {
-        name: {} for name in COLUMN_NAMES
-    }
-    for number, row in body:
-        if all(_blank(cell) for cell in row):
-            continue
-        if len(row) > len(names) and any(not _blank(c) for c in row[len(names) :]):
-            parsed.problems.append(
-                TableProblem(number, None, "has more cells than the header has columns")
-            )
-            continue
-        record, problems = _convert_row(number, row, index, memo)
-        parsed.problems.extend(problems)
-        study_id = record.get("study_id")
-        if study_id:
-            if study_id in seen:
-                parsed.problems.append(
-                    TableProblem(
-                        number, "study_id", f"'{study_id}' already appears in row {seen[study_id]}"
-                    )
-                )
-            else:
-                seen[study_id] = number
-        if not problems:
-            for rule in check_patient(record):
-                parsed.problems.append(TableProblem(number, rule.field, rule.message))
-        parsed.records.append(record)
-        parsed.rows.append(number)
-    if not parsed.records and not parsed.problems:
-        parsed.problems.append(TableProblem(None, None, f"{filename}: the table has no patients"))
-    parsed.problems.sort(key=_problem_order)
-    return parsed
-
-
-def _problem_order(problem: TableProblem) -> tuple[int, int]:
-    column = COLUMN_NAMES.index(problem.column) if problem.column in COLUMN_NAMES else -1
-    return problem.row or 0, column
-
-
-def _blank(cell: Any) -> bool:
-    return cell is None or (isinstance(cell, str) and not cell.strip())
-
-
-def _text(cell: Any) -> str:
-    if cell is None:
-        return ""
-    if isinstance(cell, float) and cell.is_integer():
-        return str(int(cell))
-    text = str(cell).strip()
-    # Undo the export's formula escaping, so export -> import gives the same value back.
-    if text.startswith("'") and text[1:2] and text[1] in FORMULA_PREFIXES:
-        return text[1:]
-    return text
-
-
-def _convert_row(
-    number: int,
-    row: Sequence[Any],
-    index: Mapping[str, int],
-    memo: dict[str, dict[tuple[type, Any], dict[str, Any] | str]],
-) -> tuple[dict[str, Any], list[TableProblem]]:
-    record: dict[str, Any] = {}
-    problems: list[TableProblem] = []
-    for column in COLUMNS:
-        position = index[column.name]
-        cell = row[position] if position < len(row) else ""
-        # Clinical tables repeat their values (codes, ages, days): convert each distinct cell
-        # of a column once (text columns, mostly distinct, are not kept).
-        seen = memo[column.name]
-        key = (type(cell), cell)  # True == 1 in Python, but not in a table
-        outcome = seen.get(key)
-        if outcome is None:
-            converted: dict[str, Any] = {}
-            try:
-                _convert_cell(column, _text(cell), converted)
-                outcome = converted
-            except ValueError as exc:
-                outcome = str(exc)
-            if column.kind != "text":
-                seen[key] = outcome
-        if isinstance(outcome, str):
-            problems.append(TableProblem(number, column.name, outcome))
-        else:
-            record.update(outcome)
-    return record, problems
-
-
-def _convert_cell(column: Column, raw: str, record: dict[str, Any]) -> None:
-    name = column.name
-    if column.kind == "sites":
-        chosen = [_code(part) for part in re.split(r"[;,|]", raw) if part.strip()]
-        bad = [c for c in chosen if c not in column.allowed]
-        if bad:
-            raise ValueError(
-                f"unknown site(s) {', '.join(bad)}; allowed: {', '.join(column.allowed)}"
-            )
-        for site in column.allowed:
-            record[f"site_{site}"] = site in chosen
-        return
-    if raw == "":
-        if column.required:
-            raise ValueError("is required")
-        record[name] = None if column.kind in {"int", "decimal"} else ""
-        return
-    if column.kind == "text":
-        if len(raw) > column.max_length:
-            raise ValueError(f"is longer than {column.max_length} characters")
-        if name == "study_id" and not re.match(v.STUDY_ID_PATTERN, raw):
-            raise ValueError(
-                f"'{raw}' is not a valid study ID (letters, digits, '.', '_', '-'; a pseudonym)"
-            )
-        record[name] = raw
-    elif column.kind == "int":
-        try:
-            number = Decimal(raw)
-        except InvalidOperation:
-            raise ValueError(f"'{raw}' is not a whole number") from None
-        if number != number.to_integral_value():
-            raise ValueError(f"'{raw}' is not a whole number")
-        record[name] = int(number)
-    elif column.kind == "decimal":
-        try:
-            number = Decimal(raw)
-        except InvalidOperation:
-            raise ValueError(f"'{raw}' is not a number") from None
-        if not number.is_finite():
-            raise ValueError(f"'{raw}' is not a number")
-        exponent = number.normalize().as_tuple().exponent
-        if isinstance(exponent, int) and -exponent > column.decimal_places:
-            raise ValueError(f"'{raw}' has more than {column.decimal_places} decimal places")
-        if number < 0:
-            raise ValueError(f"'{raw}' must be 0 or more")
-        record[name] = number.quantize(Decimal(1).scaleb(-column.decimal_places))
-    elif column.kind == "choice":
-        code = _code(raw)
-        if code not in column.allowed:
-            raise ValueError(f"'{raw}' is not one of: {', '.join(column.allowed)}")
-        record[name] = code
-
-
-def _code(value: str) -> str:
-    return re.sub(r"[\s\-]+", "_", value.strip().lower())
 
 
 # ---------------------------------------------------------------------------------------------
 # Writing
 
 
-def record_to_row(record: Mapping[str, Any]) -> list[str]:
-    """One patient as the template's cells (text, formula-escaped)."""
+def record_to_row(record: Mapping[str, Any], columns: Sequence[Column] = COLUMNS) -> list[str]:
+    """One patient as the template's cells (text, formula-escaped); study-defined variables
+    come from ``record["study_values"]``."""
     cells = []
-    for column in COLUMNS:
+    study_values = record.get("study_values") or {}
+    for column in columns:
         if column.kind == "sites":
             value = ";".join(s for s in column.allowed if record.get(f"site_{s}"))
         else:
-            value = record.get(column.name)
-            value = "" if value is None else str(value)
+            value = study_values.get(column.name) if column.study else record.get(column.name)
+            value = "" if value is None else _cell_text(value)
         cells.append(escape_formula(value))
     return cells
+
+
+def _cell_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def escape_formula(value: str) -> str:
@@ -442,33 +320,40 @@ def escape_formula(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_PREFIXES) else value
 
 
-def write_csv(records: Iterable[Mapping[str, Any]]) -> bytes:
+def write_csv(records: Iterable[Mapping[str, Any]], columns: Sequence[Column] = COLUMNS) -> bytes:
     out = io.StringIO(newline="")
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(COLUMN_NAMES)
+    writer.writerow([c.name for c in columns])
     for record in records:
-        writer.writerow(record_to_row(record))
+        writer.writerow(record_to_row(record, columns))
     return out.getvalue().encode("utf-8")
 
 
-def write_xlsx(records: Iterable[Mapping[str, Any]], *, notes: Sequence[str] = ()) -> bytes:
-    """An XLSX with a 'patients' sheet (the template's columns, all cells as text) and a
-    'columns' sheet documenting each column."""
+def write_xlsx(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    notes: Sequence[str] = (),
+    columns: Sequence[Column] = COLUMNS,
+) -> bytes:
+    """An XLSX with a 'patients' sheet (the template's columns, all cells as text, a drop-down
+    on every choice column and a range check on every number with a range) and a 'columns'
+    sheet documenting each column."""
     import openpyxl
     from openpyxl.cell.cell import TYPE_STRING
 
     workbook = openpyxl.Workbook(write_only=False)
     sheet = workbook.active
     sheet.title = "patients"
-    sheet.append(list(COLUMN_NAMES))
+    sheet.append([c.name for c in columns])
     for record in records:
-        sheet.append(record_to_row(record))
+        sheet.append(record_to_row(record, columns))
     for row in sheet.iter_rows(min_row=2):
         for cell in row:
             cell.data_type = TYPE_STRING
     sheet.freeze_panes = "B2"
+    _add_validations(sheet, columns)
     docs = workbook.create_sheet("columns")
-    described = describe_columns()
+    described = describe_columns(columns)
     docs.append(list(described[0].keys()))
     for entry in described:
         docs.append(list(entry.values()))
@@ -477,3 +362,39 @@ def write_xlsx(records: Iterable[Mapping[str, Any]], *, notes: Sequence[str] = (
     out = io.BytesIO()
     workbook.save(out)
     return out.getvalue()
+
+
+def _add_validations(sheet: Any, columns: Sequence[Column]) -> None:
+    """Excel data validation: choice columns as drop-downs, numbers within their range (a
+    warning in the spreadsheet; the import checks again and refuses)."""
+    from openpyxl.utils import get_column_letter
+    from openpyxl.worksheet.datavalidation import DataValidation
+
+    for position, column in enumerate(columns, start=1):
+        cells = f"{get_column_letter(position)}2:{get_column_letter(position)}1048576"
+        if column.kind == "choice":
+            validation = DataValidation(
+                type="list",
+                formula1='"' + ",".join(column.allowed) + '"',
+                allow_blank=not column.required,
+                showErrorMessage=True,
+                errorTitle=column.name,
+                error=f"Choose one of: {', '.join(column.allowed)}",
+            )
+        elif column.kind in {"int", "decimal", "number"} and column.range_text:
+            low = column.minimum if column.minimum is not None else -1e307
+            high = column.maximum if column.maximum is not None else 1e307
+            validation = DataValidation(
+                type="whole" if column.kind == "int" else "decimal",
+                operator="between",
+                formula1=f"{low:g}",
+                formula2=f"{high:g}",
+                allow_blank=True,
+                showErrorMessage=True,
+                errorTitle=column.name,
+                error=f"{column.name}: {column.range_text}",
+            )
+        else:
+            continue
+        validation.add(cells)
+        sheet.add_data_validation(validation)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Count
@@ -19,17 +19,25 @@ from analytics.services import patient_risk_context
 from inference.services import prediction_context
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction, Membership, Role
-from pmpd_web.accounts.permissions import ROLE_ACTIONS, Action, can, role_of, visible_cohorts
+from pmpd_web.accounts.permissions import (
+    ROLE_ACTIONS,
+    Action,
+    can,
+    require,
+    role_of,
+    visible_cohorts,
+)
 from pmpd_web.cohorts.decorators import cohort_page
 from pmpd_web.imaging.models import ImagingStudy
 from pmpd_web.jobs.runner import UserFacingError
 
 from . import services
 from . import vocabulary as v
-from .forms import CohortForm, TableUploadForm
+from .forms import CohortForm, StudyVariableForm, TableUploadForm
 from .importer import start_commit, upload_table
-from .models import Cohort, Patient, TableImport
+from .models import Cohort, Patient, StudyVariable, TableImport, table_columns
 from .table import COLUMNS, FIELD_NAMES, describe_columns, write_csv, write_xlsx
+from .variables import define_variable, errors_of, parse_choices, remove_variable
 
 PAGE_SIZE = 100
 
@@ -190,10 +198,56 @@ def import_page(request, cohort):
         {
             "cohort": cohort,
             "form": form,
-            "columns": describe_columns(),
+            "columns": describe_columns(table_columns(cohort)),
             "imports": cohort.imports.select_related("job", "uploaded_by")[:20],
         },
     )
+
+
+@cohort_page(Action.VIEW_PATIENTS)
+def study_variables(request, cohort):
+    """The cohort's study-defined variables; coordinators define new ones here."""
+    may_edit = can(request.user, cohort, Action.EDIT_DATA)
+    form = StudyVariableForm(request.POST or None)
+    if request.method == "POST":
+        if not may_edit:
+            raise PermissionDenied("Only the cohort's coordinators define study variables.")
+        if form.is_valid():
+            values = dict(form.cleaned_data)
+            values["choices"] = parse_choices(values.pop("choices_text") or "")
+            try:
+                variable = define_variable(cohort=cohort, user=request.user, values=values)
+            except ValidationError as error:
+                for name, problems in errors_of(error).items():
+                    target = "choices_text" if name == "choices" else name
+                    for problem in problems:
+                        form.add_error(target if target in form.fields else None, problem)
+            else:
+                messages.success(
+                    request,
+                    f"Study variable {variable.name} defined: the template and the import now "
+                    "take its column.",
+                )
+                return redirect("study-variables", cohort_id=cohort.pk)
+    return render(
+        request,
+        "cohorts/variables.html",
+        {
+            "cohort": cohort,
+            "variables": cohort.study_variables.all(),
+            "form": form,
+            "may_edit": may_edit,
+        },
+    )
+
+
+@require_POST
+@cohort_page(Action.EDIT_DATA)
+def study_variable_delete(request, cohort, name: str):
+    variable = get_object_or_404(StudyVariable, cohort=cohort, name=name)
+    removed = remove_variable(variable=variable, user=request.user)
+    messages.success(request, f"Study variable {name} removed ({removed} patients had a value).")
+    return redirect("study-variables", cohort_id=cohort.pk)
 
 
 @cohort_page(Action.EDIT_DATA)
@@ -217,23 +271,39 @@ def import_commit(request, cohort, import_id: int):
 def export_table(request, cohort, fmt: str):
     if fmt not in CONTENT_TYPES:
         raise Http404("Exports are CSV or XLSX.")
-    records = Patient.objects.filter(cohort=cohort).order_by("study_id").values(*FIELD_NAMES)
+    records = (
+        Patient.objects.filter(cohort=cohort)
+        .order_by("study_id")
+        .values(*FIELD_NAMES, "study_values")
+    )
     stamp = timezone.now().strftime("%Y%m%d-%H%M")
     audit(request.user, AuditAction.EXPORT_TABLE, cohort=cohort, format=fmt, patients=len(records))
     name = f"{_slug(cohort.name)}-clinical-{stamp}"
+    columns = table_columns(cohort)
     if fmt == "xlsx":
         notes = ["Synthetic data" if cohort.is_synthetic else "", "Pseudonymised; research use"]
-        return _download(write_xlsx(records, notes=[n for n in notes if n]), f"{name}.xlsx")
-    return _download(write_csv(records), f"{name}.csv")
+        return _download(
+            write_xlsx(records, notes=[n for n in notes if n], columns=columns), f"{name}.xlsx"
+        )
+    return _download(write_csv(records, columns=columns), f"{name}.csv")
 
 
 @login_required
 def template_download(request, fmt: str):
+    """The empty template; with ``?cohort=<id>`` (a member's cohort) its study variables too."""
     if fmt not in CONTENT_TYPES:
         raise Http404("The template is CSV or XLSX.")
+    columns, name = COLUMNS, "pmpd-clinical-template"
+    cohort_id = request.GET.get("cohort", "")
+    if cohort_id:
+        if not cohort_id.isdigit():
+            raise Http404("No such cohort.")
+        require(request.user, int(cohort_id), Action.VIEW_PATIENTS)
+        cohort = get_object_or_404(Cohort, pk=int(cohort_id))
+        columns, name = table_columns(cohort), f"{_slug(cohort.name)}-clinical-template"
     if fmt == "xlsx":
-        return _download(write_xlsx([]), "pmpd-clinical-template.xlsx")
-    return _download(write_csv([]), "pmpd-clinical-template.csv")
+        return _download(write_xlsx([], columns=columns), f"{name}.xlsx")
+    return _download(write_csv([], columns=columns), f"{name}.csv")
 
 
 CONTENT_TYPES = {

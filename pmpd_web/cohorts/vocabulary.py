@@ -18,6 +18,20 @@ AGE_RANGE_YEARS = (18, 110)
 TUMOUR_SIZE_RANGE_MM = (1, 300)
 CA19_9_RANGE_U_PER_ML = (0, 1_000_000)
 SURVIVAL_DAYS_MAX = 36_500
+#: Names the analytics derive from the table (a study variable may not take them).
+DERIVED_NAMES = (
+    "age_group",
+    "tumour_size_group",
+    "ca19_9_group",
+    "mrs_group",
+    "risk_group",
+    "metastasis_risk_score",
+    "mrs_per_0_1",
+    "cohort",
+    "death",
+    "metastasis_label",
+    "patient_id",
+)
 STUDY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 

@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 from tablemaker import NON_METASTATIC_ROW, to_csv
 
 from pmpd_web.cohorts.importer import upload_table
+from pmpd_web.cohorts.models import StudyVariable
 from pmpd_web.jobs.models import Job
 
 pytestmark = pytest.mark.django_db
@@ -41,6 +42,13 @@ ENDPOINTS = [
     ("api import", "get", "/api/cohorts/{cohort}/imports/{import}/", {C}),
     ("api import commit", "post", "/api/cohorts/{cohort}/imports/{import}/commit/", {C}),
     ("api job", "get", "/api/jobs/{job}/", EVERY_ROLE),
+    ("study variables", "get", "/cohorts/{cohort}/variables/", EVERY_ROLE),
+    ("study variable define", "post", "/cohorts/{cohort}/variables/", {C}),
+    ("study variable remove", "post", "/cohorts/{cohort}/variables/ecog/delete/", {C}),
+    ("api study variables", "get", "/api/cohorts/{cohort}/variables/", EVERY_ROLE),
+    ("api study variable define", "post", "/api/cohorts/{cohort}/variables/", {C}),
+    ("api study variable", "get", "/api/cohorts/{cohort}/variables/ecog/", EVERY_ROLE),
+    ("api study variable remove", "delete", "/api/cohorts/{cohort}/variables/ecog/", {C}),
 ]
 
 
@@ -51,6 +59,9 @@ def world(cohort, members):
         cohort=cohort, user=members[C], data=to_csv([NON_METASTATIC_ROW]), filename="t.csv"
     )
     job = Job.objects.create(kind=Job.Kind.TABLE_IMPORT, cohort=cohort)
+    StudyVariable.objects.create(
+        cohort=cohort, name="ecog", label="ECOG", kind="choice", choices=["0", "1", "2"]
+    )
     return {"cohort": cohort.pk, "import": table_import.pk, "job": job.pk}
 
 
@@ -62,6 +73,10 @@ def payload(name: str):
         return {"description": "changed"}, "json"
     if name == "api patient edit":
         return {"centre": "Changed"}, "json"
+    if name in ("study variable define", "api study variable define"):
+        return {"name": "karnofsky", "label": "Karnofsky", "kind": "int"}, (
+            "json" if name.startswith("api") else "multipart"
+        )
     return None, None
 
 

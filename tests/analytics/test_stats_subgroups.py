@@ -32,8 +32,9 @@ def test_tumour_size_groups_are_right_closed():
 
 
 def test_age_groups():
-    assert list(age_groups([64.9, 65, 80, None])) == ["< 65", ">= 65", ">= 65", None]
-    assert list(age_groups([59, 60], cut_years=60)) == ["< 60", ">= 60"]
+    """Issue 11 item 7: survminer's side, low = value <= cut (a 65-year-old is in "<= 65")."""
+    assert list(age_groups([64.9, 65, 80, None])) == ["<= 65", "<= 65", "> 65", None]
+    assert list(age_groups([60, 60.5], cut_years=60)) == ["<= 60", "> 60"]
 
 
 def test_subgroup_auroc_matches_subset_auroc():

@@ -12,7 +12,7 @@ from tablemaker import GOOD_ROW, NON_METASTATIC_ROW, rows, to_csv, to_xlsx
 
 from pmpd_web.accounts.models import AuditEvent
 from pmpd_web.cohorts.models import Patient, TableImport
-from pmpd_web.cohorts.table import read_table
+from pmpd_web.cohorts.parsing import read_table
 from pmpd_web.jobs.models import Job
 
 pytestmark = pytest.mark.django_db

@@ -7,11 +7,11 @@ from decimal import Decimal
 import pytest
 from tablemaker import GOOD_ROW, NON_METASTATIC_ROW, rows, to_csv, to_xlsx
 
+from pmpd_web.cohorts.parsing import read_table
 from pmpd_web.cohorts.table import (
     COLUMN_NAMES,
     TableError,
     escape_formula,
-    read_table,
     write_csv,
     write_xlsx,
 )
@@ -53,7 +53,9 @@ def test_missing_and_unknown_columns():
     found = problems_of(to_csv([GOOD_ROW], columns=columns))
     assert found == [
         "row 1: missing columns: sex",
-        "row 1: unknown columns: 'patient_name'; download the template for the allowed columns",
+        "row 1: unknown columns: 'patient_name'; download the template for the allowed "
+        "columns, or have a coordinator define each as a study variable of the cohort (Study "
+        "variables page, or POST /api/cohorts/<id>/variables/) before importing",
     ]
 
 
