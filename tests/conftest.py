@@ -10,6 +10,24 @@ from pmpd_web.accounts.models import Membership, Role
 from pmpd_web.cohorts.models import Cohort
 
 
+def _flush_past_the_audit_guard() -> None:
+    """Transactional tests end with Django's flush, a TRUNCATE of every table, which the audit
+    trail's trigger refuses (as it should in a deployment): the flush's own transaction sets
+    the session to replica mode, where ordinary triggers do not fire (superuser only)."""
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    sql_flush = DatabaseOperations.sql_flush
+
+    def flush(self, style, tables, **kwargs):
+        statements = sql_flush(self, style, tables, **kwargs)
+        return ["SET LOCAL session_replication_role = replica", *statements] if statements else []
+
+    DatabaseOperations.sql_flush = flush
+
+
+_flush_past_the_audit_guard()
+
+
 @pytest.fixture(autouse=True)
 def _media_and_eager(request, settings, tmp_path, monkeypatch):
     real_transactions = {"transactional_db", "live_server"} & set(request.fixturenames)

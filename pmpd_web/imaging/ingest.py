@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.cohorts.models import Cohort, Patient
+from pmpd_web.jobs.files import forget_written, record_written, scratch_folder
 from pmpd_web.jobs.runner import TRANSIENT_ERRORS, ProgressCallback, UserFacingError
 
 from . import deid
@@ -84,13 +85,17 @@ VOLUME_KINDS = {Kind.NIFTI, Kind.NIFTI_GZ, Kind.NRRD, Kind.METAIMAGE}
 
 
 class Staging:
-    """Storage names written by this ingest: deleted again when it fails."""
+    """Storage names written by this ingest: deleted again when it fails, and recorded on its
+    job until the commit references them, so that the next attempt or the sweeper deletes
+    them when the worker is killed (``pmpd_web.jobs.files``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, job_id: int | None) -> None:
+        self.job_id = job_id
         self.names: list[str] = []
 
     def save(self, name: str, content: File) -> str:
         saved = default_storage.save(name, content)
+        record_written(self.job_id, [saved])
         self.names.append(saved)
         return saved
 
@@ -932,13 +937,14 @@ def ingest_upload(upload: ImageUpload, progress: ProgressCallback) -> dict[str, 
     )
     ImageUpload.objects.filter(pk=upload.pk).update(status=ImageUpload.Status.PROCESSING, error="")
     upload.files.update(status=UploadFileModel.Status.PROCESSING, error="")
-    staging = Staging()
+    staging = Staging(upload.job_id)
     failures = Failures()
     items: list[Item] = []
     transient = False
     try:
         with (
-            tempfile.TemporaryDirectory(dir=options.work_dir, prefix="pmpd-ingest-") as folder,
+            tempfile.TemporaryDirectory(dir=_scratch_parent(upload, options), prefix="ingest-")
+            as folder,
             ThreadPoolExecutor(max_workers=2) as pool,
         ):
             scratch = Path(folder)
@@ -981,7 +987,7 @@ def ingest_upload(upload: ImageUpload, progress: ProgressCallback) -> dict[str, 
             if failures:
                 raise _fail(upload, items, failures)
             progress(92, "Saving the series in one transaction")
-            summary = _commit(upload, plans, items)
+            summary = _commit(upload, plans, items, staging)
     except UserFacingError:
         staging.discard()
         raise
@@ -1007,10 +1013,21 @@ def ingest_upload(upload: ImageUpload, progress: ProgressCallback) -> dict[str, 
     return summary
 
 
-def _commit(upload: ImageUpload, plans: list[PatientPlan], items: list[Item]) -> dict[str, Any]:
+def _scratch_parent(upload: ImageUpload, options: IngestOptions) -> str | None:
+    """The job's scratch folder (removed by the next attempt or the sweeper when the worker is
+    killed), else the configured work folder."""
+    if upload.job_id is not None and scratch_folder(upload.job_id).is_dir():
+        return str(scratch_folder(upload.job_id))
+    return options.work_dir
+
+
+def _commit(
+    upload: ImageUpload, plans: list[PatientPlan], items: list[Item], staging: Staging
+) -> dict[str, Any]:
     totals: dict[str, int] = defaultdict(int)
     per_patient = {}
     with transaction.atomic():
+        forget_written(staging.job_id)
         list(Patient.objects.select_for_update().filter(pk__in=[p.patient.pk for p in plans]))
         for plan in plans:
             outcome = _commit_patient(plan, upload)
