@@ -1,7 +1,8 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from pmpd_web.cohorts.api import CohortViewSet, JobViewSet, PatientViewSet, TableImportViewSet
+from pmpd_web.cohorts.api import CohortViewSet, PatientViewSet, TableImportViewSet
+from pmpd_web.jobs.api import JobViewSet
 
 router = DefaultRouter(trailing_slash=True)
 router.register("cohorts", CohortViewSet, basename="api-cohort")

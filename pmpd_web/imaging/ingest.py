@@ -943,8 +943,9 @@ def ingest_upload(upload: ImageUpload, progress: ProgressCallback) -> dict[str, 
     transient = False
     try:
         with (
-            tempfile.TemporaryDirectory(dir=_scratch_parent(upload, options), prefix="ingest-")
-            as folder,
+            tempfile.TemporaryDirectory(
+                dir=_scratch_parent(upload, options), prefix="ingest-"
+            ) as folder,
             ThreadPoolExecutor(max_workers=2) as pool,
         ):
             scratch = Path(folder)

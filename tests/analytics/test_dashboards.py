@@ -501,11 +501,13 @@ def test_large_selections_are_computed_by_a_job(scored, statistician, settings, 
 
     settings.PMPD_ANALYTICS_INLINE_MAX = 50
     queued = []
-    monkeypatch.setattr(tasks.compute_dashboards, "delay", queued.append)
+    monkeypatch.setattr(
+        tasks.compute_dashboards, "apply_async", lambda args, **options: queued.append(args[0])
+    )
     waiting = statistician.get("/analytics/survival/", scored.query)
     assert waiting.status_code == 200 and b"data-reload-when-done" in waiting.content
     job = Job.objects.get(kind=Job.Kind.ANALYSIS)
-    assert queued == [job.pk] and job.result["section"] == "survival"
+    assert queued == [job.pk] and job.parameters["section"] == "survival"
     assert f'hx-get="/jobs/{job.pk}/progress/"'.encode() in waiting.content
     # A second visit while it runs waits for the same job.
     statistician.get("/analytics/survival/", scored.query)

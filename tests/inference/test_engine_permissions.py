@@ -54,7 +54,11 @@ def queued(monkeypatch):
     """Record the tasks that would be sent to the gpu queue instead of running them."""
     sent = []
     for task in (tasks.gpu_train_model, tasks.gpu_score_cohort):
-        monkeypatch.setattr(task, "delay", lambda *args, name=task.name: sent.append((name, args)))
+        monkeypatch.setattr(
+            task,
+            "apply_async",
+            lambda args, name=task.name, **options: sent.append((name, tuple(args))),
+        )
     return sent
 
 
@@ -232,7 +236,8 @@ def test_starting_jobs_from_the_page_and_the_api(world, members, queued, cohort)
     )
     assert wrong.status_code == 400 and "early_stopping" in wrong.json()
     assert version.config["preprocess"]["input_size"] == 64
-    assert queued[0] == ("inference.tasks.gpu_train_model", (version.job_id, version.pk))
+    assert queued[0] == ("inference.tasks.gpu_train_model", (version.job_id,))
+    assert version.job.parameters == {"model_version": version.pk}
     page = client.get(f"/cohorts/{cohort.pk}/engine/")
     assert b"from-the-page" in page.content and b'role="progressbar"' in page.content
     # Refusals come back as messages, not errors.
@@ -247,10 +252,8 @@ def test_starting_jobs_from_the_page_and_the_api(world, members, queued, cohort)
     ModelVersion.objects.filter(pk=world["version"]).update(is_active=True)
     started = client.post(f"/api/cohorts/{cohort.pk}/score/", {}, format="json")
     assert started.status_code == 202 and started.json()["kind"] == "scoring"
-    assert queued[-1] == (
-        "inference.tasks.gpu_score_cohort",
-        (started.json()["id"], cohort.pk, world["version"]),
-    )
+    assert queued[-1] == ("inference.tasks.gpu_score_cohort", (started.json()["id"],))
+    assert started.json()["parameters"] == {"model_version": world["version"]}
     # Another cohort's version is not a choice, even by primary key.
     hidden = client.post(
         f"/api/cohorts/{cohort.pk}/score/", {"model_version": world["hidden"]}, format="json"
