@@ -29,14 +29,11 @@ _flush_past_the_audit_guard()
 
 
 @pytest.fixture(autouse=True)
-def _media_and_eager(request, settings, tmp_path, monkeypatch):
-    real_transactions = {"transactional_db", "live_server"} & set(request.fixturenames)
-    if not real_transactions:
-        # The test's transaction never commits: run on-commit work (queueing tasks) at once.
-        from django.db import transaction
-
-        monkeypatch.setattr(transaction, "on_commit", lambda func, using=None, robust=False: func())
+def _media_and_eager(settings, tmp_path):
+    # Work queued on commit (starting a job) runs in a test that starts it inside
+    # ``django_capture_on_commit_callbacks(execute=True)``: the test's transaction never commits.
     settings.MEDIA_ROOT = tmp_path / "media"
+    settings.PMPD_JOB_SCRATCH_DIR = tmp_path / "job-scratch"
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.CELERY_TASK_ALWAYS_EAGER = True
     settings.STORAGES = {
