@@ -92,14 +92,16 @@ def _fresh_broker_connections() -> None:
 
 @contextlib.contextmanager
 def broker_at(url: str) -> Iterator[None]:
-    previous = app.conf.broker_url
-    app.conf.broker_url = url
+    # The read and write URLs were copied from broker_url when the app was configured.
+    keys = ("broker_url", "broker_read_url", "broker_write_url")
+    previous = {key: app.conf[key] for key in keys}
+    app.conf.update(dict.fromkeys(keys, url))
     _fresh_broker_connections()
     try:
         yield
     finally:
         _fresh_broker_connections()
-        app.conf.broker_url = previous
+        app.conf.update(previous)
 
 
 @pytest.mark.worker
