@@ -91,7 +91,7 @@ NAME_FIELDS = (
     ("imaging", "UploadFile", "stored_name"),
     ("imaging", "UploadFile", "chunks"),
     ("inference", "ModelVersion", "files"),
-    ("inference", "Prediction", "gradcam_files"),
+    ("inference", "PatientPrediction", "gradcam_files"),
 )
 
 

@@ -126,7 +126,9 @@ class Job(models.Model):
 
     @property
     def can_retry(self) -> bool:
-        return self.status in (JobStatus.FAILED, JobStatus.QUEUED) or self.worker_lost
+        """Only a job that names its task can be queued again (a command's job runs in place)."""
+        waiting = self.status in (JobStatus.FAILED, JobStatus.QUEUED) or self.worker_lost
+        return waiting and bool(self.task)
 
     @property
     def can_cancel(self) -> bool:
