@@ -31,7 +31,7 @@ from pydicom.dataset import Dataset
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.cohorts.models import Cohort, Patient
-from pmpd_web.jobs.files import forget_written, record_written, scratch_folder
+from pmpd_web.jobs.files import forget_written, save_recorded, scratch_folder
 from pmpd_web.jobs.runner import TRANSIENT_ERRORS, ProgressCallback, UserFacingError
 
 from . import deid
@@ -94,8 +94,7 @@ class Staging:
         self.names: list[str] = []
 
     def save(self, name: str, content: File) -> str:
-        saved = default_storage.save(name, content)
-        record_written(self.job_id, [saved])
+        saved = save_recorded(self.job_id, name, content)
         self.names.append(saved)
         return saved
 

@@ -2,7 +2,7 @@
 
 Two places: the job's scratch folder (``scratch_folder``: temporary files, removed when the
 attempt ends and again by the next attempt or the sweeper when a killed worker could not), and
-storage names written before the transaction that references them commits (``record_written``
+storage names written before the transaction that references them commits (``save_recorded``
 before that commit, ``forget_written`` inside it). A retry, a redelivered message and the
 sweeper delete what an attempt recorded and never committed (``discard_written``).
 ``unreferenced_files`` lists what no row references at all (``manage.py orphan_files``).
@@ -57,6 +57,17 @@ def record_written(job_id: int | None, names: Iterable[str]) -> None:
     with transaction.atomic():
         job = Job.objects.select_for_update().only("written_files").get(pk=job_id)
         Job.objects.filter(pk=job_id).update(written_files=[*job.written_files, *names])
+
+
+def save_recorded(job_id: int | None, name: str, content) -> str:
+    """Save ``content`` to storage under ``name`` for the job, recorded first: a worker killed
+    between the write and the record would leave a file nobody knows of (and the next attempt,
+    writing the same name, would get another one)."""
+    record_written(job_id, [name])
+    saved = default_storage.save(name, content)
+    if saved != name:
+        record_written(job_id, [saved])
+    return saved
 
 
 def forget_written(job_id: int | None) -> None:
