@@ -105,7 +105,8 @@ def create_scoring(cohort: Cohort, version: ModelVersion, *, user: Any) -> Job:
         if busy is not None:
             raise UserFacingError(
                 f"{cohort.name} is already being scored with {version.name} (job {busy.pk}, "
-                f"{busy.get_status_display().lower()}): wait for it to finish."
+                f"{busy.get_status_display().lower()}): wait for it to finish, or retry or "
+                f"cancel it on its page, /jobs/{busy.pk}/."
             )
         job = Job.objects.create(
             kind=Job.Kind.SCORING,
