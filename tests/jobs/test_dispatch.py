@@ -197,3 +197,60 @@ def test_a_running_job_stops_at_its_next_progress_report_when_cancelled(cohort):
     run_job(job.pk, work)
     job.refresh_from_db()
     assert steps == [1] and job.status == "cancelled"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_scoring_stranded_by_the_queue_is_cancelled_and_the_cohort_scored_again(
+    cohort, members, monkeypatch
+):
+    from engine_fixtures import make_random_version
+
+    from inference import jobs
+    from inference import tasks as inference_tasks
+
+    version = make_random_version(cohort)
+    user = members["coordinator"]
+
+    def refuse(*args, **kwargs):
+        raise BrokerError("Connection refused.")
+
+    monkeypatch.setattr(inference_tasks.gpu_score_cohort, "apply_async", refuse)
+    with pytest.raises(dispatch.JobQueueUnavailable, match="The job queue is unreachable"):
+        jobs.start_scoring(cohort, version, user=user)
+    stranded = Job.objects.get(kind=Job.Kind.SCORING)
+    assert stranded.waiting_for_queue
+    with pytest.raises(Exception, match=rf"cancel it on its page, /jobs/{stranded.pk}/"):
+        jobs.create_scoring(cohort, version, user=user)
+    dispatch.cancel(stranded)
+    sent = []
+    monkeypatch.setattr(
+        inference_tasks.gpu_score_cohort, "apply_async", lambda args, **kw: sent.append(args)
+    )
+    again = jobs.start_scoring(cohort, version, user=user)
+    assert sent == [[again.pk]] and again.pk != stranded.pk
+
+
+@pytest.mark.django_db
+def test_a_job_that_stops_leaves_its_work_in_a_state_the_user_can_act_on(cohort, members):
+    from engine_fixtures import make_random_version
+
+    from inference.models import ModelVersion
+    from pmpd_web.imaging.models import ImageUpload
+    from pmpd_web.imaging.uploads import create_upload
+
+    version = make_random_version(cohort)
+    ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.TRAINING)
+    training = Job.objects.create(
+        kind=Job.Kind.TRAINING, cohort=cohort, parameters={"model_version": version.pk}
+    )
+    training.update_status(JobStatus.RUNNING)
+    training.update_status(JobStatus.FAILED, error="Gave up after 4 attempt(s)")
+    version.refresh_from_db()
+    assert version.status == ModelVersion.Status.FAILED  # not "training" forever
+
+    upload = create_upload(cohort=cohort, user=members["coordinator"])
+    ingest = Job.objects.create(kind=Job.Kind.IMAGE_INGEST, cohort=cohort)
+    ImageUpload.objects.filter(pk=upload.pk).update(job=ingest, status="queued")
+    dispatch.cancel(ingest)
+    upload.refresh_from_db()
+    assert (upload.status, upload.error) == ("failed", "Cancelled")
