@@ -360,7 +360,8 @@ def finish_upload(upload: ImageUpload, user: Any, *, queue: bool = True) -> Job:
 
 @receiver(job_stopped)
 def _ingest_stopped(sender, *, job, status, **kwargs) -> None:
-    """An ingest that gave up or was cancelled does not stay "queued" or "processing"."""
+    """An ingest that gave up or was cancelled does not stay "queued" or "processing", and its
+    received files (they may identify the patient) are deleted: the files are uploaded again."""
     if job.kind != job.Kind.IMAGE_INGEST:
         return
     reason = "Cancelled" if status == "cancelled" else (job.error or "Failed")
@@ -372,6 +373,7 @@ def _ingest_stopped(sender, *, job, status, **kwargs) -> None:
         upload.files.filter(
             status__in=[UploadFile.Status.QUEUED, UploadFile.Status.PROCESSING]
         ).update(status=UploadFile.Status.FAILED, error=reason[:500])
+        purge_received(upload)
 
 
 def purge_received(upload: ImageUpload) -> None:

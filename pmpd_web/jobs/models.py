@@ -126,7 +126,11 @@ class Job(models.Model):
 
     @property
     def can_retry(self) -> bool:
-        """Only a job that names its task can be queued again (a command's job runs in place)."""
+        """Only a job that names its task can be queued again (a command's job runs in place).
+        A failed ingest cannot: its received files were deleted (they may identify the
+        patient), so the files are uploaded again."""
+        if self.status == JobStatus.FAILED and self.kind == Job.Kind.IMAGE_INGEST:
+            return False
         waiting = self.status in (JobStatus.FAILED, JobStatus.QUEUED) or self.worker_lost
         return waiting and bool(self.task)
 

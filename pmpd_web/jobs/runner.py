@@ -12,6 +12,7 @@ from typing import Any
 from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
 from django.db import OperationalError, connection
+from django.utils import timezone
 
 from .files import discard_written, job_scratch
 from .models import IllegalTransition, Job, JobStatus
@@ -131,6 +132,8 @@ def run_job(
             phrase=f"Waiting to retry ({retries + 1} of {task.max_retries}) after a transient "
             f"error ({type(exc).__name__})",
         )
+        # The retry is a new message: the sweeper leaves it its backoff.
+        Job.objects.filter(pk=job_id).update(published_at=timezone.now())
         raise task.retry(exc=exc, countdown=retry_countdown(retries)) from exc
     except Exception as exc:
         log.exception("job %s failed", job_id)

@@ -232,11 +232,12 @@ def test_a_scoring_stranded_by_the_queue_is_cancelled_and_the_cohort_scored_agai
 
 @pytest.mark.django_db
 def test_a_job_that_stops_leaves_its_work_in_a_state_the_user_can_act_on(cohort, members):
+    from django.core.files.storage import default_storage
     from engine_fixtures import make_random_version
+    from imagemaker import upload_files
 
     from inference.models import ModelVersion
     from pmpd_web.imaging.models import ImageUpload
-    from pmpd_web.imaging.uploads import create_upload
 
     version = make_random_version(cohort)
     ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.TRAINING)
@@ -248,9 +249,16 @@ def test_a_job_that_stops_leaves_its_work_in_a_state_the_user_can_act_on(cohort,
     version.refresh_from_db()
     assert version.status == ModelVersion.Status.FAILED  # not "training" forever
 
-    upload = create_upload(cohort=cohort, user=members["coordinator"])
-    ingest = Job.objects.create(kind=Job.Kind.IMAGE_INGEST, cohort=cohort)
+    upload = upload_files(cohort, members["coordinator"], {"P-1/ct/1.dcm": b"identifying"})
+    chunk = upload.files.get().chunks[0][2]
+    assert default_storage.exists(chunk)
+    ingest = Job.objects.create(kind=Job.Kind.IMAGE_INGEST, cohort=cohort, task="x")
     ImageUpload.objects.filter(pk=upload.pk).update(job=ingest, status="queued")
     dispatch.cancel(ingest)
     upload.refresh_from_db()
     assert (upload.status, upload.error) == ("failed", "Cancelled")
+    # The received files are gone (they may identify the patient): nothing left to retry.
+    assert not default_storage.exists(chunk) and upload.files.get().chunks == []
+    failed = Job.objects.create(kind=Job.Kind.IMAGE_INGEST, cohort=cohort, task="x")
+    failed.update_status(JobStatus.FAILED)
+    assert not failed.can_retry

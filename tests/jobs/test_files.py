@@ -79,7 +79,7 @@ def killed_then_fine(job, progress):
 
 
 def test_a_retry_removes_what_the_earlier_attempt_wrote_and_did_not_commit(cohort):
-    job = Job.objects.create(kind=Job.Kind.IMAGE_INGEST, cohort=cohort, task=killed_then_fine.name)
+    job = Job.objects.create(kind=Job.Kind.ANALYSIS, cohort=cohort, task=killed_then_fine.name)
     killed_then_fine.apply(args=[job.pk])
     job.refresh_from_db()
     assert job.status == "failed" and job.written_files == []
