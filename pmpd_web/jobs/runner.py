@@ -116,35 +116,47 @@ def run_job(
         return
     except UserFacingError as exc:
         discard_written(job)
-        job.update_status(JobStatus.FAILED, error=str(exc), phrase="Failed")
+        _settle(job, JobStatus.FAILED, error=str(exc), phrase="Failed")
         return
     except TRANSIENT_ERRORS as exc:
         discard_written(job)
         retries = task.request.retries if task is not None else 0
         if task is None or retries >= task.max_retries:
             log.exception("job %s: giving up after %s attempt(s)", job_id, job.attempts)
-            job.update_status(
-                JobStatus.FAILED, error=_give_up_message(exc, job.attempts), phrase="Failed"
+            _settle(
+                job, JobStatus.FAILED, error=_give_up_message(exc, job.attempts), phrase="Failed"
             )
             return
-        job.update_status(
+        queued = _settle(
+            job,
             JobStatus.QUEUED,
             phrase=f"Waiting to retry ({retries + 1} of {task.max_retries}) after a transient "
             f"error ({type(exc).__name__})",
         )
+        if not queued:
+            return
         # The retry is a new message: the sweeper leaves it its backoff.
         Job.objects.filter(pk=job_id).update(published_at=timezone.now())
         raise task.retry(exc=exc, countdown=retry_countdown(retries)) from exc
     except Exception as exc:
         log.exception("job %s failed", job_id)
         discard_written(job)
-        job.update_status(
+        _settle(
+            job,
             JobStatus.FAILED,
             error=f"Internal error ({type(exc).__name__}); the administrators can see the log.",
             phrase="Failed",
         )
         return
+    _settle(job, JobStatus.SUCCEEDED, phrase="Done", result=result)
+
+
+def _settle(job: Job, status: str, **fields: Any) -> bool:
+    """The attempt's outcome; dropped (``False``) when the job was cancelled meanwhile (the
+    error that followed, such as the received files deleted by the cancel, is no news)."""
     try:
-        job.update_status(JobStatus.SUCCEEDED, phrase="Done", result=result)
+        job.update_status(status, **fields)
     except IllegalTransition:
-        log.info("job %s was cancelled as it finished; its work is kept", job_id)
+        log.info("job %s was cancelled meanwhile; the attempt's outcome is dropped", job.pk)
+        return False
+    return True

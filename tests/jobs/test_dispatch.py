@@ -262,3 +262,16 @@ def test_a_job_that_stops_leaves_its_work_in_a_state_the_user_can_act_on(cohort,
     failed = Job.objects.create(kind=Job.Kind.IMAGE_INGEST, cohort=cohort, task="x")
     failed.update_status(JobStatus.FAILED)
     assert not failed.can_retry
+
+
+@pytest.mark.django_db
+def test_an_attempt_that_fails_after_a_cancel_leaves_the_job_cancelled(cohort):
+    job = Job.objects.create(kind=Job.Kind.IMAGE_INGEST, cohort=cohort)
+
+    def cancelled_then_broken(running, progress):
+        dispatch.cancel(Job.objects.get(pk=running.pk))
+        raise FileNotFoundError("the received files were deleted by the cancel")
+
+    run_job(job.pk, cancelled_then_broken)
+    job.refresh_from_db()
+    assert job.status == "cancelled" and job.error == ""
