@@ -560,10 +560,11 @@ def background_job(
     if n_patients <= inline_max_patients():
         return None
     from analytics.tasks import compute_dashboards
+    from pmpd_web.jobs.dispatch import start_on_commit
 
     scope = _scope(selection, "section", key)
     job = (
-        Job.objects.filter(kind=Job.Kind.ANALYSIS, result__scope=scope)
+        Job.objects.filter(kind=Job.Kind.ANALYSIS, parameters__scope=scope)
         .exclude(status__in=FINISHED)
         .first()
     )
@@ -574,10 +575,10 @@ def background_job(
                 cohort=selection.cohorts[0],
                 created_by=user if getattr(user, "is_authenticated", False) else None,
                 phrase=f"Waiting for a worker to analyse {n_patients} patients",
-                result={"scope": scope, "query": query, "section": section},
+                task=compute_dashboards.name,
+                parameters={"scope": scope, "query": query, "section": section},
             )
-            created = job
-            transaction.on_commit(lambda: compute_dashboards.delay(created.pk))
+            start_on_commit(job)
         job.refresh_from_db()
     # A worker that already finished (or an eager test run) has stored the section.
     return None if is_cached(selection, "section", key) else job

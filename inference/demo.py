@@ -80,7 +80,7 @@ def run_demo_engine(cohort: Cohort, *, stdout: Any) -> ModelVersion | None:
             f"patches, 5-fold cross-validation, up to {DEMO_TRAINING.max_epochs} epochs."
         )
         with progress_bar("Training the demo PMPD model") as progress:
-            execute_training(version.job_id, version.pk, on_progress=progress)
+            execute_training(version.job_id, on_progress=progress)
         version.refresh_from_db()
         job = version.job
         if job.status != "succeeded" or version.status != ModelVersion.Status.READY:
@@ -96,7 +96,7 @@ def run_demo_engine(cohort: Cohort, *, stdout: Any) -> ModelVersion | None:
         stale.update_status(JobStatus.CANCELLED, phrase="Interrupted demo run")
     job = create_scoring(cohort, version, user=None)
     with progress_bar(f"Scoring {cohort.name}") as progress:
-        execute_scoring(job.pk, cohort.pk, version.pk, on_progress=progress)
+        execute_scoring(job.pk, on_progress=progress)
     job.refresh_from_db()
     if job.status != "succeeded":
         raise UserFacingError(f"The demo scoring failed: {job.error or job.phrase}")

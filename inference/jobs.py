@@ -9,19 +9,24 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import QuerySet
+from django.dispatch import receiver
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction
 from pmpd_web.cohorts.models import Cohort
-from pmpd_web.jobs.models import FINISHED, Job
+from pmpd_web.jobs.dispatch import start_on_commit
+from pmpd_web.jobs.models import FINISHED, Job, job_stopped
 from pmpd_web.jobs.runner import ProgressCallback, UserFacingError, run_job
 
 from .models import ModelVersion
 from .registry import TrainingChoices, default_name, new_model_version
 from .scoring import score_cohort
-from .training import check_class_sizes, train_model_version, training_candidates
+from .training import check_class_sizes, mark_failed, train_model_version, training_candidates
 
 OnProgress = Callable[[int, str], None] | None
+# Named rather than imported: the tasks module imports this one.
+TRAINING_TASK = "inference.tasks.gpu_train_model"
+SCORING_TASK = "inference.tasks.gpu_score_cohort"
 
 
 def create_training(
@@ -42,6 +47,7 @@ def create_training(
             cohort=cohort,
             created_by=user if getattr(user, "is_authenticated", False) else None,
             phrase="Waiting for a GPU worker",
+            task=TRAINING_TASK,
         )
         version = new_model_version(
             cohort,
@@ -51,6 +57,7 @@ def create_training(
             preprocess_config=preprocess_config,
             job=job,
         )
+        Job.objects.filter(pk=job.pk).update(parameters={"model_version": version.pk})
     audit(
         user,
         AuditAction.START_TRAINING,
@@ -65,19 +72,18 @@ def start_training(
     cohort: Cohort, *, user: Any, choices: TrainingChoices, name: str = ""
 ) -> ModelVersion:
     """``create_training`` and queue it on the gpu queue; returns the version (``.job``)."""
-    from .tasks import gpu_train_model
-
     with transaction.atomic():
         version = create_training(cohort, user=user, choices=choices, name=name)
-        job_id, version_id = version.job_id, version.pk
-        transaction.on_commit(lambda: gpu_train_model.delay(job_id, version_id))
+        start_on_commit(version.job)
     return version
 
 
 def unfinished_scorings(cohort: Cohort, version: ModelVersion) -> QuerySet[Job]:
     """Scoring jobs of ``cohort`` with ``version`` that are queued or running, oldest first."""
     return (
-        Job.objects.filter(kind=Job.Kind.SCORING, cohort=cohort, result__model_version=version.pk)
+        Job.objects.filter(
+            kind=Job.Kind.SCORING, cohort=cohort, parameters__model_version=version.pk
+        )
         .exclude(status__in=FINISHED)
         .order_by("pk")
     )
@@ -99,14 +105,16 @@ def create_scoring(cohort: Cohort, version: ModelVersion, *, user: Any) -> Job:
         if busy is not None:
             raise UserFacingError(
                 f"{cohort.name} is already being scored with {version.name} (job {busy.pk}, "
-                f"{busy.get_status_display().lower()}): wait for it to finish."
+                f"{busy.get_status_display().lower()}): wait for it to finish, or retry or "
+                f"cancel it on its page, /jobs/{busy.pk}/."
             )
         job = Job.objects.create(
             kind=Job.Kind.SCORING,
             cohort=cohort,
             created_by=user if getattr(user, "is_authenticated", False) else None,
             phrase=f"Waiting for a GPU worker to score with {version.name}"[:200],
-            result={"model_version": version.pk},
+            task=SCORING_TASK,
+            parameters={"model_version": version.pk},
         )
         audit(
             user,
@@ -120,41 +128,51 @@ def create_scoring(cohort: Cohort, version: ModelVersion, *, user: Any) -> Job:
 
 def start_scoring(cohort: Cohort, version: ModelVersion, *, user: Any) -> Job:
     """``create_scoring`` and queue it on the gpu queue."""
-    from .tasks import gpu_score_cohort
-
     with transaction.atomic():
         job = create_scoring(cohort, version, user=user)
-        job_id, cohort_id, version_id = job.pk, cohort.pk, version.pk
-        transaction.on_commit(lambda: gpu_score_cohort.delay(job_id, cohort_id, version_id))
+        start_on_commit(job)
     return job
 
 
-def _reporting(progress: ProgressCallback, on_progress: OnProgress) -> ProgressCallback:
-    def report(percent: int, phrase: str) -> None:
-        progress(percent, phrase)
-        if on_progress is not None:
-            on_progress(percent, phrase)
-
-    return report
+def training_work(job: Job, progress: ProgressCallback) -> dict[str, Any]:
+    """The body of a training job: cross-validate ``parameters["model_version"]``."""
+    return train_model_version(job.parameters["model_version"], progress)
 
 
-def execute_training(job_id: int, model_version_id: int, *, on_progress: OnProgress = None) -> None:
-    """Run a training job here and now (the task's body; commands call it directly)."""
-    run_job(
-        job_id,
-        lambda job, progress: train_model_version(
-            model_version_id, _reporting(progress, on_progress)
-        ),
-    )
+def scoring_work(job: Job, progress: ProgressCallback) -> dict[str, Any]:
+    """The body of a scoring job: score the job's cohort with ``parameters["model_version"]``."""
+    return score_cohort(job.cohort_id, job.parameters["model_version"], progress)
 
 
-def execute_scoring(
-    job_id: int, cohort_id: int, model_version_id: int, *, on_progress: OnProgress = None
-) -> None:
-    """Run a scoring job here and now (the task's body; commands call it directly)."""
-    run_job(
-        job_id,
-        lambda job, progress: score_cohort(
-            cohort_id, model_version_id, _reporting(progress, on_progress)
-        ),
-    )
+def _reporting(
+    work: Callable[[Job, ProgressCallback], dict[str, Any]], on_progress: OnProgress
+) -> Callable[[Job, ProgressCallback], dict[str, Any]]:
+    """``work`` that also tells ``on_progress`` (a command's progress bar)."""
+
+    def reporting_work(job: Job, progress: ProgressCallback) -> dict[str, Any]:
+        def report(percent: int, phrase: str) -> None:
+            progress(percent, phrase)
+            if on_progress is not None:
+                on_progress(percent, phrase)
+
+        return work(job, report)
+
+    return reporting_work
+
+
+def execute_training(job_id: int, *, on_progress: OnProgress = None) -> None:
+    """Run a training job here and now (commands and the demo; the task runs the same work)."""
+    run_job(job_id, _reporting(training_work, on_progress))
+
+
+def execute_scoring(job_id: int, *, on_progress: OnProgress = None) -> None:
+    """Run a scoring job here and now (commands and the demo; the task runs the same work)."""
+    run_job(job_id, _reporting(scoring_work, on_progress))
+
+
+@receiver(job_stopped)
+def _training_stopped(sender, *, job: Job, status: str, **kwargs: Any) -> None:
+    """A training job that gave up or was cancelled leaves its version failed, not
+    "training" forever."""
+    if job.kind == Job.Kind.TRAINING and job.parameters.get("model_version"):
+        mark_failed(job.parameters["model_version"])

@@ -1,7 +1,8 @@
 """Celery tasks of the engine. They take primary keys, are idempotent (a redelivered task
 finishes what is left, never duplicates) and run through ``run_job``.
 
-``gpu_*`` tasks are routed to the gpu queue (``pmpd_web.celery``), the rest to the cpu queue.
+The job tasks are written with ``job_task`` (one retry policy for every job); ``gpu_*`` tasks
+are routed to the gpu queue (``pmpd_web.celery``), the rest to the cpu queue.
 """
 
 from __future__ import annotations
@@ -9,41 +10,32 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import shared_task
-from django.conf import settings
-
 from inference.pmpd.preprocess import PreprocessConfig, PreprocessError
 from pmpd_web.cohorts.models import Patient
-from pmpd_web.jobs.runner import TRANSIENT_ERRORS
+from pmpd_web.jobs.runner import TRANSIENT_ERRORS, retry_countdown
+from pmpd_web.jobs.tasks import job_task, reliable_task
 
 from .cache import preprocessed_for
-from .jobs import execute_scoring, execute_training
+from .jobs import scoring_work, training_work
 from .models import ModelVersion
 from .registry import preprocess_config_of
 
 log = logging.getLogger(__name__)
 
-RETRY = {
-    "bind": True,
-    "autoretry_for": TRANSIENT_ERRORS,
-    "max_retries": settings.CELERY_TASK_MAX_RETRIES,
-    "retry_backoff": True,
-}
 
-
-@shared_task(**RETRY)
-def gpu_train_model(self, job_id: int, model_version_id: int) -> None:
+@job_task
+def gpu_train_model(job, progress):
     """Cross-validate a model version on its cohort (see ``inference.training``)."""
-    execute_training(job_id, model_version_id)
+    return training_work(job, progress)
 
 
-@shared_task(**RETRY)
-def gpu_score_cohort(self, job_id: int, cohort_id: int, model_version_id: int) -> None:
+@job_task
+def gpu_score_cohort(job, progress):
     """Score a cohort with a version's five-fold ensemble (see ``inference.scoring``)."""
-    execute_scoring(job_id, cohort_id, model_version_id)
+    return scoring_work(job, progress)
 
 
-@shared_task(**RETRY)
+@reliable_task
 def cpu_preprocess_patient(
     self, patient_id: int, model_version_id: int | None = None
 ) -> dict[str, Any]:
@@ -62,6 +54,8 @@ def cpu_preprocess_patient(
     config = preprocess_config_of(version) if version is not None else PreprocessConfig()
     try:
         patches = preprocessed_for(patient, config)
+    except TRANSIENT_ERRORS as exc:
+        raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
     except PreprocessError as exc:
         log.warning("patient %s cannot be preprocessed: %s", patient.study_id, exc)
         return {"patient": patient_id, "error": str(exc)}

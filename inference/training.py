@@ -124,7 +124,7 @@ def _begin(version_id: int) -> ModelVersion | None:
     return version
 
 
-def _mark_failed(version_id: int) -> None:
+def mark_failed(version_id: int) -> None:
     with transaction.atomic():
         version = ModelVersion.objects.select_for_update().get(pk=version_id)
         if version.status == ModelVersion.Status.TRAINING:
@@ -148,7 +148,7 @@ def train_model_version(version_id: int, progress: Progress) -> dict[str, Any]:
     except TRANSIENT_ERRORS:
         raise
     except Exception:
-        _mark_failed(version_id)
+        mark_failed(version_id)
         raise
 
 

@@ -3,11 +3,11 @@ from rest_framework.routers import DefaultRouter
 
 from pmpd_web.cohorts.api import (
     CohortViewSet,
-    JobViewSet,
     PatientViewSet,
     StudyVariableViewSet,
     TableImportViewSet,
 )
+from pmpd_web.jobs.api import JobViewSet
 
 router = DefaultRouter(trailing_slash=True)
 router.register("cohorts", CohortViewSet, basename="api-cohort")

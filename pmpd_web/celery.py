@@ -2,8 +2,11 @@
 preprocessing, heavy analytics).
 
 Every task is acknowledged late and re-queued when its worker dies, so a killed worker's job is
-finished by another; retries are bounded by ``CELERY_TASK_MAX_RETRIES``. GPU workers take one
-task at a time (``--prefetch-multiplier 1 --concurrency 1``, see docker-compose.yml).
+finished by another; retries are bounded by ``CELERY_TASK_MAX_RETRIES``
+(``pmpd_web.jobs.tasks.job_task``). Every worker also sweeps: it publishes again the jobs the
+queue lost or never received and removes what dead attempts left (``pmpd_web.jobs.sweeper``).
+GPU workers take one task at a time (``--prefetch-multiplier 1 --concurrency 1``, see
+docker-compose.yml).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pmpd_web.settings")
@@ -40,3 +44,10 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 app.autodiscover_tasks()
+
+
+@worker_ready.connect
+def _start_job_sweeper(**kwargs) -> None:
+    from pmpd_web.jobs.sweeper import start_periodic_sweeps
+
+    start_periodic_sweeps()

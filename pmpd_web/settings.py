@@ -83,6 +83,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "pmpd_web.accounts.middleware.SessionTimeoutMiddleware",
     "pmpd_web.accounts.middleware.RefuseNulBytesMiddleware",
+    "pmpd_web.jobs.middleware.JobQueueUnavailableMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -273,6 +274,18 @@ else:
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_MAX_RETRIES = int(os.environ.get("CELERY_TASK_MAX_RETRIES", "3"))
+# Job reliability (pmpd_web.jobs): retry backoff, the sweeper that publishes jobs the queue
+# lost or never received, the heartbeat that tells a dead worker from a slow one, and the
+# folder of the jobs' scratch files.
+PMPD_JOB_RETRY_BACKOFF_SECONDS = int(os.environ.get("PMPD_JOB_RETRY_BACKOFF_SECONDS", "2"))
+PMPD_JOB_RETRY_BACKOFF_MAX_SECONDS = int(
+    os.environ.get("PMPD_JOB_RETRY_BACKOFF_MAX_SECONDS", "300")
+)
+PMPD_JOB_SWEEP_SECONDS = int(os.environ.get("PMPD_JOB_SWEEP_SECONDS", "300"))
+PMPD_JOB_REPUBLISH_AFTER_SECONDS = int(os.environ.get("PMPD_JOB_REPUBLISH_AFTER_SECONDS", "900"))
+PMPD_JOB_HEARTBEAT_SECONDS = float(os.environ.get("PMPD_JOB_HEARTBEAT_SECONDS", "30"))
+PMPD_JOB_HEARTBEAT_STALE_SECONDS = int(os.environ.get("PMPD_JOB_HEARTBEAT_STALE_SECONDS", "120"))
+PMPD_JOB_SCRATCH_DIR = Path(os.environ.get("PMPD_JOB_SCRATCH_DIR", DATA_DIR / "job-scratch"))
 
 # Security. The production profile is what `check --deploy` vets.
 # Pages may not be framed; the embedded viewer's own responses opt in to SAMEORIGIN.

@@ -17,7 +17,6 @@ from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction, Membership, Role
 from pmpd_web.accounts.permissions import Action, visible_cohorts
 from pmpd_web.accounts.permissions import api_check as check
-from pmpd_web.jobs.models import Job
 from pmpd_web.jobs.runner import UserFacingError
 
 from . import services
@@ -250,16 +249,3 @@ class StudyVariableViewSet(
 
     def perform_destroy(self, instance):
         remove_variable(variable=instance, user=self.request.user)
-
-
-class JobViewSet(viewsets.ReadOnlyModelViewSet):
-    serializer_class = JobSerializer
-    filterset_fields = ["status", "kind", "cohort"]
-
-    def get_queryset(self):
-        user = self.request.user
-        jobs = Job.objects.all()
-        if user.is_superuser:
-            return jobs
-        cohorts = visible_cohorts(user, Cohort.objects.all()).values("pk")
-        return jobs.filter(cohort__in=cohorts)

@@ -5,3 +5,7 @@ class CohortsConfig(AppConfig):
     name = "pmpd_web.cohorts"
     label = "cohorts"
     verbose_name = "Cohorts and clinical data"
+
+    def ready(self) -> None:
+        # Connects the receiver that puts this app's work right when a job stops.
+        from . import importer  # noqa: F401

@@ -21,10 +21,12 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import connection, transaction
 from django.db.models import Count, Max
+from django.dispatch import receiver
 from django.utils import timezone
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction
+from pmpd_web.jobs.models import job_stopped
 from pmpd_web.jobs.runner import UserFacingError
 
 from .models import Cohort, Patient, StudyVariable, TableImport, table_columns
@@ -400,6 +402,7 @@ def _update_patients(updates: list[tuple[int, dict[str, Any]]]) -> None:
 
 def start_commit(table_import: TableImport, user) -> Any:
     """Queue the commit of a previewed import as a job on the cpu queue; returns the job."""
+    from pmpd_web.jobs.dispatch import start_on_commit
     from pmpd_web.jobs.models import Job
 
     from .tasks import commit_table_import
@@ -415,10 +418,21 @@ def start_commit(table_import: TableImport, user) -> Any:
             cohort=table_import.cohort,
             created_by=user,
             phrase="Waiting for a worker",
+            task=commit_table_import.name,
+            parameters={"table_import": table_import.pk},
         )
         TableImport.objects.filter(pk=table_import.pk).update(
             job=job, status=TableImport.Status.COMMITTING
         )
-        transaction.on_commit(lambda: commit_table_import.delay(job.pk))
+        start_on_commit(job)
     table_import.refresh_from_db()
     return job
+
+
+@receiver(job_stopped)
+def _import_stopped(sender, *, job, status, **kwargs) -> None:
+    """A failed commit leaves the import failed; a cancelled one can be committed again."""
+    if job.kind != job.Kind.TABLE_IMPORT:
+        return
+    back_to = TableImport.Status.PREVIEWED if status == "cancelled" else TableImport.Status.FAILED
+    TableImport.objects.filter(job=job, status=TableImport.Status.COMMITTING).update(status=back_to)

@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from pmpd_web.jobs.models import Job
+from pmpd_web.jobs.serializers import JobSerializer
 
 from .models import Cohort, Patient, StudyVariable, TableImport
 from .rules import check_patient
@@ -75,26 +75,6 @@ class PatientSerializer(serializers.ModelSerializer):
                 errors.setdefault(problem.field, []).append(problem.message)
             raise serializers.ValidationError(errors)
         return attrs
-
-
-class JobSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = Job
-        fields = [
-            "id",
-            "kind",
-            "cohort",
-            "status",
-            "progress",
-            "phrase",
-            "error",
-            "result",
-            "attempts",
-            "created_at",
-            "started_at",
-            "finished_at",
-        ]
-        read_only_fields = fields
 
 
 class TableImportSerializer(serializers.ModelSerializer):

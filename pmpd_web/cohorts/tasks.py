@@ -1,29 +1,18 @@
-"""Celery tasks of the cohorts app: they take primary keys and call the importer."""
+"""Celery tasks of the cohorts app: they take the job's primary key and call the importer."""
 
 from __future__ import annotations
 
-from celery import shared_task
-from django.conf import settings
-
-from pmpd_web.jobs.runner import TRANSIENT_ERRORS, run_job
+from pmpd_web.jobs.tasks import job_task
 
 from .importer import commit_import
 from .models import TableImport
 
 
-@shared_task(
-    bind=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    max_retries=settings.CELERY_TASK_MAX_RETRIES,
-    retry_backoff=True,
-)
-def commit_table_import(self, job_id: int) -> None:
-    def work(job, progress):
-        table_import = TableImport.objects.select_related("cohort", "uploaded_by").get(job=job)
-        try:
-            return commit_import(table_import, progress)
-        except Exception:
-            TableImport.objects.filter(pk=table_import.pk).update(status=TableImport.Status.FAILED)
-            raise
-
-    run_job(job_id, work)
+@job_task
+def commit_table_import(job, progress):
+    table_import = TableImport.objects.select_related("cohort", "uploaded_by").get(
+        pk=job.parameters["table_import"]
+    )
+    # A retried job commits again what its failed attempt left "failed".
+    TableImport.objects.filter(pk=table_import.pk).update(status=TableImport.Status.COMMITTING)
+    return commit_import(table_import, progress)

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from celery import shared_task
-from django.conf import settings
-
-from pmpd_web.jobs.runner import TRANSIENT_ERRORS, run_job
+from pmpd_web.jobs.tasks import job_task
 
 from .ingest import ingest_upload
 from .models import ImageUpload
 
 
-@shared_task(
-    bind=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    max_retries=settings.CELERY_TASK_MAX_RETRIES,
-    retry_backoff=True,
-)
-def ingest_upload_task(self, job_id: int) -> None:
-    def work(job, progress):
-        return ingest_upload(ImageUpload.objects.get(job=job), progress)
-
-    run_job(job_id, work)
+@job_task
+def ingest_upload_task(job, progress):
+    return ingest_upload(ImageUpload.objects.get(pk=job.parameters["upload"]), progress)

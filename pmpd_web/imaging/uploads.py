@@ -20,11 +20,13 @@ from django.conf import settings
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.dispatch import receiver
 from django.utils import timezone
 
 from pmpd_web.cohorts.models import Cohort, Patient
 from pmpd_web.cohorts.vocabulary import STUDY_ID_PATTERN
-from pmpd_web.jobs.models import Job
+from pmpd_web.jobs.dispatch import start_on_commit
+from pmpd_web.jobs.models import Job, job_stopped
 from pmpd_web.jobs.runner import UserFacingError
 
 from .models import ImageUpload, UploadFile
@@ -351,12 +353,32 @@ def finish_upload(upload: ImageUpload, user: Any, *, queue: bool = True) -> Job:
             cohort_id=upload.cohort_id,
             created_by=user if getattr(user, "is_authenticated", False) else None,
             phrase="Waiting for a worker",
+            task=ingest_upload_task.name,
+            parameters={"upload": upload.pk},
         )
         ImageUpload.objects.filter(pk=upload.pk).update(job=job, status=ImageUpload.Status.QUEUED)
         upload.files.update(status=UploadFile.Status.QUEUED, error="")
         if queue:
-            transaction.on_commit(lambda: ingest_upload_task.delay(job.pk))
+            start_on_commit(job)
     return job
+
+
+@receiver(job_stopped)
+def _ingest_stopped(sender, *, job, status, **kwargs) -> None:
+    """An ingest that gave up or was cancelled does not stay "queued" or "processing", and its
+    received files (they may identify the patient) are deleted: the files are uploaded again."""
+    if job.kind != job.Kind.IMAGE_INGEST:
+        return
+    reason = "Cancelled" if status == "cancelled" else (job.error or "Failed")
+    unfinished = [ImageUpload.Status.QUEUED, ImageUpload.Status.PROCESSING]
+    for upload in ImageUpload.objects.filter(job=job, status__in=unfinished):
+        ImageUpload.objects.filter(pk=upload.pk).update(
+            status=ImageUpload.Status.FAILED, error=reason
+        )
+        upload.files.filter(
+            status__in=[UploadFile.Status.QUEUED, UploadFile.Status.PROCESSING]
+        ).update(status=UploadFile.Status.FAILED, error=reason[:500])
+        purge_received(upload)
 
 
 def purge_received(upload: ImageUpload) -> None:

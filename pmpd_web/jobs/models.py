@@ -2,12 +2,20 @@
 
 Every transition goes through :meth:`Job.update_status`, which locks the row, refuses illegal
 transitions and stamps the times, so the page, the API and the worker agree on one story.
+
+The row is the source of truth for starting work too (a transactional outbox): it names its task
+and holds its inputs (``task``, ``parameters``); ``published_at`` says when it was last handed to
+the queue, so a job the queue never received is published again (``pmpd_web.jobs.dispatch``).
+A running job's worker stamps ``heartbeat_at``; a stale heartbeat means the worker died.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 
@@ -34,6 +42,17 @@ class IllegalTransition(Exception):
     pass
 
 
+# Sent once when a job becomes failed or cancelled (``job``, ``status``): the apps put what the
+# job was doing back in a state the user can act on (an import "committing", an upload
+# "queued", a version "training").
+job_stopped = Signal()
+
+
+def heartbeat_stale_after() -> timedelta:
+    """A running job whose worker has not written for this long is taken as lost."""
+    return timedelta(seconds=int(getattr(settings, "PMPD_JOB_HEARTBEAT_STALE_SECONDS", 120)))
+
+
 class Job(models.Model):
     class Kind(models.TextChoices):
         TABLE_IMPORT = "table_import", "Clinical table import"
@@ -54,7 +73,23 @@ class Job(models.Model):
     progress = models.PositiveSmallIntegerField(default=0)
     phrase = models.CharField(max_length=200, default="Waiting for a worker")
     error = models.TextField(blank=True, help_text="What went wrong, in words for the user")
+    parameters = models.JSONField(
+        default=dict, blank=True, help_text="The job's inputs: primary keys and choices"
+    )
     result = models.JSONField(default=dict, blank=True)
+    task = models.CharField(max_length=120, blank=True, help_text="The Celery task running it")
+    published_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the job was last handed to the queue"
+    )
+    message_id = models.CharField(
+        max_length=64, blank=True, help_text="The queue message the running attempt came from"
+    )
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    written_files = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Storage names the running attempt wrote and no row references yet",
+    )
     attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -76,6 +111,33 @@ class Job(models.Model):
     def finished(self) -> bool:
         return self.status in FINISHED
 
+    @property
+    def worker_lost(self) -> bool:
+        """Running, but its worker stopped writing its heartbeat (killed, or its host down)."""
+        if self.status != JobStatus.RUNNING:
+            return False
+        last = self.heartbeat_at or self.started_at or self.updated_at
+        return last is not None and timezone.now() - last > heartbeat_stale_after()
+
+    @property
+    def waiting_for_queue(self) -> bool:
+        """Queued, but the queue never received it (it was unreachable when the job started)."""
+        return self.status == JobStatus.QUEUED and bool(self.task) and self.published_at is None
+
+    @property
+    def can_retry(self) -> bool:
+        """Only a job that names its task can be queued again (a command's job runs in place).
+        A failed ingest cannot: its received files were deleted (they may identify the
+        patient), so the files are uploaded again."""
+        if self.status == JobStatus.FAILED and self.kind == Job.Kind.IMAGE_INGEST:
+            return False
+        waiting = self.status in (JobStatus.FAILED, JobStatus.QUEUED) or self.worker_lost
+        return waiting and bool(self.task)
+
+    @property
+    def can_cancel(self) -> bool:
+        return not self.finished
+
     def update_status(
         self,
         status: str | None = None,
@@ -88,6 +150,7 @@ class Job(models.Model):
         """The single way a job changes state. Locks the row; returns the fresh job."""
         with transaction.atomic():
             job = Job.objects.select_for_update().get(pk=self.pk)
+            previous = job.status
             new_status = status or job.status
             if new_status not in ALLOWED_TRANSITIONS[job.status]:
                 raise IllegalTransition(f"A {job.status} job cannot become {new_status}.")
@@ -102,6 +165,8 @@ class Job(models.Model):
             if new_status == JobStatus.QUEUED:
                 job.finished_at = None
                 job.error = ""
+            if new_status == JobStatus.RUNNING:
+                job.heartbeat_at = now
             if progress is not None:
                 job.progress = max(0, min(100, int(progress)))
             if phrase is not None:
@@ -112,7 +177,53 @@ class Job(models.Model):
                 job.result = result
             job.status = new_status
             job.save()
-        for field in ("status", "progress", "phrase", "error", "result", "attempts"):
-            setattr(self, field, getattr(job, field))
-        self.started_at, self.finished_at = job.started_at, job.finished_at
+        self._copy_from(job)
+        if new_status != previous and new_status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            job_stopped.send(sender=Job, job=job, status=new_status)
         return job
+
+    def claim(self, message_id: str) -> bool:
+        """Take the job for the queue message ``message_id``; ``False`` when it must not run.
+
+        A queued job is claimed. A running job is taken over only by the redelivery of the
+        message that started it (its worker died) or when its heartbeat is stale; a second
+        message for a job that is running well (the sweeper published it again while it
+        waited in a long queue) is refused, so a job never runs twice at once.
+        """
+        with transaction.atomic():
+            job = Job.objects.select_for_update().get(pk=self.pk)
+            if job.finished:
+                return False
+            if job.status == JobStatus.RUNNING:
+                redelivered = bool(message_id) and message_id == job.message_id
+                if not (redelivered or job.worker_lost):
+                    return False
+            now = timezone.now()
+            job.attempts += 1
+            job.status = JobStatus.RUNNING
+            job.started_at = job.started_at or now
+            job.heartbeat_at = now
+            job.message_id = message_id[:64]
+            job.phrase = "Started"
+            job.save()
+        self._copy_from(job)
+        return True
+
+    def beat(self) -> None:
+        """Stamp the heartbeat (the worker is alive)."""
+        Job.objects.filter(pk=self.pk).update(heartbeat_at=timezone.now())
+
+    def _copy_from(self, job: Job) -> None:
+        for field in (
+            "status",
+            "progress",
+            "phrase",
+            "error",
+            "result",
+            "attempts",
+            "started_at",
+            "finished_at",
+            "heartbeat_at",
+            "message_id",
+        ):
+            setattr(self, field, getattr(job, field))

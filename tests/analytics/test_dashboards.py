@@ -495,17 +495,22 @@ def test_cox_section_shows_the_models_of_the_full_analysis(scored, members):
     assert cox["c_index_paper"] == full["c_index"]
 
 
-def test_large_selections_are_computed_by_a_job(scored, statistician, settings, monkeypatch):
+def test_large_selections_are_computed_by_a_job(
+    scored, statistician, settings, monkeypatch, django_capture_on_commit_callbacks
+):
     from analytics import tasks
     from pmpd_web.jobs.models import Job
 
     settings.PMPD_ANALYTICS_INLINE_MAX = 50
     queued = []
-    monkeypatch.setattr(tasks.compute_dashboards, "delay", queued.append)
-    waiting = statistician.get("/analytics/survival/", scored.query)
+    monkeypatch.setattr(
+        tasks.compute_dashboards, "apply_async", lambda args, **options: queued.append(args[0])
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        waiting = statistician.get("/analytics/survival/", scored.query)
     assert waiting.status_code == 200 and b"data-reload-when-done" in waiting.content
     job = Job.objects.get(kind=Job.Kind.ANALYSIS)
-    assert queued == [job.pk] and job.result["section"] == "survival"
+    assert queued == [job.pk] and job.parameters["section"] == "survival"
     assert f'hx-get="/jobs/{job.pk}/progress/"'.encode() in waiting.content
     # A second visit while it runs waits for the same job.
     statistician.get("/analytics/survival/", scored.query)

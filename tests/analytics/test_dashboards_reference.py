@@ -44,7 +44,7 @@ def lung_rows() -> list[dict[str, str]]:
 
 
 @pytest.fixture
-def lung_cohort(members):
+def lung_cohort(members, django_capture_on_commit_callbacks):
     cohort = make_cohort("NCCTG lung")
     for role in (Role.COORDINATOR, Role.STATISTICIAN):
         Membership.objects.create(user=members[role.value], cohort=cohort, role=role)
@@ -53,7 +53,8 @@ def lung_cohort(members):
     url = f"/api/cohorts/{cohort.pk}/imports/"
     preview = api.post(url, {"file": SimpleUploadedFile("lung.csv", to_csv(lung_rows()))}).json()
     assert preview["status"] == "previewed", preview["problems"][:3]
-    job = api.post(f"{url}{preview['id']}/commit/").json()
+    with django_capture_on_commit_callbacks(execute=True):  # the job is published on commit
+        job = api.post(f"{url}{preview['id']}/commit/").json()
     assert api.get(f"/api/jobs/{job['id']}/").json()["status"] == "succeeded"
     assert cohort.patients.count() == 228
     return cohort

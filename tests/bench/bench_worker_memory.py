@@ -131,7 +131,7 @@ def child(work: Path) -> None:
     job = create_scoring(cohort, version, user=None)
     baseline = memory_mb("VmRSS")
     started = time.perf_counter()
-    execute_scoring(job.pk, cohort.pk, version.pk)
+    execute_scoring(job.pk)
     seconds = time.perf_counter() - started
     job.refresh_from_db()
     prediction = PatientPrediction.objects.get(patient=patient)

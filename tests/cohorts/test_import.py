@@ -39,7 +39,15 @@ def upload(client, cohort, data: bytes, name: str = "table.csv"):
     )
 
 
-def test_preview_then_commit_through_the_pages(client_for, cohort, members):
+def commit(client, cohort, import_id: int, capture):
+    """Commit through the page; the job is published when the (test's) transaction commits."""
+    with capture(execute=True):
+        return client.post(reverse("table-import-commit", args=[cohort.pk, import_id]))
+
+
+def test_preview_then_commit_through_the_pages(
+    client_for, cohort, members, django_capture_on_commit_callbacks
+):
     client = client_for(members["coordinator"])
     response = upload(client, cohort, to_csv([GOOD_ROW, NON_METASTATIC_ROW]))
     table_import = TableImport.objects.get()
@@ -50,7 +58,7 @@ def test_preview_then_commit_through_the_pages(client_for, cohort, members):
     page = client.get(reverse("table-import-detail", args=[cohort.pk, table_import.pk]))
     assert b"2</span> new patients" in page.content
 
-    client.post(reverse("table-import-commit", args=[cohort.pk, table_import.pk]))
+    commit(client, cohort, table_import.pk, django_capture_on_commit_callbacks)
     table_import.refresh_from_db()
     assert table_import.status == "committed"
     assert table_import.job.status == "succeeded" and table_import.job.progress == 100
@@ -62,10 +70,12 @@ def test_preview_then_commit_through_the_pages(client_for, cohort, members):
     assert b"Succeeded" in progress.content and b"hx-get" not in progress.content
 
 
-def test_reimport_updates_by_study_id_and_counts(client_for, cohort, members):
+def test_reimport_updates_by_study_id_and_counts(
+    client_for, cohort, members, django_capture_on_commit_callbacks
+):
     client = client_for(members["coordinator"])
     upload(client, cohort, to_csv(rows(5)))
-    client.post(reverse("table-import-commit", args=[cohort.pk, TableImport.objects.get().pk]))
+    commit(client, cohort, TableImport.objects.get().pk, django_capture_on_commit_callbacks)
     changed = rows(6)
     changed[0]["age_at_diagnosis_years"] = "77"
     upload(client, cohort, to_csv(changed))
@@ -76,7 +86,7 @@ def test_reimport_updates_by_study_id_and_counts(client_for, cohort, members):
         4,
     )
     assert second.summary["changed_fields"] == {"age_at_diagnosis_years": 1}
-    client.post(reverse("table-import-commit", args=[cohort.pk, second.pk]))
+    commit(client, cohort, second.pk, django_capture_on_commit_callbacks)
     second.refresh_from_db()
     assert second.job.result["updated"] == 1
     assert Patient.objects.get(cohort=cohort, study_id="P-00001").age_at_diagnosis_years == 77
@@ -104,10 +114,12 @@ def test_reimport_updates_by_study_id_and_counts(client_for, cohort, members):
         (to_xlsx([GOOD_ROW], formulas={"C2": "=A1"}), "t.xlsx", "contains a formula"),
     ],
 )
-def test_bad_tables_change_nothing(client_for, cohort, members, data, name, expected):
+def test_bad_tables_change_nothing(
+    client_for, cohort, members, data, name, expected, django_capture_on_commit_callbacks
+):
     client = client_for(members["coordinator"])
     upload(client, cohort, to_csv([NON_METASTATIC_ROW]))
-    client.post(reverse("table-import-commit", args=[cohort.pk, TableImport.objects.get().pk]))
+    commit(client, cohort, TableImport.objects.get().pk, django_capture_on_commit_callbacks)
     before = snapshot(cohort)
     response = upload(client, cohort, data, name)
     bad = TableImport.objects.order_by("-pk").first()
@@ -115,8 +127,8 @@ def test_bad_tables_change_nothing(client_for, cohort, members, data, name, expe
     page = client.get(response["Location"])
     assert html.escape(expected).encode() in page.content
     assert b"nothing was imported" in page.content
-    commit = client.post(reverse("table-import-commit", args=[cohort.pk, bad.pk]), follow=True)
-    assert b"only a previewed table" in commit.content
+    refused = client.post(reverse("table-import-commit", args=[cohort.pk, bad.pk]), follow=True)
+    assert b"only a previewed table" in refused.content
     assert snapshot(cohort) == before
 
 
@@ -140,7 +152,7 @@ def test_file_over_the_limit(client_for, cohort, members, settings):
 
 
 def test_commit_is_all_or_nothing_when_the_database_refuses(
-    client_for, cohort, members, monkeypatch
+    client_for, cohort, members, monkeypatch, django_capture_on_commit_callbacks
 ):
     client = client_for(members["coordinator"])
     upload(client, cohort, to_csv(rows(30)))
@@ -154,7 +166,7 @@ def test_commit_is_all_or_nothing_when_the_database_refuses(
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(importer, "insert_patients", explode)
-    client.post(reverse("table-import-commit", args=[cohort.pk, table_import.pk]))
+    commit(client, cohort, table_import.pk, django_capture_on_commit_callbacks)
     job = Job.objects.get()
     assert job.status == "failed" and "Internal error" in job.error
     assert Patient.objects.count() == 0
@@ -162,25 +174,29 @@ def test_commit_is_all_or_nothing_when_the_database_refuses(
     assert table_import.status == "failed"
 
 
-def test_stale_preview_is_rechecked_on_commit(client_for, cohort, members):
+def test_stale_preview_is_rechecked_on_commit(
+    client_for, cohort, members, django_capture_on_commit_callbacks
+):
     client = client_for(members["coordinator"])
     upload(client, cohort, to_csv(rows(3)))
     first = TableImport.objects.get()
     upload(client, cohort, to_csv(rows(3)))
     second = TableImport.objects.order_by("-pk").first()
-    client.post(reverse("table-import-commit", args=[cohort.pk, first.pk]))
-    client.post(reverse("table-import-commit", args=[cohort.pk, second.pk]))
+    commit(client, cohort, first.pk, django_capture_on_commit_callbacks)
+    commit(client, cohort, second.pk, django_capture_on_commit_callbacks)
     second.refresh_from_db()
     assert second.job.result["created"] == 0 and second.job.result["unchanged"] == 3
 
 
-def test_export_then_import_gives_back_the_same_data(client_for, cohort, members):
+def test_export_then_import_gives_back_the_same_data(
+    client_for, cohort, members, django_capture_on_commit_callbacks
+):
     client = client_for(members["coordinator"])
     source = rows(12)
     source[1]["centre"] = '=HYPERLINK("x")'
     source[2]["ct_manufacturer"] = "@Philips"
     upload(client, cohort, to_csv(source))
-    client.post(reverse("table-import-commit", args=[cohort.pk, TableImport.objects.get().pk]))
+    commit(client, cohort, TableImport.objects.get().pk, django_capture_on_commit_callbacks)
     original = read_table(to_csv(source), "s.csv", max_bytes=10**7).records
     for fmt in ("csv", "xlsx"):
         response = client.get(reverse("export", args=[cohort.pk, fmt]))
@@ -214,7 +230,7 @@ def test_template_downloads(client_for, members):
     assert "nccn_resectability" in documented
 
 
-def test_import_through_the_api(cohort, members):
+def test_import_through_the_api(cohort, members, django_capture_on_commit_callbacks):
     from factories import make_token_key
 
     api = APIClient()
@@ -229,7 +245,8 @@ def test_import_through_the_api(cohort, members):
     assert empty.status_code == 400 and "the file is empty" in empty.json()["file"]
     good = api.post(url, {"file": SimpleUploadedFile("t.xlsx", to_xlsx(rows(4)))})
     assert good.json()["summary"]["created"] == 4
-    job = api.post(f"{url}{good.json()['id']}/commit/").json()
+    with django_capture_on_commit_callbacks(execute=True):
+        job = api.post(f"{url}{good.json()['id']}/commit/").json()
     assert api.get(f"/api/jobs/{job['id']}/").json()["status"] == "succeeded"
     patients = api.get(f"/api/cohorts/{cohort.pk}/patients/?sex=male&ordering=-study_id").json()
     assert [p["study_id"] for p in patients["results"]] == ["P-00004", "P-00002", "P-00001"]

@@ -592,13 +592,16 @@ def test_nested_archive(cohort, coordinator, stored):
     )
 
 
-def test_unknown_study_id_and_no_study_id(cohort, coordinator, stored, tmp_path):
+def test_unknown_study_id_and_no_study_id(
+    cohort, coordinator, stored, tmp_path, django_capture_on_commit_callbacks
+):
     patient, folder = stored
     files = {f"NOT-A-PATIENT/ct/{k}": v for k, v in folder_files(folder / "ct").items()}
     assert_refused(cohort, coordinator, files, "no study ID: put it in a folder named after")
     upload = upload_files(cohort, coordinator, {"x.dcm": b"y"})
     upload.files.update(study_id="GHOST")
-    job = finish_upload(upload, coordinator)
+    with django_capture_on_commit_callbacks(execute=True):
+        job = finish_upload(upload, coordinator)
     job.refresh_from_db()
     assert "study ID 'GHOST' is not a patient of this cohort" in job.error
 

@@ -39,7 +39,9 @@ def put_chunk(api, url: str, data: bytes, start: int, size: int):
     )
 
 
-def test_resumable_chunked_upload_to_a_finished_ingest(api, cohort, patient_files):
+def test_resumable_chunked_upload_to_a_finished_ingest(
+    api, cohort, patient_files, django_capture_on_commit_callbacks
+):
     patient, files = patient_files
     base = f"/api/cohorts/{cohort.pk}/image-uploads/"
     created = api.post(base, {"label_pancreas": 1, "label_tumour": 2}, format="json")
@@ -91,7 +93,8 @@ def test_resumable_chunked_upload_to_a_finished_ingest(api, cohort, patient_file
     listed = api.get(f"{base}{upload_id}/").json()
     assert listed["n_files"] == len(files) and listed["received_bytes"] == listed["size_bytes"]
 
-    finished = api.post(f"{base}{upload_id}/finish/")
+    with django_capture_on_commit_callbacks(execute=True):
+        finished = api.post(f"{base}{upload_id}/finish/")
     assert finished.status_code == 202 and finished.json()["kind"] == "image_ingest"
     job = api.get(f"/api/jobs/{finished.json()['id']}/").json()
     assert job["status"] == "succeeded", job["error"]

@@ -13,8 +13,8 @@ from factories import make_patient
 from permission_table import EVERY_ROLE, USERS, C, K, S, assert_answer_for
 from rest_framework.test import APIClient
 
-from inference import tasks
 from inference.models import ModelVersion
+from pmpd_web.jobs.models import Job
 
 pytestmark = pytest.mark.django_db
 
@@ -50,12 +50,16 @@ ENDPOINTS = [
 
 
 @pytest.fixture
-def queued(monkeypatch):
-    """Record the tasks that would be sent to the gpu queue instead of running them."""
-    sent = []
-    for task in (tasks.gpu_train_model, tasks.gpu_score_cohort):
-        monkeypatch.setattr(task, "delay", lambda *args, name=task.name: sent.append((name, args)))
-    return sent
+def queued(db):
+    """The engine jobs the test started, oldest first, as (task, arguments): the job rows are
+    the outbox (the test's transaction never commits, so nothing is sent to the gpu queue)."""
+    before = Job.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+
+    def started() -> list[tuple[str, tuple[int]]]:
+        jobs = Job.objects.filter(pk__gt=before, task__startswith="inference.tasks.")
+        return [(job.task, (job.pk,)) for job in jobs.order_by("pk")]
+
+    return started
 
 
 @pytest.fixture
@@ -109,9 +113,9 @@ def test_permission_table(world, members, queued, username, name, method, path, 
         assert (
             b"SECRET-42" not in response.content and b"pmpd-cohort-version" not in response.content
         )
-        assert queued == []
+        assert queued() == []
     elif method == "post" and "activate" not in name:
-        assert len(queued) == 1
+        assert len(queued()) == 1
 
 
 @pytest.mark.parametrize(
@@ -232,7 +236,8 @@ def test_starting_jobs_from_the_page_and_the_api(world, members, queued, cohort)
     )
     assert wrong.status_code == 400 and "early_stopping" in wrong.json()
     assert version.config["preprocess"]["input_size"] == 64
-    assert queued[0] == ("inference.tasks.gpu_train_model", (version.job_id, version.pk))
+    assert queued()[0] == ("inference.tasks.gpu_train_model", (version.job_id,))
+    assert version.job.parameters == {"model_version": version.pk}
     page = client.get(f"/cohorts/{cohort.pk}/engine/")
     assert b"from-the-page" in page.content and b'role="progressbar"' in page.content
     # Refusals come back as messages, not errors.
@@ -247,10 +252,8 @@ def test_starting_jobs_from_the_page_and_the_api(world, members, queued, cohort)
     ModelVersion.objects.filter(pk=world["version"]).update(is_active=True)
     started = client.post(f"/api/cohorts/{cohort.pk}/score/", {}, format="json")
     assert started.status_code == 202 and started.json()["kind"] == "scoring"
-    assert queued[-1] == (
-        "inference.tasks.gpu_score_cohort",
-        (started.json()["id"], cohort.pk, world["version"]),
-    )
+    assert queued()[-1] == ("inference.tasks.gpu_score_cohort", (started.json()["id"],))
+    assert started.json()["parameters"] == {"model_version": world["version"]}
     # Another cohort's version is not a choice, even by primary key.
     hidden = client.post(
         f"/api/cohorts/{cohort.pk}/score/", {"model_version": world["hidden"]}, format="json"

@@ -90,7 +90,11 @@ def test_training_needs_enough_patients_of_each_class(cohort, members):
     assert not ModelVersion.objects.exists()
 
 
-def test_train_then_score_end_to_end(cohort, members, client_for):
+def test_train_then_score_end_to_end(
+    cohort, members, client_for, django_capture_on_commit_callbacks
+):
+    # Each job is published when its transaction commits; the test's never does.
+    started = django_capture_on_commit_callbacks
     coordinator = members["coordinator"]
     training_patients = make_imaged_cohort(cohort)
     # Left out of training with a reason: a labelled patient whose mask has no tumour.
@@ -104,7 +108,8 @@ def test_train_then_score_end_to_end(cohort, members, client_for):
     add_phantom_patient(cohort, phantom(33), study_id="NO-MASK", label="unknown", with_mask=False)
     make_patient(cohort, "NO-IMAGES", metastasis_at_diagnosis="unknown")
 
-    version = start_training(cohort, user=coordinator, choices=TINY, name="tiny-1")
+    with started(execute=True):
+        version = start_training(cohort, user=coordinator, choices=TINY, name="tiny-1")
     job = version.job
     job.refresh_from_db()
     version.refresh_from_db()
@@ -153,7 +158,8 @@ def test_train_then_score_end_to_end(cohort, members, client_for):
     assert PreprocessedPatient.objects.filter(patient__cohort=cohort).count() == 10
 
     # Scoring: training patients keep their out-of-fold score; the others get the ensemble's.
-    scoring = start_scoring(cohort, version, user=coordinator)
+    with started(execute=True):
+        scoring = start_scoring(cohort, version, user=coordinator)
     scoring.refresh_from_db()
     assert scoring.status == "succeeded", scoring.error
     result = scoring.result
@@ -175,7 +181,8 @@ def test_train_then_score_end_to_end(cohort, members, client_for):
 
     # A re-run scores nobody again and duplicates nothing.
     before = {p.pk: p.updated_at for p in PatientPrediction.objects.all()}
-    again = start_scoring(cohort, version, user=coordinator)
+    with started(execute=True):
+        again = start_scoring(cohort, version, user=coordinator)
     again.refresh_from_db()
     assert again.result["scored"] == 0 and again.result["already_scored"] == 2
     assert {p.pk: p.updated_at for p in PatientPrediction.objects.all()} == before
@@ -184,7 +191,8 @@ def test_train_then_score_end_to_end(cohort, members, client_for):
     mask = CanonicalVolume.objects.get(patient=normal.patient, kind="mask")
     mask.content_hash = "0" * 64
     mask.save()
-    third = start_scoring(cohort, version, user=coordinator)
+    with started(execute=True):
+        third = start_scoring(cohort, version, user=coordinator)
     third.refresh_from_db()
     assert third.result["scored"] == 1 and third.result["already_scored"] == 1
     updated = PatientPrediction.objects.get(pk=normal.pk)

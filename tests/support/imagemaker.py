@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from django.test import TestCase
 
 from inference.pmpd.phantom import (
     PhantomConfig,
@@ -115,9 +116,14 @@ def upload_files(
 
 
 def ingest(cohort, user, files: dict[str, bytes | Path], **kwargs):
-    """Upload ``files`` and run the ingest (eagerly in tests); returns (upload, job)."""
+    """Upload ``files`` and run the ingest (eagerly in tests); returns (upload, job).
+
+    The job is published when the transaction that started it commits; the test's never does,
+    so its on-commit work runs when ``finish_upload`` returns (the helper behind pytest-django's
+    ``django_capture_on_commit_callbacks``)."""
     upload = upload_files(cohort, user, files, **kwargs)
-    job = finish_upload(upload, user)
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        job = finish_upload(upload, user)
     job.refresh_from_db()
     upload.refresh_from_db()
     return upload, job

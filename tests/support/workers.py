@@ -44,6 +44,8 @@ def celery_worker(
         "DATABASE_URL": database_url(),
         "CELERY_BROKER_URL": redis_url(),
         "CELERY_TASK_ALWAYS_EAGER": "0",
+        # The worker's sweeper tidies this folder: never the one of a demo on the same machine.
+        "PMPD_JOB_SCRATCH_DIR": str(log.parent / "job-scratch"),
         **(extra_env or {}),
     }
     process = subprocess.Popen(

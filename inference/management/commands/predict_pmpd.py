@@ -46,7 +46,7 @@ class Command(BaseCommand):
         except UserFacingError as exc:
             raise CommandError(str(exc)) from None
         with progress_bar(f"Scoring {cohort.name}") as progress:
-            execute_scoring(job.pk, cohort.pk, version.pk, on_progress=progress)
+            execute_scoring(job.pk, on_progress=progress)
         job.refresh_from_db()
         if job.status != "succeeded":
             raise CommandError(f"Scoring failed: {job.error or job.phrase}")

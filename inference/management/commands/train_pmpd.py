@@ -88,7 +88,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         self.stdout.write(f"Training {version.name} on {cohort.name} (job {version.job_id}).")
         with progress_bar(f"Training {version.name}") as progress:
-            execute_training(version.job_id, version.pk, on_progress=progress)
+            execute_training(version.job_id, on_progress=progress)
         version.refresh_from_db()
         job = version.job
         if job.status != "succeeded" or version.status != ModelVersion.Status.READY:

@@ -12,6 +12,7 @@ from django.db import transaction
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.cohorts.models import Cohort, Patient
+from pmpd_web.jobs.files import forget_written
 from pmpd_web.jobs.runner import UserFacingError
 
 from ..dicom_series import PHASE_LABELS
@@ -21,6 +22,7 @@ from ..models import UploadFile as UploadFileModel
 from ..series_pick import apply_pick_rule
 from ..sniff import Kind
 from .outputs import CtOutput, PatientPlan
+from .staging import Staging
 
 AUDIT_ACTION = "ingest_images"
 
@@ -192,11 +194,12 @@ def _fill_manufacturers(cohort: Cohort, patients: list[Patient]) -> int:
 
 
 def commit_upload(
-    upload: ImageUpload, plans: list[PatientPlan], items: list[Item]
+    upload: ImageUpload, plans: list[PatientPlan], items: list[Item], staging: Staging
 ) -> dict[str, Any]:
     totals: dict[str, int] = defaultdict(int)
     per_patient = {}
     with transaction.atomic():
+        forget_written(staging.job_id)
         list(Patient.objects.select_for_update().filter(pk__in=[p.patient.pk for p in plans]))
         for plan in plans:
             outcome = _commit_patient(plan, upload)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pmpd_web.cohorts.models import Patient
+from pmpd_web.jobs.files import scratch_folder
 from pmpd_web.jobs.runner import TRANSIENT_ERRORS, ProgressCallback, UserFacingError
 
 from ..intake import (
@@ -73,13 +74,15 @@ def ingest_upload(upload: ImageUpload, progress: ProgressCallback) -> dict[str, 
     )
     ImageUpload.objects.filter(pk=upload.pk).update(status=ImageUpload.Status.PROCESSING, error="")
     upload.files.update(status=UploadFileModel.Status.PROCESSING, error="")
-    staging = Staging()
+    staging = Staging(upload.job_id)
     failures = Failures()
     items: list[Item] = []
     transient = False
     try:
         with (
-            tempfile.TemporaryDirectory(dir=options.work_dir, prefix="pmpd-ingest-") as folder,
+            tempfile.TemporaryDirectory(
+                dir=_scratch_parent(upload, options), prefix="ingest-"
+            ) as folder,
             ThreadPoolExecutor(max_workers=2) as pool,
         ):
             scratch = Path(folder)
@@ -126,7 +129,7 @@ def ingest_upload(upload: ImageUpload, progress: ProgressCallback) -> dict[str, 
             if failures:
                 raise _fail(upload, items, failures)
             progress(92, "Saving the series in one transaction")
-            summary = commit_upload(upload, plans, items)
+            summary = commit_upload(upload, plans, items, staging)
     except UserFacingError:
         staging.discard()
         raise
@@ -150,3 +153,11 @@ def ingest_upload(upload: ImageUpload, progress: ProgressCallback) -> dict[str, 
 
             purge_received(upload)
     return summary
+
+
+def _scratch_parent(upload: ImageUpload, options: IngestOptions) -> str | None:
+    """The job's scratch folder (removed by the next attempt or the sweeper when the worker is
+    killed), else the configured work folder."""
+    if upload.job_id is not None and scratch_folder(upload.job_id).is_dir():
+        return str(scratch_folder(upload.job_id))
+    return options.work_dir

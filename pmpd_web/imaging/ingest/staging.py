@@ -11,17 +11,22 @@ import numpy as np
 from django.core.files import File
 from django.core.files.storage import default_storage
 
+from pmpd_web.jobs.files import save_recorded
+
 from ..volumes import Grid, write_nifti
 
 
 class Staging:
-    """Storage names written by this ingest: deleted again when it fails."""
+    """Storage names written by this ingest: deleted again when it fails, and recorded on its
+    job until the commit references them, so that the next attempt or the sweeper deletes
+    them when the worker is killed (``pmpd_web.jobs.files``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, job_id: int | None) -> None:
+        self.job_id = job_id
         self.names: list[str] = []
 
     def save(self, name: str, content: File) -> str:
-        saved = default_storage.save(name, content)
+        saved = save_recorded(self.job_id, name, content)
         self.names.append(saved)
         return saved
 
