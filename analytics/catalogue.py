@@ -113,6 +113,7 @@ class Entry:
     figure: Callable[[], go.Figure] | None = None
     explanation: NotComputable | None = None
     wide: bool = False
+    operating_point: str = ""
 
     @property
     def not_computable(self) -> NotComputable | None:
@@ -347,9 +348,16 @@ def _slug(text: str) -> str:
 
 
 class _Builder:
-    def __init__(self, synthetic: bool):
+    def __init__(self, synthetic: bool, operating_point: str = ""):
         self.synthetic = synthetic
+        self.operating_point = operating_point
         self.items: list[Entry] = []
+
+    def _drawn_title(self, title: str) -> str:
+        """The figure's own title: with the operating point under it, so a PNG/SVG says it."""
+        if not self.operating_point:
+            return title
+        return f"{title}<br><sup>Operating point: {self.operating_point}</sup>"
 
     def figure(
         self,
@@ -373,9 +381,12 @@ class _Builder:
                 kind="figure",
                 source=source,
                 frame=data or (lambda: source.to_frame()),
-                figure=lambda: draw(source, title=title, synthetic=self.synthetic, **keywords),
+                figure=lambda: draw(
+                    source, title=self._drawn_title(title), synthetic=self.synthetic, **keywords
+                ),
                 explanation=explanation,
                 wide=wide,
+                operating_point=self.operating_point,
             )
         )
 
@@ -399,6 +410,7 @@ class _Builder:
                 if frame is None or isinstance(source, NotComputable)
                 else frame,
                 explanation=explanation,
+                operating_point=self.operating_point,
             )
         )
 
@@ -413,6 +425,15 @@ _LEVELS = {
 def _evaluation(build: _Builder, analysis: AnalysisResult) -> None:
     section = "evaluation"
     classification = analysis.classification
+    point = analysis.options.operating_point
+    if point is not None:
+        build.table(
+            section,
+            "operating-point",
+            f"Operating point: {point.name} ({point.model_version})"
+            + (", NOT USED: re-tuned on this cohort" if analysis.options.retune_on_cohort else ""),
+            point,
+        )
     for key, result in classification.items():
         label, slug = _LEVELS.get(key, key), _slug(key)
         folds = analysis.folds if key == "patient_mrs" else None
@@ -436,7 +457,7 @@ def _evaluation(build: _Builder, analysis: AnalysisResult) -> None:
         build.figure(
             section,
             f"confusion-{slug}",
-            f"Confusion matrix at the threshold ({label})",
+            f"Confusion matrix at the operating point ({label})",
             result,
             fig.confusion_matrix_figure,
             data=_or_reason(result, lambda r: r.at_threshold.to_frame()),
@@ -466,7 +487,7 @@ def _evaluation(build: _Builder, analysis: AnalysisResult) -> None:
     build.table(
         section,
         "confusion-matrices",
-        "Confusion matrices at the thresholds",
+        "Confusion matrices at the operating point",
         classification,
         frame=lambda: _confusion_table(classification),
     )
@@ -676,8 +697,10 @@ def _subgroups(build: _Builder, analysis: AnalysisResult) -> None:
 def entries(results: Results, sections: Iterable[str] | None = None) -> list[Entry]:
     """The figures and tables of ``sections`` (all by default) that ``results`` hold."""
     wanted = list(SECTIONS) if sections is None else list(sections)
-    build = _Builder(results.synthetic)
     analysis = results.analysis
+    build = _Builder(
+        results.synthetic, analysis.options.operating_point_label if analysis is not None else ""
+    )
     for section in wanted:
         if section == "survival":
             _survival(build, results)

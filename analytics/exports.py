@@ -53,6 +53,7 @@ def _about_lines(title: str, about: dict[str, Any]) -> list[str]:
     lines += [
         "Model version: "
         + (f"{version['name']} (id {version['id']})" if version else "none (clinical data only)"),
+        f"Operating point: {about.get('operating_point') or 'none (no model version)'}",
         "Cohorts: "
         + "; ".join(
             f"{c['name']} (id {c['id']}, data version {c['data_version']})"

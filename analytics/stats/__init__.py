@@ -50,6 +50,15 @@ from .development import (
     development_groups,
     metastasis_development_analysis,
 )
+from .operating_point import (
+    LOCKED_LABEL,
+    RETUNED_LABEL,
+    FoldCall,
+    FoldOperatingPoint,
+    OperatingPoint,
+    fold_calls,
+    lock_operating_point,
+)
 from .report import AnalysisOptions, AnalysisResult, run_full_analysis
 from .subgroups import (
     MISSED_AT_IMAGING_METHODS,
@@ -85,6 +94,13 @@ from .survival import (
 from .synthetic import synthetic_cohort
 
 __all__ = [
+    "LOCKED_LABEL",
+    "RETUNED_LABEL",
+    "FoldCall",
+    "FoldOperatingPoint",
+    "OperatingPoint",
+    "fold_calls",
+    "lock_operating_point",
     "CA19_9_THRESHOLD_U_PER_ML",
     "DAYS_PER_MONTH",
     "DEFAULT_ADJUSTMENT",

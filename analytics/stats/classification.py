@@ -17,6 +17,7 @@ Conventions used throughout:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -824,19 +825,37 @@ def evaluate_binary(
     name: str = "metastasis",
     threshold: float | None = None,
     confidence_level: float = 0.95,
+    calls: ArrayLike | None = None,
+    threshold_source: str | None = None,
 ) -> BinaryClassificationResult | NotComputable:
     """The paper's evaluation of one score: AUROC (DeLong CI), AUPRC, ROC and PR curves, the
     Youden threshold, and the confusion matrix and metrics at ``threshold`` (the Youden
     threshold of these data when ``None``, e.g. for the internal test fold; pass the training
     fold's threshold to evaluate an external set). ``name`` says what is predicted (shown in
     tables and figure titles).
+
+    ``calls`` (0/1 per case) are decisions already made by a rule that no single threshold on
+    ``scores`` expresses (the locked per-fold thresholds of a model version): the confusion
+    matrix is then theirs, its threshold NaN. ``threshold_source`` says where the threshold or
+    the calls come from (default "Youden" or "given").
     """
     data = _prepare(labels, scores, f"Classification of {name} ({level} level)")
     if isinstance(data, NotComputable):
         return data
     youden = _youden_from_data(data)
     chosen = youden.threshold if threshold is None else float(threshold)
+    source = threshold_source or ("Youden" if threshold is None else "given")
     pr = _pr_from_data(data)
+    at_threshold = _confusion(data.labels, data.scores, chosen)
+    if calls is not None:
+        label_array, _ = binary_labels(labels)
+        call_array = as_float_array(calls, name="calls")
+        check_same_length(labels=label_array, calls=call_array)
+        complete = ~np.isnan(label_array) & np.isfinite(call_array)
+        at_threshold = dataclasses.replace(
+            _confusion(label_array[complete].astype(np.int64), call_array[complete], 0.5),
+            threshold=float("nan"),
+        )
     return BinaryClassificationResult(
         name=name,
         level=level,
@@ -849,8 +868,8 @@ def evaluate_binary(
         roc=_roc_from_data(data, drop_intermediate=True),
         precision_recall=pr,
         youden=youden,
-        threshold_source="Youden" if threshold is None else "given",
-        at_threshold=_confusion(data.labels, data.scores, chosen),
+        threshold_source=source,
+        at_threshold=at_threshold,
     )
 
 

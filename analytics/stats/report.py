@@ -13,6 +13,7 @@ Columns of ``frame`` (one row per patient; only the first three are required):
 ``metastasis_label``              1 = distant metastasis at diagnosis, 0 = none
 ``mrs_fold_1`` .. ``mrs_fold_5``  MRS from each fold model (external sets), optional
 ``predicted_positive_fraction``   share of the patient's slices predicted positive
+``predicted_metastasis``          the stored call (1/0) of the model version's locked rule
 ``site_liver`` / ``site_lung`` /  1 = metastasis at that site (missing is read as 0 for a
 ``site_peritoneum``               patient without metastasis)
 ``prob_liver`` / ``prob_lung`` /  the model's probability for that site
@@ -36,6 +37,14 @@ Columns of ``frame`` (one row per patient; only the first three are required):
 
 Choices (all in :class:`AnalysisOptions`):
 
+- Operating point: with ``options.operating_point`` (a model version's locked point, see
+  :mod:`.operating_point`) every threshold is the locked one: the stored calls
+  (``predicted_metastasis``) for the patient-level decision, the locked MRS cut-point for the
+  MRS groups (and the MRS confusion matrix), the mean fold slice threshold for slices. Setting
+  ``options.retune_on_cohort`` instead picks them again on this cohort (Youden, maxstat): the
+  sensitivity analysis labelled "re-tuned on this cohort (optimistic)". Without an operating
+  point (a frame from elsewhere) the thresholds are chosen on this cohort, as the paper did on
+  its internal test folds.
 - Patient-level decision: the paper thresholds the fraction of slices predicted positive at
   its Youden threshold; ``classification["patient_fraction"]`` does that, and
   ``classification["patient_mrs"]`` evaluates the MRS itself (AUROC, Youden cut). The decision
@@ -82,6 +91,7 @@ from .cutpoints import (
     risk_groups,
 )
 from .development import DAYS_PER_MONTH, DevelopmentResult, metastasis_development_analysis
+from .operating_point import RETUNED_LABEL, OperatingPoint
 from .subgroups import (
     MISSED_AT_IMAGING_METHODS,
     MissedAtImagingResult,
@@ -132,7 +142,7 @@ _NUMERIC_COLUMNS = (
     "tumour_size_mm",
     "days_to_metastasis",
 )
-_BINARY_COLUMNS = ("metastasis_label", "death", "developed_metastasis")
+_BINARY_COLUMNS = ("metastasis_label", "death", "developed_metastasis", "predicted_metastasis")
 
 
 def _default_reference_levels() -> dict[str, str]:
@@ -167,6 +177,26 @@ class AnalysisOptions:
     min_events: int = 2
     development_boundaries_months: tuple[float, float] = (3.0, 6.0)
     days_per_month: float = DAYS_PER_MONTH
+    operating_point: OperatingPoint | None = None
+    retune_on_cohort: bool = False
+
+    @property
+    def locked(self) -> OperatingPoint | None:
+        """The locked operating point in force (``None`` when re-tuned or absent)."""
+        return None if self.retune_on_cohort else self.operating_point
+
+    @property
+    def operating_point_label(self) -> str:
+        """What every figure and table says about the thresholds it uses."""
+        if self.locked is not None:
+            return self.locked.label
+        if self.retune_on_cohort:
+            version = self.operating_point.model_version if self.operating_point else ""
+            return (
+                f"{RETUNED_LABEL}{f' ({version})' if version else ''}: Youden thresholds "
+                "and maxstat MRS cut chosen on the analysed cohort"
+            )
+        return "chosen on this cohort (Youden thresholds, maxstat MRS cut): no locked point"
 
 
 @dataclass(frozen=True, eq=False)
@@ -297,16 +327,22 @@ def _classification(
     data: pd.DataFrame, slices: pd.DataFrame | None, options: AnalysisOptions
 ) -> dict[str, BinaryClassificationResult | NotComputable]:
     labels = data["metastasis_label"]
+    locked = options.locked
+    source = options.operating_point_label
+    mrs_cut = None if locked is None else locked.mrs_cutpoint
     results: dict[str, BinaryClassificationResult | NotComputable] = {
         "patient_mrs": evaluate_binary(
             labels,
             data["metastasis_risk_score"],
             level="patient",
             name="metastasis by MRS",
+            threshold=mrs_cut,
+            threshold_source=source,
             confidence_level=options.confidence_level,
         )
     }
     fraction = _column(data, "predicted_positive_fraction")
+    calls = _column(data, "predicted_metastasis") if locked is not None else None
     results["patient_fraction"] = (
         evaluate_binary(
             labels,
@@ -314,7 +350,9 @@ def _classification(
             level="patient",
             name="metastasis by fraction of slices predicted positive",
             threshold=options.decision_threshold,
+            threshold_source=source if options.decision_threshold is None else None,
             confidence_level=options.confidence_level,
+            calls=calls if options.decision_threshold is None else None,
         )
         if fraction is not None
         else _absent(
@@ -334,6 +372,9 @@ def _classification(
             slices["slice_probability"],
             level="slice",
             name="metastasis by slice probability",
+            threshold=None if locked is None else locked.slice_threshold,
+            threshold_source=source
+            + (" (mean of the fold slice thresholds)" if locked is not None else ""),
             confidence_level=options.confidence_level,
         )
     return results
@@ -346,6 +387,9 @@ def _decision(
 ) -> tuple[pd.Series, float]:
     """The score and threshold of the patient-level decision ("flagged by the model")."""
     fraction = classification["patient_fraction"]
+    calls = _column(data, "predicted_metastasis")
+    if options.locked is not None and options.decision_threshold is None and calls is not None:
+        return calls, 1.0  # the stored calls of the locked rule (1 = metastasis)
     if isinstance(fraction, BinaryClassificationResult):
         return data["predicted_positive_fraction"], fraction.at_threshold.threshold
     mrs = classification["patient_mrs"]
@@ -418,6 +462,8 @@ def _patient_groups(
             (),
         )
         mrs_group = dichotomise(mrs, options.mrs_cutpoint)
+    elif options.locked is not None:
+        cut, mrs_group = _locked_groups(options.locked, mrs)
     elif _has_survival(data):
         cut = maxstat_cutpoint(
             data["overall_survival_days"],
@@ -444,6 +490,25 @@ def _patient_groups(
         }
     )
     return cut, groups
+
+
+def _locked_groups(locked: OperatingPoint, mrs: pd.Series) -> tuple[NotComputable, np.ndarray]:
+    """MRS groups at the locked cut-point (no cut is estimated on the analysed cohort)."""
+    if locked.mrs_cutpoint is None:
+        reason = (
+            f"the locked operating point of {locked.model_version} has no MRS cut-point "
+            f"({locked.mrs_cutpoint_reason}); the re-tuned analysis estimates one here"
+        )
+        return NotComputable("Cut-point of MRS", reason, ("locked MRS cut-point",)), np.full(
+            len(mrs), None, dtype=object
+        )
+    reason = (
+        f"not re-estimated on this cohort: the MRS groups use the locked cut-point "
+        f"{locked.mrs_cutpoint:.4g} of {locked.model_version} (maxstat on the out-of-fold MRS "
+        f"of {locked.development_cohort or 'the development cohort'}, n = "
+        f"{locked.mrs_cutpoint_n}); the re-tuned analysis re-estimates it (optimistic)"
+    )
+    return NotComputable("Cut-point of MRS", reason, ()), dichotomise(mrs, locked.mrs_cutpoint)
 
 
 def _kaplan_meier_sections(
