@@ -36,6 +36,7 @@ from ._base import (
     format_number,
     p_text,
 )
+from .clustered import OBUCHOWSKI_METHOD, obuchowski_auroc
 
 __all__ = [
     "AurocEstimate",
@@ -262,6 +263,7 @@ class BinaryClassificationResult(StatResult):
             "AUROC": self.auroc.auroc,
             "AUROC CI lower": self.auroc.ci_lower,
             "AUROC CI upper": self.auroc.ci_upper,
+            "AUROC CI method": self.auroc.method,
             "AUPRC": self.average_precision,
             "threshold": cm.threshold,
             "threshold source": self.threshold_source,
@@ -634,14 +636,26 @@ def delong_auroc_covariance(labels: ArrayLike, scores: ArrayLike) -> tuple[np.nd
     return aucs, s10 / m + s01 / n
 
 
-def _auroc_from_data(data: _BinaryData, confidence_level: float) -> AurocEstimate:
+def _auroc_from_data(
+    data: _BinaryData, confidence_level: float, clusters: np.ndarray | None = None
+) -> AurocEstimate:
     z = _z_value(confidence_level)
-    aucs, cov = delong_auroc_covariance(data.labels, data.scores)
-    auc = float(aucs[0])
-    variance = float(cov[0, 0])
-    note = ""
-    if np.isnan(variance):
-        note = "DeLong variance needs at least 2 positive and 2 negative cases"
+    method = AurocEstimate.method
+    if clusters is None:
+        aucs, cov = delong_auroc_covariance(data.labels, data.scores)
+        auc = float(aucs[0])
+        variance = float(cov[0, 0])
+        note = ""
+        if np.isnan(variance):
+            note = "DeLong variance needs at least 2 positive and 2 negative cases"
+    else:
+        auc, variance, n_clusters = obuchowski_auroc(data.labels, data.scores, clusters)
+        method = f"{OBUCHOWSKI_METHOD} ({n_clusters} patients)"
+        note = (
+            "clustered variance needs at least 2 patients of each class"
+            if np.isnan(variance)
+            else ""
+        )
     se = float(np.sqrt(max(variance, 0.0))) if np.isfinite(variance) else np.nan
     lower = max(0.0, auc - z * se) if np.isfinite(se) else np.nan
     upper = min(1.0, auc + z * se) if np.isfinite(se) else np.nan
@@ -654,6 +668,7 @@ def _auroc_from_data(data: _BinaryData, confidence_level: float) -> AurocEstimat
         n_positive=data.n_positive,
         n_negative=data.n_negative,
         n_missing=data.n_missing,
+        method=method,
         note=note,
     )
 
@@ -817,6 +832,19 @@ def confusion_at_threshold(
     return _confusion(label_array[complete].astype(np.int64), score_array[complete], threshold)
 
 
+def _complete_clusters(
+    labels: ArrayLike, scores: ArrayLike, clusters: ArrayLike | None
+) -> np.ndarray | None:
+    """The cluster of each row :func:`_prepare` keeps (rows with a label and a score)."""
+    if clusters is None:
+        return None
+    label_array, _ = binary_labels(labels)
+    score_array = as_float_array(scores, name="scores")
+    cluster_array = np.asarray(clusters, dtype=object)
+    check_same_length(labels=label_array, clusters=cluster_array)
+    return cluster_array[~np.isnan(label_array) & np.isfinite(score_array)].astype(str)
+
+
 def evaluate_binary(
     labels: ArrayLike,
     scores: ArrayLike,
@@ -827,6 +855,7 @@ def evaluate_binary(
     confidence_level: float = 0.95,
     calls: ArrayLike | None = None,
     threshold_source: str | None = None,
+    clusters: ArrayLike | None = None,
 ) -> BinaryClassificationResult | NotComputable:
     """The paper's evaluation of one score: AUROC (DeLong CI), AUPRC, ROC and PR curves, the
     Youden threshold, and the confusion matrix and metrics at ``threshold`` (the Youden
@@ -837,7 +866,8 @@ def evaluate_binary(
     ``calls`` (0/1 per case) are decisions already made by a rule that no single threshold on
     ``scores`` expresses (the locked per-fold thresholds of a model version): the confusion
     matrix is then theirs, its threshold NaN. ``threshold_source`` says where the threshold or
-    the calls come from (default "Youden" or "given").
+    the calls come from (default "Youden" or "given"). ``clusters`` (e.g. the patient of
+    each slice) makes the AUROC interval Obuchowski's clustered one (:mod:`.clustered`).
     """
     data = _prepare(labels, scores, f"Classification of {name} ({level} level)")
     if isinstance(data, NotComputable):
@@ -863,7 +893,9 @@ def evaluate_binary(
         n_positive=data.n_positive,
         n_negative=data.n_negative,
         n_missing=data.n_missing,
-        auroc=_auroc_from_data(data, confidence_level),
+        auroc=_auroc_from_data(
+            data, confidence_level, _complete_clusters(labels, scores, clusters)
+        ),
         average_precision=pr.average_precision,
         roc=_roc_from_data(data, drop_intermediate=True),
         precision_recall=pr,

@@ -376,6 +376,7 @@ def _classification(
             threshold_source=source
             + (" (mean of the fold slice thresholds)" if locked is not None else ""),
             confidence_level=options.confidence_level,
+            clusters=slices["patient_id"] if "patient_id" in slices.columns else None,
         )
     return results
 
@@ -673,7 +674,9 @@ def run_full_analysis(
     """Compute every analysis of the paper for one cohort (see the module docstring).
 
     ``slices`` optionally holds slice-level scores (columns ``slice_probability`` and
-    ``metastasis_label``) for the slice-level evaluation.
+    ``metastasis_label``) for the slice-level evaluation; with a ``patient_id`` column its
+    AUROC interval is patient-clustered (Obuchowski 1997), as a patient's slices are not
+    independent.
     """
     options = options or AnalysisOptions()
     data, notes = _clean(frame, options.n_folds)
