@@ -293,8 +293,32 @@ def _cox_table(result: CoxResult | CoxTable | NotComputable) -> pd.DataFrame:
         frame["events"] = result.n_events
         frame["concordance"] = result.concordance
         frame["note"] = "; ".join(notes)
+        frame["proportional hazards (cox.zph)"] = result.ph_flag
         return frame
     return result.to_frame()
+
+
+def _ph_table(result: CoxResult | CoxTable | NotComputable) -> pd.DataFrame:
+    """The cox.zph check of each model of a Cox table, a row per term and GLOBAL."""
+    models = result.models if isinstance(result, CoxTable) else {"model": result}
+    frames = []
+    for name, model in models.items():
+        check = model.proportional_hazards if isinstance(model, CoxResult) else model
+        if check is None:
+            continue
+        frames.append(_with_first(check.to_frame(), model=name))
+    return _concat(frames)
+
+
+def _ph_title_flag(result: CoxResult | CoxTable | NotComputable) -> str:
+    """ ": PROPORTIONAL HAZARDS VIOLATED ..." when any model's check has p < 0.05."""
+    models = result.models.values() if isinstance(result, CoxTable) else [result]
+    flags = [
+        model.ph_flag
+        for model in models
+        if isinstance(model, CoxResult) and model.ph_flag.startswith("PROPORTIONAL")
+    ]
+    return f": {'; '.join(flags)}" if flags else ""
 
 
 def _development_tests(result: DevelopmentResult) -> pd.DataFrame:
@@ -477,6 +501,17 @@ def _evaluation(build: _Builder, analysis: AnalysisResult) -> None:
         analysis.calibration,
         fig.calibration_figure,
     )
+    curves = analysis.decision_curves
+    if curves is not None:
+        build.figure(
+            section,
+            "decision-curves",
+            "Decision curves: net benefit of the MRS, CA19-9 and the risk group",
+            curves,
+            fig.decision_curve_figure,
+            wide=True,
+        )
+        build.table(section, "decision-curves", "Decision curves (net benefit)", curves)
     build.table(
         section,
         "classification",
@@ -627,6 +662,22 @@ def _cox(build: _Builder, results: Results) -> None:
         risk,
         lambda: _cox_table(risk),
     )
+    checked = {"cox-risk-groups": ("the risk groups", risk)}
+    if cox is not None:
+        checked = {
+            "cox-univariable": ("the univariable models", cox.univariable),
+            "cox-multivariable": ("the multivariable model", cox.multivariable),
+            **checked,
+        }
+    for name, (label, model) in checked.items():
+        build.table(
+            section,
+            f"ph-{name.removeprefix('cox-')}",
+            f"Proportional-hazards check (cox.zph, scaled Schoenfeld residuals) of {label}"
+            + _ph_title_flag(model),
+            model,
+            frame=lambda m=model: _ph_table(m),
+        )
     build.table(
         section, "c-index", "Harrell's C-index", results, frame=lambda: _c_index_table(results)
     )

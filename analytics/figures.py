@@ -31,6 +31,7 @@ from analytics.stats import (
     CoxResult,
     CoxTable,
     CutpointResult,
+    DecisionCurveResult,
     DevelopmentResult,
     FoldRocSummary,
     KaplanMeierCurve,
@@ -49,6 +50,7 @@ __all__ = [
     "confusion_matrix_figure",
     "cox_forest_figure",
     "cutpoint_figure",
+    "decision_curve_figure",
     "development_figure",
     "figures_for_analysis",
     "kaplan_meier_figure",
@@ -932,6 +934,45 @@ def subgroup_forest_figure(
         height=max(320, 60 + 28 * len(labels)),
     )
     fig.update_layout(margin={"r": 260}, showlegend=False)
+    return fig
+
+
+def decision_curve_figure(
+    result: DecisionCurveResult | NotComputable,
+    *,
+    title: str | None = None,
+    synthetic: bool = False,
+) -> go.Figure:
+    """Net benefit against threshold probability per strategy (Vickers & Elkin 2006), with
+    treat all (grey) and treat none (black); the y axis spans from a little below zero to the
+    prevalence, where treat all starts, so no curve's useful range is cut off."""
+    if isinstance(result, NotComputable):
+        return not_computable_figure(result, title=title, synthetic=synthetic)
+    fig = go.Figure()
+    fixed = {"treat all": "#7F7F7F", "treat none": "#000000"}
+    for index, (name, values) in enumerate(result.net_benefit.items()):
+        colour = fixed.get(name, _colour(index))
+        fig.add_trace(
+            go.Scatter(
+                x=result.thresholds,
+                y=values,
+                mode="lines",
+                name=f"{name} (n = {result.n[name]})",
+                line={"color": colour, "width": 1.5 if name in fixed else 2.5},
+                hovertemplate=f"{name}<br>threshold %{{x:.2f}}<br>net benefit %{{y:.3f}}"
+                "<extra></extra>",
+            )
+        )
+    top = max(result.prevalence, 0.01)
+    fig.update_xaxes(title="Threshold probability", range=[0, float(result.thresholds.max())])
+    fig.update_yaxes(title="Net benefit", range=[-0.05 * top - 0.01, top * 1.1])
+    fig = _finish(
+        fig,
+        title=title or f"Decision curves: {result.outcome}",
+        synthetic=synthetic,
+        height=520,
+    )
+    fig.update_layout(legend={"x": 1.02, "y": 1.0, "xanchor": "left"}, margin={"r": 220})
     return fig
 
 

@@ -84,7 +84,7 @@ RESEARCH_USE_ONLY = (
     "never a replacement."
 )
 #: Bump when the pickled result objects change shape: older cache rows are then ignored.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 PACKAGES = ("django", "numpy", "pandas", "scipy", "lifelines", "scikit-learn", "plotly")
 CLINICAL_GROUPINGS = ("ca19_9_group", "nccn_resectability")
 

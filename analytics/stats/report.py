@@ -90,6 +90,7 @@ from .cutpoints import (
     maxstat_cutpoint,
     risk_groups,
 )
+from .decision_curve import DecisionCurveResult, decision_curve
 from .development import DAYS_PER_MONTH, DevelopmentResult, metastasis_development_analysis
 from .operating_point import RETUNED_LABEL, OperatingPoint
 from .subgroups import (
@@ -221,6 +222,7 @@ class AnalysisResult(StatResult):
     c_index: dict[str, ConcordanceResult | NotComputable]
     development: DevelopmentResult | NotComputable
     patient_groups: pd.DataFrame
+    decision_curves: DecisionCurveResult | NotComputable | None = None
 
     title: ClassVar[str] = "PMPD analysis"
 
@@ -242,8 +244,11 @@ class AnalysisResult(StatResult):
             "cox_risk_groups",
             "c_index",
             "development",
+            "decision_curves",
         ):
             value = getattr(self, name)
+            if value is None:
+                continue
             if isinstance(value, dict):
                 flat.update({f"{name}/{key}": item for key, item in value.items()})
             else:
@@ -652,6 +657,31 @@ def _cox_sections(
     )
 
 
+def _decision_curves(
+    data: pd.DataFrame, groups: pd.DataFrame, options: AnalysisOptions
+) -> DecisionCurveResult | NotComputable:
+    """Net benefit of acting on the MRS (as a probability), on CA19-9 > threshold and on the
+    MRS x CA19-9 risk group, against treat all and treat none."""
+
+    def flags(values: pd.Series, chosen: tuple[str, ...]) -> np.ndarray:
+        known = values.notna() & (values != "unknown")
+        return np.where(known, values.isin(chosen).astype(float), np.nan)
+
+    risk = groups["risk_group"]
+    ca = groups["ca19_9_group"]
+    threshold = f"{options.ca19_9_threshold_u_per_ml:g}"
+    return decision_curve(
+        data["metastasis_label"],
+        {
+            "MRS": data["metastasis_risk_score"].to_numpy(dtype=float),
+            f"CA19-9 > {threshold} U/mL": flags(ca, ("high",)),
+            "risk group high": flags(risk, ("high",)),
+            "risk group mid or high": flags(risk, ("mid", "high")),
+        },
+        outcome="metastasis at diagnosis",
+    )
+
+
 def _development(data: pd.DataFrame, options: AnalysisOptions) -> DevelopmentResult | NotComputable:
     if _column(data, "developed_metastasis") is None or _column(data, "days_to_metastasis") is None:
         return _absent("Metastasis development", "developed_metastasis", "days_to_metastasis")
@@ -734,4 +764,5 @@ def run_full_analysis(
         c_index=c_index,
         development=_development(data, options),
         patient_groups=groups,
+        decision_curves=_decision_curves(data, groups, options),
     )
