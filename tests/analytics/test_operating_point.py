@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 import pytest
-from factories import make_cohort
+from factories import make_cohort, make_user
 from rest_framework.test import APIClient
 from scored import make_development_cohort, make_model_version, make_scored_cohort
 from sklearn.metrics import roc_auc_score
@@ -162,3 +162,37 @@ def test_reading_for_states_the_call_the_rule_and_the_mrs_against_the_cut(study)
     reading = reading_for(held_out)
     assert reading.predicted_metastasis == held_out.predicted_metastasis
     assert reading.rule_in_words.startswith("fold model 4 (the one that held this patient out)")
+
+
+def test_the_tripod_report_of_the_version_and_its_validation_cohort(study, client_for, members):
+    version, cohort, external, point, _ = study
+    query = {"cohort": external.pk, "model_version": version.pk}
+    page = client_for(members["statistician"]).get("/analytics/tripod.html", query)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert f"TRIPOD+AI model report: {version.name}" in html
+    assert point.label in html and "nothing is re-tuned on a validation cohort" in html
+    assert html.index(cohort.name) < html.index("External validation")  # development first
+    assert "development: internal validation" in html and "external validation: scored" in html
+    assert html.count("TO BE COMPLETED BY THE AUTHORS") >= 10
+    rows = _predictions(version, external)
+    label = np.array([p.patient.metastasis_at_diagnosis == "yes" for p in rows])
+    call = np.array([p.predicted_metastasis for p in rows])
+    tp, fn = int((call & label).sum()), int((~call & label).sum())
+    assert f"{tp / (tp + fn):.3f}" in html and f"{tp}/{tp + fn}" in html
+    assert "Obuchowski (1997) clustered AUROC" in html and "Decision curves" in html
+    download = client_for(members["statistician"]).get(
+        "/analytics/tripod.html", {**query, "download": 1}
+    )
+    assert (
+        "attachment" in download["Content-Disposition"]
+        and "tripod" in download["Content-Disposition"]
+    )
+    # A statistician of the external cohort only may not see the development cohort's report.
+    stranger = make_user("external-statistician")
+    Membership.objects.create(user=stranger, cohort=external, role=Role.STATISTICIAN)
+    assert client_for(stranger).get("/analytics/tripod.html", query).status_code == 404
+    missing = client_for(members["statistician"]).get(
+        "/analytics/tripod.html", {"cohort": external.pk}
+    )
+    assert missing.status_code == 400 and b"describes a model version" in missing.content
