@@ -707,7 +707,7 @@ def _development(build: _Builder, analysis: AnalysisResult) -> None:
             build.figure(
                 section,
                 f"development-confusion-{_slug(name)}",
-                f"Confusion matrix: metastasis {name} (Youden cut)",
+                f"Confusion matrix: metastasis {name} (Youden cut on these data, optimistic)",
                 item,
                 fig.confusion_matrix_figure,
                 data=_or_reason(item, lambda r: r.at_threshold.to_frame()),

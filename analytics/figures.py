@@ -16,7 +16,8 @@ Annotations that tests and templates look for carry a ``name``: ``"synthetic-dat
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,7 +67,6 @@ SYNTHETIC_CAPTION = "Synthetic data: not patient data"
 
 _PALETTE = ("#1F77B4", "#D62728", "#2CA02C", "#FF7F0E", "#9467BD", "#8C564B", "#E377C2", "#17BECF")
 _GROUP_COLOURS = {"low": "#2CA02C", "mid": "#FF7F0E", "high": "#D62728", "unknown": "#7F7F7F"}
-_MUTED = "rgba(150, 150, 150, 0.45)"
 
 # A small white template: assigning plotly's full "plotly_white" deep-copies thousands of
 # properties per figure (most of the build time); these are the parts the figures use.
@@ -146,6 +146,31 @@ def not_computable_figure(
 
 def _colour(index: int) -> str:
     return _PALETTE[index % len(_PALETTE)]
+
+
+def _distinct_colours(groups: Sequence[str], given: Mapping[str, str]) -> dict[str, str]:
+    """A colour per group, no two alike while the palette lasts: the given ones (or the
+    risk-group colours for low/mid/high), then palette colours not yet taken."""
+    colours = {g: given.get(g, _GROUP_COLOURS.get(g, "")) for g in groups}
+    free = [c for c in _PALETTE if c not in colours.values()]
+    for index, group in enumerate(groups):
+        if not colours[group]:
+            colours[group] = free.pop(0) if free else _colour(index)
+    return colours
+
+
+def _log_ticks(low: float, high: float) -> tuple[list[float], list[str]]:
+    """Ticks of a hazard-ratio log axis at 1-2-5 steps, labelled as numbers ("0.2", not
+    plotly's "2" for the minor ticks of a decade)."""
+    values: list[float] = []
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7)):  # finer steps on a narrow axis
+        candidates = [m * 10.0**e for e in range(-4, 5) for m in mantissas]
+        values = [v for v in candidates if low <= v <= high]
+        if len(values) >= 4:
+            break
+    if len(values) > 9:
+        values = [v for v in values if round(v / 10.0 ** math.floor(math.log10(v))) != 2]
+    return values or [1.0], [f"{v:.4g}" for v in values or [1.0]]
 
 
 def _auroc_label(estimate: AurocEstimate | NotComputable | None, fallback: float) -> str:
@@ -322,6 +347,11 @@ def confusion_matrix_figure(
     if isinstance(result, NotComputable):
         return not_computable_figure(result, title=title, synthetic=synthetic)
     matrix = result.at_threshold if isinstance(result, BinaryClassificationResult) else result
+    negative, positive = (
+        result.classes
+        if isinstance(result, BinaryClassificationResult)
+        else ("no metastasis", "metastasis")
+    )
     counts = matrix.matrix().to_numpy()
     row_totals = counts.sum(axis=1, keepdims=True)
     shares = np.divide(
@@ -331,8 +361,8 @@ def confusion_matrix_figure(
     fig = go.Figure(
         go.Heatmap(
             z=shares,
-            x=["Predicted no metastasis", "Predicted metastasis"],
-            y=["No metastasis", "Metastasis"],
+            x=[f"Predicted {negative}", f"Predicted {positive}"],
+            y=[f"Actual {negative}", f"Actual {positive}"],
             text=text,
             texttemplate="%{text}",
             textfont={"size": 16},
@@ -363,13 +393,28 @@ def confusion_matrix_figure(
         showarrow=False,
         font={"size": 12},
     )
-    fig.update_yaxes(autorange="reversed", title="Actual")
+    degenerate = [note for note in matrix.notes if note.startswith("degenerate")]
+    if degenerate:
+        fig.add_annotation(
+            name="degenerate",
+            text=f"<b>{degenerate[0]}</b>",
+            xref="paper",
+            yref="paper",
+            x=0.5,
+            y=-0.32,
+            showarrow=False,
+            font={"size": 12, "color": "#B00020"},
+        )
+    fig.update_yaxes(autorange="reversed", title="")
     fig.update_xaxes(title="", side="top")
-    default = (
-        f"Confusion matrix at threshold {matrix.threshold:.3g} (positive if score >= threshold)"
+    rule = (
+        f"threshold {matrix.threshold:.3g} (positive if score >= threshold)"
+        if np.isfinite(matrix.threshold)
+        else "the stored calls"
     )
+    default = f"Confusion matrix at {rule}"
     fig = _finish(fig, title=title or default, synthetic=synthetic, height=460)
-    fig.update_layout(margin={"b": 110, "t": 110})
+    fig.update_layout(margin={"b": 140, "t": 110})
     return fig
 
 
@@ -483,16 +528,15 @@ def kaplan_meier_figure(
         row_heights=[0.78, 0.22] if show_at_risk else [1.0],
         vertical_spacing=0.1,
     )
-    palette = dict(colours or {})
+    palette = _distinct_colours(result.groups, colours or {})
     computed = [g for g in result.groups if isinstance(result.curves[g], KaplanMeierCurve)]
-    for index, group in enumerate(result.groups):
-        palette.setdefault(group, _GROUP_COLOURS.get(group, _colour(index)))
     ci_label = f"{result.confidence_level:.0%} CI"
     for group in computed:
         curve = result.curves[group]
         assert isinstance(curve, KaplanMeierCurve)
         muted = highlight_group is not None and group != highlight_group
-        colour = _MUTED if muted else palette[group]
+        # another group of a highlighted figure keeps its own colour, faded: never two greys
+        colour = _rgba(palette[group], 0.45) if muted else palette[group]
         if show_ci:
             band_x, band_y = _step_band(curve)
             fig.add_trace(
@@ -502,7 +546,7 @@ def kaplan_meier_figure(
                     fill="toself",
                     mode="lines",
                     line={"width": 0},
-                    fillcolor="rgba(150,150,150,0.12)" if muted else _rgba(palette[group], 0.18),
+                    fillcolor=_rgba(palette[group], 0.07 if muted else 0.18),
                     name=f"{group} {ci_label}",
                     legendgroup=group,
                     showlegend=False,
@@ -551,10 +595,12 @@ def kaplan_meier_figure(
                     y=[group] * len(result.at_risk_times),
                     mode="text",
                     text=[str(count) for count in result.at_risk[group]],
-                    textfont={"color": "#999999" if muted else palette[group], "size": 12},
+                    textfont={"color": palette[group], "size": 12},
+                    opacity=0.6 if muted else 1.0,
                     name=f"{group} at risk",
                     showlegend=False,
                     hoverinfo="skip",
+                    cliponaxis=False,
                 ),
                 row=2,
                 col=1,
@@ -572,6 +618,14 @@ def kaplan_meier_figure(
         fig.update_xaxes(tickvals=result.at_risk_times, row=1, col=1)
     else:
         fig.update_xaxes(title=f"Time ({time_unit})", row=1, col=1)
+    # The axis covers every break of the numbers-at-risk table with a margin on both sides,
+    # so the first and last counts are never cut off.
+    last = max(
+        [float(np.max(result.at_risk_times))]
+        + [float(result.curves[g].time.max()) for g in computed if result.curves[g].time.size]
+    )
+    pad = 0.04 * last if last > 0 else 1.0
+    fig.update_xaxes(range=[-pad, last + pad])
     fig.update_yaxes(title="Survival probability", range=[0, 1.03], row=1, col=1)
     logrank = result.logrank
     p_label = (
@@ -603,11 +657,29 @@ def kaplan_meier_figure(
             showarrow=False,
             font={"color": "#B00020"},
         )
-    fig.update_layout(legend={"x": 0.98, "y": 0.82, "xanchor": "right", "yanchor": "top"})
     default = f"Overall survival by {result.group_variable}"
-    return _finish(
-        fig, title=title or default, synthetic=synthetic, height=620 if show_at_risk else 480
+    n_groups = len(result.groups)
+    height = (560 + 22 * n_groups) if show_at_risk else 480
+    fig = _finish(fig, title=title or default, synthetic=synthetic, height=height)
+    # The legend sits under the plot, off the curves (survminer puts it outside the panel).
+    fig.update_layout(
+        legend={
+            "orientation": "h",
+            "x": 0.0,
+            "xanchor": "left",
+            "y": 0.0,
+            "yanchor": "bottom",
+            "yref": "container",
+            "bgcolor": "rgba(255,255,255,0)",
+        },
+        margin={"b": 60 + 24 * math.ceil(n_groups / 2), "t": 110},
     )
+    if show_at_risk:
+        rows_share = min(0.4, 0.12 + 0.035 * n_groups)
+        fig.update_layout(
+            yaxis={"domain": [rows_share + 0.1, 1.0]}, yaxis2={"domain": [0.0, rows_share]}
+        )
+    return fig
 
 
 def risk_group_figure(
@@ -740,7 +812,17 @@ def cox_forest_figure(
             xanchor="left",
             font={"size": 11, "color": "#B00020"},
         )
-    fig.update_xaxes(type="log", title="Hazard ratio (log scale)")
+    finite = np.isfinite(lower) & np.isfinite(upper) & (lower > 0)
+    low = float(min(lower[finite].min(), 1.0)) if finite.any() else 0.5
+    high = float(max(upper[finite].max(), 1.0)) if finite.any() else 2.0
+    ticks, texts = _log_ticks(low / 1.15, high * 1.15)
+    fig.update_xaxes(
+        type="log",
+        title="Hazard ratio (log scale)",
+        range=[math.log10(low / 1.15), math.log10(high * 1.15)],
+        tickvals=ticks,
+        ticktext=texts,
+    )
     fig.update_yaxes(autorange="reversed")
     fig = _finish(
         fig, title=title or default, synthetic=synthetic, height=max(320, 60 + 34 * len(terms))

@@ -250,6 +250,7 @@ class BinaryClassificationResult(StatResult):
     youden: YoudenThreshold
     threshold_source: str
     at_threshold: ConfusionMatrixResult
+    classes: tuple[str, str] = ("no metastasis", "metastasis")
 
     title: ClassVar[str] = "Binary classification"
 
@@ -789,6 +790,12 @@ def _confusion(labels: np.ndarray, scores: np.ndarray, threshold: float) -> Conf
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)
     if 2 * tp + fp + fn == 0:
         notes.append("F1 undefined: no positive cases and nothing predicted positive")
+    if labels.size and (tp + fp == labels.size or tn + fn == labels.size):
+        predicted = "positive" if tp + fp == labels.size else "negative"
+        notes.append(
+            f"degenerate: every case is predicted {predicted} at this threshold, which "
+            "separates nothing"
+        )
     return ConfusionMatrixResult(
         threshold=float(threshold),
         true_positive=tp,
@@ -856,6 +863,7 @@ def evaluate_binary(
     calls: ArrayLike | None = None,
     threshold_source: str | None = None,
     clusters: ArrayLike | None = None,
+    classes: tuple[str, str] = ("no metastasis", "metastasis"),
 ) -> BinaryClassificationResult | NotComputable:
     """The paper's evaluation of one score: AUROC (DeLong CI), AUPRC, ROC and PR curves, the
     Youden threshold, and the confusion matrix and metrics at ``threshold`` (the Youden
@@ -868,6 +876,7 @@ def evaluate_binary(
     matrix is then theirs, its threshold NaN. ``threshold_source`` says where the threshold or
     the calls come from (default "Youden" or "given"). ``clusters`` (e.g. the patient of
     each slice) makes the AUROC interval Obuchowski's clustered one (:mod:`.clustered`).
+    ``classes`` names the negative and the positive class (rows of the confusion matrix).
     """
     data = _prepare(labels, scores, f"Classification of {name} ({level} level)")
     if isinstance(data, NotComputable):
@@ -902,6 +911,7 @@ def evaluate_binary(
         youden=youden,
         threshold_source=source,
         at_threshold=at_threshold,
+        classes=classes,
     )
 
 
