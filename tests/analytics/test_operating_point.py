@@ -12,6 +12,7 @@ and an external cohort scored by the ensemble, one model version.
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -196,3 +197,46 @@ def test_the_tripod_report_of_the_version_and_its_validation_cohort(study, clien
         "/analytics/tripod.html", {"cohort": external.pk}
     )
     assert missing.status_code == 400 and b"describes a model version" in missing.content
+
+
+def test_the_patient_page_reads_the_mrs_at_the_locked_cut(study, members):
+    version, _, external, point, _ = study
+    from analytics.services import patient_risk
+
+    patient = _predictions(version, external)[5].patient
+    risk = patient_risk(members["admin"], patient, version)
+    assert risk.cutpoint == point.mrs_cutpoint
+    assert risk.cutpoint_method.startswith(f"locked at the training of {version.name}")
+    expected = "low" if risk.metastasis_risk_score <= point.mrs_cutpoint else "high"
+    assert risk.mrs_group == expected
+
+
+def test_versions_trained_before_the_point_get_their_folds_and_point(cohort):
+    import importlib
+
+    from django.apps import apps
+    from django.core.management import call_command
+
+    version = make_model_version("pmpd-older")
+    make_development_cohort(cohort, version, 40)
+    rows = _predictions(version, cohort)
+    version.card = {
+        "folds": [
+            {"fold": k, "test_ids": [p.patient.study_id for p in rows if p.fold == k]}
+            for k in range(5)
+        ]
+    }
+    version.save(update_fields=["card"])
+    PatientPrediction.objects.filter(model_version=version).update(fold=None)
+    migration = importlib.import_module("inference.migrations.0002_operating_point_and_fold")
+    migration.fill_out_of_fold_folds(apps, None)
+    assert [p.fold for p in _predictions(version, cohort)] == [p.fold for p in rows]
+
+    assert operating_point_of(version) is None
+    output = io.StringIO()
+    call_command("lock_operating_points", stdout=output)
+    assert "[1/1] pmpd-older: locked at training (pmpd-older)" in output.getvalue()
+    version.refresh_from_db()
+    point = operating_point_of(version)
+    assert point is not None and version.card["operating_point"] == version.operating_point
+    assert version.card["folds"][0]["fold"] == 0  # the rest of the card is kept
