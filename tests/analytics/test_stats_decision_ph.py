@@ -30,7 +30,7 @@ from lifelines.statistics import proportional_hazard_test
 from analytics.catalogue import Results, entries
 from analytics.stats import cox_regression, run_full_analysis, synthetic_cohort
 from analytics.stats.decision_curve import decision_curve, net_benefit
-from analytics.stats.proportional_hazards import schoenfeld_test
+from analytics.stats.proportional_hazards import schoenfeld_residuals, schoenfeld_test
 
 LABELS = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
 PROBABILITIES = np.array([0.9, 0.6, 0.3, 0.5, 0.25, 0.1, 0.1, 0.05, 0.05, 0.01])
@@ -92,6 +92,24 @@ def test_schoenfeld_test_reproduces_cox_zph_on_lung(lung):
         warnings.simplefilter("ignore")
         theirs = proportional_hazard_test(fitter, lung, time_transform="km")
     assert np.asarray(theirs.test_statistic)[1] != pytest.approx(2.349, abs=5e-4)
+
+
+def test_vectorised_schoenfeld_residuals_equal_lifelines(lung):
+    fitter = CoxPHFitter().fit(lung, "time", "status", fit_options={"precision": 1e-12})
+    theirs = fitter.compute_residuals(lung, kind="schoenfeld")
+    times, ours = schoenfeld_residuals(
+        lung[["age", "sex", "wt.loss"]].to_numpy(float),
+        lung["time"].to_numpy(float),
+        lung["status"].to_numpy(float),
+        fitter.params_.to_numpy(),
+    )
+    expected = theirs.assign(time=lung.loc[theirs.index, "time"]).sort_values("time")
+    order = np.argsort(times, kind="mergesort")
+    assert np.allclose(np.sort(times), expected["time"])
+    by_time = pd.DataFrame(ours[order]).assign(time=times[order]).groupby("time").sum()
+    assert np.allclose(
+        by_time.to_numpy(), expected.groupby("time")[["age", "sex", "wt.loss"]].sum(), atol=1e-8
+    )
 
 
 def test_every_cox_model_carries_the_check_and_flags_a_violation():
