@@ -29,8 +29,9 @@ from pmpd_web.cohorts.models import Cohort, Patient
 
 #: The parameters each section's form offers (the others travel as hidden fields).
 SECTION_FIELDS: dict[str, tuple[str, ...]] = {
-    "evaluation": ("decision_threshold", "confidence_level"),
+    "evaluation": ("retune", "decision_threshold", "confidence_level"),
     "survival": (
+        "retune",
         "group",
         "mrs_cutpoint",
         "minprop",
@@ -52,9 +53,9 @@ SECTION_FIELDS: dict[str, tuple[str, ...]] = {
     "subgroups": ("age_cut", "size_edges", "confidence_level"),
 }
 FIELD_LABELS = {
-    "decision_threshold": "Decision threshold (default Youden)",
+    "decision_threshold": "Decision threshold (default: the locked operating point)",
     "confidence_level": "Confidence level",
-    "mrs_cutpoint": "MRS cut-point (default maxstat)",
+    "mrs_cutpoint": "MRS cut-point (default: locked; maxstat without a locked point)",
     "minprop": "maxstat minimal proportion",
     "ca19_9_threshold": "CA19-9 cut (U/mL)",
     "at_risk_times": "Numbers-at-risk times (days)",

@@ -117,9 +117,12 @@ def test_the_retuned_analysis_is_asked_for_and_labelled(study, client_for, membe
     html = page.content.decode()
     assert "Operating point: " + RETUNED_LABEL in html
     assert f"Operating point: {point.name} ({version.name}), NOT USED" in html
+    assert '<option value="1" selected>re-tuned on this cohort (optimistic)' in html
     locked_page = client_for(members["statistician"]).get("/analytics/survival/", query)
     text = locked_page.content.decode()
-    assert RETUNED_LABEL not in text and f"Operating point: {point.label}" in text
+    assert "TRIPOD+AI report" in text and '<option value="1" selected>' not in text
+    assert "Operating point: " + RETUNED_LABEL not in text
+    assert f"Operating point: {point.label}" in text
     assert json.dumps("Operating point: " + point.label)[1:-1] in text  # in the figure titles
     assert api.get("/api/analytics/evaluation/", {**query, "retune": "maybe"}).status_code == 400
 
