@@ -229,7 +229,14 @@ def _medians_table(curves: dict[str, KaplanMeierResult | NotComputable]) -> pd.D
     return _concat(rows)
 
 
-def _logrank_table(curves: dict[str, KaplanMeierResult | NotComputable]) -> pd.DataFrame:
+def _split_note(grouping: str, note: str) -> str:
+    """The uncorrected-p note of the groupings made with the MRS cut."""
+    return note if grouping.startswith(("mrs_group", "risk_group")) else ""
+
+
+def _logrank_table(
+    curves: dict[str, KaplanMeierResult | NotComputable], note: str = ""
+) -> pd.DataFrame:
     rows = []
     for grouping, result in curves.items():
         test = result.logrank if isinstance(result, KaplanMeierResult) else result
@@ -243,6 +250,7 @@ def _logrank_table(curves: dict[str, KaplanMeierResult | NotComputable]) -> pd.D
                     "chi-square": test.chi_square,
                     "df": test.df,
                     "p": test.p_value,
+                    "note": _split_note(grouping, note),
                 }
             )
     return pd.DataFrame(rows)
@@ -562,6 +570,7 @@ def _survival(build: _Builder, results: Results) -> None:
         "nccn_resectability": "Overall survival by NCCN resectability",
         "risk_group": "Overall survival by risk group (MRS x CA19-9)",
     }
+    split_note = analysis.mrs_split_note if analysis is not None else ""
     for grouping, result in results.kaplan_meier.items():
         draw = fig.risk_group_figure if grouping == "risk_group" else fig.kaplan_meier_figure
         build.figure(
@@ -571,6 +580,7 @@ def _survival(build: _Builder, results: Results) -> None:
             result,
             draw,
             data=lambda r=result: _km_frame(r),
+            p_note=_split_note(grouping, split_note),
         )
     if analysis is not None:
         for stratum, result in analysis.mrs_within_resectability.items():
@@ -581,6 +591,7 @@ def _survival(build: _Builder, results: Results) -> None:
                 result,
                 fig.kaplan_meier_figure,
                 data=lambda r=result: _km_frame(r),
+                p_note=split_note,
             )
     if results.custom_group and results.custom_group not in results.kaplan_meier:
         custom = results.custom_kaplan_meier
@@ -601,7 +612,10 @@ def _survival(build: _Builder, results: Results) -> None:
         curves,
         frame=lambda: _medians_table(curves),
     )
-    build.table(section, "logrank", "Log-rank tests", curves, frame=lambda: _logrank_table(curves))
+    note = analysis.mrs_split_note if analysis is not None else ""
+    build.table(
+        section, "logrank", "Log-rank tests", curves, frame=lambda: _logrank_table(curves, note)
+    )
     build.table(
         section, "numbers-at-risk", "Numbers at risk", curves, frame=lambda: _at_risk_table(curves)
     )

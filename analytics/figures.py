@@ -508,9 +508,11 @@ def kaplan_meier_figure(
     colours: Mapping[str, str] | None = None,
     time_unit: str = "days",
     synthetic: bool = False,
+    p_note: str = "",
 ) -> go.Figure:
     """Kaplan-Meier curves with CI bands, censoring ticks, the numbers-at-risk table under the
-    plot and the log-rank p-value.
+    plot and the log-rank p-value (with ``p_note`` under it, e.g. that it is uncorrected for a
+    cut-point chosen on the same data).
 
     ``highlight_group`` draws that group in colour and the others muted (the clinician's view:
     "this patient is in the high-risk group"). Traces per group, in order: CI band
@@ -633,6 +635,8 @@ def kaplan_meier_figure(
         if not isinstance(logrank, NotComputable)
         else f"Log-rank: not computable ({logrank.reason})"
     )
+    if p_note and not isinstance(logrank, NotComputable):
+        p_label += f"<br><span style='font-size:11px;color:#B00020'>{p_note}</span>"
     fig.add_annotation(
         name="p-value",
         text=p_label,
@@ -688,12 +692,14 @@ def risk_group_figure(
     highlight_group: str | None = None,
     title: str | None = None,
     synthetic: bool = False,
+    p_note: str = "",
 ) -> go.Figure:
     """Kaplan-Meier curves of the MRS x CA19-9 risk groups (low green, mid orange, high red),
     optionally highlighting one patient's group."""
     return kaplan_meier_figure(
         result,
         highlight_group=highlight_group,
+        p_note=p_note,
         colours=_GROUP_COLOURS,
         title=title or "Overall survival by risk group (MRS x CA19-9)",
         synthetic=synthetic,

@@ -157,8 +157,12 @@ class Selection:
 
     def options(self, params: AnalysisParameters) -> AnalysisOptions:
         """The analysis options of ``params`` at the version's locked operating point."""
+        version = self.model_version
         return dataclasses.replace(
-            params.options(synthetic=self.synthetic), operating_point=self.operating_point
+            params.options(synthetic=self.synthetic),
+            operating_point=self.operating_point,
+            includes_development_cohort=version is not None
+            and version.trained_on_id in self.cohort_ids,
         )
 
     @cached_property

@@ -180,6 +180,7 @@ class AnalysisOptions:
     days_per_month: float = DAYS_PER_MONTH
     operating_point: OperatingPoint | None = None
     retune_on_cohort: bool = False
+    includes_development_cohort: bool = False
 
     @property
     def locked(self) -> OperatingPoint | None:
@@ -254,6 +255,24 @@ class AnalysisResult(StatResult):
             else:
                 flat[name] = value
         return flat
+
+    @property
+    def mrs_split_note(self) -> str:
+        """Why the log-rank p of the MRS (and risk) groups is uncorrected, when it is: the cut
+        was chosen on these data (here, or at training on the development cohort included)."""
+        cut = self.mrs_cutpoint
+        if isinstance(cut, CutpointResult):
+            corrected = cut.p_value_lau94
+        elif self.options.locked is not None and self.options.includes_development_cohort:
+            corrected = self.options.locked.mrs_cutpoint_p_corrected
+        else:
+            return ""
+        return (
+            "log-rank p UNCORRECTED: the MRS cut was chosen on these data; maxstat's corrected "
+            f"p (Lau94) = {corrected:.3g}"
+            if corrected is not None
+            else "log-rank p UNCORRECTED: the MRS cut was chosen on these data"
+        )
 
     def to_frame(self) -> pd.DataFrame:
         """One row per section: computed or not, and why not."""

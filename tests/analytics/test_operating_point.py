@@ -122,6 +122,11 @@ def test_the_retuned_analysis_is_asked_for_and_labelled(study, client_for, membe
     text = locked_page.content.decode()
     assert "TRIPOD+AI report" in text and '<option value="1" selected>' not in text
     assert "Operating point: " + RETUNED_LABEL not in text
+    assert "log-rank p UNCORRECTED" not in text  # the locked cut was not chosen on these data
+    retuned_survival = client_for(members["statistician"]).get(
+        "/analytics/survival/", {**query, "retune": 1}
+    )
+    assert "log-rank p UNCORRECTED" in retuned_survival.content.decode()
     assert f"Operating point: {point.label}" in text
     assert json.dumps("Operating point: " + point.label)[1:-1] in text  # in the figure titles
     assert api.get("/api/analytics/evaluation/", {**query, "retune": "maybe"}).status_code == 400

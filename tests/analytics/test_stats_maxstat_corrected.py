@@ -71,3 +71,20 @@ def test_cutpoint_table_labels_the_uncorrected_p():
     cut = maxstat_cutpoint(data[:, 1], data[:, 2], data[:, 0])
     columns = " ".join(cut.to_frame().columns)
     assert "UNCORRECTED" in columns and "Lau94" in columns
+
+
+def test_the_log_rank_p_of_groups_cut_on_the_same_data_says_it_is_uncorrected():
+    from analytics.catalogue import Results, entries
+    from analytics.stats import run_full_analysis, synthetic_cohort
+
+    analysis = run_full_analysis(synthetic_cohort(300, seed=2))
+    note = analysis.mrs_split_note
+    assert note.startswith("log-rank p UNCORRECTED") and "Lau94" in note
+    items = {(e.kind, e.name): e for e in entries(Results(False, analysis), ["survival"])}
+    table = items[("table", "logrank")].frame().set_index("grouping")
+    assert table.loc["mrs_group", "note"] == note and table.loc["ca19_9_group", "note"] == ""
+    figure = items[("figure", "km-mrs-group")].figure()
+    p_value = [a.text for a in figure.layout.annotations if a.name == "p-value"][0]
+    assert "UNCORRECTED" in p_value
+    other = items[("figure", "km-ca19-9-group")].figure()
+    assert "UNCORRECTED" not in [a.text for a in other.layout.annotations if a.name == "p-value"][0]
