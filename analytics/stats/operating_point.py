@@ -150,9 +150,8 @@ class OperatingPoint(StatResult):
         return frame
 
     def to_dict(self) -> dict[str, Any]:
-        payload = super().to_dict()
-        payload.pop("analysis", None)
-        return payload
+        """The stored form (on the model version and in its card), with its label."""
+        return {**super().to_dict(), "label": self.label}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> OperatingPoint:
@@ -162,17 +161,6 @@ class OperatingPoint(StatResult):
         kwargs["folds"] = tuple(FoldOperatingPoint(**fold) for fold in values.get("folds", ()))
         kwargs["notes"] = tuple(values.get("notes", ()))
         return cls(**kwargs)
-
-    def retuned(self) -> OperatingPoint:
-        """This point renamed as the re-tuned sensitivity analysis (values are set by the
-        analysis that re-tunes)."""
-        return OperatingPoint(
-            model_version=self.model_version,
-            rule=self.rule,
-            folds=(),
-            mrs_cutpoint=None,
-            name=RETUNED_LABEL,
-        )
 
     def calls(
         self, slice_probabilities: Sequence[Sequence[float]], folds: Sequence[int] | None = None
