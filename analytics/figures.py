@@ -1134,6 +1134,8 @@ def figures_for_analysis(result: Any, *, synthetic: bool | None = None) -> dict[
     figures["sites"] = site_roc_figure(result.sites, synthetic=flag)
     figures["subgroups"] = subgroup_forest_figure(result.subgroups, synthetic=flag)
     figures["calibration"] = calibration_figure(result.calibration, synthetic=flag)
+    if result.decision_curves is not None:
+        figures["decision curves"] = decision_curve_figure(result.decision_curves, synthetic=flag)
     figures["mrs_cutpoint"] = cutpoint_figure(result.mrs_cutpoint, synthetic=flag)
     for name, item in result.kaplan_meier.items():
         builder = risk_group_figure if name == "risk_group" else kaplan_meier_figure
