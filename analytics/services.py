@@ -152,8 +152,11 @@ class Selection:
 
     @cached_property
     def operating_point(self) -> OperatingPoint | None:
-        """The model version's locked operating point (``None`` without one)."""
-        return operating_point_of(self.model_version)
+        """The model version's locked operating point (``None`` without one), without the
+        development cohort's name: a statistician of a validation cohort need not be one of
+        the development cohort."""
+        point = operating_point_of(self.model_version)
+        return None if point is None else dataclasses.replace(point, development_cohort="")
 
     def options(self, params: AnalysisParameters) -> AnalysisOptions:
         """The analysis options of ``params`` at the version's locked operating point."""
@@ -753,8 +756,8 @@ def patient_risk(
         result.cutpoint = locked.mrs_cutpoint
         result.cutpoint_method = (
             f"locked at the training of {version.name}: maximally selected log-rank statistic "
-            f"(minprop {locked.mrs_cutpoint_minprop:g}) on the out-of-fold MRS of "
-            f"{locked.development_cohort}; low = MRS at or below the cut"
+            f"(minprop {locked.mrs_cutpoint_minprop:g}) on the out-of-fold MRS of its "
+            "development cohort; low = MRS at or below the cut"
         )
     elif isinstance(cut, CutpointResult):
         result.cutpoint = cut.cutpoint

@@ -530,8 +530,8 @@ def _locked_groups(locked: OperatingPoint, mrs: pd.Series) -> tuple[NotComputabl
     reason = (
         f"not re-estimated on this cohort: the MRS groups use the locked cut-point "
         f"{locked.mrs_cutpoint:.4g} of {locked.model_version} (maxstat on the out-of-fold MRS "
-        f"of {locked.development_cohort or 'the development cohort'}, n = "
-        f"{locked.mrs_cutpoint_n}); the re-tuned analysis re-estimates it (optimistic)"
+        f"of its development cohort, n = {locked.mrs_cutpoint_n}); the re-tuned analysis "
+        "re-estimates it (optimistic)"
     )
     return NotComputable("Cut-point of MRS", reason, ()), dichotomise(mrs, locked.mrs_cutpoint)
 

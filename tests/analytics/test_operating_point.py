@@ -94,6 +94,9 @@ def test_external_metrics_at_the_locked_point_equal_the_stored_calls_by_hand(stu
         ((scores >= point.mrs_cutpoint) & label).sum()
     )
 
+    whole = api.get("/api/analytics/analysis/", query).content.decode()
+    assert point.label in whole and "PanGenEU-like" not in whole  # the development cohort
+
     survival = api.get("/api/analytics/survival/", query).json()
     assert survival["mrs_cutpoint"]["computable"] is False
     assert "locked cut-point" in survival["mrs_cutpoint"]["reason"]
@@ -248,3 +251,15 @@ def test_versions_trained_before_the_point_get_their_folds_and_point(cohort):
     point = operating_point_of(version)
     assert point is not None and version.card["operating_point"] == version.operating_point
     assert version.card["folds"][0]["fold"] == 0  # the rest of the card is kept
+
+
+def test_the_card_shows_the_point_without_the_cohort_name_to_outsiders(study, members):
+    from inference.services import card_for
+
+    version, cohort, _, point, _ = study
+    version.refresh_from_db()
+    assert card_for(members["statistician"], version)["operating_point"]["development_cohort"] == (
+        cohort.name
+    )
+    outsider = card_for(members["outsider"], version)["operating_point"]
+    assert "development_cohort" not in outsider and outsider["label"] == point.label
