@@ -130,6 +130,8 @@ def test_the_retuned_analysis_is_asked_for_and_labelled(study, client_for, membe
         "/analytics/survival/", {**query, "retune": 1}
     )
     assert "log-rank p UNCORRECTED" in retuned_survival.content.decode()
+    report = client_for(members["statistician"]).get("/analytics/report.html", query)
+    assert f"<dt>Operating point</dt><dd>{point.label}</dd>" in report.content.decode()
     assert f"Operating point: {point.label}" in text
     assert json.dumps("Operating point: " + point.label)[1:-1] in text  # in the figure titles
     assert api.get("/api/analytics/evaluation/", {**query, "retune": "maybe"}).status_code == 400
