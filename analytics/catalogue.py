@@ -10,6 +10,7 @@ figure that says why and a one-row frame with the reason.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -389,7 +390,8 @@ class _Builder:
         """The figure's own title: with the operating point under it, so a PNG/SVG says it."""
         if not self.operating_point:
             return title
-        return f"{title}<br><sup>Operating point: {self.operating_point}</sup>"
+        lines = textwrap.wrap(f"Operating point: {self.operating_point}", 110)
+        return title + "".join(f"<br><sup>{line}</sup>" for line in lines)
 
     def figure(
         self,

@@ -95,11 +95,28 @@ _TEMPLATE = go.layout.Template(
 # --------------------------------------------------------------------------------------------
 
 
+#: Top margin of every figure: the synthetic-data badge on its own line, then the title (and
+#: its operating-point subtitle) under it, never on top of each other.
+_TOP_MARGIN = 110
+_BADGE_HEIGHT = 26
+
+
 def _finish(fig: go.Figure, *, title: str, synthetic: bool, height: int | None = None) -> go.Figure:
+    total_height = height or fig.layout.height or 450  # plotly's default height
     fig.update_layout(
-        title={"text": title, "x": 0.0, "xanchor": "left"},
+        title={
+            "text": title,
+            "x": 0.0,
+            "xanchor": "left",
+            # under the badge's line when there is one (plotly anchors a title of several
+            # lines by its middle line: each further line moves its top up by ~half a line)
+            "y": 1.0
+            - (((_BADGE_HEIGHT + 6) if synthetic else 8) + 9 * title.count("<br>")) / total_height,
+            "yref": "container",
+            "yanchor": "top",
+        },
         template=_TEMPLATE,
-        margin={"l": 70, "r": 30, "t": 80, "b": 60},
+        margin={"l": 70, "r": 30, "t": _TOP_MARGIN, "b": 60},
         legend={"bgcolor": "rgba(255,255,255,0.7)"},
     )
     if height is not None:
@@ -114,7 +131,8 @@ def _finish(fig: go.Figure, *, title: str, synthetic: bool, height: int | None =
             y=1.0,
             xanchor="right",
             yanchor="bottom",
-            yshift=28,
+            # from the top of the plot area up to the top line of the figure
+            yshift=_TOP_MARGIN - _BADGE_HEIGHT,
             showarrow=False,
             font={"color": "#B00020", "size": 13},
             bgcolor="rgba(255, 235, 238, 0.9)",
@@ -414,7 +432,7 @@ def confusion_matrix_figure(
     )
     default = f"Confusion matrix at {rule}"
     fig = _finish(fig, title=title or default, synthetic=synthetic, height=460)
-    fig.update_layout(margin={"b": 140, "t": 110})
+    fig.update_layout(margin={"b": 140})
     return fig
 
 
@@ -676,7 +694,7 @@ def kaplan_meier_figure(
             "yref": "container",
             "bgcolor": "rgba(255,255,255,0)",
         },
-        margin={"b": 60 + 24 * math.ceil(n_groups / 2), "t": 110},
+        margin={"b": 60 + 24 * math.ceil(n_groups / 2)},
     )
     if show_at_risk:
         rows_share = min(0.4, 0.12 + 0.035 * n_groups)

@@ -78,3 +78,20 @@ def test_degenerate_early_vs_late_confusion_matrix_is_named_and_flagged():
     drawn = figures.confusion_matrix_figure(degenerate)
     assert "degenerate" in [a.name for a in drawn.layout.annotations]
     assert list(drawn.data[0].y) == ["Actual no metastasis", "Actual metastasis"]
+
+
+def test_the_title_sits_under_the_synthetic_badge(cohort):
+    groups = np.where(cohort["metastasis_risk_score"] > 0.5, "high", "low")
+    result = kaplan_meier_by_group(
+        cohort["overall_survival_days"], cohort["death"], groups, group_variable="mrs_group"
+    )
+    title = "A long title<br><sup>Operating point: locked at training (pmpd-1): ...</sup>"
+    figure = figures.kaplan_meier_figure(result, title=title, synthetic=True)
+    badge = next(a for a in figure.layout.annotations if a.name == "synthetic-data")
+    height = figure.layout.height
+    badge_bottom_px = figure.layout.margin.t - badge.yshift  # from the top of the figure
+    title_top_px = (1.0 - figure.layout.title.y) * height
+    assert figure.layout.title.yref == "container" and figure.layout.title.yanchor == "top"
+    assert title_top_px - 9 >= badge_bottom_px  # the top line of a 2-line title, ~9 px up
+    plain = figures.kaplan_meier_figure(result, title="A title")
+    assert (1.0 - plain.layout.title.y) * plain.layout.height < badge_bottom_px
