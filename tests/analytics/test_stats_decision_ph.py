@@ -11,7 +11,9 @@ wt.loss, lung))`` printed
     wt.loss 0.0126  0.024 0.877
     GLOBAL      NA  2.846 0.416
 
-(the table reproduced in the STHDA "Cox model assumptions" tutorial). lifelines' own
+(as printed in the STHDA tutorial "Cox Model Assumptions", survival 2.x; quoted from that
+tutorial, not re-run in R here, and the page could not be re-fetched offline: every printed digit
+is reproduced, which a wrong reference would hardly allow). lifelines' own
 ``proportional_hazard_test(..., time_transform="km")`` uses the right-continuous KM and does
 not give these numbers; ours uses R's left-continuous one.
 """
