@@ -10,6 +10,7 @@ figure that says why and a one-row frame with the reason.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -123,6 +124,7 @@ class Entry:
     figure: Callable[[], go.Figure] | None = None
     explanation: NotComputable | None = None
     wide: bool = False
+    operating_point: str = ""
 
     @property
     def not_computable(self) -> NotComputable | None:
@@ -238,7 +240,14 @@ def _medians_table(curves: dict[str, KaplanMeierResult | NotComputable]) -> pd.D
     return _concat(rows)
 
 
-def _logrank_table(curves: dict[str, KaplanMeierResult | NotComputable]) -> pd.DataFrame:
+def _split_note(grouping: str, note: str) -> str:
+    """The uncorrected-p note of the groupings made with the MRS cut."""
+    return note if grouping.startswith(("mrs_group", "risk_group")) else ""
+
+
+def _logrank_table(
+    curves: dict[str, KaplanMeierResult | NotComputable], note: str = ""
+) -> pd.DataFrame:
     rows = []
     for grouping, result in curves.items():
         test = result.logrank if isinstance(result, KaplanMeierResult) else result
@@ -252,6 +261,7 @@ def _logrank_table(curves: dict[str, KaplanMeierResult | NotComputable]) -> pd.D
                     "chi-square": test.chi_square,
                     "df": test.df,
                     "p": test.p_value,
+                    "note": _split_note(grouping, note),
                 }
             )
     return pd.DataFrame(rows)
@@ -302,8 +312,32 @@ def _cox_table(result: CoxResult | CoxTable | NotComputable) -> pd.DataFrame:
         frame["events"] = result.n_events
         frame["concordance"] = result.concordance
         frame["note"] = "; ".join(notes)
+        frame["proportional hazards (cox.zph)"] = result.ph_flag
         return frame
     return result.to_frame()
+
+
+def _ph_table(result: CoxResult | CoxTable | NotComputable) -> pd.DataFrame:
+    """The cox.zph check of each model of a Cox table, a row per term and GLOBAL."""
+    models = result.models if isinstance(result, CoxTable) else {"model": result}
+    frames = []
+    for name, model in models.items():
+        check = model.proportional_hazards if isinstance(model, CoxResult) else model
+        if check is None:
+            continue
+        frames.append(_with_first(check.to_frame(), model=name))
+    return _concat(frames)
+
+
+def _ph_title_flag(result: CoxResult | CoxTable | NotComputable) -> str:
+    """ ": PROPORTIONAL HAZARDS VIOLATED ..." when any model's check has p < 0.05."""
+    models = result.models.values() if isinstance(result, CoxTable) else [result]
+    flags = [
+        model.ph_flag
+        for model in models
+        if isinstance(model, CoxResult) and model.ph_flag.startswith("PROPORTIONAL")
+    ]
+    return f": {'; '.join(flags)}" if flags else ""
 
 
 def _development_tests(result: DevelopmentResult) -> pd.DataFrame:
@@ -357,9 +391,17 @@ def _slug(text: str) -> str:
 
 
 class _Builder:
-    def __init__(self, synthetic: bool):
+    def __init__(self, synthetic: bool, operating_point: str = ""):
         self.synthetic = synthetic
+        self.operating_point = operating_point
         self.items: list[Entry] = []
+
+    def _drawn_title(self, title: str) -> str:
+        """The figure's own title: with the operating point under it, so a PNG/SVG says it."""
+        if not self.operating_point:
+            return title
+        lines = textwrap.wrap(f"Operating point: {self.operating_point}", 110)
+        return title + "".join(f"<br><sup>{line}</sup>" for line in lines)
 
     def figure(
         self,
@@ -383,9 +425,12 @@ class _Builder:
                 kind="figure",
                 source=source,
                 frame=data or (lambda: source.to_frame()),
-                figure=lambda: draw(source, title=title, synthetic=self.synthetic, **keywords),
+                figure=lambda: draw(
+                    source, title=self._drawn_title(title), synthetic=self.synthetic, **keywords
+                ),
                 explanation=explanation,
                 wide=wide,
+                operating_point=self.operating_point,
             )
         )
 
@@ -409,6 +454,7 @@ class _Builder:
                 if frame is None or isinstance(source, NotComputable)
                 else frame,
                 explanation=explanation,
+                operating_point=self.operating_point,
             )
         )
 
@@ -423,6 +469,15 @@ _LEVELS = {
 def _evaluation(build: _Builder, analysis: AnalysisResult) -> None:
     section = "evaluation"
     classification = analysis.classification
+    point = analysis.options.operating_point
+    if point is not None:
+        build.table(
+            section,
+            "operating-point",
+            f"Operating point: {point.name} ({point.model_version})"
+            + (", NOT USED: re-tuned on this cohort" if analysis.options.retune_on_cohort else ""),
+            point,
+        )
     for key, result in classification.items():
         label, slug = _LEVELS.get(key, key), _slug(key)
         folds = analysis.folds if key == "patient_mrs" else None
@@ -446,7 +501,7 @@ def _evaluation(build: _Builder, analysis: AnalysisResult) -> None:
         build.figure(
             section,
             f"confusion-{slug}",
-            f"Confusion matrix at the threshold ({label})",
+            f"Confusion matrix at the operating point ({label})",
             result,
             fig.confusion_matrix_figure,
             data=_or_reason(result, lambda r: r.at_threshold.to_frame()),
@@ -466,6 +521,17 @@ def _evaluation(build: _Builder, analysis: AnalysisResult) -> None:
         analysis.calibration,
         fig.calibration_figure,
     )
+    curves = analysis.decision_curves
+    if curves is not None:
+        build.figure(
+            section,
+            "decision-curves",
+            "Decision curves: net benefit of the MRS, CA19-9 and the risk group",
+            curves,
+            fig.decision_curve_figure,
+            wide=True,
+        )
+        build.table(section, "decision-curves", "Decision curves (net benefit)", curves)
     build.table(
         section,
         "classification",
@@ -476,7 +542,7 @@ def _evaluation(build: _Builder, analysis: AnalysisResult) -> None:
     build.table(
         section,
         "confusion-matrices",
-        "Confusion matrices at the thresholds",
+        "Confusion matrices at the operating point",
         classification,
         frame=lambda: _confusion_table(classification),
     )
@@ -517,6 +583,7 @@ def _survival(build: _Builder, results: Results) -> None:
         "nccn_resectability": "Overall survival by NCCN resectability",
         "risk_group": "Overall survival by risk group (MRS x CA19-9)",
     }
+    split_note = analysis.mrs_split_note if analysis is not None else ""
     for grouping, result in results.kaplan_meier.items():
         draw = fig.risk_group_figure if grouping == "risk_group" else fig.kaplan_meier_figure
         build.figure(
@@ -526,6 +593,7 @@ def _survival(build: _Builder, results: Results) -> None:
             result,
             draw,
             data=lambda r=result: _km_frame(r),
+            p_note=_split_note(grouping, split_note),
         )
     if analysis is not None:
         for stratum, result in analysis.mrs_within_resectability.items():
@@ -536,6 +604,7 @@ def _survival(build: _Builder, results: Results) -> None:
                 result,
                 fig.kaplan_meier_figure,
                 data=lambda r=result: _km_frame(r),
+                p_note=split_note,
             )
     if results.custom_group and results.custom_group not in results.kaplan_meier:
         custom = results.custom_kaplan_meier
@@ -576,7 +645,10 @@ def _survival(build: _Builder, results: Results) -> None:
         curves,
         frame=lambda: _medians_table(curves),
     )
-    build.table(section, "logrank", "Log-rank tests", curves, frame=lambda: _logrank_table(curves))
+    note = analysis.mrs_split_note if analysis is not None else ""
+    build.table(
+        section, "logrank", "Log-rank tests", curves, frame=lambda: _logrank_table(curves, note)
+    )
     build.table(
         section, "numbers-at-risk", "Numbers at risk", curves, frame=lambda: _at_risk_table(curves)
     )
@@ -637,6 +709,22 @@ def _cox(build: _Builder, results: Results) -> None:
         risk,
         lambda: _cox_table(risk),
     )
+    checked = {"cox-risk-groups": ("the risk groups", risk)}
+    if cox is not None:
+        checked = {
+            "cox-univariable": ("the univariable models", cox.univariable),
+            "cox-multivariable": ("the multivariable model", cox.multivariable),
+            **checked,
+        }
+    for name, (label, model) in checked.items():
+        build.table(
+            section,
+            f"ph-{name.removeprefix('cox-')}",
+            f"Proportional-hazards check (cox.zph, scaled Schoenfeld residuals) of {label}"
+            + _ph_title_flag(model),
+            model,
+            frame=lambda m=model: _ph_table(m),
+        )
     build.table(
         section, "c-index", "Harrell's C-index", results, frame=lambda: _c_index_table(results)
     )
@@ -666,7 +754,7 @@ def _development(build: _Builder, analysis: AnalysisResult) -> None:
             build.figure(
                 section,
                 f"development-confusion-{_slug(name)}",
-                f"Confusion matrix: metastasis {name} (Youden cut)",
+                f"Confusion matrix: metastasis {name} (Youden cut on these data, optimistic)",
                 item,
                 fig.confusion_matrix_figure,
                 data=_or_reason(item, lambda r: r.at_threshold.to_frame()),
@@ -707,8 +795,10 @@ def _subgroups(build: _Builder, analysis: AnalysisResult) -> None:
 def entries(results: Results, sections: Iterable[str] | None = None) -> list[Entry]:
     """The figures and tables of ``sections`` (all by default) that ``results`` hold."""
     wanted = list(SECTIONS) if sections is None else list(sections)
-    build = _Builder(results.synthetic)
     analysis = results.analysis
+    build = _Builder(
+        results.synthetic, analysis.options.operating_point_label if analysis is not None else ""
+    )
     for section in wanted:
         if section == "survival":
             _survival(build, results)

@@ -33,6 +33,7 @@ __all__ = [
     "export_table",
     "record_export",
     "render_report",
+    "render_tripod",
 ]
 
 CONTENT_TYPES = {
@@ -53,6 +54,7 @@ def _about_lines(title: str, about: dict[str, Any]) -> list[str]:
     lines += [
         "Model version: "
         + (f"{version['name']} (id {version['id']})" if version else "none (clinical data only)"),
+        f"Operating point: {about.get('operating_point') or 'none (no model version)'}",
         "Cohorts: "
         + "; ".join(
             f"{c['name']} (id {c['id']}, data version {c['data_version']})"
@@ -148,6 +150,22 @@ def render_report(selection: Selection, params: AnalysisParameters, *, request: 
             "about": provenance(selection, params),
             "parameters_json": canonical_json(params.to_dict()),
             "notes": notes,
+            "plotly_js": _inline_script(_static_text("vendor/plotly.min.js")),
+            "figures_js": _inline_script(_static_text("analytics/figures.js")),
+            "styles": _static_text("pmpd/app.css") + _static_text("analytics/analytics.css"),
+        },
+        request=request,
+    )
+
+
+def render_tripod(selection: Selection, params: AnalysisParameters, request: Any = None) -> str:
+    """The TRIPOD+AI model report (:mod:`analytics.tripod`) as one self-contained HTML file."""
+    from analytics.tripod import tripod_context
+
+    return render_to_string(
+        "analytics/tripod.html",
+        {
+            **tripod_context(selection, params),
             "plotly_js": _inline_script(_static_text("vendor/plotly.min.js")),
             "figures_js": _inline_script(_static_text("analytics/figures.js")),
             "styles": _static_text("pmpd/app.css") + _static_text("analytics/analytics.css"),

@@ -16,7 +16,8 @@ Annotations that tests and templates look for carry a ``name``: ``"synthetic-dat
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from analytics.stats import (
     CoxResult,
     CoxTable,
     CutpointResult,
+    DecisionCurveResult,
     DevelopmentResult,
     FoldRocSummary,
     KaplanMeierCurve,
@@ -49,6 +51,7 @@ __all__ = [
     "confusion_matrix_figure",
     "cox_forest_figure",
     "cutpoint_figure",
+    "decision_curve_figure",
     "development_figure",
     "figures_for_analysis",
     "kaplan_meier_figure",
@@ -64,7 +67,6 @@ SYNTHETIC_CAPTION = "Synthetic data: not patient data"
 
 _PALETTE = ("#1F77B4", "#D62728", "#2CA02C", "#FF7F0E", "#9467BD", "#8C564B", "#E377C2", "#17BECF")
 _GROUP_COLOURS = {"low": "#2CA02C", "mid": "#FF7F0E", "high": "#D62728", "unknown": "#7F7F7F"}
-_MUTED = "rgba(150, 150, 150, 0.45)"
 
 # A small white template: assigning plotly's full "plotly_white" deep-copies thousands of
 # properties per figure (most of the build time); these are the parts the figures use.
@@ -93,11 +95,28 @@ _TEMPLATE = go.layout.Template(
 # --------------------------------------------------------------------------------------------
 
 
+#: Top margin of every figure: the synthetic-data badge on its own line, then the title (and
+#: its operating-point subtitle) under it, never on top of each other.
+_TOP_MARGIN = 110
+_BADGE_HEIGHT = 26
+
+
 def _finish(fig: go.Figure, *, title: str, synthetic: bool, height: int | None = None) -> go.Figure:
+    total_height = height or fig.layout.height or 450  # plotly's default height
     fig.update_layout(
-        title={"text": title, "x": 0.0, "xanchor": "left"},
+        title={
+            "text": title,
+            "x": 0.0,
+            "xanchor": "left",
+            # under the badge's line when there is one (plotly anchors a title of several
+            # lines by its middle line: each further line moves its top up by ~half a line)
+            "y": 1.0
+            - (((_BADGE_HEIGHT + 6) if synthetic else 8) + 9 * title.count("<br>")) / total_height,
+            "yref": "container",
+            "yanchor": "top",
+        },
         template=_TEMPLATE,
-        margin={"l": 70, "r": 30, "t": 80, "b": 60},
+        margin={"l": 70, "r": 30, "t": _TOP_MARGIN, "b": 60},
         legend={"bgcolor": "rgba(255,255,255,0.7)"},
     )
     if height is not None:
@@ -112,7 +131,8 @@ def _finish(fig: go.Figure, *, title: str, synthetic: bool, height: int | None =
             y=1.0,
             xanchor="right",
             yanchor="bottom",
-            yshift=28,
+            # from the top of the plot area up to the top line of the figure
+            yshift=_TOP_MARGIN - _BADGE_HEIGHT,
             showarrow=False,
             font={"color": "#B00020", "size": 13},
             bgcolor="rgba(255, 235, 238, 0.9)",
@@ -144,6 +164,31 @@ def not_computable_figure(
 
 def _colour(index: int) -> str:
     return _PALETTE[index % len(_PALETTE)]
+
+
+def _distinct_colours(groups: Sequence[str], given: Mapping[str, str]) -> dict[str, str]:
+    """A colour per group, no two alike while the palette lasts: the given ones (or the
+    risk-group colours for low/mid/high), then palette colours not yet taken."""
+    colours = {g: given.get(g, _GROUP_COLOURS.get(g, "")) for g in groups}
+    free = [c for c in _PALETTE if c not in colours.values()]
+    for index, group in enumerate(groups):
+        if not colours[group]:
+            colours[group] = free.pop(0) if free else _colour(index)
+    return colours
+
+
+def _log_ticks(low: float, high: float) -> tuple[list[float], list[str]]:
+    """Ticks of a hazard-ratio log axis at 1-2-5 steps, labelled as numbers ("0.2", not
+    plotly's "2" for the minor ticks of a decade)."""
+    values: list[float] = []
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7)):  # finer steps on a narrow axis
+        candidates = [m * 10.0**e for e in range(-4, 5) for m in mantissas]
+        values = [v for v in candidates if low <= v <= high]
+        if len(values) >= 4:
+            break
+    if len(values) > 9:
+        values = [v for v in values if round(v / 10.0 ** math.floor(math.log10(v))) != 2]
+    return values or [1.0], [f"{v:.4g}" for v in values or [1.0]]
 
 
 def _auroc_label(estimate: AurocEstimate | NotComputable | None, fallback: float) -> str:
@@ -320,6 +365,11 @@ def confusion_matrix_figure(
     if isinstance(result, NotComputable):
         return not_computable_figure(result, title=title, synthetic=synthetic)
     matrix = result.at_threshold if isinstance(result, BinaryClassificationResult) else result
+    negative, positive = (
+        result.classes
+        if isinstance(result, BinaryClassificationResult)
+        else ("no metastasis", "metastasis")
+    )
     counts = matrix.matrix().to_numpy()
     row_totals = counts.sum(axis=1, keepdims=True)
     shares = np.divide(
@@ -329,8 +379,8 @@ def confusion_matrix_figure(
     fig = go.Figure(
         go.Heatmap(
             z=shares,
-            x=["Predicted no metastasis", "Predicted metastasis"],
-            y=["No metastasis", "Metastasis"],
+            x=[f"Predicted {negative}", f"Predicted {positive}"],
+            y=[f"Actual {negative}", f"Actual {positive}"],
             text=text,
             texttemplate="%{text}",
             textfont={"size": 16},
@@ -361,13 +411,28 @@ def confusion_matrix_figure(
         showarrow=False,
         font={"size": 12},
     )
-    fig.update_yaxes(autorange="reversed", title="Actual")
+    degenerate = [note for note in matrix.notes if note.startswith("degenerate")]
+    if degenerate:
+        fig.add_annotation(
+            name="degenerate",
+            text=f"<b>{degenerate[0]}</b>",
+            xref="paper",
+            yref="paper",
+            x=0.5,
+            y=-0.32,
+            showarrow=False,
+            font={"size": 12, "color": "#B00020"},
+        )
+    fig.update_yaxes(autorange="reversed", title="")
     fig.update_xaxes(title="", side="top")
-    default = (
-        f"Confusion matrix at threshold {matrix.threshold:.3g} (positive if score >= threshold)"
+    rule = (
+        f"threshold {matrix.threshold:.3g} (positive if score >= threshold)"
+        if np.isfinite(matrix.threshold)
+        else "the stored calls"
     )
+    default = f"Confusion matrix at {rule}"
     fig = _finish(fig, title=title or default, synthetic=synthetic, height=460)
-    fig.update_layout(margin={"b": 110, "t": 110})
+    fig.update_layout(margin={"b": 140})
     return fig
 
 
@@ -461,9 +526,11 @@ def kaplan_meier_figure(
     colours: Mapping[str, str] | None = None,
     time_unit: str = "days",
     synthetic: bool = False,
+    p_note: str = "",
 ) -> go.Figure:
     """Kaplan-Meier curves with CI bands, censoring ticks, the numbers-at-risk table under the
-    plot and the log-rank p-value.
+    plot and the log-rank p-value (with ``p_note`` under it, e.g. that it is uncorrected for a
+    cut-point chosen on the same data).
 
     ``highlight_group`` draws that group in colour and the others muted (the clinician's view:
     "this patient is in the high-risk group"). Traces per group, in order: CI band
@@ -481,16 +548,15 @@ def kaplan_meier_figure(
         row_heights=[0.78, 0.22] if show_at_risk else [1.0],
         vertical_spacing=0.1,
     )
-    palette = dict(colours or {})
+    palette = _distinct_colours(result.groups, colours or {})
     computed = [g for g in result.groups if isinstance(result.curves[g], KaplanMeierCurve)]
-    for index, group in enumerate(result.groups):
-        palette.setdefault(group, _GROUP_COLOURS.get(group, _colour(index)))
     ci_label = f"{result.confidence_level:.0%} CI"
     for group in computed:
         curve = result.curves[group]
         assert isinstance(curve, KaplanMeierCurve)
         muted = highlight_group is not None and group != highlight_group
-        colour = _MUTED if muted else palette[group]
+        # another group of a highlighted figure keeps its own colour, faded: never two greys
+        colour = _rgba(palette[group], 0.45) if muted else palette[group]
         if show_ci:
             band_x, band_y = _step_band(curve)
             fig.add_trace(
@@ -500,7 +566,7 @@ def kaplan_meier_figure(
                     fill="toself",
                     mode="lines",
                     line={"width": 0},
-                    fillcolor="rgba(150,150,150,0.12)" if muted else _rgba(palette[group], 0.18),
+                    fillcolor=_rgba(palette[group], 0.07 if muted else 0.18),
                     name=f"{group} {ci_label}",
                     legendgroup=group,
                     showlegend=False,
@@ -549,10 +615,12 @@ def kaplan_meier_figure(
                     y=[group] * len(result.at_risk_times),
                     mode="text",
                     text=[str(count) for count in result.at_risk[group]],
-                    textfont={"color": "#999999" if muted else palette[group], "size": 12},
+                    textfont={"color": palette[group], "size": 12},
+                    opacity=0.6 if muted else 1.0,
                     name=f"{group} at risk",
                     showlegend=False,
                     hoverinfo="skip",
+                    cliponaxis=False,
                 ),
                 row=2,
                 col=1,
@@ -570,6 +638,14 @@ def kaplan_meier_figure(
         fig.update_xaxes(tickvals=result.at_risk_times, row=1, col=1)
     else:
         fig.update_xaxes(title=f"Time ({time_unit})", row=1, col=1)
+    # The axis covers every break of the numbers-at-risk table with a margin on both sides,
+    # so the first and last counts are never cut off.
+    last = max(
+        [float(np.max(result.at_risk_times))]
+        + [float(result.curves[g].time.max()) for g in computed if result.curves[g].time.size]
+    )
+    pad = 0.04 * last if last > 0 else 1.0
+    fig.update_xaxes(range=[-pad, last + pad])
     fig.update_yaxes(title="Survival probability", range=[0, 1.03], row=1, col=1)
     logrank = result.logrank
     p_label = (
@@ -577,6 +653,8 @@ def kaplan_meier_figure(
         if not isinstance(logrank, NotComputable)
         else f"Log-rank: not computable ({logrank.reason})"
     )
+    if p_note and not isinstance(logrank, NotComputable):
+        p_label += f"<br><span style='font-size:11px;color:#B00020'>{p_note}</span>"
     fig.add_annotation(
         name="p-value",
         text=p_label,
@@ -601,11 +679,29 @@ def kaplan_meier_figure(
             showarrow=False,
             font={"color": "#B00020"},
         )
-    fig.update_layout(legend={"x": 0.98, "y": 0.82, "xanchor": "right", "yanchor": "top"})
     default = f"Overall survival by {result.group_variable}"
-    return _finish(
-        fig, title=title or default, synthetic=synthetic, height=620 if show_at_risk else 480
+    n_groups = len(result.groups)
+    height = (560 + 22 * n_groups) if show_at_risk else 480
+    fig = _finish(fig, title=title or default, synthetic=synthetic, height=height)
+    # The legend sits under the plot, off the curves (survminer puts it outside the panel).
+    fig.update_layout(
+        legend={
+            "orientation": "h",
+            "x": 0.0,
+            "xanchor": "left",
+            "y": 0.0,
+            "yanchor": "bottom",
+            "yref": "container",
+            "bgcolor": "rgba(255,255,255,0)",
+        },
+        margin={"b": 60 + 24 * math.ceil(n_groups / 2)},
     )
+    if show_at_risk:
+        rows_share = min(0.4, 0.12 + 0.035 * n_groups)
+        fig.update_layout(
+            yaxis={"domain": [rows_share + 0.1, 1.0]}, yaxis2={"domain": [0.0, rows_share]}
+        )
+    return fig
 
 
 def risk_group_figure(
@@ -614,12 +710,14 @@ def risk_group_figure(
     highlight_group: str | None = None,
     title: str | None = None,
     synthetic: bool = False,
+    p_note: str = "",
 ) -> go.Figure:
     """Kaplan-Meier curves of the MRS x CA19-9 risk groups (low green, mid orange, high red),
     optionally highlighting one patient's group."""
     return kaplan_meier_figure(
         result,
         highlight_group=highlight_group,
+        p_note=p_note,
         colours=_GROUP_COLOURS,
         title=title or "Overall survival by risk group (MRS x CA19-9)",
         synthetic=synthetic,
@@ -738,7 +836,17 @@ def cox_forest_figure(
             xanchor="left",
             font={"size": 11, "color": "#B00020"},
         )
-    fig.update_xaxes(type="log", title="Hazard ratio (log scale)")
+    finite = np.isfinite(lower) & np.isfinite(upper) & (lower > 0)
+    low = float(min(lower[finite].min(), 1.0)) if finite.any() else 0.5
+    high = float(max(upper[finite].max(), 1.0)) if finite.any() else 2.0
+    ticks, texts = _log_ticks(low / 1.15, high * 1.15)
+    fig.update_xaxes(
+        type="log",
+        title="Hazard ratio (log scale)",
+        range=[math.log10(low / 1.15), math.log10(high * 1.15)],
+        tickvals=ticks,
+        ticktext=texts,
+    )
     fig.update_yaxes(autorange="reversed")
     fig = _finish(
         fig, title=title or default, synthetic=synthetic, height=max(320, 60 + 34 * len(terms))
@@ -935,6 +1043,45 @@ def subgroup_forest_figure(
     return fig
 
 
+def decision_curve_figure(
+    result: DecisionCurveResult | NotComputable,
+    *,
+    title: str | None = None,
+    synthetic: bool = False,
+) -> go.Figure:
+    """Net benefit against threshold probability per strategy (Vickers & Elkin 2006), with
+    treat all (grey) and treat none (black); the y axis spans from a little below zero to the
+    prevalence, where treat all starts, so no curve's useful range is cut off."""
+    if isinstance(result, NotComputable):
+        return not_computable_figure(result, title=title, synthetic=synthetic)
+    fig = go.Figure()
+    fixed = {"treat all": "#7F7F7F", "treat none": "#000000"}
+    for index, (name, values) in enumerate(result.net_benefit.items()):
+        colour = fixed.get(name, _colour(index))
+        fig.add_trace(
+            go.Scatter(
+                x=result.thresholds,
+                y=values,
+                mode="lines",
+                name=f"{name} (n = {result.n[name]})",
+                line={"color": colour, "width": 1.5 if name in fixed else 2.5},
+                hovertemplate=f"{name}<br>threshold %{{x:.2f}}<br>net benefit %{{y:.3f}}"
+                "<extra></extra>",
+            )
+        )
+    top = max(result.prevalence, 0.01)
+    fig.update_xaxes(title="Threshold probability", range=[0, float(result.thresholds.max())])
+    fig.update_yaxes(title="Net benefit", range=[-0.05 * top - 0.01, top * 1.1])
+    fig = _finish(
+        fig,
+        title=title or f"Decision curves: {result.outcome}",
+        synthetic=synthetic,
+        height=520,
+    )
+    fig.update_layout(legend={"x": 1.02, "y": 1.0, "xanchor": "left"}, margin={"r": 220})
+    return fig
+
+
 def calibration_figure(
     result: CalibrationResult | NotComputable,
     *,
@@ -1005,6 +1152,8 @@ def figures_for_analysis(result: Any, *, synthetic: bool | None = None) -> dict[
     figures["sites"] = site_roc_figure(result.sites, synthetic=flag)
     figures["subgroups"] = subgroup_forest_figure(result.subgroups, synthetic=flag)
     figures["calibration"] = calibration_figure(result.calibration, synthetic=flag)
+    if result.decision_curves is not None:
+        figures["decision curves"] = decision_curve_figure(result.decision_curves, synthetic=flag)
     figures["mrs_cutpoint"] = cutpoint_figure(result.mrs_cutpoint, synthetic=flag)
     for name, item in result.kaplan_meier.items():
         builder = risk_group_figure if name == "risk_group" else kaplan_meier_figure

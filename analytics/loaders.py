@@ -9,7 +9,9 @@ the ``Patient`` rows of the chosen cohorts and, with a model version, their
   which leaves the patient out of every analysis that needs the label (survival keeps them);
 - ``site_*`` = the site booleans of a metastatic patient, 0 for a patient without metastasis;
 - ``prob_*`` = the model's site probabilities; ``mrs_fold_k`` = the MRS of fold model k where
-  the prediction holds several (the five-fold ensemble of an external cohort);
+  the prediction holds several (the five-fold ensemble of an external cohort), or for
+  out-of-fold predictions the MRS of the patients fold k held out (missing for the others);
+- ``predicted_metastasis`` = the stored call (1/0) of the version's locked rule;
 - ``developed_metastasis`` yes/no = 1/0, ``days_to_metastasis`` as recorded;
 - ``nccn_resectability`` in words ("borderline resectable"), as the statistics order them;
 - one column per study-defined variable of the cohorts (``Patient.study_values``): numbers as
@@ -64,7 +66,13 @@ _PATIENT_FIELDS = (
     "developed_metastasis",
     "days_to_metastasis",
 )
-_PREDICTION_FIELDS = ("patient_id", "metastasis_risk_score", "positive_fraction")
+_PREDICTION_FIELDS = (
+    "patient_id",
+    "metastasis_risk_score",
+    "positive_fraction",
+    "predicted_metastasis",
+    "fold",
+)
 _PREDICTION_JSON_FIELDS = ("mrs_per_fold", "site_probabilities", "slice_probabilities")
 _TEXT_COLUMNS = ("sex", "centre", "tumour_location", "ct_manufacturer", "metastasis_detection")
 
@@ -183,6 +191,14 @@ def _by_shape(values: list[object]) -> dict[tuple[int, ...], tuple[list[int], np
     return {shape: (groups[shape], np.array(arrays[shape], dtype=float)) for shape in groups}
 
 
+def _out_of_fold_columns(frame: pd.DataFrame) -> None:
+    """``mrs_fold_k`` = the MRS of the patients fold k held out (missing for the others): the
+    across-fold ROC of the development cohort, as the paper reports it. Drops ``fold``."""
+    folds = pd.to_numeric(frame.pop("fold"), errors="coerce")
+    for fold in sorted(int(k) for k in folds.dropna().unique()):
+        frame[f"mrs_fold_{fold + 1}"] = frame["metastasis_risk_score"].where(folds == fold)
+
+
 def _prediction_frame(
     model_version: ModelVersion, cohorts: list[Cohort]
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -195,6 +211,8 @@ def _prediction_frame(
     frame = pd.DataFrame.from_records(
         [row[:n_fields] for row in rows], columns=list(_PREDICTION_FIELDS)
     ).rename(columns={"positive_fraction": "predicted_positive_fraction"})
+    frame["predicted_metastasis"] = frame["predicted_metastasis"].astype(float)
+    _out_of_fold_columns(frame)
     decoded = {
         name: _json_column([row[n_fields + index] for row in rows])
         for index, name in enumerate(_PREDICTION_JSON_FIELDS)

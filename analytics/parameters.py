@@ -20,7 +20,10 @@ Python: the query is anything with ``getlist(name)`` (Django's ``QueryDict``).
 ``mrs_cutpoint``           fixed MRS cut (default: maxstat on the selected cohorts)
 ``minprop``                maxstat minimal group proportion (0.1)
 ``ca19_9_threshold``       CA19-9 cut, U/mL (500)
-``decision_threshold``     patient-level decision threshold (default: Youden)
+``decision_threshold``     patient-level decision threshold (default: the model version's
+                           locked operating point)
+``retune``                 ``1``: the sensitivity analysis "re-tuned on this cohort
+                           (optimistic)" (thresholds and MRS cut chosen on these data)
 ``confidence_level``       0.95
 ``conf_type``              Kaplan-Meier CI: ``log`` (R's default) or ``log-log``
 ``at_risk_times``          times of the numbers-at-risk table, days
@@ -100,6 +103,7 @@ class AnalysisParameters:
     size_edges: tuple[float, ...] = (20.0, 40.0)
     development_months: tuple[float, float] = (3.0, 6.0)
     min_events: int = 2
+    retune: bool = False
 
     @property
     def with_model(self) -> bool:
@@ -140,6 +144,7 @@ class AnalysisParameters:
             reference_levels=self.reference_levels,
             min_events=self.min_events,
             development_boundaries_months=self.development_months,
+            retune_on_cohort=self.retune,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -354,6 +359,12 @@ def parse_parameters(
             values["development_months"] = months
         else:
             errors["development_months"] = "give two increasing boundaries above 0, e.g. 3,6"
+    retune = _single(query, "retune")
+    if retune is not None:
+        if retune.lower() in ("1", "true", "yes", "0", "false", "no", ""):
+            values["retune"] = retune.lower() in ("1", "true", "yes")
+        else:
+            errors["retune"] = "1 (re-tuned on this cohort, optimistic) or 0 (locked point)"
     if errors:
         raise ParameterError(errors)
     return AnalysisParameters(

@@ -60,9 +60,11 @@ from analytics.stats import (
     CutpointResult,
     KaplanMeierResult,
     NotComputable,
+    OperatingPoint,
     run_full_analysis,
 )
 from inference.models import ModelVersion, PatientPrediction
+from inference.operating_point import operating_point_of
 from pmpd_web.accounts.permissions import Action, api_check, can, require
 from pmpd_web.cohorts.models import Cohort, Patient
 from pmpd_web.jobs.models import FINISHED, Job
@@ -87,7 +89,7 @@ RESEARCH_USE_ONLY = (
     "never a replacement."
 )
 #: Bump when the pickled result objects change shape: older cache rows are then ignored.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 PACKAGES = ("django", "numpy", "pandas", "scipy", "lifelines", "scikit-learn", "plotly")
 CLINICAL_GROUPINGS = ("ca19_9_group", "nccn_resectability")
 
@@ -152,6 +154,24 @@ class Selection:
     @cached_property
     def data_key(self) -> str:
         return fingerprint(self.cohorts, self.model_version)
+
+    @cached_property
+    def operating_point(self) -> OperatingPoint | None:
+        """The model version's locked operating point (``None`` without one), without the
+        development cohort's name: a statistician of a validation cohort need not be one of
+        the development cohort."""
+        point = operating_point_of(self.model_version)
+        return None if point is None else dataclasses.replace(point, development_cohort="")
+
+    def options(self, params: AnalysisParameters) -> AnalysisOptions:
+        """The analysis options of ``params`` at the version's locked operating point."""
+        version = self.model_version
+        return dataclasses.replace(
+            params.options(synthetic=self.synthetic),
+            operating_point=self.operating_point,
+            includes_development_cohort=version is not None
+            and version.trained_on_id in self.cohort_ids,
+        )
 
     @cached_property
     def loaded(self) -> LoadedData:
@@ -301,7 +321,7 @@ def _options_key(options: AnalysisOptions) -> dict[str, Any]:
 
 def full_analysis(selection: Selection, params: AnalysisParameters) -> AnalysisResult:
     """:func:`~analytics.stats.run_full_analysis` of the selection (needs a model version)."""
-    options = params.options(synthetic=selection.synthetic)
+    options = selection.options(params)
     return cached(
         selection,
         "analysis",
@@ -317,7 +337,7 @@ def results_for(
 ) -> Results:
     """What the requested ``sections`` need, from the cache where possible."""
     wanted = set(sections)
-    options = params.options(synthetic=selection.synthetic)
+    options = selection.options(params)
     key = _options_key(options)
     analysis = full_analysis(selection, params) if selection.model_version else None
     clinical: dict[str, KaplanMeierResult | NotComputable] = {}
@@ -440,6 +460,11 @@ def provenance(selection: Selection, params: AnalysisParameters | None = None) -
             for cohort in selection.cohorts
         ],
         **about,
+        "operating_point": (
+            selection.options(params).operating_point_label
+            if params is not None and version is not None
+            else None
+        ),
         "parameters": params.to_dict() if params is not None else None,
         "packages": package_versions(),
         "generated_at": timezone.now().isoformat(timespec="seconds"),
@@ -475,10 +500,18 @@ class Shown:
     section: str
     wide: bool
     not_computable: NotComputable | None
+    operating_point: str = ""
 
 
 def _shown(entry: Entry) -> Shown:
-    return Shown(entry.name, entry.title, entry.section, entry.wide, entry.not_computable)
+    return Shown(
+        entry.name,
+        entry.title,
+        entry.section,
+        entry.wide,
+        entry.not_computable,
+        entry.operating_point,
+    )
 
 
 def _section_payload(
@@ -737,8 +770,8 @@ def patient_risk(
             message=f"Model version {version.name} has not scored this patient.",
         )
     params = AnalysisParameters(cohort_ids=(cohort.pk,), model_version_id=version.pk)
-    options = params.options(synthetic=synthetic)
     selection = Selection([cohort], version)
+    options = selection.options(params)
     risk = cached(
         selection, "patient-risk", _options_key(options), lambda: _risk_groups(selection, options)
     )
@@ -775,7 +808,15 @@ def patient_risk(
     result.mrs_percentile = _finite(
         mrs_percentile(risk["scores"], prediction.metastasis_risk_score)
     )
-    if isinstance(cut, CutpointResult):
+    locked = selection.operating_point
+    if locked is not None and locked.mrs_cutpoint is not None:
+        result.cutpoint = locked.mrs_cutpoint
+        result.cutpoint_method = (
+            f"locked at the training of {version.name}: maximally selected log-rank statistic "
+            f"(minprop {locked.mrs_cutpoint_minprop:g}) on the out-of-fold MRS of its "
+            "development cohort; low = MRS at or below the cut"
+        )
+    elif isinstance(cut, CutpointResult):
         result.cutpoint = cut.cutpoint
         result.cutpoint_method = (
             f"maximally selected log-rank statistic (minprop {cut.minprop:g}) on the "

@@ -23,6 +23,7 @@ api_patterns = [
 urlpatterns = [
     path("analytics/", views.home, name="analytics-home"),
     path("analytics/report.html", views.report, name="analytics-report"),
+    path("analytics/tripod.html", views.tripod_report, name="analytics-tripod"),
     path("analytics/<slug:section>/", views.section, name="analytics-section"),
     path(
         "analytics/<slug:section>/figures/<slug:name>.csv",

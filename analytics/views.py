@@ -7,6 +7,7 @@ patient risk page checks ``VIEW_RESULTS``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -28,8 +29,9 @@ from pmpd_web.cohorts.models import Cohort, Patient
 
 #: The parameters each section's form offers (the others travel as hidden fields).
 SECTION_FIELDS: dict[str, tuple[str, ...]] = {
-    "evaluation": ("decision_threshold", "confidence_level"),
+    "evaluation": ("retune", "decision_threshold", "confidence_level"),
     "survival": (
+        "retune",
         "group",
         "cutpoint_variable",
         "mrs_cutpoint",
@@ -52,9 +54,9 @@ SECTION_FIELDS: dict[str, tuple[str, ...]] = {
     "subgroups": ("subgroups", "age_cut", "size_edges", "confidence_level"),
 }
 FIELD_LABELS = {
-    "decision_threshold": "Decision threshold (default Youden)",
+    "decision_threshold": "Decision threshold (default: the locked operating point)",
     "confidence_level": "Confidence level",
-    "mrs_cutpoint": "MRS cut-point (default maxstat)",
+    "mrs_cutpoint": "MRS cut-point (default: locked; maxstat without a locked point)",
     "minprop": "maxstat minimal proportion",
     "ca19_9_threshold": "CA19-9 cut (U/mL)",
     "at_risk_times": "Numbers-at-risk times (days)",
@@ -243,6 +245,34 @@ def report(request: HttpRequest) -> HttpResponse:
     return _download(
         html.encode("utf-8"), exports.export_filename(selection, "report", "html"), "html"
     )
+
+
+@login_required
+def tripod_report(request: HttpRequest) -> HttpResponse:
+    """The TRIPOD+AI model report of a model version and its validation cohorts (``cohort``),
+    at the version's locked operating point; ``?download=1`` gives the HTML file. Needs
+    VIEW_ANALYTICS in every cohort named and in the version's development cohort."""
+    resolved = _resolve(request)
+    if isinstance(resolved, HttpResponse):
+        return resolved
+    selection, params = resolved
+    version = selection.model_version
+    if version is None:
+        return render(
+            request,
+            "analytics/error.html",
+            {"errors": {"model_version": "the TRIPOD report describes a model version"}},
+            status=400,
+        )
+    if version.trained_on_id is not None:
+        require(request.user, version.trained_on_id, Action.VIEW_ANALYTICS)
+    html = exports.render_tripod(selection, dataclasses.replace(params, retune=False), request)
+    if request.GET.get("download"):
+        exports.record_export(request.user, selection, item="tripod", fmt="html")
+        return _download(
+            html.encode("utf-8"), exports.export_filename(selection, "tripod", "html"), "html"
+        )
+    return HttpResponse(html)
 
 
 @cohort_page(Action.VIEW_RESULTS)

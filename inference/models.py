@@ -44,6 +44,12 @@ class ModelVersion(models.Model):
         default=list, help_text="Per fold: slice and patient thresholds (Youden on its fold)"
     )
     metrics = models.JSONField(default=dict, help_text="Out-of-fold cross-validation metrics")
+    operating_point = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The locked operating point (analytics.stats.OperatingPoint): per-fold "
+        "thresholds, the rule and the MRS cut-point, fixed at training",
+    )
     files = models.JSONField(default=list, help_text="Storage names of the fold checkpoints")
     data_hash = models.CharField(max_length=64, blank=True)
     code_version = models.CharField(max_length=64, blank=True)
@@ -110,6 +116,11 @@ class PatientPrediction(models.Model):
         ModelVersion, on_delete=models.CASCADE, related_name="predictions"
     )
     source = models.CharField(max_length=12, choices=Source.choices)
+    fold = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Out-of-fold predictions: the fold (0-based) whose model held the patient out",
+    )
     metastasis_risk_score = models.FloatField()
     mrs_std = models.FloatField(null=True, blank=True)
     mrs_min = models.FloatField(null=True, blank=True)

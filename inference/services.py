@@ -243,11 +243,16 @@ def card_for(user: Any, version: ModelVersion) -> dict[str, Any]:
             trained_on = dict(card["trained_on"])
             trained_on["skipped"] = len(trained_on.get("skipped", []))
             card["trained_on"] = trained_on
-    if "trained_on" in card and not (
-        version.trained_on_id is not None and can(user, version.trained_on_id, Action.VIEW_COHORT)
-    ):
+    member = version.trained_on_id is not None and can(
+        user, version.trained_on_id, Action.VIEW_COHORT
+    )
+    if "trained_on" in card and not member:
         card["trained_on"] = {
             k: v for k, v in card["trained_on"].items() if k not in {"cohort_id", "cohort_name"}
+        }
+    if "operating_point" in card and not member:
+        card["operating_point"] = {
+            k: v for k, v in card["operating_point"].items() if k != "development_cohort"
         }
     return card
 

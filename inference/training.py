@@ -4,7 +4,10 @@ The training set is a cohort's patients that have images and a known metastasis 
 ("yes" or "no"); patients whose images the engine refuses are left out and listed with the
 reason. The fold checkpoints and model cards go to storage under ``models/<version id>/``;
 each training patient gets its out-of-fold prediction (from the one fold model that never saw
-it, with that model's Grad-CAM), stored as ``PatientPrediction(source="out_of_fold")``.
+it, with that model's Grad-CAM), stored as ``PatientPrediction(source="out_of_fold")`` with
+its fold. Last, the version's operating point is locked (:mod:`inference.operating_point`):
+the fold thresholds that made the stored calls and the maxstat MRS cut-point of these
+out-of-fold predictions, stored on the version and in its card.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pmpd_web.jobs.runner import TRANSIENT_ERRORS, UserFacingError
 
 from .cache import preprocessed_for, with_images
 from .models import ModelVersion, PatientPrediction
+from .operating_point import lock_operating_point
 from .predictions import save_overlays, upsert_prediction
 from .registry import preprocess_config_of, train_config_of
 from .storage import json_safe, store_local_file
@@ -226,6 +230,7 @@ def _train(version: ModelVersion, progress: Progress) -> dict[str, Any]:
         locked.data_hash = result.data_hash
         locked.code_version = result.code_version[:64]
         locked.save()
+    point = lock_operating_point(locked)
     return json_safe(
         {
             "model_version": version.pk,
@@ -234,6 +239,7 @@ def _train(version: ModelVersion, progress: Progress) -> dict[str, Any]:
             "metastatic": training_set.n_metastatic,
             "skipped": training_set.skipped,
             "metrics": result.metrics,
+            "operating_point": point.label,
             "seconds": round(result.seconds, 1),
         }
     )
@@ -300,6 +306,7 @@ def _store_out_of_fold(
             source=PatientPrediction.Source.OUT_OF_FOLD,
             values={
                 "metastasis_risk_score": oof.metastasis_risk_score,
+                "fold": oof.fold,
                 "mrs_std": None,
                 "mrs_min": None,
                 "mrs_max": None,

@@ -32,6 +32,7 @@ from .classification import (
     site_roc,
     youden_threshold,
 )
+from .clustered import OBUCHOWSKI_METHOD, obuchowski_auroc
 from .cutpoints import (
     CA19_9_THRESHOLD_U_PER_ML,
     RISK_GROUP_ORDER,
@@ -42,6 +43,7 @@ from .cutpoints import (
     maxstat_cutpoint,
     risk_groups,
 )
+from .decision_curve import DecisionCurveResult, decision_curve, net_benefit
 from .development import (
     DAYS_PER_MONTH,
     DevelopmentResult,
@@ -50,6 +52,16 @@ from .development import (
     development_groups,
     metastasis_development_analysis,
 )
+from .operating_point import (
+    LOCKED_LABEL,
+    RETUNED_LABEL,
+    FoldCall,
+    FoldOperatingPoint,
+    OperatingPoint,
+    fold_calls,
+    lock_operating_point,
+)
+from .proportional_hazards import PH_ALPHA, ProportionalHazardsTest, schoenfeld_test
 from .report import AnalysisOptions, AnalysisResult, run_full_analysis
 from .subgroups import (
     MISSED_AT_IMAGING_METHODS,
@@ -85,6 +97,21 @@ from .survival import (
 from .synthetic import synthetic_cohort
 
 __all__ = [
+    "OBUCHOWSKI_METHOD",
+    "PH_ALPHA",
+    "DecisionCurveResult",
+    "ProportionalHazardsTest",
+    "decision_curve",
+    "net_benefit",
+    "obuchowski_auroc",
+    "schoenfeld_test",
+    "LOCKED_LABEL",
+    "RETUNED_LABEL",
+    "FoldCall",
+    "FoldOperatingPoint",
+    "OperatingPoint",
+    "fold_calls",
+    "lock_operating_point",
     "CA19_9_THRESHOLD_U_PER_ML",
     "DAYS_PER_MONTH",
     "DEFAULT_ADJUSTMENT",

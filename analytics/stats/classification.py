@@ -17,6 +17,7 @@ Conventions used throughout:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -35,6 +36,7 @@ from ._base import (
     format_number,
     p_text,
 )
+from .clustered import OBUCHOWSKI_METHOD, obuchowski_auroc
 
 __all__ = [
     "AurocEstimate",
@@ -248,6 +250,7 @@ class BinaryClassificationResult(StatResult):
     youden: YoudenThreshold
     threshold_source: str
     at_threshold: ConfusionMatrixResult
+    classes: tuple[str, str] = ("no metastasis", "metastasis")
 
     title: ClassVar[str] = "Binary classification"
 
@@ -261,6 +264,7 @@ class BinaryClassificationResult(StatResult):
             "AUROC": self.auroc.auroc,
             "AUROC CI lower": self.auroc.ci_lower,
             "AUROC CI upper": self.auroc.ci_upper,
+            "AUROC CI method": self.auroc.method,
             "AUPRC": self.average_precision,
             "threshold": cm.threshold,
             "threshold source": self.threshold_source,
@@ -633,14 +637,26 @@ def delong_auroc_covariance(labels: ArrayLike, scores: ArrayLike) -> tuple[np.nd
     return aucs, s10 / m + s01 / n
 
 
-def _auroc_from_data(data: _BinaryData, confidence_level: float) -> AurocEstimate:
+def _auroc_from_data(
+    data: _BinaryData, confidence_level: float, clusters: np.ndarray | None = None
+) -> AurocEstimate:
     z = _z_value(confidence_level)
-    aucs, cov = delong_auroc_covariance(data.labels, data.scores)
-    auc = float(aucs[0])
-    variance = float(cov[0, 0])
-    note = ""
-    if np.isnan(variance):
-        note = "DeLong variance needs at least 2 positive and 2 negative cases"
+    method = AurocEstimate.method
+    if clusters is None:
+        aucs, cov = delong_auroc_covariance(data.labels, data.scores)
+        auc = float(aucs[0])
+        variance = float(cov[0, 0])
+        note = ""
+        if np.isnan(variance):
+            note = "DeLong variance needs at least 2 positive and 2 negative cases"
+    else:
+        auc, variance, n_clusters = obuchowski_auroc(data.labels, data.scores, clusters)
+        method = f"{OBUCHOWSKI_METHOD} ({n_clusters} patients)"
+        note = (
+            "clustered variance needs at least 2 patients of each class"
+            if np.isnan(variance)
+            else ""
+        )
     se = float(np.sqrt(max(variance, 0.0))) if np.isfinite(variance) else np.nan
     lower = max(0.0, auc - z * se) if np.isfinite(se) else np.nan
     upper = min(1.0, auc + z * se) if np.isfinite(se) else np.nan
@@ -653,6 +669,7 @@ def _auroc_from_data(data: _BinaryData, confidence_level: float) -> AurocEstimat
         n_positive=data.n_positive,
         n_negative=data.n_negative,
         n_missing=data.n_missing,
+        method=method,
         note=note,
     )
 
@@ -773,6 +790,12 @@ def _confusion(labels: np.ndarray, scores: np.ndarray, threshold: float) -> Conf
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)
     if 2 * tp + fp + fn == 0:
         notes.append("F1 undefined: no positive cases and nothing predicted positive")
+    if labels.size and (tp + fp == labels.size or tn + fn == labels.size):
+        predicted = "positive" if tp + fp == labels.size else "negative"
+        notes.append(
+            f"degenerate: every case is predicted {predicted} at this threshold, which "
+            "separates nothing"
+        )
     return ConfusionMatrixResult(
         threshold=float(threshold),
         true_positive=tp,
@@ -816,6 +839,19 @@ def confusion_at_threshold(
     return _confusion(label_array[complete].astype(np.int64), score_array[complete], threshold)
 
 
+def _complete_clusters(
+    labels: ArrayLike, scores: ArrayLike, clusters: ArrayLike | None
+) -> np.ndarray | None:
+    """The cluster of each row :func:`_prepare` keeps (rows with a label and a score)."""
+    if clusters is None:
+        return None
+    label_array, _ = binary_labels(labels)
+    score_array = as_float_array(scores, name="scores")
+    cluster_array = np.asarray(clusters, dtype=object)
+    check_same_length(labels=label_array, clusters=cluster_array)
+    return cluster_array[~np.isnan(label_array) & np.isfinite(score_array)].astype(str)
+
+
 def evaluate_binary(
     labels: ArrayLike,
     scores: ArrayLike,
@@ -824,19 +860,41 @@ def evaluate_binary(
     name: str = "metastasis",
     threshold: float | None = None,
     confidence_level: float = 0.95,
+    calls: ArrayLike | None = None,
+    threshold_source: str | None = None,
+    clusters: ArrayLike | None = None,
+    classes: tuple[str, str] = ("no metastasis", "metastasis"),
 ) -> BinaryClassificationResult | NotComputable:
     """The paper's evaluation of one score: AUROC (DeLong CI), AUPRC, ROC and PR curves, the
     Youden threshold, and the confusion matrix and metrics at ``threshold`` (the Youden
     threshold of these data when ``None``, e.g. for the internal test fold; pass the training
     fold's threshold to evaluate an external set). ``name`` says what is predicted (shown in
     tables and figure titles).
+
+    ``calls`` (0/1 per case) are decisions already made by a rule that no single threshold on
+    ``scores`` expresses (the locked per-fold thresholds of a model version): the confusion
+    matrix is then theirs, its threshold NaN. ``threshold_source`` says where the threshold or
+    the calls come from (default "Youden" or "given"). ``clusters`` (e.g. the patient of
+    each slice) makes the AUROC interval Obuchowski's clustered one (:mod:`.clustered`).
+    ``classes`` names the negative and the positive class (rows of the confusion matrix).
     """
     data = _prepare(labels, scores, f"Classification of {name} ({level} level)")
     if isinstance(data, NotComputable):
         return data
     youden = _youden_from_data(data)
     chosen = youden.threshold if threshold is None else float(threshold)
+    source = threshold_source or ("Youden" if threshold is None else "given")
     pr = _pr_from_data(data)
+    at_threshold = _confusion(data.labels, data.scores, chosen)
+    if calls is not None:
+        label_array, _ = binary_labels(labels)
+        call_array = as_float_array(calls, name="calls")
+        check_same_length(labels=label_array, calls=call_array)
+        complete = ~np.isnan(label_array) & np.isfinite(call_array)
+        at_threshold = dataclasses.replace(
+            _confusion(label_array[complete].astype(np.int64), call_array[complete], 0.5),
+            threshold=float("nan"),
+        )
     return BinaryClassificationResult(
         name=name,
         level=level,
@@ -844,13 +902,16 @@ def evaluate_binary(
         n_positive=data.n_positive,
         n_negative=data.n_negative,
         n_missing=data.n_missing,
-        auroc=_auroc_from_data(data, confidence_level),
+        auroc=_auroc_from_data(
+            data, confidence_level, _complete_clusters(labels, scores, clusters)
+        ),
         average_precision=pr.average_precision,
         roc=_roc_from_data(data, drop_intermediate=True),
         precision_recall=pr,
         youden=youden,
-        threshold_source="Youden" if threshold is None else "given",
-        at_threshold=_confusion(data.labels, data.scores, chosen),
+        threshold_source=source,
+        at_threshold=at_threshold,
+        classes=classes,
     )
 
 

@@ -30,6 +30,22 @@ Published example (not testable offline: survminer's ``myeloma`` data are not sh
 cutpoint 279.8 with statistic 4.28 (survminer documentation and vignette).
 
 Groups: ``low`` = x <= cut, ``high`` = x > cut (``survminer::surv_categorize``).
+
+The cut is chosen and tested on the same data, so the log-rank p of the two groups it makes
+(``2 (1 - Phi(M))``, kept as ``p_value_uncorrected``) is far too small. The corrected p-values
+are maxstat's Lausen-Schumacher approximations, read from ``pLausen92`` and ``pLausen94`` in
+maxstat's R/maxstat.R and the ``m`` that ``cmaxstat`` passes (the candidate low-group sizes):
+
+- ``pmethod = "Lau92"`` (Lausen & Schumacher 1992, the limiting distribution):
+  p = 4 phi(b)/b + phi(b) (b - 1/b) log(maxprop (1 - minprop) / ((1 - maxprop) minprop));
+- ``pmethod = "Lau94"`` (Lausen, Sauerbrei & Schumacher 1994, improved Bonferroni):
+  p = 1 - (Phi(b) - Phi(-b)) + sum_i exp(-b^2/2)/pi (t_i - (b^2/4 - 1) t_i^3 / 6),
+  t_i = sqrt(1 - m_i (N - m_{i+1}) / ((N - m_i) m_{i+1})) over consecutive candidate sizes.
+
+Both are capped to [0, 1]. Checked against maxstat's saved example output
+(tests/Examples/maxstat-Ex.Rout.save of maxstat on CRAN): the ``hohnloser`` data give M =
+3.5691, cut 39, Lau92 p = 0.01065 and Lau94 p = 0.005453; ``pLausen94(2.5, 20, 0.25, 0.75)``
+= 0.073 (Lausen 1994, p. 489).
 """
 
 from __future__ import annotations
@@ -42,6 +58,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
+from scipy import stats as scipy_stats
 
 from ._base import NotComputable, StatResult, as_float_array, binary_labels, check_same_length
 
@@ -52,6 +69,8 @@ __all__ = [
     "ca19_9_groups",
     "dichotomise",
     "logrank_scores",
+    "lausen92_p_value",
+    "lausen94_p_value",
     "maxstat_cutpoint",
     "risk_groups",
 ]
@@ -81,7 +100,10 @@ class CutpointResult(StatResult):
     candidate_cuts: np.ndarray
     candidate_statistics: np.ndarray
     groups: np.ndarray  # "low"/"high"/None per input row, input order
-    method: str = "maxstat.test(Surv ~ x, smethod='LogRank', pmethod='none'); low = x <= cut"
+    p_value_lau94: float = float("nan")
+    p_value_lau92: float = float("nan")
+    p_value_uncorrected: float = float("nan")
+    method: str = "maxstat.test(Surv ~ x, smethod='LogRank', pmethod='Lau94'); low = x <= cut"
 
     title: ClassVar[str] = "Maximally selected rank statistic cut-point"
 
@@ -95,6 +117,11 @@ class CutpointResult(StatResult):
                     "n": self.n,
                     "n low": self.n_low,
                     "n high": self.n_high,
+                    "p corrected for the cut search (maxstat Lau94)": self.p_value_lau94,
+                    "p corrected (maxstat Lau92)": self.p_value_lau92,
+                    "log-rank p of the chosen split (UNCORRECTED: cut chosen on these data)": (
+                        self.p_value_uncorrected
+                    ),
                 }
             ]
         )
@@ -118,6 +145,44 @@ def logrank_scores(time: ArrayLike, event: ArrayLike) -> np.ndarray:
     factor = d / (n - max_rank + 1.0)
     cumulative = np.cumsum(factor[order])
     return d - cumulative[max_rank - 1]
+
+
+def lausen92_p_value(statistic: float, *, minprop: float = 0.1, maxprop: float = 0.9) -> float:
+    """maxstat's ``pLausen92``: the limiting-distribution p of a maximally selected statistic."""
+    b = float(statistic)
+    if not (0.0 < minprop < maxprop < 1.0) or b <= 0:
+        return float("nan")
+    density = scipy_stats.norm.pdf(b)
+    p = 4 * density / b + density * (b - 1 / b) * math.log(
+        maxprop * (1 - minprop) / ((1 - maxprop) * minprop)
+    )
+    return float(min(max(p, 0.0), 1.0))
+
+
+def lausen94_p_value(
+    statistic: float,
+    n: int,
+    *,
+    minprop: float = 0.1,
+    maxprop: float = 0.9,
+    group_sizes: ArrayLike | None = None,
+) -> float:
+    """maxstat's ``pLausen94``: the improved Bonferroni p of a maximally selected statistic.
+
+    ``group_sizes`` are the candidate low-group sizes (default ``floor(n minprop) ..
+    floor(n maxprop)``, as maxstat's default ``m``).
+    """
+    b = float(statistic)
+    m = (
+        np.arange(math.floor(n * minprop), math.floor(n * maxprop) + 1, dtype=float)
+        if group_sizes is None
+        else np.asarray(group_sizes, dtype=float)
+    )
+    m1, m2 = m[:-1], m[1:]
+    t = np.sqrt(1 - m1 * (n - m2) / ((n - m1) * m2))
+    d = np.sum(np.exp(-(b**2) / 2) / math.pi * (t - (b**2 / 4 - 1) * t**3 / 6))
+    p = 1 - (scipy_stats.norm.cdf(b) - scipy_stats.norm.cdf(-b)) + d
+    return float(min(max(p, 0.0), 1.0))
 
 
 def dichotomise(
@@ -227,6 +292,11 @@ def maxstat_cutpoint(
         candidate_cuts=sorted_x[m - 1],
         candidate_statistics=statistics,
         groups=groups,
+        p_value_lau94=lausen94_p_value(
+            statistics[best], n, minprop=minprop, maxprop=upper_prop, group_sizes=m
+        ),
+        p_value_lau92=lausen92_p_value(statistics[best], minprop=minprop, maxprop=upper_prop),
+        p_value_uncorrected=float(2 * scipy_stats.norm.sf(statistics[best])),
     )
 
 

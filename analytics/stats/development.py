@@ -284,6 +284,8 @@ def metastasis_development_analysis(
             kept_mrs,
             name=f"metastasis < {bound:g} vs >= {bound:g} months after diagnosis",
             confidence_level=confidence_level,
+            threshold_source="Youden on these data (optimistic)",
+            classes=(f">= {bound:g} months", f"< {bound:g} months"),
         )
         for bound in (first_bound, second_bound)
     }

@@ -13,6 +13,7 @@ Columns of ``frame`` (one row per patient; only the first three are required):
 ``metastasis_label``              1 = distant metastasis at diagnosis, 0 = none
 ``mrs_fold_1`` .. ``mrs_fold_5``  MRS from each fold model (external sets), optional
 ``predicted_positive_fraction``   share of the patient's slices predicted positive
+``predicted_metastasis``          the stored call (1/0) of the model version's locked rule
 ``site_liver`` / ``site_lung`` /  1 = metastasis at that site (missing is read as 0 for a
 ``site_peritoneum``               patient without metastasis)
 ``prob_liver`` / ``prob_lung`` /  the model's probability for that site
@@ -36,6 +37,14 @@ Columns of ``frame`` (one row per patient; only the first three are required):
 
 Choices (all in :class:`AnalysisOptions`):
 
+- Operating point: with ``options.operating_point`` (a model version's locked point, see
+  :mod:`.operating_point`) every threshold is the locked one: the stored calls
+  (``predicted_metastasis``) for the patient-level decision, the locked MRS cut-point for the
+  MRS groups (and the MRS confusion matrix), the mean fold slice threshold for slices. Setting
+  ``options.retune_on_cohort`` instead picks them again on this cohort (Youden, maxstat): the
+  sensitivity analysis labelled "re-tuned on this cohort (optimistic)". Without an operating
+  point (a frame from elsewhere) the thresholds are chosen on this cohort, as the paper did on
+  its internal test folds.
 - Patient-level decision: the paper thresholds the fraction of slices predicted positive at
   its Youden threshold; ``classification["patient_fraction"]`` does that, and
   ``classification["patient_mrs"]`` evaluates the MRS itself (AUROC, Youden cut). The decision
@@ -81,7 +90,9 @@ from .cutpoints import (
     maxstat_cutpoint,
     risk_groups,
 )
+from .decision_curve import DecisionCurveResult, decision_curve
 from .development import DAYS_PER_MONTH, DevelopmentResult, metastasis_development_analysis
+from .operating_point import RETUNED_LABEL, OperatingPoint
 from .subgroups import (
     MISSED_AT_IMAGING_METHODS,
     MissedAtImagingResult,
@@ -132,7 +143,7 @@ _NUMERIC_COLUMNS = (
     "tumour_size_mm",
     "days_to_metastasis",
 )
-_BINARY_COLUMNS = ("metastasis_label", "death", "developed_metastasis")
+_BINARY_COLUMNS = ("metastasis_label", "death", "developed_metastasis", "predicted_metastasis")
 
 
 def _default_reference_levels() -> dict[str, str]:
@@ -167,6 +178,27 @@ class AnalysisOptions:
     min_events: int = 2
     development_boundaries_months: tuple[float, float] = (3.0, 6.0)
     days_per_month: float = DAYS_PER_MONTH
+    operating_point: OperatingPoint | None = None
+    retune_on_cohort: bool = False
+    includes_development_cohort: bool = False
+
+    @property
+    def locked(self) -> OperatingPoint | None:
+        """The locked operating point in force (``None`` when re-tuned or absent)."""
+        return None if self.retune_on_cohort else self.operating_point
+
+    @property
+    def operating_point_label(self) -> str:
+        """What every figure and table says about the thresholds it uses."""
+        if self.locked is not None:
+            return self.locked.label
+        if self.retune_on_cohort:
+            version = self.operating_point.model_version if self.operating_point else ""
+            return (
+                f"{RETUNED_LABEL}{f' ({version})' if version else ''}: Youden thresholds "
+                "and maxstat MRS cut chosen on the analysed cohort"
+            )
+        return "chosen on this cohort (Youden thresholds, maxstat MRS cut): no locked point"
 
 
 @dataclass(frozen=True, eq=False)
@@ -191,6 +223,7 @@ class AnalysisResult(StatResult):
     c_index: dict[str, ConcordanceResult | NotComputable]
     development: DevelopmentResult | NotComputable
     patient_groups: pd.DataFrame
+    decision_curves: DecisionCurveResult | NotComputable | None = None
 
     title: ClassVar[str] = "PMPD analysis"
 
@@ -212,13 +245,34 @@ class AnalysisResult(StatResult):
             "cox_risk_groups",
             "c_index",
             "development",
+            "decision_curves",
         ):
             value = getattr(self, name)
+            if value is None:
+                continue
             if isinstance(value, dict):
                 flat.update({f"{name}/{key}": item for key, item in value.items()})
             else:
                 flat[name] = value
         return flat
+
+    @property
+    def mrs_split_note(self) -> str:
+        """Why the log-rank p of the MRS (and risk) groups is uncorrected, when it is: the cut
+        was chosen on these data (here, or at training on the development cohort included)."""
+        cut = self.mrs_cutpoint
+        if isinstance(cut, CutpointResult):
+            corrected = cut.p_value_lau94
+        elif self.options.locked is not None and self.options.includes_development_cohort:
+            corrected = self.options.locked.mrs_cutpoint_p_corrected
+        else:
+            return ""
+        return (
+            "log-rank p UNCORRECTED: the MRS cut was chosen on these data; maxstat's corrected "
+            f"p (Lau94) = {corrected:.3g}"
+            if corrected is not None
+            else "log-rank p UNCORRECTED: the MRS cut was chosen on these data"
+        )
 
     def to_frame(self) -> pd.DataFrame:
         """One row per section: computed or not, and why not."""
@@ -297,16 +351,22 @@ def _classification(
     data: pd.DataFrame, slices: pd.DataFrame | None, options: AnalysisOptions
 ) -> dict[str, BinaryClassificationResult | NotComputable]:
     labels = data["metastasis_label"]
+    locked = options.locked
+    source = options.operating_point_label
+    mrs_cut = None if locked is None else locked.mrs_cutpoint
     results: dict[str, BinaryClassificationResult | NotComputable] = {
         "patient_mrs": evaluate_binary(
             labels,
             data["metastasis_risk_score"],
             level="patient",
             name="metastasis by MRS",
+            threshold=mrs_cut,
+            threshold_source=source,
             confidence_level=options.confidence_level,
         )
     }
     fraction = _column(data, "predicted_positive_fraction")
+    calls = _column(data, "predicted_metastasis") if locked is not None else None
     results["patient_fraction"] = (
         evaluate_binary(
             labels,
@@ -314,7 +374,9 @@ def _classification(
             level="patient",
             name="metastasis by fraction of slices predicted positive",
             threshold=options.decision_threshold,
+            threshold_source=source if options.decision_threshold is None else None,
             confidence_level=options.confidence_level,
+            calls=calls if options.decision_threshold is None else None,
         )
         if fraction is not None
         else _absent(
@@ -334,7 +396,11 @@ def _classification(
             slices["slice_probability"],
             level="slice",
             name="metastasis by slice probability",
+            threshold=None if locked is None else locked.slice_threshold,
+            threshold_source=source
+            + (" (mean of the fold slice thresholds)" if locked is not None else ""),
             confidence_level=options.confidence_level,
+            clusters=slices["patient_id"] if "patient_id" in slices.columns else None,
         )
     return results
 
@@ -346,6 +412,9 @@ def _decision(
 ) -> tuple[pd.Series, float]:
     """The score and threshold of the patient-level decision ("flagged by the model")."""
     fraction = classification["patient_fraction"]
+    calls = _column(data, "predicted_metastasis")
+    if options.locked is not None and options.decision_threshold is None and calls is not None:
+        return calls, 1.0  # the stored calls of the locked rule (1 = metastasis)
     if isinstance(fraction, BinaryClassificationResult):
         return data["predicted_positive_fraction"], fraction.at_threshold.threshold
     mrs = classification["patient_mrs"]
@@ -418,6 +487,8 @@ def _patient_groups(
             (),
         )
         mrs_group = dichotomise(mrs, options.mrs_cutpoint)
+    elif options.locked is not None:
+        cut, mrs_group = _locked_groups(options.locked, mrs)
     elif _has_survival(data):
         cut = maxstat_cutpoint(
             data["overall_survival_days"],
@@ -444,6 +515,25 @@ def _patient_groups(
         }
     )
     return cut, groups
+
+
+def _locked_groups(locked: OperatingPoint, mrs: pd.Series) -> tuple[NotComputable, np.ndarray]:
+    """MRS groups at the locked cut-point (no cut is estimated on the analysed cohort)."""
+    if locked.mrs_cutpoint is None:
+        reason = (
+            f"the locked operating point of {locked.model_version} has no MRS cut-point "
+            f"({locked.mrs_cutpoint_reason}); the re-tuned analysis estimates one here"
+        )
+        return NotComputable("Cut-point of MRS", reason, ("locked MRS cut-point",)), np.full(
+            len(mrs), None, dtype=object
+        )
+    reason = (
+        f"not re-estimated on this cohort: the MRS groups use the locked cut-point "
+        f"{locked.mrs_cutpoint:.4g} of {locked.model_version} (maxstat on the out-of-fold MRS "
+        f"of its development cohort, n = {locked.mrs_cutpoint_n}); the re-tuned analysis "
+        "re-estimates it (optimistic)"
+    )
+    return NotComputable("Cut-point of MRS", reason, ()), dichotomise(mrs, locked.mrs_cutpoint)
 
 
 def _kaplan_meier_sections(
@@ -586,6 +676,31 @@ def _cox_sections(
     )
 
 
+def _decision_curves(
+    data: pd.DataFrame, groups: pd.DataFrame, options: AnalysisOptions
+) -> DecisionCurveResult | NotComputable:
+    """Net benefit of acting on the MRS (as a probability), on CA19-9 > threshold and on the
+    MRS x CA19-9 risk group, against treat all and treat none."""
+
+    def flags(values: pd.Series, chosen: tuple[str, ...]) -> np.ndarray:
+        known = values.notna() & (values != "unknown")
+        return np.where(known, values.isin(chosen).astype(float), np.nan)
+
+    risk = groups["risk_group"]
+    ca = groups["ca19_9_group"]
+    threshold = f"{options.ca19_9_threshold_u_per_ml:g}"
+    return decision_curve(
+        data["metastasis_label"],
+        {
+            "MRS": data["metastasis_risk_score"].to_numpy(dtype=float),
+            f"CA19-9 > {threshold} U/mL": flags(ca, ("high",)),
+            "risk group high": flags(risk, ("high",)),
+            "risk group mid or high": flags(risk, ("mid", "high")),
+        },
+        outcome="metastasis at diagnosis",
+    )
+
+
 def _development(data: pd.DataFrame, options: AnalysisOptions) -> DevelopmentResult | NotComputable:
     if _column(data, "developed_metastasis") is None or _column(data, "days_to_metastasis") is None:
         return _absent("Metastasis development", "developed_metastasis", "days_to_metastasis")
@@ -608,7 +723,9 @@ def run_full_analysis(
     """Compute every analysis of the paper for one cohort (see the module docstring).
 
     ``slices`` optionally holds slice-level scores (columns ``slice_probability`` and
-    ``metastasis_label``) for the slice-level evaluation.
+    ``metastasis_label``) for the slice-level evaluation; with a ``patient_id`` column its
+    AUROC interval is patient-clustered (Obuchowski 1997), as a patient's slices are not
+    independent.
     """
     options = options or AnalysisOptions()
     data, notes = _clean(frame, options.n_folds)
@@ -666,4 +783,5 @@ def run_full_analysis(
         c_index=c_index,
         development=_development(data, options),
         patient_groups=groups,
+        decision_curves=_decision_curves(data, groups, options),
     )

@@ -46,6 +46,7 @@ from ._base import (
     format_number,
     p_text,
 )
+from .proportional_hazards import ProportionalHazardsTest, schoenfeld_test
 
 __all__ = [
     "DEFAULT_ADJUSTMENT",
@@ -758,8 +759,19 @@ class CoxResult(StatResult):
     confidence_level: float
     ties: str = "efron"
     notes: tuple[str, ...] = ()
+    proportional_hazards: ProportionalHazardsTest | NotComputable | None = None
 
     title: ClassVar[str] = "Cox proportional hazards (Efron ties)"
+
+    @property
+    def ph_flag(self) -> str:
+        """The proportional-hazards check in words (flagged when p < 0.05)."""
+        check = self.proportional_hazards
+        if check is None:
+            return "not checked"
+        if isinstance(check, NotComputable):
+            return f"not computable: {check.reason}"
+        return check.flag
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([term._row() for term in self.terms])
@@ -806,7 +818,13 @@ class CoxTable(StatResult):
             if isinstance(model, CoxResult):
                 for term in model.terms:
                     rows.append(
-                        {"model": name, "n": model.n, "events": model.n_events, **term._row()}
+                        {
+                            "model": name,
+                            "n": model.n,
+                            "events": model.n_events,
+                            **term._row(),
+                            "proportional hazards (cox.zph)": model.ph_flag,
+                        }
                     )
             else:
                 rows.append({"model": name, "term": name, "note": model.reason})
@@ -999,6 +1017,10 @@ def cox_regression(
             )
         )
     lr = fitter.log_likelihood_ratio_test()
+    try:
+        ph_check: ProportionalHazardsTest | NotComputable = schoenfeld_test(fitter, model_frame)
+    except (np.linalg.LinAlgError, ValueError, KeyError) as error:
+        ph_check = NotComputable("Proportional-hazards check", str(error), ())
     return CoxResult(
         variables=tuple(variables),
         adjusted_for=tuple(name for name in adjusted_for if name not in variables),
@@ -1014,6 +1036,7 @@ def cox_regression(
         likelihood_ratio_p_value=float(lr.p_value),
         confidence_level=confidence_level,
         notes=tuple(notes),
+        proportional_hazards=ph_check,
     )
 
 

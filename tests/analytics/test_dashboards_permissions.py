@@ -32,6 +32,8 @@ ENDPOINTS = [
     ("table csv", "/analytics/cox/tables/c-index.csv?" + Q, {S}),
     ("table xlsx", "/analytics/evaluation/tables/classification.xlsx?" + Q, {S}),
     ("report", "/analytics/report.html?" + Q, {S}),
+    ("tripod report", "/analytics/tripod.html?" + Q, {S}),
+    ("tripod download", "/analytics/tripod.html?download=1&" + Q, {S}),
     ("patient risk page", "/cohorts/{cohort}/patients/SECRET-00001/risk/", EVERY_ROLE),
     ("api evaluation", "/api/analytics/evaluation/?" + Q, {S}),
     ("api survival", "/api/analytics/survival/?" + Q, {S}),

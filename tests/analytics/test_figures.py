@@ -122,7 +122,8 @@ def test_risk_group_figure_highlights_one_group(survival_by_risk):
     curves = {trace.name.split(" ")[0]: trace for trace in figure.data if "(n=" in trace.name}
     assert curves["high"].line.width == 4
     assert curves["high"].line.color == "#D62728"
-    assert curves["low"].line.color.startswith("rgba(150")
+    # issue 11 item 10: the other groups keep their own colours, faded (not two greys)
+    assert curves["low"].line.color == "rgba(44, 160, 44, 0.45)"
     missing = figures.risk_group_figure(survival_by_risk, highlight_group="unknown")
     assert "highlight-missing" in annotation_names(missing)
 

@@ -23,6 +23,7 @@ from factories import make_patient
 from inference import cache
 from inference.jobs import start_scoring, start_training
 from inference.models import ModelVersion, PatientPrediction, PreprocessedPatient
+from inference.operating_point import operating_point_of, reading_for
 from inference.pmpd.preprocess import PreprocessConfig, PreprocessError
 from inference.services import prediction_context, prediction_view
 from inference.tasks import cpu_preprocess_patient
@@ -147,6 +148,18 @@ def test_train_then_score_end_to_end(
     # Every training patient has its out-of-fold prediction, with Grad-CAM overlays.
     oof = PatientPrediction.objects.filter(model_version=version)
     assert oof.count() == 10 and {p.source for p in oof} == {"out_of_fold"}
+    # ... and the fold that held it out (issue 11 item 2); the card holds the locked operating
+    # point (item 1), whose fold thresholds reproduce every stored call.
+    fold_of = {sid: fold["fold"] for fold in card["folds"] for sid in fold["test_ids"]}
+    assert {p.patient.study_id: p.fold for p in oof} == fold_of
+    point = operating_point_of(version)
+    assert card["operating_point"] == version.operating_point and point is not None
+    assert [(f.fold, f.slice_threshold, f.patient_threshold) for f in point.folds] == [
+        (t["fold"], t["slice_threshold"], t["patient_threshold"]) for t in version.thresholds
+    ]
+    assert point.development_cohort == cohort.name and point.model_version == version.name
+    for prediction in oof:
+        assert reading_for(prediction).predicted_metastasis == prediction.predicted_metastasis
     for prediction in oof:
         assert 0.0 <= prediction.metastasis_risk_score <= 1.0
         assert prediction.mrs_std is None and len(prediction.slice_probabilities) == 1

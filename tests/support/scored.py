@@ -106,3 +106,51 @@ def make_scored_cohort(
         )
     PatientPrediction.objects.bulk_create(predictions, batch_size=2000)
     return created
+
+
+def make_development_cohort(
+    cohort: Cohort, model_version: ModelVersion, n_patients: int, *, seed: int = 11
+) -> list[Patient]:
+    """``cohort`` as the development cohort of ``model_version``: each patient scored out of
+    fold by fold ``index % 5`` (its first fold row kept), with fold thresholds on the version
+    (slice 0.5, patient thresholds 0.25-0.75) and the stored calls of those thresholds."""
+    patients = make_scored_cohort(cohort, model_version, n_patients, seed=seed, prefix="DEV")
+    thresholds = [
+        {"fold": k, "slice_threshold": 0.5, "patient_threshold": 0.25 + 0.125 * k} for k in range(5)
+    ]
+    model_version.trained_on = cohort
+    model_version.thresholds = thresholds
+    model_version.save(update_fields=["trained_on", "thresholds"])
+    predictions = list(
+        PatientPrediction.objects.filter(model_version=model_version, patient__cohort=cohort)
+        .select_related("patient")
+        .order_by("patient__study_id")
+    )
+    for index, prediction in enumerate(predictions):
+        fold = index % 5
+        slices = np.asarray(prediction.slice_probabilities[fold], dtype=float)
+        fraction = float(np.mean(slices >= 0.5))
+        prediction.source = PatientPrediction.Source.OUT_OF_FOLD
+        prediction.fold = fold
+        prediction.metastasis_risk_score = float(slices.mean())
+        prediction.mrs_per_fold = [float(slices.mean())]
+        prediction.mrs_std = prediction.mrs_min = prediction.mrs_max = None
+        prediction.slice_probabilities = [slices.tolist()]
+        prediction.positive_fraction = fraction
+        prediction.predicted_metastasis = fraction >= thresholds[fold]["patient_threshold"]
+    PatientPrediction.objects.bulk_update(
+        predictions,
+        [
+            "source",
+            "fold",
+            "metastasis_risk_score",
+            "mrs_per_fold",
+            "mrs_std",
+            "mrs_min",
+            "mrs_max",
+            "slice_probabilities",
+            "positive_fraction",
+            "predicted_metastasis",
+        ],
+    )
+    return patients

@@ -6,14 +6,32 @@
 (function () {
   "use strict";
 
+  // CSS pixels per inch: Plotly lays a figure out in CSS pixels, so a figure W cm wide is
+  // laid out at W / 2.54 * 96 px and a PNG at D dpi is that layout scaled by D / 96.
+  var CSS_DPI = 96;
+
+  function chosenSize(element) {
+    var card = element.closest(".figure-card");
+    var field = function (name) {
+      var input = card && card.querySelector('[data-size="' + name + '"]');
+      var value = input ? parseFloat(input.value) : NaN;
+      return isFinite(value) && value > 0 ? value : null;
+    };
+    return { width: field("width"), height: field("height"), dpi: field("dpi") };
+  }
+
   function download(element, format) {
-    var size = element.getBoundingClientRect();
+    var box = element.getBoundingClientRect();
+    var chosen = chosenSize(element);
+    var toPixels = function (cm, fallback) {
+      return cm ? Math.round((cm / 2.54) * CSS_DPI) : Math.max(Math.round(fallback), 400);
+    };
     Plotly.downloadImage(element, {
       format: format,
       filename: element.dataset.filename || "figure",
-      width: Math.max(Math.round(size.width), 600),
-      height: Math.max(Math.round(size.height), 400),
-      scale: format === "png" ? 2 : 1,
+      width: toPixels(chosen.width, box.width),
+      height: toPixels(chosen.height, box.height),
+      scale: format === "png" ? (chosen.dpi || 2 * CSS_DPI) / CSS_DPI : 1,
     });
   }
 
