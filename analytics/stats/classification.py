@@ -791,10 +791,9 @@ def _confusion(labels: np.ndarray, scores: np.ndarray, threshold: float) -> Conf
     if 2 * tp + fp + fn == 0:
         notes.append("F1 undefined: no positive cases and nothing predicted positive")
     if labels.size and (tp + fp == labels.size or tn + fn == labels.size):
-        predicted = "positive" if tp + fp == labels.size else "negative"
+        side = "positive" if tp + fp == labels.size else "negative"
         notes.append(
-            f"degenerate: every case is predicted {predicted} at this threshold, which "
-            "separates nothing"
+            f"degenerate: every case is predicted {side} at this threshold, which separates nothing"
         )
     return ConfusionMatrixResult(
         threshold=float(threshold),

@@ -261,6 +261,7 @@ class AnalysisResult(StatResult):
         """Why the log-rank p of the MRS (and risk) groups is uncorrected, when it is: the cut
         was chosen on these data (here, or at training on the development cohort included)."""
         cut = self.mrs_cutpoint
+        corrected: float | None
         if isinstance(cut, CutpointResult):
             corrected = cut.p_value_lau94
         elif self.options.locked is not None and self.options.includes_development_cohort:
