@@ -10,18 +10,13 @@ from django.db import transaction
 from django.db.models import Count
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
 from django.utils import timezone
-from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
-from analytics.services import patient_risk_context
-from inference.services import prediction_context
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.decorators import cohort_page
 from pmpd_web.accounts.models import AuditAction, Membership, Role
 from pmpd_web.accounts.permissions import ROLE_ACTIONS, Action, can, role_of, visible_cohorts
-from pmpd_web.imaging.models import ImagingStudy
 from pmpd_web.jobs.runner import UserFacingError
 
 from . import services
@@ -144,31 +139,8 @@ def patient_detail(request, cohort, study_id: str):
             "patient": patient,
             "values": values,
             "perms": perms,
-            **(_viewer_context(patient) if perms[Action.VIEW_IMAGES.value] else {}),
-            **prediction_context(request.user, patient),
-            **patient_risk_context(request.user, patient),
         },
     )
-
-
-def _viewer_context(patient: Patient) -> dict:
-    """The OHIF address of the patient's CT study (the one with the selected series first),
-    with its segmentation shown when it has one."""
-    study = (
-        ImagingStudy.objects.filter(patient=patient, series__modality="CT")
-        .order_by("-series__is_selected", "study_date", "pk")
-        .first()
-    )
-    if study is None:
-        return {}
-    has_segmentation = study.series.filter(modality="SEG").exists()
-    query = {"StudyInstanceUIDs": study.study_instance_uid}
-    if has_segmentation:
-        query["hangingProtocolId"] = "@ohif/seg"
-    return {
-        "viewer_url": f"{reverse('ohif', kwargs={'path': 'viewer'})}?{urlencode(query)}",
-        "has_segmentation": has_segmentation,
-    }
 
 
 @cohort_page(Action.EDIT_DATA)
