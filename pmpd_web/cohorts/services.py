@@ -49,8 +49,19 @@ def filter_patients(queryset: QuerySet[Patient], params: Mapping[str, str]) -> Q
     return queryset
 
 
+# Variables recorded only for some patients (the consistency rules of rules.py): their
+# completeness counts those patients only.
+APPLIES_WHEN = {
+    "metastasis_sites": Q(metastasis_at_diagnosis="yes"),
+    "metastasis_detection": Q(metastasis_at_diagnosis="yes"),
+    "developed_metastasis": Q(metastasis_at_diagnosis="no"),
+    "days_to_metastasis": Q(developed_metastasis="yes"),
+}
+
+
 def completeness(queryset: QuerySet[Patient]) -> tuple[int, list[dict[str, Any]]]:
-    """How many patients, and for each template variable how many have a value (one query)."""
+    """How many patients, and for each template variable how many of the patients it applies
+    to have a value (one query)."""
     aggregates: dict[str, Any] = {"n": Count("id")}
     for column in COLUMNS:
         if column.name == "study_id":
@@ -67,17 +78,29 @@ def completeness(queryset: QuerySet[Patient]) -> tuple[int, list[dict[str, Any]]
             condition = Q(**{f"{column.name}__isnull": False})
         else:
             condition = ~Q(**{column.name: ""})
-        aggregates[column.name] = Count("id", filter=condition)
+        applies = APPLIES_WHEN.get(column.name)
+        if applies is not None:
+            condition &= applies
+            aggregates[f"eligible_{column.name}"] = Count("id", filter=applies)
+        # Aliases never equal a field name: a filter naming the field would read the alias.
+        aggregates[f"filled_{column.name}"] = Count("id", filter=condition)
     counts = queryset.aggregate(**aggregates)
     total = counts.pop("n")
-    rows = [
-        {
-            "column": name,
-            "filled": filled,
-            "percent": round(100 * filled / total, 1) if total else 0.0,
-        }
-        for name, filled in counts.items()
-    ]
+    rows = []
+    for alias, filled in counts.items():
+        if not alias.startswith("filled_"):
+            continue
+        name = alias.removeprefix("filled_")
+        eligible = counts.get(f"eligible_{name}", total)
+        rows.append(
+            {
+                "column": name,
+                "filled": filled,
+                "eligible": eligible,
+                "applies_to_some": name in APPLIES_WHEN,
+                "percent": round(100 * filled / eligible, 1) if eligible else 0.0,
+            }
+        )
     return total, rows
 
 

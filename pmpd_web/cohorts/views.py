@@ -224,6 +224,18 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-") or "cohort"
 
 
+ACTION_WORDS = {
+    Action.VIEW_COHORT: "see the cohort",
+    Action.VIEW_PATIENTS: "see its patients' clinical data",
+    Action.VIEW_RESULTS: "see PMPD scores, calls and risk groups",
+    Action.VIEW_IMAGES: "view CT images and segmentations",
+    Action.VIEW_ANALYTICS: "use the analytics dashboards",
+    Action.EDIT_DATA: "import tables, upload images, see the audit trail",
+    Action.EXPORT_TABLE: "export the clinical table",
+    Action.RUN_JOBS: "train and score PMPD models",
+}
+
+
 @login_required
 def roles_help(request):
     return render(
@@ -231,7 +243,8 @@ def roles_help(request):
         "cohorts/roles.html",
         {
             "roles": [
-                (Role(r).label, sorted(a.value for a in acts)) for r, acts in ROLE_ACTIONS.items()
+                (Role(r).label, [ACTION_WORDS[a] for a in Action if a in acts])
+                for r, acts in ROLE_ACTIONS.items()
             ]
         },
     )
