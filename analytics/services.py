@@ -635,6 +635,19 @@ def _choose_model_version(
     return latest, "the latest model version that scored this patient"
 
 
+def cohort_risk_groups(
+    cohort: Cohort, version: ModelVersion, *, synthetic: bool
+) -> tuple[dict[str, Any], AnalysisOptions]:
+    """The cohort's MRS cut, groups and curves under ``version`` (cached), and the options."""
+    params = AnalysisParameters(cohort_ids=(cohort.pk,), model_version_id=version.pk)
+    options = params.options(synthetic=synthetic)
+    selection = Selection([cohort], version)
+    risk = cached(
+        selection, "patient-risk", _options_key(options), lambda: _risk_groups(selection, options)
+    )
+    return risk, options
+
+
 def _risk_groups(selection: Selection, options: AnalysisOptions) -> dict[str, Any]:
     prepared = selection.prepared(options)
     data = prepared.data
@@ -679,12 +692,7 @@ def patient_risk(
             synthetic=synthetic,
             message=f"Model version {version.name} has not scored this patient.",
         )
-    params = AnalysisParameters(cohort_ids=(cohort.pk,), model_version_id=version.pk)
-    options = params.options(synthetic=synthetic)
-    selection = Selection([cohort], version)
-    risk = cached(
-        selection, "patient-risk", _options_key(options), lambda: _risk_groups(selection, options)
-    )
+    risk, options = cohort_risk_groups(cohort, version, synthetic=synthetic)
     groups = risk["groups"]
     row = groups.loc[groups["study_id"] == patient.study_id]
 

@@ -19,11 +19,13 @@ from pmpd_web.accounts.models import AuditAction, Membership, Role
 from pmpd_web.accounts.permissions import ROLE_ACTIONS, Action, can, role_of, visible_cohorts
 from pmpd_web.jobs.runner import UserFacingError
 
+from . import results as cohort_results
 from . import services
 from . import vocabulary as v
 from .forms import CohortForm, TableUploadForm
 from .importer import start_commit, upload_table
 from .models import Cohort, Patient, TableImport
+from .results import CALLS, RISK_GROUPS
 from .table import COLUMNS, FIELD_NAMES, describe_columns, write_csv, write_xlsx
 
 PAGE_SIZE = 100
@@ -67,7 +69,13 @@ def cohort_create(request):
 
 @cohort_page(Action.VIEW_PATIENTS)
 def cohort_detail(request, cohort):
-    patients = services.filter_patients(Patient.objects.filter(cohort=cohort), request.GET)
+    perms = _perms(request.user, cohort)
+    results = cohort_results.for_cohort(request.user, cohort) if perms["view_results"] else None
+    patients = services.with_results(
+        services.filter_patients(Patient.objects.filter(cohort=cohort), request.GET),
+        results,
+        request.GET,
+    )
     page = Paginator(patients, PAGE_SIZE).get_page(request.GET.get("page"))
     total, completeness = services.completeness(Patient.objects.filter(cohort=cohort))
     query = request.GET.copy()
@@ -85,18 +93,21 @@ def cohort_detail(request, cohort):
             "metastasis_counts": services.counts_by(
                 Patient.objects.filter(cohort=cohort), "metastasis_at_diagnosis"
             ),
-            "filters": _filter_options(cohort),
+            "filters": _filter_options(cohort, with_results=results is not None),
             "params": request.GET,
             "query": query.urlencode(),
             "sort": request.GET.get("sort", "study_id"),
             "sortable": services.SORTABLE,
-            "perms": _perms(request.user, cohort),
+            "result_sortable": services.RESULT_SORTABLE if results is not None else (),
+            "results": results,
+            "risk_groups": RISK_GROUPS,
+            "perms": perms,
             "imports": cohort.imports.select_related("job", "uploaded_by")[:5],
         },
     )
 
 
-def _filter_options(cohort):
+def _filter_options(cohort, *, with_results: bool):
     centres = (
         Patient.objects.filter(cohort=cohort)
         .exclude(centre="")
@@ -111,6 +122,7 @@ def _filter_options(cohort):
         ("metastasis_at_diagnosis", v.YES_NO_UNKNOWN),
         ("vital_status", v.VITAL_STATUS),
         ("centre", tuple(centres)),
+        *([("call", CALLS), ("risk_group", RISK_GROUPS)] if with_results else []),
     ]
 
 

@@ -148,3 +148,28 @@ def test_the_patient_page_view_imports_no_app_above_cohorts():
             imported.update(alias.name for alias in node.names)
     above = {"inference", "analytics", "pmpd_web.imaging"}
     assert not {m for m in imported if any(m == a or m.startswith(a + ".") for a in above)}
+
+
+def test_the_patients_table_shows_results_sorts_and_filters_them(
+    cohort, members, client_for, scored_version
+):
+    client = client_for(members["clinician"])
+    html = client.get(f"/cohorts/{cohort.pk}/?sort=-metastasis_risk_score").content.decode()
+    assert ">MRS</a>" in html and ">PMPD call</a>" in html and ">Risk group</a>" in html
+    scores = [float(v) for v in re.findall(r'<td class="num">(0\.\d{3})</td><td>', html)]
+    assert len(scores) == 80 and scores == sorted(scores, reverse=True)
+    assert "call: the stored call of model version pmpd-reading" in html
+    # The overview: every scored patient counted once, by call and risk group.
+    overview = re.search(r'id="risk-overview".*?</section>', html, re.S).group(0)
+    totals = re.findall(r'<td class="num">(\d+)</td></tr>', overview)
+    assert sum(int(n) for n in totals) == 80
+    low_only = client.get(f"/cohorts/{cohort.pk}/?risk_group=low&call=metastasis").content
+    shown = int(re.search(rb"(\d+) of 80 patients shown", low_only).group(1))
+    expected = int(re.findall(r"<td class=\"num\">(\d+)</td>", overview)[0])
+    assert shown == expected
+    # Roles whose table has no results see no result column.
+    from pmpd_web.accounts.permissions import ROLE_ACTIONS, Action
+
+    assert all(Action.VIEW_RESULTS in actions for actions in ROLE_ACTIONS.values())
+    outsider_view = client_for(members["outsider"]).get(f"/cohorts/{cohort.pk}/")
+    assert outsider_view.status_code == 404

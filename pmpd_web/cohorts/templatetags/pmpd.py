@@ -14,6 +14,9 @@ TITLES = {
     "metastasis_at_diagnosis": "Metastasis",
     "overall_survival_days": "OS (days)",
     "ct_manufacturer": "CT manufacturer",
+    "metastasis_risk_score": "MRS",
+    "call": "PMPD call",
+    "risk_group": "Risk group",
 }
 
 
