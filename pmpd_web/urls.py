@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from pmpd_web.accounts import audit_views
 from pmpd_web.cohorts import views as cohort_views
 from pmpd_web.imaging import viewer
 from pmpd_web.jobs import views as job_views
@@ -37,6 +38,10 @@ urlpatterns = [
         name="export",
     ),
     path("template.<str:fmt>", cohort_views.template_download, name="template"),
+    path("cohorts/<int:cohort_id>/audit/", audit_views.cohort_audit, name="cohort-audit"),
+    path(
+        "cohorts/<int:cohort_id>/audit.csv", audit_views.cohort_audit_csv, name="cohort-audit-csv"
+    ),
     path("jobs/<int:job_id>/progress/", job_views.job_progress, name="job-progress"),
     path("", include("pmpd_web.imaging.urls")),
     path("", include("analytics.urls")),

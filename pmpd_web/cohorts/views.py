@@ -242,9 +242,10 @@ ACTION_WORDS = {
     Action.VIEW_RESULTS: "see PMPD scores, calls and risk groups",
     Action.VIEW_IMAGES: "view CT images and segmentations",
     Action.VIEW_ANALYTICS: "use the analytics dashboards",
-    Action.EDIT_DATA: "import tables, upload images, see the audit trail",
+    Action.EDIT_DATA: "import tables, upload images",
     Action.EXPORT_TABLE: "export the clinical table",
     Action.RUN_JOBS: "train and score PMPD models",
+    Action.VIEW_AUDIT: "see the cohort's audit trail",
 }
 
 

@@ -41,6 +41,8 @@ ENDPOINTS = [
     ("api import", "get", "/api/cohorts/{cohort}/imports/{import}/", {C}),
     ("api import commit", "post", "/api/cohorts/{cohort}/imports/{import}/commit/", {C}),
     ("api job", "get", "/api/jobs/{job}/", EVERY_ROLE),
+    ("audit trail", "get", "/cohorts/{cohort}/audit/", {C}),
+    ("audit trail csv", "get", "/cohorts/{cohort}/audit.csv", {C}),
 ]
 
 
