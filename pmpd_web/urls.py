@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from pmpd_web import api_docs
 from pmpd_web.accounts import audit_views
 from pmpd_web.cohorts import views as cohort_views
 from pmpd_web.imaging import viewer
@@ -51,6 +52,7 @@ urlpatterns = [
     path("api/", include("pmpd_web.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/redoc/redoc.standalone.js", api_docs.redoc_bundle, name="api-redoc-bundle"),
     path(
         "api/redoc/",
         SpectacularRedocView.as_view(url_name="api-schema", template_name="api/redoc.html"),

@@ -131,3 +131,15 @@ def test_the_roles_page_says_what_each_role_may_do_in_words(members, client_for)
     html = client_for(members["clinician"]).get("/roles/").content.decode()
     assert "edit_data" not in html and "view_results" not in html
     assert "import tables, upload images" in html and "see PMPD scores" in html
+
+
+def test_redoc_loads_its_logo_from_the_platform(members, client_for, client):
+    assert client.get("/api/redoc/redoc.standalone.js").status_code == 302  # login first
+    logged_in = client_for(members["clinician"])
+    page = logged_in.get("/api/redoc/").content.decode()
+    assert 'src="/api/redoc/redoc.standalone.js"' in page
+    bundle = logged_in.get("/api/redoc/redoc.standalone.js")
+    assert bundle.status_code == 200 and bundle["Content-Type"].startswith("text/javascript")
+    text = bundle.content.decode()
+    assert "cdn.redoc.ly" not in text and "/static/pmpd/redoc-logo.svg" in text
+    assert not re.findall(r"https://cdn\.[a-z.]+/[^\"']+\.(?:svg|png)", text)
