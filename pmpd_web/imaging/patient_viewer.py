@@ -10,6 +10,7 @@ mask content and kept in Django's cache.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -22,8 +23,11 @@ from django.core.files.storage import default_storage
 from django.urls import reverse
 from django.utils.http import urlencode
 
+from .errors import IngestError
 from .models import CanonicalVolume, DicomInstance, ImageSeries, ImagingStudy
 from .volumes import Grid, read_volume
+
+logger = logging.getLogger(__name__)
 
 TUMOUR_LABEL = 2
 POSITION_TAG = "00200032"  # ImagePositionPatient
@@ -118,8 +122,13 @@ def tumour_area_by_slice(mask: CanonicalVolume) -> list[float]:
     key = f"pmpd:tumour-area:{mask.content_hash}"
     areas = cache.get(key)
     if areas is None:
-        with stored_file_path(mask.file.name) as path:
-            volume = read_volume(path, label=f"mask of {mask.patient}")
+        try:
+            with stored_file_path(mask.file.name) as path:
+                volume = read_volume(path, label=f"mask of {mask.patient}")
+        except (IngestError, OSError) as exc:
+            # The page still shows the viewer, on its default slice.
+            logger.warning("tumour area of %s not read: %s", mask.file.name, exc)
+            return []
         spacing = volume.grid.spacing
         counts = (volume.array == TUMOUR_LABEL).sum(axis=(1, 2))
         areas = [float(c) * spacing[0] * spacing[1] for c in counts]

@@ -85,3 +85,23 @@ def test_the_patient_page_names_grad_cam_slices_as_the_viewer_does(
         assert f"CT image {image.instance_number}</a>" in html
     assert "(2 mm grid)" not in html
     assert "Opens on CT image" in html and 'id="viewer-full-screen"' in html
+
+
+def test_a_missing_mask_file_leaves_the_viewer_on_its_default_slice(cohort):
+    from engine_fixtures import add_fake_images
+
+    from pmpd_web.imaging.models import CanonicalVolume
+
+    patient = make_patient(cohort, "VIEW-2")
+    add_fake_images(patient)
+    CanonicalVolume.objects.filter(patient=patient, kind="mask").update(
+        geometry={
+            "size": [4, 4, 4],
+            "spacing": [1, 1, 1],
+            "origin": [0, 0, 0],
+            "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1],
+        }
+    )
+    viewer = patient_viewer(patient)
+    assert viewer is not None and viewer.tumour_image is None
+    assert "initialSOPInstanceUID" not in viewer.url
