@@ -110,6 +110,17 @@ def test_the_clinician_reads_one_consistent_result_and_the_viewer_follows(
             page.locator(f'a[data-viewer-sop="{target.sop_instance_uid}"]').click()
             moved = _slice_indicator(frame, target.instance_number)
             page.screenshot(path=str(ARTIFACTS / "clinician-viewer-gradcam.png"), full_page=True)
+            # A phone: the page fits its width and offers the viewer full screen.
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.reload()
+            page.wait_for_load_state("networkidle")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 391
+            full_screen = page.locator("#viewer-full-screen")
+            assert full_screen.is_visible() and "initialSOPInstanceUID=" in (
+                full_screen.get_attribute("href")
+            )
+            assert page.locator(".small-screen-note").is_visible()
+            page.screenshot(path=str(ARTIFACTS / "clinician-390.png"), full_page=True)
         finally:
             page.screenshot(path=str(ARTIFACTS / "clinician-journey-last.png"), full_page=True)
     print(f"\nopened on {shown} (largest tumour); Grad-CAM click moved to {moved}")
