@@ -1,8 +1,10 @@
 """What the pages and the API show of the engine's results: a patient's prediction with its
-uncertainty, call, sites and Grad-CAM slices, and model cards trimmed to what a user may see.
+reading (call, rule, fold scores: ``inference.reading``), sites and Grad-CAM slices, and model
+cards trimmed to what a user may see.
 
-The patient page includes ``inference/_patient_prediction.html`` with the context of
-``prediction_context(user, patient)``.
+The patient page draws ``inference/_patient_prediction.html`` through the
+``pmpd_prediction_panel`` tag (``inference/templatetags/inference_panels.py``) with the context
+of ``prediction_context(user, patient)``.
 """
 
 from __future__ import annotations
