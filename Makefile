@@ -96,14 +96,15 @@ demo: install
 	$(PY) manage.py setup_demo
 	$(MAKE) --no-print-directory serve
 
-# The platform with a real local worker on the embedded file-system broker.
+# The platform with a real local worker on the embedded file-system broker. DEBUG is off (the
+# platform's own error pages; WhiteNoise serves the static files): DJANGO_DEBUG=1 turns it on.
 serve:
 	@mkdir -p var/log
 	@$(VENV)/bin/celery -A pmpd_web worker -Q cpu,gpu --concurrency 1 --pool solo \
 		--loglevel INFO --logfile var/log/worker.log & worker=$$!; \
 	trap "kill $$worker 2>/dev/null" EXIT INT TERM; \
 	echo "Worker started (log: var/log/worker.log). Open http://$(HOST):$(PORT)/"; \
-	$(PY) manage.py runserver --noreload $(HOST):$(PORT)
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-0} $(PY) manage.py runserver --noreload $(HOST):$(PORT)
 
 worker:
 	$(VENV)/bin/celery -A pmpd_web worker -Q cpu,gpu --concurrency 1 --loglevel INFO

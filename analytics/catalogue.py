@@ -836,7 +836,11 @@ def _cell(value: Any) -> str:
             return ""
         if math.isinf(number):
             return "inf" if number > 0 else "-inf"
-        if number != 0 and abs(number) < 0.001:
+        if abs(number) < 1e-12:
+            return "0"  # floating-point noise of a computation on values near 1 (2.78e-17)
+        if abs(number) < 1e-4:
+            return "< 0.0001" if number > 0 else "> -0.0001"
+        if abs(number) < 0.001:
             return f"{number:.3g}"
         return f"{number:.4g}" if abs(number) < 1e5 else f"{number:.0f}"
     return str(value)

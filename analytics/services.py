@@ -725,6 +725,20 @@ def _choose_model_version(
     return latest, "the latest model version that scored this patient"
 
 
+def cohort_risk_groups(
+    cohort: Cohort, version: ModelVersion, *, synthetic: bool
+) -> tuple[dict[str, Any], AnalysisOptions]:
+    """The cohort's MRS groups and curves under ``version`` at its locked operating point
+    (cached), and the options."""
+    params = AnalysisParameters(cohort_ids=(cohort.pk,), model_version_id=version.pk)
+    selection = Selection([cohort], version)
+    options = selection.options(params)
+    risk = cached(
+        selection, "patient-risk", _options_key(options), lambda: _risk_groups(selection, options)
+    )
+    return risk, options
+
+
 def _risk_groups(selection: Selection, options: AnalysisOptions) -> dict[str, Any]:
     prepared = selection.prepared(options)
     data = prepared.data
@@ -769,12 +783,7 @@ def patient_risk(
             synthetic=synthetic,
             message=f"Model version {version.name} has not scored this patient.",
         )
-    params = AnalysisParameters(cohort_ids=(cohort.pk,), model_version_id=version.pk)
-    selection = Selection([cohort], version)
-    options = selection.options(params)
-    risk = cached(
-        selection, "patient-risk", _options_key(options), lambda: _risk_groups(selection, options)
-    )
+    risk, options = cohort_risk_groups(cohort, version, synthetic=synthetic)
     groups = risk["groups"]
     row = groups.loc[groups["study_id"] == patient.study_id]
 
@@ -808,7 +817,7 @@ def patient_risk(
     result.mrs_percentile = _finite(
         mrs_percentile(risk["scores"], prediction.metastasis_risk_score)
     )
-    locked = selection.operating_point
+    locked = options.operating_point
     if locked is not None and locked.mrs_cutpoint is not None:
         result.cutpoint = locked.mrs_cutpoint
         result.cutpoint_method = (

@@ -36,6 +36,8 @@ function copyPageAssets() {
   const assets = [
     ["htmx.org/dist/htmx.min.js", "htmx.min.js"],
     ["plotly.js-dist-min/plotly.min.js", "plotly.min.js"],
+    // The accessibility tests (tests/e2e) inject it into every page: served locally, no CDN.
+    ["axe-core/axe.min.js", "axe.min.js"],
   ];
   for (const [source, target] of assets) {
     const from = join(here, "node_modules", source);

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
@@ -8,9 +9,52 @@ from .models import ModelVersion
 from .registry import DEPTHS, EARLY_STOPPING, TrainingChoices, scoring_choices
 
 
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """The form's starting values for a cohort of ``n_patients`` trainable patients, and why."""
+
+    depth: int
+    input_size: int
+    max_epochs: int
+    early_stopping: str
+    reason: str
+
+
+def training_defaults(n_patients: int) -> TrainingDefaults:
+    """The paper's ResNet50 at 224 px with early stopping needs hundreds of patients; a
+    smaller cohort gets a smaller network, smaller patches and every epoch trained."""
+    if n_patients >= 200:
+        return TrainingDefaults(
+            50,
+            224,
+            30,
+            "loss",
+            f"{n_patients} patients with images and a label: the paper's settings (ResNet50 "
+            "at 224 px, early stopping on the validation loss).",
+        )
+    if n_patients >= 50:
+        return TrainingDefaults(
+            18,
+            128,
+            30,
+            "none",
+            f"{n_patients} patients with images and a label, under ~200: ResNet18 at 128 px "
+            "(ResNet50 would memorise them), every epoch trained (a fold's inner validation "
+            "split is too small to stop on).",
+        )
+    return TrainingDefaults(
+        10,
+        64,
+        20,
+        "none",
+        f"{n_patients} patients with images and a label, under 50: ResNet10 at 64 px and 20 "
+        "epochs, every epoch trained; expect a wide uncertainty whatever the settings.",
+    )
+
+
 class TrainingForm(forms.Form):
-    """Start a cross-validation on a cohort. The defaults are the paper's (ResNet50 at 224,
-    5 folds); on a machine without a GPU choose ResNet10 at 64 pixels and a few epochs."""
+    """Start a cross-validation on a cohort. The starting values follow the cohort's size
+    (``training_defaults``): the paper's ResNet50 at 224 px only from ~200 patients."""
 
     name = forms.CharField(
         max_length=120, required=False, help_text="Leave empty for the cohort's name and the time"
@@ -40,6 +84,13 @@ class TrainingForm(forms.Form):
     )
     n_folds = forms.IntegerField(label="Folds", min_value=2, max_value=10, initial=5)
     seed = forms.IntegerField(min_value=0, initial=0, help_text="Seeds the folds and the weights")
+
+    def __init__(self, *args: Any, n_patients: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.defaults = None if n_patients is None else training_defaults(n_patients)
+        if self.defaults is not None:
+            for name in ("depth", "input_size", "max_epochs", "early_stopping"):
+                self.fields[name].initial = getattr(self.defaults, name)
 
     def choices(self) -> TrainingChoices:
         data: dict[str, Any] = self.cleaned_data

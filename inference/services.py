@@ -1,8 +1,10 @@
 """What the pages and the API show of the engine's results: a patient's prediction with its
-uncertainty, call, sites and Grad-CAM slices, and model cards trimmed to what a user may see.
+reading (call, rule, fold scores: ``inference.reading``), sites and Grad-CAM slices, and model
+cards trimmed to what a user may see.
 
-The patient page includes ``inference/_patient_prediction.html`` with the context of
-``prediction_context(user, patient)``.
+The patient page draws ``inference/_patient_prediction.html`` through the
+``pmpd_prediction_panel`` tag (``inference/templatetags/inference_panels.py``) with the context
+of ``prediction_context(user, patient)``.
 """
 
 from __future__ import annotations
@@ -17,24 +19,13 @@ from pmpd_web.accounts.permissions import Action, can
 from pmpd_web.cohorts.models import Patient
 
 from .models import ModelVersion, PatientPrediction
-from .registry import can_view_training_patients, patient_call_rule_of
+from .reading import SITE_LABELS, PatientReading, fold_thresholds, patient_reading
+from .registry import can_view_training_patients
 
 RESEARCH_USE_ONLY = (
     "Research use only: PMPD is a second reader that assists radiologists and clinicians, "
     "never a replacement."
 )
-SITE_LABELS = {
-    "none": "No metastasis",
-    "liver": "Liver",
-    "lung": "Lung",
-    "peritoneum": "Peritoneum",
-}
-CALL_RULES = {
-    "fold_majority": "metastasis when at least half of the fold models call it, each comparing "
-    "its positive fraction with its own patient threshold",
-    "mean_fraction": "metastasis when the mean positive fraction reaches the mean patient "
-    "threshold",
-}
 
 
 @dataclass
@@ -49,29 +40,36 @@ class ScoredSlice:
 
 @dataclass
 class PredictionView:
-    """A patient's PMPD result as a person reads it."""
+    """A patient's PMPD result as a person reads it: the reading (call, rule, fold scores)
+    and the detail behind it (sites, scored slices)."""
 
     prediction: PatientPrediction
     model_version: ModelVersion
     version_source: str
     synthetic: bool
-    out_of_fold: bool
+    reading: PatientReading
     metastasis_risk_score: float
-    uncertainty: str
-    predicted_metastasis: bool
     positive_fraction: float
-    patient_threshold: float | None
-    call_explanation: str
     sites: list[tuple[str, float]]
     slices: list[ScoredSlice]
     fewer_than_4_tumour_slices: bool
     n_slices: int
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def out_of_fold(self) -> bool:
+        return self.reading.out_of_fold
 
-def _choose(
+    @property
+    def predicted_metastasis(self) -> bool:
+        return self.reading.predicted_metastasis
+
+
+def chosen_prediction(
     patient: Patient, model_version: ModelVersion | None
 ) -> tuple[PatientPrediction | None, str]:
+    """The prediction the patient page reads, and why that version: the given one, else the
+    active one, else the latest that scored the patient."""
     predictions = PatientPrediction.objects.filter(patient=patient).select_related("model_version")
     if model_version is not None:
         return predictions.filter(model_version=model_version).first(), "the chosen model version"
@@ -82,67 +80,12 @@ def _choose(
     return latest, "the latest model version that scored this patient"
 
 
-def _thresholds(version: ModelVersion) -> dict[int, dict[str, float]]:
-    return {int(row.get("fold", k)): row for k, row in enumerate(version.thresholds or [])}
-
-
-def _fold_of(version: ModelVersion, study_id: str) -> int | None:
-    for fold in version.card.get("folds", []):
-        if study_id in fold.get("test_ids", []):
-            return int(fold["fold"])
-    return None
-
-
-def _out_of_fold_call(
-    prediction: PatientPrediction, version: ModelVersion
-) -> tuple[float | None, str]:
-    fold = _fold_of(version, prediction.patient.study_id)
-    row = _thresholds(version).get(fold) if fold is not None else None
-    if row is None:
-        return None, "the call of the fold model that held this patient out"
-    return float(row["patient_threshold"]), (
-        f"the call of fold model {fold + 1}, which held this patient out: positive fraction "
-        f"against its patient threshold"
-    )
-
-
-def _ensemble_call(
-    prediction: PatientPrediction, version: ModelVersion
-) -> tuple[float | None, str]:
-    thresholds = _thresholds(version)
-    rows = [thresholds.get(k) for k in range(len(prediction.slice_probabilities))]
-    if not rows or any(row is None for row in rows):
-        return None, CALL_RULES[patient_call_rule_of(version)]
-    votes = 0
-    for row, probabilities in zip(rows, prediction.slice_probabilities, strict=True):
-        fraction = float(np.mean(np.asarray(probabilities) >= row["slice_threshold"]))
-        votes += fraction >= row["patient_threshold"]
-    mean_threshold = float(np.mean([row["patient_threshold"] for row in rows]))
-    rule = patient_call_rule_of(version)
-    return mean_threshold, (
-        f"{votes} of {len(rows)} fold models call metastasis; rule: {CALL_RULES[rule]}"
-    )
-
-
 def prediction_view(
     prediction: PatientPrediction, *, version_source: str = "the chosen model version"
 ) -> PredictionView:
     """The reading of one stored prediction (its version's thresholds give the call's basis)."""
     version = prediction.model_version
     patient = prediction.patient
-    out_of_fold = prediction.source == PatientPrediction.Source.OUT_OF_FOLD
-    if out_of_fold:
-        uncertainty = "out-of-fold, single model (the fold model that never saw this patient)"
-        threshold, explanation = _out_of_fold_call(prediction, version)
-    else:
-        n_folds = len(prediction.mrs_per_fold)
-        uncertainty = (
-            f"± {prediction.mrs_std:.3f} (standard deviation over the {n_folds} fold models; "
-            f"range {prediction.mrs_min:.3f}–{prediction.mrs_max:.3f})"
-            if prediction.mrs_std is not None
-            else f"mean of {n_folds} fold models"
-        )
-        threshold, explanation = _ensemble_call(prediction, version)
     per_slice = np.asarray(prediction.slice_probabilities, dtype=float).reshape(
         -1, prediction.n_slices
     )
@@ -178,13 +121,9 @@ def prediction_view(
         model_version=version,
         version_source=version_source,
         synthetic=version.is_synthetic or patient.cohort.is_synthetic,
-        out_of_fold=out_of_fold,
+        reading=patient_reading(prediction),
         metastasis_risk_score=prediction.metastasis_risk_score,
-        uncertainty=uncertainty,
-        predicted_metastasis=prediction.predicted_metastasis,
         positive_fraction=prediction.positive_fraction,
-        patient_threshold=threshold,
-        call_explanation=explanation,
         sites=[
             (label, float(prediction.site_probabilities[name]))
             for name, label in SITE_LABELS.items()
@@ -208,7 +147,7 @@ def prediction_context(
     """
     if not can(user, patient.cohort_id, Action.VIEW_RESULTS):
         return {"pmpd_prediction": {"allowed": False}}
-    prediction, source = _choose(patient, model_version)
+    prediction, source = chosen_prediction(patient, model_version)
     if prediction is None:
         return {
             "pmpd_prediction": {
@@ -280,7 +219,7 @@ def metrics_table(version: ModelVersion) -> dict[str, Any]:
     """The cross-validation metrics as a table: one row per fold (on its held-out patients),
     then the pooled out-of-fold row; with each fold's thresholds."""
     metrics = version.metrics or {}
-    thresholds = _thresholds(version)
+    thresholds = fold_thresholds(version)
     rows = []
     for fold in metrics.get("folds", []):
         number = int(fold.get("fold", len(rows)))

@@ -11,36 +11,17 @@ S3-compatible bucket where a site configures one):
 
 from __future__ import annotations
 
-import contextlib
 import math
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 
+from pmpd_web.imaging.patient_viewer import stored_file_path
 
-@contextlib.contextmanager
-def local_path(name: str) -> Iterator[Path]:
-    """A local file path holding the stored file ``name``.
-
-    File-system storage yields the file itself; other storages a temporary copy (keeping the
-    name's suffixes, so ``.nii.gz`` stays readable by SimpleITK), deleted on exit.
-    """
-    try:
-        yield Path(default_storage.path(name))
-        return
-    except NotImplementedError:
-        pass
-    suffix = "".join(PurePosixPath(name).suffixes)
-    with tempfile.TemporaryDirectory(prefix="pmpd-") as folder:
-        target = Path(folder) / f"copy{suffix}"
-        with default_storage.open(name, "rb") as source, target.open("wb") as sink:
-            shutil.copyfileobj(source, sink, length=4 * 1024 * 1024)
-        yield target
+# A local path for readers that need one (SimpleITK, torch.load); shared with the imaging app.
+local_path = stored_file_path
 
 
 def replace_file(name: str, content: bytes | File) -> str:

@@ -31,6 +31,7 @@ from .services import (
     prediction_view,
     trained_on_label,
 )
+from .training import training_candidates
 
 ENGINE_JOBS = (Job.Kind.TRAINING, Job.Kind.SCORING)
 
@@ -122,7 +123,8 @@ def _engine_page(
         "inference/cohort_engine.html",
         {
             "cohort": cohort,
-            "training_form": training_form or TrainingForm(),
+            "training_form": training_form
+            or TrainingForm(n_patients=training_candidates(cohort).count()),
             "scoring_form": scoring_form or ScoringForm(user=request.user),
             "jobs": jobs,
             "versions": trained_here,

@@ -144,6 +144,9 @@ STATIC_URL = "/static/"
 STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", DATA_DIR / "staticfiles"))
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "pmpd_web" / "static"]
+# WhiteNoise serves static files with DEBUG off too (the demo runs so, with the platform's own
+# error pages); outside production it reads them from the apps' folders, no collectstatic needed.
+WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", not PRODUCTION)
 MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", DATA_DIR / "media"))
 # The OHIF viewer as the frontend build writes it (a build output, not in git), served under

@@ -7,6 +7,8 @@ from drf_spectacular.views import (
     SpectacularSwaggerSplitView,
 )
 
+from pmpd_web import api_docs
+from pmpd_web.cohorts import audit_views
 from pmpd_web.cohorts import views as cohort_views
 from pmpd_web.imaging import viewer
 from pmpd_web.jobs import views as job_views
@@ -51,6 +53,10 @@ urlpatterns = [
     ),
     path("template.<str:fmt>", cohort_views.template_download, name="template"),
     path("jobs/<int:job_id>/", job_views.job_detail, name="job-detail"),
+    path("cohorts/<int:cohort_id>/audit/", audit_views.cohort_audit, name="cohort-audit"),
+    path(
+        "cohorts/<int:cohort_id>/audit.csv", audit_views.cohort_audit_csv, name="cohort-audit-csv"
+    ),
     path("jobs/<int:job_id>/progress/", job_views.job_progress, name="job-progress"),
     path("jobs/<int:job_id>/retry/", job_views.job_retry, name="job-retry"),
     path("jobs/<int:job_id>/cancel/", job_views.job_cancel, name="job-cancel"),
@@ -68,6 +74,7 @@ urlpatterns = [
         login_required(SpectacularSwaggerSplitView.as_view(url_name="api-schema")),
         name="api-docs",
     ),
+    path("api/redoc/redoc.standalone.js", api_docs.redoc_bundle, name="api-redoc-bundle"),
     path(
         "api/redoc/",
         login_required(

@@ -24,6 +24,7 @@ class Action(enum.StrEnum):
     EDIT_DATA = "edit_data"
     EXPORT_TABLE = "export_table"
     RUN_JOBS = "run_jobs"
+    VIEW_AUDIT = "view_audit"
 
 
 ROLE_ACTIONS: dict[str, frozenset[Action]] = {
@@ -36,6 +37,7 @@ ROLE_ACTIONS: dict[str, frozenset[Action]] = {
             Action.EDIT_DATA,
             Action.EXPORT_TABLE,
             Action.RUN_JOBS,
+            Action.VIEW_AUDIT,
         }
     ),
     Role.CLINICIAN: frozenset(

@@ -8,6 +8,7 @@ from typing import Any
 from django.db.models import Count, Q, QuerySet
 
 from .models import Patient
+from .results import CALLS, RISK_GROUPS, CohortResults
 from .table import COLUMNS
 
 SORTABLE = (
@@ -23,6 +24,8 @@ SORTABLE = (
     "overall_survival_days",
     "vital_status",
 )
+# Sorted and filtered by the results of the model version the table shows (not database columns).
+RESULT_SORTABLE = ("metastasis_risk_score", "call", "risk_group")
 FILTERABLE_CHOICES = (
     "sex",
     "tumour_location",
@@ -49,8 +52,50 @@ def filter_patients(queryset: QuerySet[Patient], params: Mapping[str, str]) -> Q
     return queryset
 
 
+# Variables recorded only for some patients (the consistency rules of rules.py): their
+# completeness counts those patients only.
+APPLIES_WHEN = {
+    "metastasis_sites": Q(metastasis_at_diagnosis="yes"),
+    "metastasis_detection": Q(metastasis_at_diagnosis="yes"),
+    "developed_metastasis": Q(metastasis_at_diagnosis="no"),
+    "days_to_metastasis": Q(developed_metastasis="yes"),
+}
+
+
+def with_results(
+    patients: QuerySet[Patient], results: CohortResults | None, params: Mapping[str, str]
+) -> QuerySet[Patient] | list[Patient]:
+    """``patients`` filtered by call and risk group and sorted by a result column when asked;
+    patients without a result sort last."""
+    if results is None:
+        return patients
+    call, group = params.get("call"), params.get("risk_group")
+    if call in CALLS or group in RISK_GROUPS:
+        patients = patients.filter(
+            study_id__in=[
+                study_id
+                for study_id, result in results.by_study_id.items()
+                if call in (None, "", result.call) and group in (None, "", result.risk_group)
+            ]
+        )
+    sort = params.get("sort", "study_id")
+    key = sort.lstrip("-")
+    if key not in RESULT_SORTABLE:
+        return patients
+    order = {
+        "metastasis_risk_score": lambda r: r.metastasis_risk_score,
+        "call": lambda r: CALLS.index(r.call),
+        "risk_group": lambda r: RISK_GROUPS.index(r.risk_group),
+    }[key]
+    rows = list(patients.order_by("study_id"))
+    scored = [p for p in rows if p.study_id in results.by_study_id]
+    scored.sort(key=lambda p: order(results.by_study_id[p.study_id]), reverse=sort != key)
+    return scored + [p for p in rows if p.study_id not in results.by_study_id]
+
+
 def completeness(queryset: QuerySet[Patient]) -> tuple[int, list[dict[str, Any]]]:
-    """How many patients, and for each template variable how many have a value (one query)."""
+    """How many patients, and for each template variable how many of the patients it applies
+    to have a value (one query)."""
     aggregates: dict[str, Any] = {"n": Count("id")}
     for column in COLUMNS:
         if column.name == "study_id":
@@ -67,17 +112,29 @@ def completeness(queryset: QuerySet[Patient]) -> tuple[int, list[dict[str, Any]]
             condition = Q(**{f"{column.name}__isnull": False})
         else:
             condition = ~Q(**{column.name: ""})
-        aggregates[column.name] = Count("id", filter=condition)
+        applies = APPLIES_WHEN.get(column.name)
+        if applies is not None:
+            condition &= applies
+            aggregates[f"eligible_{column.name}"] = Count("id", filter=applies)
+        # Aliases never equal a field name: a filter naming the field would read the alias.
+        aggregates[f"filled_{column.name}"] = Count("id", filter=condition)
     counts = queryset.aggregate(**aggregates)
     total = counts.pop("n")
-    rows = [
-        {
-            "column": name,
-            "filled": filled,
-            "percent": round(100 * filled / total, 1) if total else 0.0,
-        }
-        for name, filled in counts.items()
-    ]
+    rows = []
+    for alias, filled in counts.items():
+        if not alias.startswith("filled_"):
+            continue
+        name = alias.removeprefix("filled_")
+        eligible = counts.get(f"eligible_{name}", total)
+        rows.append(
+            {
+                "column": name,
+                "filled": filled,
+                "eligible": eligible,
+                "applies_to_some": name in APPLIES_WHEN,
+                "percent": round(100 * filled / eligible, 1) if eligible else 0.0,
+            }
+        )
     return total, rows
 
 

@@ -10,13 +10,9 @@ from django.db import transaction
 from django.db.models import Count
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
 from django.utils import timezone
-from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
-from analytics.services import patient_risk_context
-from inference.services import prediction_context
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction, Membership, Role
 from pmpd_web.accounts.permissions import (
@@ -28,14 +24,15 @@ from pmpd_web.accounts.permissions import (
     visible_cohorts,
 )
 from pmpd_web.cohorts.decorators import cohort_page
-from pmpd_web.imaging.models import ImagingStudy
 from pmpd_web.jobs.runner import UserFacingError
 
+from . import results as cohort_results
 from . import services
 from . import vocabulary as v
 from .forms import CohortForm, StudyVariableForm, TableUploadForm
 from .importer import start_commit, upload_table
 from .models import Cohort, Patient, StudyVariable, TableImport, table_columns
+from .results import CALLS, RISK_GROUPS
 from .table import COLUMNS, FIELD_NAMES, describe_columns, write_csv, write_xlsx
 from .variables import define_variable, errors_of, parse_choices, remove_variable
 
@@ -80,7 +77,13 @@ def cohort_create(request):
 
 @cohort_page(Action.VIEW_PATIENTS)
 def cohort_detail(request, cohort):
-    patients = services.filter_patients(Patient.objects.filter(cohort=cohort), request.GET)
+    perms = _perms(request.user, cohort)
+    results = cohort_results.for_cohort(request.user, cohort) if perms["view_results"] else None
+    patients = services.with_results(
+        services.filter_patients(Patient.objects.filter(cohort=cohort), request.GET),
+        results,
+        request.GET,
+    )
     page = Paginator(patients, PAGE_SIZE).get_page(request.GET.get("page"))
     total, completeness = services.completeness(Patient.objects.filter(cohort=cohort))
     query = request.GET.copy()
@@ -98,18 +101,21 @@ def cohort_detail(request, cohort):
             "metastasis_counts": services.counts_by(
                 Patient.objects.filter(cohort=cohort), "metastasis_at_diagnosis"
             ),
-            "filters": _filter_options(cohort),
+            "filters": _filter_options(cohort, with_results=results is not None),
             "params": request.GET,
             "query": query.urlencode(),
             "sort": request.GET.get("sort", "study_id"),
             "sortable": services.SORTABLE,
-            "perms": _perms(request.user, cohort),
+            "result_sortable": services.RESULT_SORTABLE if results is not None else (),
+            "results": results,
+            "risk_groups": RISK_GROUPS,
+            "perms": perms,
             "imports": cohort.imports.select_related("job", "uploaded_by")[:5],
         },
     )
 
 
-def _filter_options(cohort):
+def _filter_options(cohort, *, with_results: bool):
     centres = (
         Patient.objects.filter(cohort=cohort)
         .exclude(centre="")
@@ -124,6 +130,7 @@ def _filter_options(cohort):
         ("metastasis_at_diagnosis", v.YES_NO_UNKNOWN),
         ("vital_status", v.VITAL_STATUS),
         ("centre", tuple(centres)),
+        *([("call", CALLS), ("risk_group", RISK_GROUPS)] if with_results else []),
     ]
 
 
@@ -152,31 +159,8 @@ def patient_detail(request, cohort, study_id: str):
             "patient": patient,
             "values": values,
             "perms": perms,
-            **(_viewer_context(patient) if perms[Action.VIEW_IMAGES.value] else {}),
-            **prediction_context(request.user, patient),
-            **patient_risk_context(request.user, patient),
         },
     )
-
-
-def _viewer_context(patient: Patient) -> dict:
-    """The OHIF address of the patient's CT study (the one with the selected series first),
-    with its segmentation shown when it has one."""
-    study = (
-        ImagingStudy.objects.filter(patient=patient, series__modality="CT")
-        .order_by("-series__is_selected", "study_date", "pk")
-        .first()
-    )
-    if study is None:
-        return {}
-    has_segmentation = study.series.filter(modality="SEG").exists()
-    query = {"StudyInstanceUIDs": study.study_instance_uid}
-    if has_segmentation:
-        query["hangingProtocolId"] = "@ohif/seg"
-    return {
-        "viewer_url": f"{reverse('ohif', kwargs={'path': 'viewer'})}?{urlencode(query)}",
-        "has_segmentation": has_segmentation,
-    }
 
 
 @cohort_page(Action.EDIT_DATA)
@@ -322,6 +306,19 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-") or "cohort"
 
 
+ACTION_WORDS = {
+    Action.VIEW_COHORT: "see the cohort",
+    Action.VIEW_PATIENTS: "see its patients' clinical data",
+    Action.VIEW_RESULTS: "see PMPD scores, calls and risk groups",
+    Action.VIEW_IMAGES: "view CT images and segmentations",
+    Action.VIEW_ANALYTICS: "use the analytics dashboards",
+    Action.EDIT_DATA: "import tables, upload images",
+    Action.EXPORT_TABLE: "export the clinical table",
+    Action.RUN_JOBS: "train and score PMPD models",
+    Action.VIEW_AUDIT: "see the cohort's audit trail",
+}
+
+
 @login_required
 def roles_help(request):
     return render(
@@ -329,7 +326,8 @@ def roles_help(request):
         "cohorts/roles.html",
         {
             "roles": [
-                (Role(r).label, sorted(a.value for a in acts)) for r, acts in ROLE_ACTIONS.items()
+                (Role(r).label, [ACTION_WORDS[a] for a in Action if a in acts])
+                for r, acts in ROLE_ACTIONS.items()
             ]
         },
     )

@@ -49,6 +49,8 @@ ENDPOINTS = [
     ("api study variable define", "post", "/api/cohorts/{cohort}/variables/", {C}),
     ("api study variable", "get", "/api/cohorts/{cohort}/variables/ecog/", EVERY_ROLE),
     ("api study variable remove", "delete", "/api/cohorts/{cohort}/variables/ecog/", {C}),
+    ("audit trail", "get", "/cohorts/{cohort}/audit/", {C}),
+    ("audit trail csv", "get", "/cohorts/{cohort}/audit.csv", {C}),
 ]
 
 

@@ -105,8 +105,8 @@ def test_coordinator_clinician_and_statistician(
         page = browser.new_page(viewport={"width": 1300, "height": 1400})
         log_in(page, base, "clinician")
         page.goto(f"{base}/cohorts/{cohort.pk}/patients/{STUDY_ID}/")
-        page.locator("#pmpd-prediction").get_by_text("0.810").first.wait_for(timeout=30_000)
-        risk = page.locator("#patient-risk")
+        page.locator("#patient-reading").get_by_text("0.810").first.wait_for(timeout=30_000)
+        risk = page.locator("#patient-reading")
         assert "Risk group" in risk.inner_text()
         assert risk.locator(".group").filter(has_text="high").count() >= 1
         viewer = page.locator("iframe.viewer")

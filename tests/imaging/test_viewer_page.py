@@ -79,6 +79,8 @@ def test_patient_page_embeds_the_viewer_for_roles_with_images(
         assert page.status_code == 200
         html = page.content.decode()
         assert "CT and segmentation" in html
+        # No canonical mask in this fixture: no tumour slice to open on (with one, see
+        # tests/imaging/test_patient_viewer.py).
         assert (
             f'src="/ohif/viewer?StudyInstanceUIDs={uid}&amp;hangingProtocolId=%40ohif%2Fseg"'
             in html

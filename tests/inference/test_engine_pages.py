@@ -28,21 +28,24 @@ def test_the_section_shows_the_ensemble_score_with_its_spread(cohort, members):
     version = make_ready_version(cohort, name="pmpd-v1", is_active=True, is_synthetic=True)
     prediction = make_prediction(patient, version, mrs=0.62)
     html = render_for(members["clinician"], patient)
-    assert "PMPD metastasis prediction" in html and "Research use only" in html
+    assert "How PMPD scored this patient" in html and "Research use only" in html
     assert "pmpd-v1" in html and "the active model version" in html
     assert "Synthetic data" in html
-    assert "0.620" in html and f"± {prediction.mrs_std:.3f}" in html
-    assert f"range {prediction.mrs_min:.3f}–{prediction.mrs_max:.3f}" in html
+    # The fold scores one by one, never a mean ± SD that reads as a range beyond 0-1.
+    assert "±" not in html
+    for score in prediction.mrs_per_fold:
+        assert f'<td class="num">{score:.3f}</td>' in html
     # Slice probabilities 0.7, 0.6, 0.55, 0.4 against 0.5: 3 of 4 positive in every fold.
-    assert "Metastasis predicted" in html and "0.75 vs 0.50" in html
-    assert "5 of 5 fold models call metastasis" in html
+    assert "Metastasis predicted</strong>: 5 of 5 fold models above their thresholds" in html
+    assert html.count("above: metastasis") == 5 and "0.75" in html
+    assert "All 5 fold models agree on metastasis" in html
     assert "Liver" in html and "Peritoneum" in html
     for position in range(4):
         assert (
             f"/cohorts/{cohort.pk}/patients/P-1/predictions/{prediction.pk}/gradcam/{position}.png"
             in html
         )
-    assert "slice 40" in html and "Fewer than 4" not in html
+    assert "slice 40 (2 mm grid)" in html and "Fewer than 4" not in html
 
 
 def test_the_section_for_a_training_patient_and_a_thin_tumour(cohort, members):
@@ -50,8 +53,9 @@ def test_the_section_for_a_training_patient_and_a_thin_tumour(cohort, members):
     version = make_ready_version(cohort, name="pmpd-v2", test_ids=["P-2"])
     make_prediction(patient, version, source="out_of_fold", n_slices=2)
     html = render_for(members["statistician"], patient)
-    assert "out-of-fold, single model" in html and "±" not in html
-    assert "fold model 1, which held this patient out" in html
+    assert "fold 1 held this patient out, so the score is out-of-fold" in html and "±" not in html
+    assert "fold model 1, which never saw this patient, is above its threshold" in html
+    assert "Out-of-fold score: fold model 1 never saw this patient" in html
     assert "the latest model version that scored this patient" in html
     assert "Synthetic data" not in html
     assert "Fewer than 4 tumour slices" in html and "Scored from 2 tumour slices" in html

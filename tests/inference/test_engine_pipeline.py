@@ -224,16 +224,15 @@ def test_train_then_score_end_to_end(
         "inference/_patient_prediction.html",
         prediction_context(members["clinician"], normal.patient),
     )
-    assert "tiny-1" in section and "standard deviation over the 5 fold models" in section
-    assert "fold models call metastasis" in section and "Liver" in section
+    assert "tiny-1" in section and "their MRS ranges from" in section and "±" not in section
+    assert "of 5 fold models above their thresholds" in section and "Liver" in section
     assert section.count("<img") == 4
     oof_section = render_to_string(
         "inference/_patient_prediction.html",
         prediction_context(members["clinician"], training_patients[0]),
     )
-    assert (
-        "out-of-fold, single model" in oof_section and "which held this patient out" in oof_section
-    )
+    assert "held this patient out, so the score is out-of-fold" in oof_section
+    assert "which never saw this patient" in oof_section
     thin_section = render_to_string(
         "inference/_patient_prediction.html", prediction_context(members["clinician"], thin.patient)
     )

@@ -22,6 +22,33 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
+# The viewer is about 20 MB of JavaScript: generous, bounded waits.
+VIEWER_LOAD_S = 180
+# The viewport's pixels as the page shows them: mean and standard deviation of the grey level,
+# distinct grey levels, and coloured pixels (the segmentation overlay; CT pixels are grey).
+VIEWPORT_PIXELS_JS = """canvas => {
+  const copy = document.createElement('canvas');
+  copy.width = canvas.width;
+  copy.height = canvas.height;
+  const context = copy.getContext('2d');
+  context.drawImage(canvas, 0, 0);
+  const data = context.getImageData(0, 0, copy.width, copy.height).data;
+  let sum = 0, squares = 0, coloured = 0;
+  const levels = new Set();
+  const n = data.length / 4;
+  for (let i = 0; i < data.length; i += 4) {
+    const [r, g, b] = [data[i], data[i + 1], data[i + 2]];
+    const grey = (r + g + b) / 3;
+    sum += grey;
+    squares += grey * grey;
+    levels.add(Math.round(grey));
+    if (Math.max(r, g, b) - Math.min(r, g, b) > 60) coloured += 1;
+  }
+  const mean = sum / n;
+  return {mean, std: Math.sqrt(Math.max(squares / n - mean * mean, 0)), levels: levels.size,
+          coloured};
+}"""
+
 
 @contextlib.contextmanager
 def chromium() -> Iterator[Browser]:

@@ -326,22 +326,31 @@ def make_prediction(
     source: str = "ensemble",
     n_slices: int = 4,
     mrs: float = 0.62,
+    per_fold: list[float] | None = None,
+    fold_slices: list[list[float]] | None = None,
+    call: bool = True,
+    sites: dict[str, float] | None = None,
+    first_slice: int = 40,
 ) -> PatientPrediction:
-    """A stored prediction with tiny Grad-CAM PNGs, as scoring leaves them."""
+    """A stored prediction with tiny Grad-CAM PNGs, as scoring leaves them. ``per_fold``,
+    ``fold_slices`` (slice probabilities per fold), ``call`` and ``sites`` make a patient whose
+    signals disagree; the scored slices are ``first_slice`` on, on the 2 mm grid."""
     from PIL import Image
 
-    n_folds = 1 if source == "out_of_fold" else 5
+    n_folds = len(per_fold) if per_fold else (1 if source == "out_of_fold" else 5)
     files = []
     for position in range(n_slices):
         buffer = io.BytesIO()
         Image.new("RGB", (8, 8), (200, 40, 40)).save(buffer, format="PNG")
         files.append(
             default_storage.save(
-                f"predictions/{version.pk}/{patient.pk}/slice_{40 + position}.png",
+                f"predictions/{version.pk}/{patient.pk}/slice_{first_slice + position}.png",
                 ContentFile(buffer.getvalue()),
             )
         )
-    per_fold = [mrs - 0.02 * (k - n_folds // 2) for k in range(n_folds)]
+    per_fold = per_fold or [mrs - 0.02 * (k - n_folds // 2) for k in range(n_folds)]
+    if per_fold and fold_slices:
+        mrs = sum(per_fold) / len(per_fold)
     return PatientPrediction.objects.create(
         patient=patient,
         model_version=version,
@@ -352,10 +361,11 @@ def make_prediction(
         mrs_max=None if n_folds == 1 else max(per_fold),
         mrs_per_fold=per_fold,
         positive_fraction=0.75,
-        predicted_metastasis=True,
-        site_probabilities={"none": 0.3, "liver": 0.6, "lung": 0.1, "peritoneum": 0.05},
-        slice_indices=[40 + k for k in range(n_slices)],
-        slice_probabilities=[[0.7, 0.6, 0.55, 0.4][:n_slices] for _ in range(n_folds)],
+        predicted_metastasis=call,
+        site_probabilities=sites or {"none": 0.3, "liver": 0.6, "lung": 0.1, "peritoneum": 0.05},
+        slice_indices=[first_slice + k for k in range(n_slices)],
+        slice_probabilities=fold_slices
+        or [[0.7, 0.6, 0.55, 0.4][:n_slices] for _ in range(n_folds)],
         n_slices=n_slices,
         fewer_than_4_tumour_slices=n_slices < 4,
         gradcam_files=files,

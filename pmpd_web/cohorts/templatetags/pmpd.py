@@ -14,6 +14,9 @@ TITLES = {
     "metastasis_at_diagnosis": "Metastasis",
     "overall_survival_days": "OS (days)",
     "ct_manufacturer": "CT manufacturer",
+    "metastasis_risk_score": "MRS",
+    "call": "PMPD call",
+    "risk_group": "Risk group",
 }
 
 
@@ -33,3 +36,26 @@ def sort_query(query: str, field: str) -> str:
     params = QueryDict(query, mutable=True)
     params["sort"] = f"-{field}" if params.get("sort", "study_id") == field else field
     return params.urlencode()
+
+
+@register.filter
+def millimetres(values) -> str:
+    """Spacings and sizes in mm at four significant digits: 0.800000011920929 -> 0.8."""
+    if values is None or values == "":
+        return ""
+    if isinstance(values, list | tuple):
+        return " × ".join(f"{float(v):.4g}" for v in values)
+    return f"{float(values):.4g}"
+
+
+@register.filter
+def may_use_analytics(user) -> bool:
+    """Whether the top bar offers Analytics: the user's role in some cohort allows it."""
+    from pmpd_web.accounts.permissions import ROLE_ACTIONS, Action
+
+    if not getattr(user, "is_authenticated", False):
+        return False
+    if user.is_superuser:
+        return True
+    roles = [r for r, actions in ROLE_ACTIONS.items() if Action.VIEW_ANALYTICS in actions]
+    return user.memberships.filter(role__in=roles).exists()

@@ -1,4 +1,5 @@
-"""The Images card of the cohort page (``imaging/_cohort_card.html``)."""
+"""The Images card of the cohort page (``imaging/_cohort_card.html``) and the CT card of the
+patient page (``imaging/_patient_viewer.html``)."""
 
 from __future__ import annotations
 
@@ -22,4 +23,17 @@ def imaging_card(context) -> dict:
         "may_upload": may_upload,
         "may_view_images": can(user, cohort, Action.VIEW_IMAGES),
         "uploads": _uploads(cohort)[:5] if may_upload else [],
+    }
+
+
+@register.inclusion_tag("imaging/_patient_viewer.html", takes_context=True)
+def patient_images_panel(context, patient) -> dict:
+    """The patient page's CT card: the embedded viewer on the patient's CT study."""
+    from pmpd_web.imaging.patient_viewer import patient_viewer
+
+    may_view = can(context["request"].user, patient.cohort_id, Action.VIEW_IMAGES)
+    return {
+        "patient": patient,
+        "may_view_images": may_view,
+        "viewer": patient_viewer(patient) if may_view else None,
     }
