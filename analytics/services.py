@@ -65,6 +65,7 @@ from analytics.stats import (
 )
 from inference.models import ModelVersion, PatientPrediction
 from inference.operating_point import operating_point_of
+from pmpd_web.accounts.models import acting_user
 from pmpd_web.accounts.permissions import Action, api_check, can, require
 from pmpd_web.cohorts.models import Cohort, Patient
 from pmpd_web.jobs.models import FINISHED, Job
@@ -606,7 +607,7 @@ def background_job(
             job = Job.objects.create(
                 kind=Job.Kind.ANALYSIS,
                 cohort=selection.cohorts[0],
-                created_by=user if getattr(user, "is_authenticated", False) else None,
+                created_by=acting_user(user),
                 phrase=f"Waiting for a worker to analyse {n_patients} patients",
                 task=compute_dashboards.name,
                 parameters={"scope": scope, "query": query, "section": section},

@@ -12,7 +12,7 @@ from django.db.models import QuerySet
 from django.dispatch import receiver
 
 from pmpd_web.accounts.audit import record as audit
-from pmpd_web.accounts.models import AuditAction
+from pmpd_web.accounts.models import AuditAction, acting_user
 from pmpd_web.cohorts.models import Cohort
 from pmpd_web.jobs.dispatch import start_on_commit
 from pmpd_web.jobs.models import FINISHED, Job, job_stopped
@@ -45,7 +45,7 @@ def create_training(
         job = Job.objects.create(
             kind=Job.Kind.TRAINING,
             cohort=cohort,
-            created_by=user if getattr(user, "is_authenticated", False) else None,
+            created_by=acting_user(user),
             phrase="Waiting for a GPU worker",
             task=TRAINING_TASK,
         )
@@ -111,7 +111,7 @@ def create_scoring(cohort: Cohort, version: ModelVersion, *, user: Any) -> Job:
         job = Job.objects.create(
             kind=Job.Kind.SCORING,
             cohort=cohort,
-            created_by=user if getattr(user, "is_authenticated", False) else None,
+            created_by=acting_user(user),
             phrase=f"Waiting for a GPU worker to score with {version.name}"[:200],
             task=SCORING_TASK,
             parameters={"model_version": version.pk},

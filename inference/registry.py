@@ -25,7 +25,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from pmpd_web.accounts.audit import record as audit
-from pmpd_web.accounts.models import AuditAction
+from pmpd_web.accounts.models import AuditAction, acting_user
 from pmpd_web.accounts.permissions import Action, can, visible_cohorts
 from pmpd_web.cohorts.models import Cohort
 from pmpd_web.jobs.runner import UserFacingError
@@ -141,7 +141,7 @@ def new_model_version(
                 "predict": {"patient_call_rule": "fold_majority"},
             }
         ),
-        created_by=user if getattr(user, "is_authenticated", False) else None,
+        created_by=acting_user(user),
         job=job,
     )
 

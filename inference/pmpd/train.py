@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
-from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch.nn import functional
 
+from analytics.stats import NotComputable, classification
 from inference.pmpd.model import (
     SITE_NAMES,
     ModelConfig,
@@ -204,21 +204,17 @@ def make_optimizer(model: PMPDNet, config: TrainConfig) -> torch.optim.AdamW:
 
 
 def youden_threshold(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
-    """The score threshold maximising Youden's J = sensitivity + specificity - 1.
+    """The score threshold maximising Youden's J = sensitivity + specificity - 1, and J.
 
-    A case is positive when its score is at or above the threshold; candidates are the observed
-    scores. Among equal J the highest threshold wins (fewer false alarms). With one class only,
-    J is undefined: returns (0.5, nan).
+    The analytics' own Youden (``analytics.stats.classification``: one implementation for the
+    engine and the dashboards). A case is positive when its score is at or above the threshold;
+    candidates are the observed scores; among equal J the highest threshold wins (fewer false
+    alarms). With one class only, J is undefined: returns (0.5, nan).
     """
-    y = np.asarray(labels, dtype=int)
-    x = np.asarray(scores, dtype=float)
-    if len(np.unique(y)) < 2:
+    found = classification.youden_threshold(np.asarray(labels, dtype=int), scores)
+    if isinstance(found, NotComputable):
         return 0.5, float("nan")
-    fpr, tpr, thresholds = roc_curve(y, x, drop_intermediate=False)
-    finite = np.isfinite(thresholds)
-    j = np.where(finite, tpr - fpr, -np.inf)
-    best = int(np.argmax(j))
-    return float(thresholds[best]), float(j[best])
+    return found.threshold, found.youden_j
 
 
 def choose_fold_thresholds(
@@ -264,11 +260,9 @@ def thresholds_per_fold(
 
 
 def safe_auroc(labels: ArrayLike, scores: ArrayLike) -> float:
-    """AUROC, or nan when only one class is present."""
-    y = np.asarray(labels)
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    return float(roc_auc_score(y, np.asarray(scores, dtype=float)))
+    """AUROC (the analytics' ROC curve), or nan when only one class is present."""
+    curve = classification.roc_curve(np.asarray(labels, dtype=int), scores, drop_intermediate=False)
+    return float("nan") if isinstance(curve, NotComputable) else float(curve.auroc)
 
 
 def classification_metrics(labels: ArrayLike, predicted: ArrayLike) -> dict[str, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .models import AuditEvent
+from .models import AuditEvent, acting_user
 
 
 def record(
@@ -19,7 +19,7 @@ def record(
 ) -> None:
     """``username`` names who it was when there is no user (a failed login's typed name)."""
     AuditEvent.objects.create(
-        user=user if getattr(user, "is_authenticated", False) else None,
+        user=acting_user(user),
         username=(username or getattr(user, "username", "") or "system")[:150],
         action=action,
         cohort=cohort if cohort is not None else getattr(patient, "cohort", None),

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import models
+
+
+def acting_user(user: Any) -> Any:
+    """The user to record as the one who did something: ``None`` for an anonymous request, a
+    management command or the demo (no signed-in user)."""
+    return user if getattr(user, "is_authenticated", False) else None
 
 
 class Role(models.TextChoices):

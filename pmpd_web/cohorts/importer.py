@@ -25,7 +25,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from pmpd_web.accounts.audit import record as audit
-from pmpd_web.accounts.models import AuditAction
+from pmpd_web.accounts.models import AuditAction, acting_user
 from pmpd_web.jobs.models import job_stopped
 from pmpd_web.jobs.runner import UserFacingError
 
@@ -287,7 +287,7 @@ def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableIm
     digest = hashlib.sha256(data).hexdigest()
     table_import = TableImport(
         cohort=cohort,
-        uploaded_by=user if user.is_authenticated else None,
+        uploaded_by=acting_user(user),
         original_filename=filename[:255],
         sha256=digest,
         size_bytes=len(data),

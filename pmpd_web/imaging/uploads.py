@@ -23,6 +23,7 @@ from django.db import transaction
 from django.dispatch import receiver
 from django.utils import timezone
 
+from pmpd_web.accounts.models import acting_user
 from pmpd_web.cohorts.models import Cohort, Patient
 from pmpd_web.cohorts.vocabulary import STUDY_ID_PATTERN
 from pmpd_web.jobs.dispatch import start_on_commit
@@ -85,7 +86,7 @@ def create_upload(
     return ImageUpload.objects.create(
         cohort=cohort,
         patient=patient,
-        uploaded_by=user if getattr(user, "is_authenticated", False) else None,
+        uploaded_by=acting_user(user),
         label_pancreas=label_pancreas,
         label_tumour=label_tumour,
         confirm_shared_source=bool(confirm_shared_source),
@@ -351,7 +352,7 @@ def finish_upload(upload: ImageUpload, user: Any, *, queue: bool = True) -> Job:
         job = Job.objects.create(
             kind=Job.Kind.IMAGE_INGEST,
             cohort_id=upload.cohort_id,
-            created_by=user if getattr(user, "is_authenticated", False) else None,
+            created_by=acting_user(user),
             phrase="Waiting for a worker",
             task=ingest_upload_task.name,
             parameters={"upload": upload.pk},

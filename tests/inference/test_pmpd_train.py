@@ -17,6 +17,7 @@ from inference.pmpd.train import (
     choose_fold_thresholds,
     classification_metrics,
     cross_validate,
+    safe_auroc,
     thresholds_per_fold,
     torch_threads,
     youden_threshold,
@@ -213,3 +214,25 @@ def test_epoch_scores_of_each_early_stopping_metric():
     assert epoch_score(undefined, "none") > epoch_score(second, "none") > epoch_score(first, "none")
     with pytest.raises(ValueError, match="early_stopping_metric"):
         TrainConfig(early_stopping_metric="sometimes")
+
+
+def test_the_engine_and_the_dashboards_share_one_youden_and_auroc():
+    """One implementation (analytics.stats.classification) serves the training's thresholds and
+    the dashboards; both agree with scikit-learn's AUROC, ties included."""
+    from sklearn.metrics import roc_auc_score
+
+    from analytics.stats.classification import delong_auroc
+    from analytics.stats.classification import youden_threshold as dashboard_youden
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.random(300) * 0.6 + 0.3 * labels, 2)  # rounded: many ties
+    threshold, j = youden_threshold(labels, scores)
+    assert (threshold, j) == (
+        dashboard_youden(labels, scores).threshold,
+        dashboard_youden(labels, scores).youden_j,
+    )
+    assert safe_auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert safe_auroc(labels, scores) == pytest.approx(
+        delong_auroc(labels, scores).auroc, abs=1e-12
+    )
