@@ -20,6 +20,7 @@ from analytics.analyses import VARIABLES
 from analytics.catalogue import MODEL_SECTIONS, SECTIONS, Entry, entries
 from analytics.parameters import AnalysisParameters, ParameterError, parse_parameters
 from inference.models import ModelVersion
+from inference.registry import model_version_for
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.decorators import cohort_page
 from pmpd_web.accounts.models import AuditAction
@@ -245,7 +246,7 @@ def patient_risk(request: HttpRequest, cohort: Cohort, study_id: str) -> HttpRes
     """The clinician's view of one patient (the include the patient page shows, on its own)."""
     patient = get_object_or_404(Patient, cohort=cohort, study_id=study_id)
     version_id = request.GET.get("model_version", "")
-    version = get_object_or_404(ModelVersion, pk=int(version_id)) if version_id.isdigit() else None
+    version = model_version_for(request.user, version_id) if version_id else None
     audit(request.user, AuditAction.VIEW_PATIENT, patient=patient, view="risk")
     context = services.patient_risk_context(request.user, patient, version)
     context.update(

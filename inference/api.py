@@ -119,6 +119,10 @@ class CohortPredictions(generics.ListAPIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         check(request.user, int(kwargs["cohort_pk"]), Action.VIEW_RESULTS)
+        if request.query_params.get("model_version"):
+            registry.model_version_for(
+                request.user, request.query_params["model_version"], api=True
+            )
 
     def get_queryset(self) -> QuerySet[PatientPrediction]:
         if getattr(self, "swagger_fake_view", False):

@@ -4,7 +4,6 @@ and the Grad-CAM overlays (served only to users who may view the cohort's result
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -35,15 +34,6 @@ from .services import (
 ENGINE_JOBS = (Job.Kind.TRAINING, Job.Kind.SCORING)
 
 
-def _visible_version(user: Any, version_id: int) -> ModelVersion:
-    version = get_object_or_404(
-        ModelVersion.objects.select_related("trained_on", "job"), pk=version_id
-    )
-    if not registry.can_view_version(user, version):
-        raise Http404("No such model version.")
-    return version
-
-
 @login_required
 def model_list(request: HttpRequest) -> HttpResponse:
     versions = registry.visible_model_versions(request.user).select_related("trained_on")
@@ -60,7 +50,7 @@ def model_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def model_detail(request: HttpRequest, version_id: int) -> HttpResponse:
-    version = _visible_version(request.user, version_id)
+    version = registry.model_version_for(request.user, version_id)
     job = version.job
     show_job = (
         job is not None
@@ -92,7 +82,7 @@ def model_detail(request: HttpRequest, version_id: int) -> HttpResponse:
 @require_POST
 @login_required
 def model_activate(request: HttpRequest, version_id: int) -> HttpResponse:
-    version = _visible_version(request.user, version_id)
+    version = registry.model_version_for(request.user, version_id)
     if not registry.can_activate(request.user, version):
         raise PermissionDenied(
             "Only site administrators and the coordinators of the cohort a model was trained "
