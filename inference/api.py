@@ -177,8 +177,9 @@ class ScoreCohort(APIView):
 class GradcamOverlay(APIView):
     @extend_schema(responses={(200, "image/png"): OpenApiResponse(description="PNG overlay")})
     def get(self, request: Request, cohort_pk: int, prediction_id: int, index: int) -> FileResponse:
-        """One Grad-CAM overlay (PNG) of a prediction: the scored slice under its heatmap."""
-        check(request.user, cohort_pk, Action.VIEW_RESULTS)
+        """One Grad-CAM overlay (PNG) of a prediction: the scored CT slice under its heatmap
+        (roles that may view images)."""
+        check(request.user, cohort_pk, Action.VIEW_IMAGES)
         prediction = get_object_or_404(
             PatientPrediction, pk=prediction_id, patient__cohort_id=cohort_pk
         )

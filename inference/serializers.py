@@ -6,6 +6,8 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from pmpd_web.accounts.permissions import Action, can
+
 from .models import ModelVersion, PatientPrediction
 from .registry import DEPTHS, EARLY_STOPPING
 from .services import RESEARCH_USE_ONLY, card_for, trained_on_label
@@ -110,7 +112,14 @@ class PredictionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_gradcam_urls(self, prediction: PatientPrediction) -> list[str]:
+        """Empty for roles that may not view images: an overlay shows the CT slice."""
         request = self.context["request"]
+        cohort_id = prediction.patient.cohort_id
+        may_view_images = self.context.setdefault("may_view_images", {})
+        if cohort_id not in may_view_images:
+            may_view_images[cohort_id] = can(request.user, cohort_id, Action.VIEW_IMAGES)
+        if not may_view_images[cohort_id]:
+            return []
         return [
             request.build_absolute_uri(
                 reverse(

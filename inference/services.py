@@ -125,9 +125,15 @@ def _ensemble_call(
 
 
 def prediction_view(
-    prediction: PatientPrediction, *, version_source: str = "the chosen model version"
+    prediction: PatientPrediction,
+    *,
+    version_source: str = "the chosen model version",
+    with_overlays: bool = True,
 ) -> PredictionView:
-    """The reading of one stored prediction (its version's thresholds give the call's basis)."""
+    """The reading of one stored prediction (its version's thresholds give the call's basis).
+
+    ``with_overlays`` false (the role may not view images) leaves out the Grad-CAM overlays:
+    they show the CT under the heat map."""
     version = prediction.model_version
     patient = prediction.patient
     out_of_fold = prediction.source == PatientPrediction.Source.OUT_OF_FOLD
@@ -161,7 +167,7 @@ def prediction_view(
                     "index": position,
                 },
             )
-            if position < len(prediction.gradcam_files)
+            if with_overlays and position < len(prediction.gradcam_files)
             else None,
         )
         for position, slice_index in enumerate(prediction.slice_indices)
@@ -222,7 +228,11 @@ def prediction_context(
     return {
         "pmpd_prediction": {
             "allowed": True,
-            "view": prediction_view(prediction, version_source=source),
+            "view": prediction_view(
+                prediction,
+                version_source=source,
+                with_overlays=can(user, patient.cohort_id, Action.VIEW_IMAGES),
+            ),
             "research_use_only": RESEARCH_USE_ONLY,
             "message": "",
         }

@@ -174,6 +174,7 @@ def cohort_predictions(request: HttpRequest, cohort: Cohort) -> HttpResponse:
     version = (
         get_object_or_404(scored_here, pk=int(chosen)) if chosen.isdigit() else scored_here.first()
     )
+    with_overlays = can(request.user, cohort, Action.VIEW_IMAGES)
     predictions = (
         PatientPrediction.objects.filter(model_version=version, patient__cohort=cohort)
         .select_related("patient", "patient__cohort", "model_version")
@@ -188,17 +189,18 @@ def cohort_predictions(request: HttpRequest, cohort: Cohort) -> HttpResponse:
             "cohort": cohort,
             "version": version,
             "versions": scored_here,
-            "views": [prediction_view(p) for p in predictions],
+            "views": [prediction_view(p, with_overlays=with_overlays) for p in predictions],
             "research_use_only": RESEARCH_USE_ONLY,
         },
     )
 
 
-@cohort_page(Action.VIEW_RESULTS)
+@cohort_page(Action.VIEW_IMAGES)
 def gradcam_image(
     request: HttpRequest, cohort: Cohort, study_id: str, prediction_id: int, index: int
 ) -> FileResponse:
-    """One Grad-CAM overlay (PNG) of a patient's prediction."""
+    """One Grad-CAM overlay (PNG) of a patient's prediction: the CT slice under the heat map,
+    so only for roles that may view images."""
     prediction = get_object_or_404(
         PatientPrediction, pk=prediction_id, patient__cohort=cohort, patient__study_id=study_id
     )
