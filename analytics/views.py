@@ -228,6 +228,21 @@ def table_download(request: HttpRequest, section: str, name: str, fmt: str) -> H
 
 
 @login_required
+def provenance_download(request: HttpRequest, section: str, kind: str, name: str) -> HttpResponse:
+    """The provenance of a table or figure-data download (the CSV holds the data alone)."""
+    kinds = {"tables": "table", "figures": "figure"}
+    if kind not in kinds:
+        raise Http404("Provenance is of tables or figures.")
+    resolved = _resolve(request)
+    if isinstance(resolved, HttpResponse):
+        return resolved
+    selection, params = resolved
+    entry = _entry(selection, params, section, name, kinds[kind])
+    data = exports.export_provenance(entry, services.provenance(selection, params))
+    return _download(data, exports.export_filename(selection, f"{name}-provenance", "txt"), "txt")
+
+
+@login_required
 def report(request: HttpRequest) -> HttpResponse:
     """The whole analysis as one self-contained HTML file."""
     resolved = _resolve(request)

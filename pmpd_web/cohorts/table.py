@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pmpd_web.spreadsheets import escape_formula, unescape_formula
+
 from . import vocabulary as v
 from .rules import SITE_FIELDS, check_patient
 
@@ -101,7 +103,6 @@ FIELD_NAMES: tuple[str, ...] = (
     tuple(name for name in COLUMN_NAMES if name != "metastasis_sites") + SITE_FIELDS
 )
 
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 XLSX_MAGIC = b"PK\x03\x04"
 
 
@@ -324,11 +325,8 @@ def _text(cell: Any) -> str:
         return ""
     if isinstance(cell, float) and cell.is_integer():
         return str(int(cell))
-    text = str(cell).strip()
     # Undo the export's formula escaping, so export -> import gives the same value back.
-    if text.startswith("'") and text[1:2] and text[1] in FORMULA_PREFIXES:
-        return text[1:]
-    return text
+    return unescape_formula(str(cell).strip())
 
 
 def _convert_row(
@@ -424,22 +422,19 @@ def _code(value: str) -> str:
 # Writing
 
 
-def record_to_row(record: Mapping[str, Any]) -> list[str]:
-    """One patient as the template's cells (text, formula-escaped)."""
-    cells = []
+def record_to_row(record: Mapping[str, Any], *, typed: bool = False) -> list[Any]:
+    """One patient as the template's cells, formula-escaped: text, or with ``typed`` the
+    numbers of int and decimal columns as numbers (XLSX) and empty cells as None."""
+    cells: list[Any] = []
     for column in COLUMNS:
         if column.kind == "sites":
-            value = ";".join(s for s in column.allowed if record.get(f"site_{s}"))
+            value: Any = ";".join(s for s in column.allowed if record.get(f"site_{s}"))
         else:
             value = record.get(column.name)
-            value = "" if value is None else str(value)
+            if not (typed and column.kind in ("int", "decimal")):
+                value = "" if value is None else str(value)
         cells.append(escape_formula(value))
     return cells
-
-
-def escape_formula(value: str) -> str:
-    """Prefix a quote to text a spreadsheet would run as a formula (CSV injection)."""
-    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
 
 
 def write_csv(records: Iterable[Mapping[str, Any]]) -> bytes:
@@ -452,8 +447,9 @@ def write_csv(records: Iterable[Mapping[str, Any]]) -> bytes:
 
 
 def write_xlsx(records: Iterable[Mapping[str, Any]], *, notes: Sequence[str] = ()) -> bytes:
-    """An XLSX with a 'patients' sheet (the template's columns, all cells as text) and a
-    'columns' sheet documenting each column."""
+    """An XLSX with a 'patients' sheet (the template's columns; numbers as numbers, the rest
+    as text, never a formula), a 'columns' sheet documenting each column and, with ``notes``,
+    a 'Provenance' sheet."""
     import openpyxl
     from openpyxl.cell.cell import TYPE_STRING
 
@@ -462,18 +458,21 @@ def write_xlsx(records: Iterable[Mapping[str, Any]], *, notes: Sequence[str] = (
     sheet.title = "patients"
     sheet.append(list(COLUMN_NAMES))
     for record in records:
-        sheet.append(record_to_row(record))
+        sheet.append(record_to_row(record, typed=True))
     for row in sheet.iter_rows(min_row=2):
         for cell in row:
-            cell.data_type = TYPE_STRING
+            if isinstance(cell.value, str):
+                cell.data_type = TYPE_STRING
     sheet.freeze_panes = "B2"
     docs = workbook.create_sheet("columns")
     described = describe_columns()
     docs.append(list(described[0].keys()))
     for entry in described:
         docs.append(list(entry.values()))
-    for note in notes:
-        docs.append([note])
+    if notes:
+        provenance = workbook.create_sheet("Provenance")
+        for note in notes:
+            provenance.append([note])
     out = io.BytesIO()
     workbook.save(out)
     return out.getvalue()
