@@ -52,16 +52,20 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         return RESEARCH_USE_ONLY
 
 
+# Ids are 64-bit database keys: a larger number is a bad request, not a database error.
+ID_MAX = 2**63 - 1
+
+
 class TrainingRequestSerializer(serializers.Serializer):
     """Start a cross-validation of a new model version on a cohort."""
 
-    cohort = serializers.IntegerField()
+    cohort = serializers.IntegerField(min_value=1, max_value=ID_MAX)
     name = serializers.CharField(max_length=120, required=False, allow_blank=True, default="")
     depth = serializers.ChoiceField(choices=DEPTHS, default=50)
     input_size = serializers.IntegerField(min_value=32, max_value=512, default=224)
     max_epochs = serializers.IntegerField(min_value=1, max_value=500, default=30)
     n_folds = serializers.IntegerField(min_value=2, max_value=10, default=5)
-    seed = serializers.IntegerField(min_value=0, default=0)
+    seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
     early_stopping = serializers.ChoiceField(
         choices=[value for value, _ in EARLY_STOPPING],
         default="loss",
@@ -71,7 +75,7 @@ class TrainingRequestSerializer(serializers.Serializer):
 
 class ScoringRequestSerializer(serializers.Serializer):
     model_version = serializers.IntegerField(
-        required=False, help_text="Default: the active model version"
+        min_value=1, max_value=ID_MAX, required=False, help_text="Default: the active model version"
     )
 
 

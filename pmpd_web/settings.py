@@ -196,7 +196,7 @@ REST_FRAMEWORK = {
         "rest_framework.filters.OrderingFilter",
         "rest_framework.filters.SearchFilter",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "pmpd_web.api_schema.PMPDAutoSchema",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "PMPD platform API",
