@@ -155,6 +155,10 @@ if not PMPD_DEID_SECRET:
 
 # Uploads: clinical tables are small; the limit is the import's own, enforced with a message.
 PMPD_TABLE_MAX_BYTES = int(os.environ.get("PMPD_TABLE_MAX_BYTES", str(20 * 1024 * 1024)))
+# Rows below the header a clinical table may have (blank ones count), and the file size above
+# which its preview runs as a job on the cpu queue instead of in the web request.
+PMPD_TABLE_MAX_ROWS = int(os.environ.get("PMPD_TABLE_MAX_ROWS", "50000"))
+PMPD_TABLE_PREVIEW_JOB_BYTES = int(os.environ.get("PMPD_TABLE_PREVIEW_JOB_BYTES", str(1024**2)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = PMPD_TABLE_MAX_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 

@@ -1,6 +1,9 @@
 """Clinical table import: preview (dry run) and an all-or-nothing commit in one transaction.
 
-Re-importing updates patients by study ID; patients absent from the file are kept.
+Re-importing updates patients by study ID; patients absent from the file are kept. A table of
+more than ``PMPD_TABLE_MAX_ROWS`` rows is refused; one larger than
+``PMPD_TABLE_PREVIEW_JOB_BYTES`` is previewed by a job on the cpu queue (its page shows the
+progress), a smaller one in the request.
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ from pmpd_web.accounts.models import AuditAction
 from pmpd_web.jobs.runner import UserFacingError
 
 from .models import Cohort, Patient, TableImport
-from .table import FIELD_NAMES, ParsedTable, TableError, read_table
+from .table import (
+    FIELD_NAMES,
+    ParsedTable,
+    RowProgress,
+    TableError,
+    TableProblem,
+    check_size,
+    read_table,
+)
 
 BATCH = 1000
 
@@ -98,12 +109,28 @@ _STAMP_FIELDS = [Patient._meta.get_field("created_at"), Patient._meta.get_field(
 _COHORT_FIELD = Patient._meta.get_field("cohort")
 
 
-def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableImport:
-    """Store the uploaded file and its preview. Nothing in the cohort changes."""
+def _read(data: bytes, filename: str, progress: RowProgress | None = None) -> ParsedTable:
     try:
-        parsed = read_table(data, filename, max_bytes=settings.PMPD_TABLE_MAX_BYTES)
+        return read_table(
+            data,
+            filename,
+            max_bytes=settings.PMPD_TABLE_MAX_BYTES,
+            max_rows=settings.PMPD_TABLE_MAX_ROWS,
+            progress=progress,
+        )
     except TableError as exc:
         raise UserFacingError(str(exc)) from None
+
+
+def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableImport:
+    """Store the uploaded file and its preview, or queue the preview as a job when the file
+    is large. Nothing in the cohort changes."""
+    try:
+        check_size(data, filename, max_bytes=settings.PMPD_TABLE_MAX_BYTES)
+    except TableError as exc:
+        raise UserFacingError(str(exc)) from None
+    in_a_job = len(data) > settings.PMPD_TABLE_PREVIEW_JOB_BYTES
+    parsed = None if in_a_job else _read(data, filename)
     digest = hashlib.sha256(data).hexdigest()
     table_import = TableImport(
         cohort=cohort,
@@ -112,6 +139,58 @@ def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableIm
         sha256=digest,
         size_bytes=len(data),
     )
+    table_import.file.save(f"{digest}.bin", ContentFile(data), save=False)
+    if parsed is None:
+        return _start_preview(table_import, user)
+    _record_preview(table_import, parsed)
+    return table_import
+
+
+def _start_preview(table_import: TableImport, user) -> TableImport:
+    from pmpd_web.jobs.models import Job
+
+    from .tasks import preview_table_import
+
+    with transaction.atomic():
+        table_import.status = TableImport.Status.PREVIEWING
+        table_import.job = Job.objects.create(
+            kind=Job.Kind.TABLE_IMPORT,
+            cohort=table_import.cohort,
+            created_by=user if user.is_authenticated else None,
+            phrase="Waiting for a worker to check the table",
+        )
+        table_import.save()
+        job_id = table_import.job.pk
+        transaction.on_commit(lambda: preview_table_import.delay(job_id))
+    table_import.refresh_from_db()
+    return table_import
+
+
+def preview_stored_table(table_import: TableImport, progress: Callable[[int, str], None]) -> dict:
+    """The preview job's work: check the stored file as an upload in the request would."""
+    progress(5, "Reading the table")
+    with table_import.file.open("rb") as handle:
+        data = handle.read()
+
+    def rows_read(done: int, total: int) -> None:
+        progress(5 + 85 * done // max(total, 1), f"Checked {done:,} of about {total:,} rows")
+
+    try:
+        parsed = _read(data, table_import.original_filename, rows_read)
+    except UserFacingError as exc:
+        # The table cannot be read at all: the import says why, as a problem of the file.
+        parsed = ParsedTable(
+            filename=table_import.original_filename,
+            problems=[TableProblem(None, None, str(exc))],
+        )
+    progress(90, "Comparing with the cohort")
+    _record_preview(table_import, parsed)
+    return {"rows": len(parsed.records), "import_status": table_import.status}
+
+
+def _record_preview(table_import: TableImport, parsed: ParsedTable) -> None:
+    cohort, user = table_import.cohort, table_import.uploaded_by
+    filename = table_import.original_filename
     if parsed.ok:
         table_import.status = TableImport.Status.PREVIEWED
         table_import.summary = plan_import(cohort, parsed).summary()
@@ -122,7 +201,6 @@ def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableIm
         ]
         table_import.summary = {"rows": len(parsed.records), "problems": len(parsed.problems)}
     table_import.summary["rows"] = len(parsed.records)
-    table_import.file.save(f"{digest}.bin", ContentFile(data), save=False)
     table_import.save()
     audit(
         user,
@@ -132,7 +210,6 @@ def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableIm
         table_import=table_import.pk,
         status=table_import.status,
     )
-    return table_import
 
 
 def commit_import(
@@ -147,12 +224,7 @@ def commit_import(
     progress(5, "Reading the table")
     with table_import.file.open("rb") as handle:
         data = handle.read()
-    try:
-        parsed = read_table(
-            data, table_import.original_filename, max_bytes=settings.PMPD_TABLE_MAX_BYTES
-        )
-    except TableError as exc:
-        raise UserFacingError(str(exc)) from None
+    parsed = _read(data, table_import.original_filename)
     if not parsed.ok:
         first = "; ".join(str(p) for p in parsed.problems[:5])
         raise UserFacingError(f"{len(parsed.problems)} problem(s) in the table: {first}")

@@ -12,7 +12,7 @@ import csv
 import io
 import re
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -161,20 +161,40 @@ def describe_columns() -> list[dict[str, str]]:
 # Reading
 
 
-def read_table(data: bytes, filename: str, *, max_bytes: int) -> ParsedTable:
-    """Read a CSV or XLSX file into checked records; every problem names its row and column.
+RowProgress = Callable[[int, int], None]
 
-    The format is sniffed from the content, not the file name.
-    """
+
+def check_size(data: bytes, filename: str, *, max_bytes: int) -> None:
     if len(data) > max_bytes:
         raise TableError(
             f"{filename}: the file is {len(data) / 1e6:.1f} MB, over the limit of "
             f"{max_bytes / 1e6:.1f} MB"
         )
+
+
+def read_table(
+    data: bytes,
+    filename: str,
+    *,
+    max_bytes: int,
+    max_rows: int | None = None,
+    progress: RowProgress | None = None,
+) -> ParsedTable:
+    """Read a CSV or XLSX file into checked records; every problem names its row and column.
+
+    The format is sniffed from the content, not the file name. More than ``max_rows`` rows
+    below the header (blank ones count: an XLSX can hold a million formatted empty rows) is
+    refused before they are all read. ``progress(rows read, rows in the file)`` is called
+    every 1,000 rows.
+    """
+    check_size(data, filename, max_bytes=max_bytes)
     if not data.strip():
         raise TableError(f"{filename}: the file is empty")
     reader = _read_xlsx if data.startswith(XLSX_MAGIC) else _read_csv
-    header, body, cell_problems = reader(data, filename)
+    header, body, cell_problems, n_rows = reader(data, filename)
+    if max_rows is not None and reader is _read_xlsx and n_rows > max_rows:
+        raise TableError(_too_many_rows(filename, n_rows, max_rows))
+    body = _counted(body, filename, max_rows=max_rows, n_rows=n_rows, progress=progress)
     parsed = check_rows(header, body, filename)
     if cell_problems:
         # A formula cell was read as blank: its row's other problems are beside the point.
@@ -184,9 +204,34 @@ def read_table(data: bytes, filename: str, *, max_bytes: int) -> ParsedTable:
     return parsed
 
 
-def _read_csv(
-    data: bytes, filename: str
-) -> tuple[list[str], Iterable[tuple[int, list[Any]]], list[TableProblem]]:
+def _too_many_rows(filename: str, n_rows: int, max_rows: int) -> str:
+    return (
+        f"{filename}: {n_rows:,} rows below the header (blank rows count), over the limit of "
+        f"{max_rows:,} (PMPD_TABLE_MAX_ROWS); split the table or remove the empty rows"
+    )
+
+
+def _counted(
+    body: Iterable[tuple[int, list[Any]]],
+    filename: str,
+    *,
+    max_rows: int | None,
+    n_rows: int,
+    progress: RowProgress | None,
+) -> Iterable[tuple[int, list[Any]]]:
+    """``body``, refused past ``max_rows`` rows (the size the file announced may be wrong)."""
+    for count, item in enumerate(body, start=1):
+        if max_rows is not None and count > max_rows:
+            raise TableError(_too_many_rows(filename, max(count, n_rows), max_rows))
+        if progress is not None and count % 1000 == 0:
+            progress(count, max(n_rows, count))
+        yield item
+
+
+Reader = tuple[list[str], Iterable[tuple[int, list[Any]]], list[TableProblem], int]
+
+
+def _read_csv(data: bytes, filename: str) -> Reader:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -203,12 +248,11 @@ def _read_csv(
         header = next(reader)
     except StopIteration:
         raise TableError(f"{filename}: the file is empty") from None
-    return header, ((number, row) for number, row in enumerate(reader, start=2)), []
+    n_rows = max(0, text.count("\n") - 1)  # an estimate: quoted values may hold line breaks
+    return header, ((number, row) for number, row in enumerate(reader, start=2)), [], n_rows
 
 
-def _read_xlsx(
-    data: bytes, filename: str
-) -> tuple[list[str], Iterable[tuple[int, list[Any]]], list[TableProblem]]:
+def _read_xlsx(data: bytes, filename: str) -> Reader:
     import openpyxl
 
     try:
@@ -242,7 +286,9 @@ def _read_xlsx(
             yield number, values
 
     formula_problems: list[TableProblem] = []
-    return header, body(), formula_problems
+    # The sheet's own dimension: a cheap first refusal; the rows read are counted anyway.
+    n_rows = max(0, (sheet.max_row or 1) - 1)
+    return header, body(), formula_problems, n_rows
 
 
 def _normalise_header(name: str) -> str:
