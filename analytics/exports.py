@@ -3,7 +3,8 @@ analysis as one self-contained HTML report. Exports are audited (``EXPORT_TABLE`
 cohort).
 
 A statistician loads them without editing: the CSV is the table alone (``pandas.read_csv``,
-R's ``read.csv``), with human column headers ("95% CI lower", not ``0.95LCL``); its
+R's ``read.csv``), with human column headers ("95% CI lower", not ``0.95LCL``) and variables
+by their labels ("MRS (per 0.1)", "Centre: Madrid", not ``mrs_per_0_1``); its
 provenance (model version, operating point and parameters, cohorts, data hash, package
 versions, "research use only", and for synthetic data a SYNTHETIC DATA line) is the text file
 linked beside it, and the XLSX carries it in its own "Provenance" sheet. Numbers stay numbers;
@@ -22,6 +23,7 @@ import pandas as pd
 from django.contrib.staticfiles import finders
 from django.template.loader import render_to_string
 
+from analytics.analyses import VARIABLES
 from analytics.catalogue import SECTIONS, Entry
 from analytics.parameters import AnalysisParameters
 from analytics.services import (
@@ -127,7 +129,34 @@ def export_filename(selection: Selection, name: str, extension: str) -> str:
     return f"{export_stem(selection, name)}.{extension}"
 
 
+#: Columns whose cells name variables (Cox models and terms, Kaplan-Meier groupings, notes).
+VARIABLE_COLUMNS = ("model", "term", "grouping", "variable", "note")
+# A variable name, whole, with its level in brackets when it is a Cox term: centre[Madrid].
+_VARIABLE_NAME = re.compile(
+    r"\b(?P<name>"
+    + "|".join(sorted(map(re.escape, VARIABLES), key=len, reverse=True))
+    + r")\b(?:\[(?P<level>[^\]]*)\])?"
+)
+
+
+def label_variables(text: str) -> str:
+    """``mrs_per_0_1`` -> "MRS (per 0.1)", ``centre[Madrid]`` -> "Centre: Madrid", in text."""
+
+    def label(match: re.Match) -> str:
+        name = VARIABLES[match["name"]].label
+        return f"{name}: {match['level']}" if match["level"] is not None else name
+
+    return _VARIABLE_NAME.sub(label, text)
+
+
 def _readable(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame as a reader sees it: word headers, variable labels, formulas escaped."""
+    frame = frame.copy()
+    for column in VARIABLE_COLUMNS:
+        if column in frame.columns and frame[column].dtype == object:
+            frame[column] = frame[column].map(
+                lambda v: label_variables(v) if isinstance(v, str) else v
+            )
     return escape_frame(frame.rename(columns=lambda name: human_header(str(name))))
 
 

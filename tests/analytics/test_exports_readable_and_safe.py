@@ -94,6 +94,7 @@ def test_every_export_escapes_formulas_and_loads_as_it_is(hostile, cohort, membe
             ]
             frame = pd.read_csv(io.BytesIO(content))
             header = list(frame.columns)
+            data_cells = cells
         else:
             book = openpyxl.load_workbook(io.BytesIO(content))
             cells = []
@@ -104,11 +105,19 @@ def test_every_export_escapes_formulas_and_loads_as_it_is(hostile, cohort, membe
                             problems.append((url, sheet.title, cell.coordinate, "formula"))
                         cells.append(cell.value)
             header = [cell.value for cell in book.worksheets[0][1]]
+            # The data sheet; the Provenance sheet keeps the parameters as they were given.
+            data_cells = [cell.value for row in book.worksheets[0].iter_rows() for cell in row]
             if url.startswith("/analytics/"):
                 assert "Provenance" in book.sheetnames, url
         problems += [(url, repr(value)) for value in cells if unsafe(value)]
         escaped_seen |= {v[1:] for v in cells if isinstance(v, str) and v[1:] in HOSTILE}
         problems += [(url, "header", name) for name in header if name in MACHINE_HEADERS]
+        if url.startswith("/analytics/"):
+            problems += [
+                (url, "variable name", value)
+                for value in data_cells
+                if isinstance(value, str) and ("mrs_per_0_1" in value or "_group[" in value)
+            ]
     assert not problems, problems[:20]
     # The hostile values did reach the exports (escaped): the check above was not vacuous.
     assert {'=HYPERLINK("x")', "@SUM(A1)", "+1+cmd", "-2-cmd"} <= escaped_seen
@@ -116,6 +125,13 @@ def test_every_export_escapes_formulas_and_loads_as_it_is(hostile, cohort, membe
 
 def test_numbers_are_numbers_and_provenance_is_beside(hostile, cohort, members):
     client, query, version = hostile
+    cox = pd.read_csv(
+        io.BytesIO(client.get("/analytics/cox/tables/cox-univariable.csv", query).content)
+    )
+    assert "MRS (per 0.1)" in set(cox["model"]) and "MRS group (maxstat cut): high" in set(
+        cox["term"]
+    )
+    assert pd.api.types.is_numeric_dtype(cox["hazard ratio"])
     book = openpyxl.load_workbook(
         io.BytesIO(
             client.get("/analytics/survival/tables/kaplan-meier-medians.xlsx", query).content
