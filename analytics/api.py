@@ -23,7 +23,7 @@ from analytics import services
 from analytics.catalogue import Results, needs_model_version
 from analytics.parameters import AnalysisParameters, ParameterError
 from analytics.stats._base import jsonable
-from inference.models import ModelVersion
+from inference.registry import model_version_for
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction
 from pmpd_web.accounts.permissions import Action, api_check
@@ -282,9 +282,7 @@ class PatientRiskView(APIView):
         api_check(request.user, int(cohort_pk), Action.VIEW_RESULTS)
         patient = get_object_or_404(Patient, cohort_id=cohort_pk, study_id=study_id)
         version_id = request.query_params.get("model_version", "")
-        version = (
-            get_object_or_404(ModelVersion, pk=int(version_id)) if version_id.isdigit() else None
-        )
+        version = model_version_for(request.user, version_id, api=True) if version_id else None
         audit(request.user, AuditAction.VIEW_PATIENT, patient=patient, via="api", view="risk")
         risk = services.patient_risk(request.user, patient, version)
         return Response(jsonable(risk.to_dict()))

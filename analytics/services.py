@@ -65,6 +65,7 @@ from analytics.stats import (
 )
 from inference.models import ModelVersion, PatientPrediction
 from inference.operating_point import operating_point_of
+from inference.registry import model_version_for
 from pmpd_web.accounts.models import acting_user
 from pmpd_web.accounts.permissions import Action, api_check, can, require
 from pmpd_web.cohorts.models import Cohort, Patient
@@ -218,17 +219,17 @@ def resolve_selection(user: Any, params: AnalysisParameters, *, api: bool) -> Se
     for cohort_id in params.cohort_ids:
         check(user, cohort_id, Action.VIEW_ANALYTICS)
     cohorts = list(Cohort.objects.filter(pk__in=params.cohort_ids))
-    model_version = None
-    if params.model_version_id is not None:
-        model_version = ModelVersion.objects.filter(pk=params.model_version_id).first()
-    if len(cohorts) != len(params.cohort_ids) or (
-        params.model_version_id is not None and model_version is None
-    ):
+    if len(cohorts) != len(params.cohort_ids):
         if api:
             from rest_framework.exceptions import NotFound
 
-            raise NotFound("No such cohort or model version.")
-        raise Http404("No such cohort or model version.")
+            raise NotFound("No such cohort.")
+        raise Http404("No such cohort.")
+    model_version = (
+        None
+        if params.model_version_id is None
+        else model_version_for(user, params.model_version_id, api=api)
+    )
     return Selection(cohorts, model_version)
 
 

@@ -36,6 +36,11 @@ urlpatterns = [
         name="analytics-table",
     ),
     path(
+        "analytics/<slug:section>/<slug:kind>/<slug:name>/provenance.txt",
+        views.provenance_download,
+        name="analytics-provenance",
+    ),
+    path(
         "cohorts/<int:cohort_id>/patients/<str:study_id>/risk/",
         views.patient_risk,
         name="analytics-patient-risk",

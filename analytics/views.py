@@ -21,6 +21,7 @@ from analytics.analyses import VARIABLES
 from analytics.catalogue import MODEL_SECTIONS, SECTIONS, Entry, entries
 from analytics.parameters import AnalysisParameters, ParameterError
 from inference.models import ModelVersion
+from inference.registry import model_version_for
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction
 from pmpd_web.accounts.permissions import Action, require, visible_cohorts
@@ -234,6 +235,21 @@ def table_download(request: HttpRequest, section: str, name: str, fmt: str) -> H
 
 
 @login_required
+def provenance_download(request: HttpRequest, section: str, kind: str, name: str) -> HttpResponse:
+    """The provenance of a table or figure-data download (the CSV holds the data alone)."""
+    kinds = {"tables": "table", "figures": "figure"}
+    if kind not in kinds:
+        raise Http404("Provenance is of tables or figures.")
+    resolved = _resolve(request)
+    if isinstance(resolved, HttpResponse):
+        return resolved
+    selection, params = resolved
+    entry = _entry(selection, params, section, name, kinds[kind])
+    data = exports.export_provenance(entry, services.provenance(selection, params))
+    return _download(data, exports.export_filename(selection, f"{name}-provenance", "txt"), "txt")
+
+
+@login_required
 def report(request: HttpRequest) -> HttpResponse:
     """The whole analysis as one self-contained HTML file."""
     resolved = _resolve(request)
@@ -280,7 +296,7 @@ def patient_risk(request: HttpRequest, cohort: Cohort, study_id: str) -> HttpRes
     """The clinician's view of one patient (the include the patient page shows, on its own)."""
     patient = get_object_or_404(Patient, cohort=cohort, study_id=study_id)
     version_id = request.GET.get("model_version", "")
-    version = get_object_or_404(ModelVersion, pk=int(version_id)) if version_id.isdigit() else None
+    version = model_version_for(request.user, version_id) if version_id else None
     audit(request.user, AuditAction.VIEW_PATIENT, patient=patient, view="risk")
     context = services.patient_risk_context(request.user, patient, version)
     context.update(

@@ -119,6 +119,10 @@ class CohortPredictions(generics.ListAPIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         check(request.user, int(kwargs["cohort_pk"]), Action.VIEW_RESULTS)
+        if request.query_params.get("model_version"):
+            registry.model_version_for(
+                request.user, request.query_params["model_version"], api=True
+            )
 
     def get_queryset(self) -> QuerySet[PatientPrediction]:
         if getattr(self, "swagger_fake_view", False):
@@ -173,8 +177,9 @@ class ScoreCohort(APIView):
 class GradcamOverlay(APIView):
     @extend_schema(responses={(200, "image/png"): OpenApiResponse(description="PNG overlay")})
     def get(self, request: Request, cohort_pk: int, prediction_id: int, index: int) -> FileResponse:
-        """One Grad-CAM overlay (PNG) of a prediction: the scored slice under its heatmap."""
-        check(request.user, cohort_pk, Action.VIEW_RESULTS)
+        """One Grad-CAM overlay (PNG) of a prediction: the scored CT slice under its heatmap
+        (roles that may view images)."""
+        check(request.user, cohort_pk, Action.VIEW_IMAGES)
         prediction = get_object_or_404(
             PatientPrediction, pk=prediction_id, patient__cohort_id=cohort_pk
         )

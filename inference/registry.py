@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.http import Http404
 from django.utils import timezone
 
 from pmpd_web.accounts.audit import record as audit
@@ -214,6 +215,28 @@ def visible_model_versions(
 
 def can_view_version(user: User, version: ModelVersion) -> bool:
     return visible_model_versions(user, ModelVersion.objects.filter(pk=version.pk)).exists()
+
+
+def model_version_for(user: User, version_id: Any, *, api: bool = False) -> ModelVersion:
+    """The model version ``version_id`` (a number or its text) if ``user`` may see it, by the
+    rule of /api/model-versions/<id>/; else 404 (DRF's ``NotFound`` for the API), whether the
+    version does not exist or belongs to cohorts the user cannot see: every page and endpoint
+    that takes a model version id from a user resolves it here."""
+    text = str(version_id).strip()
+    version = (
+        visible_model_versions(user, ModelVersion.objects.filter(pk=int(text)))
+        .select_related("trained_on", "job")
+        .first()
+        if text.isdigit()
+        else None
+    )
+    if version is None:
+        if api:
+            from rest_framework.exceptions import NotFound
+
+            raise NotFound("No such model version.")
+        raise Http404("No such model version.")
+    return version
 
 
 def can_view_training_patients(user: User, version: ModelVersion) -> bool:

@@ -6,6 +6,8 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from pmpd_web.accounts.permissions import Action, can
+
 from .models import ModelVersion, PatientPrediction
 from .registry import DEPTHS, EARLY_STOPPING
 from .services import RESEARCH_USE_ONLY, card_for, trained_on_label
@@ -50,16 +52,20 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         return RESEARCH_USE_ONLY
 
 
+# Ids are 64-bit database keys: a larger number is a bad request, not a database error.
+ID_MAX = 2**63 - 1
+
+
 class TrainingRequestSerializer(serializers.Serializer):
     """Start a cross-validation of a new model version on a cohort."""
 
-    cohort = serializers.IntegerField()
+    cohort = serializers.IntegerField(min_value=1, max_value=ID_MAX)
     name = serializers.CharField(max_length=120, required=False, allow_blank=True, default="")
     depth = serializers.ChoiceField(choices=DEPTHS, default=50)
     input_size = serializers.IntegerField(min_value=32, max_value=512, default=224)
     max_epochs = serializers.IntegerField(min_value=1, max_value=500, default=30)
     n_folds = serializers.IntegerField(min_value=2, max_value=10, default=5)
-    seed = serializers.IntegerField(min_value=0, default=0)
+    seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
     early_stopping = serializers.ChoiceField(
         choices=[value for value, _ in EARLY_STOPPING],
         default="loss",
@@ -69,7 +75,7 @@ class TrainingRequestSerializer(serializers.Serializer):
 
 class ScoringRequestSerializer(serializers.Serializer):
     model_version = serializers.IntegerField(
-        required=False, help_text="Default: the active model version"
+        min_value=1, max_value=ID_MAX, required=False, help_text="Default: the active model version"
     )
 
 
@@ -110,7 +116,14 @@ class PredictionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_gradcam_urls(self, prediction: PatientPrediction) -> list[str]:
+        """Empty for roles that may not view images: an overlay shows the CT slice."""
         request = self.context["request"]
+        cohort_id = prediction.patient.cohort_id
+        may_view_images = self.context.setdefault("may_view_images", {})
+        if cohort_id not in may_view_images:
+            may_view_images[cohort_id] = can(request.user, cohort_id, Action.VIEW_IMAGES)
+        if not may_view_images[cohort_id]:
+            return []
         return [
             request.build_absolute_uri(
                 reverse(

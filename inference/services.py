@@ -81,9 +81,15 @@ def chosen_prediction(
 
 
 def prediction_view(
-    prediction: PatientPrediction, *, version_source: str = "the chosen model version"
+    prediction: PatientPrediction,
+    *,
+    version_source: str = "the chosen model version",
+    with_overlays: bool = True,
 ) -> PredictionView:
-    """The reading of one stored prediction (its version's thresholds give the call's basis)."""
+    """The reading of one stored prediction (its version's thresholds give the call's basis).
+
+    ``with_overlays`` false (the role may not view images) leaves out the Grad-CAM overlays:
+    they show the CT under the heat map."""
     version = prediction.model_version
     patient = prediction.patient
     per_slice = np.asarray(prediction.slice_probabilities, dtype=float).reshape(
@@ -104,7 +110,7 @@ def prediction_view(
                     "index": position,
                 },
             )
-            if position < len(prediction.gradcam_files)
+            if with_overlays and position < len(prediction.gradcam_files)
             else None,
         )
         for position, slice_index in enumerate(prediction.slice_indices)
@@ -161,7 +167,11 @@ def prediction_context(
     return {
         "pmpd_prediction": {
             "allowed": True,
-            "view": prediction_view(prediction, version_source=source),
+            "view": prediction_view(
+                prediction,
+                version_source=source,
+                with_overlays=can(user, patient.cohort_id, Action.VIEW_IMAGES),
+            ),
             "research_use_only": RESEARCH_USE_ONLY,
             "message": "",
         }

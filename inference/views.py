@@ -4,7 +4,6 @@ and the Grad-CAM overlays (served only to users who may view the cohort's result
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -36,15 +35,6 @@ from .training import training_candidates
 ENGINE_JOBS = (Job.Kind.TRAINING, Job.Kind.SCORING)
 
 
-def _visible_version(user: Any, version_id: int) -> ModelVersion:
-    version = get_object_or_404(
-        ModelVersion.objects.select_related("trained_on", "job"), pk=version_id
-    )
-    if not registry.can_view_version(user, version):
-        raise Http404("No such model version.")
-    return version
-
-
 @login_required
 def model_list(request: HttpRequest) -> HttpResponse:
     versions = registry.visible_model_versions(request.user).select_related("trained_on")
@@ -61,7 +51,7 @@ def model_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def model_detail(request: HttpRequest, version_id: int) -> HttpResponse:
-    version = _visible_version(request.user, version_id)
+    version = registry.model_version_for(request.user, version_id)
     job = version.job
     show_job = (
         job is not None
@@ -93,7 +83,7 @@ def model_detail(request: HttpRequest, version_id: int) -> HttpResponse:
 @require_POST
 @login_required
 def model_activate(request: HttpRequest, version_id: int) -> HttpResponse:
-    version = _visible_version(request.user, version_id)
+    version = registry.model_version_for(request.user, version_id)
     if not registry.can_activate(request.user, version):
         raise PermissionDenied(
             "Only site administrators and the coordinators of the cohort a model was trained "
@@ -186,6 +176,7 @@ def cohort_predictions(request: HttpRequest, cohort: Cohort) -> HttpResponse:
     version = (
         get_object_or_404(scored_here, pk=int(chosen)) if chosen.isdigit() else scored_here.first()
     )
+    with_overlays = can(request.user, cohort, Action.VIEW_IMAGES)
     predictions = (
         PatientPrediction.objects.filter(model_version=version, patient__cohort=cohort)
         .select_related("patient", "patient__cohort", "model_version")
@@ -200,17 +191,18 @@ def cohort_predictions(request: HttpRequest, cohort: Cohort) -> HttpResponse:
             "cohort": cohort,
             "version": version,
             "versions": scored_here,
-            "views": [prediction_view(p) for p in predictions],
+            "views": [prediction_view(p, with_overlays=with_overlays) for p in predictions],
             "research_use_only": RESEARCH_USE_ONLY,
         },
     )
 
 
-@cohort_page(Action.VIEW_RESULTS)
+@cohort_page(Action.VIEW_IMAGES)
 def gradcam_image(
     request: HttpRequest, cohort: Cohort, study_id: str, prediction_id: int, index: int
 ) -> FileResponse:
-    """One Grad-CAM overlay (PNG) of a patient's prediction."""
+    """One Grad-CAM overlay (PNG) of a patient's prediction: the CT slice under the heat map,
+    so only for roles that may view images."""
     prediction = get_object_or_404(
         PatientPrediction, pk=prediction_id, patient__cohort=cohort, patient__study_id=study_id
     )

@@ -172,6 +172,10 @@ if not PMPD_DEID_SECRET:
 
 # Uploads: clinical tables are small; the limit is the import's own, enforced with a message.
 PMPD_TABLE_MAX_BYTES = int(os.environ.get("PMPD_TABLE_MAX_BYTES", str(20 * 1024 * 1024)))
+# Rows below the header a clinical table may have (blank ones count), and the file size above
+# which its preview runs as a job on the cpu queue instead of in the web request.
+PMPD_TABLE_MAX_ROWS = int(os.environ.get("PMPD_TABLE_MAX_ROWS", "50000"))
+PMPD_TABLE_PREVIEW_JOB_BYTES = int(os.environ.get("PMPD_TABLE_PREVIEW_JOB_BYTES", str(1024**2)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = PMPD_TABLE_MAX_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
@@ -218,7 +222,7 @@ REST_FRAMEWORK = {
         "rest_framework.filters.OrderingFilter",
         "rest_framework.filters.SearchFilter",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "pmpd_web.api_schema.PMPDAutoSchema",
     "DEFAULT_PARSER_CLASSES": [
         "pmpd_web.accounts.parsers.DepthLimitedJSONParser",
         "rest_framework.parsers.FormParser",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,12 +93,125 @@ def compose() -> dict:
 
 def test_compose_services_and_health():
     services = compose()["services"]
-    assert set(services) == {"postgres", "redis", "web", "worker-cpu", "worker-gpu"}
+    assert set(services) == {"postgres", "redis", "web", "proxy", "worker-cpu", "worker-gpu"}
     assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert services["web"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     web_command = services["web"]["command"]
     assert "manage.py migrate --noinput" in web_command and "gunicorn pmpd_web.wsgi" in web_command
+
+
+def _size(text: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    text = text.lower()
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+def _directive(config: str, name: str) -> list[str]:
+    return re.findall(rf"^\s*{name}\s+([^;]+);", config, re.M)
+
+
+def test_compose_puts_a_buffering_proxy_in_front_of_gunicorn():
+    """Issue 9 item 14: only nginx is published; it buffers requests and responses, with body
+    limits that let the uploader's chunks and the largest table through, and time-outs."""
+    from django.conf import settings
+
+    from pmpd_web.imaging.views import BROWSER_CHUNK_BYTES
+
+    services = compose()["services"]
+    web, proxy = services["web"], services["proxy"]
+    assert "ports" not in web, "gunicorn must not be published: only the proxy is"
+    assert proxy["image"].startswith("nginx:")
+    assert any(port.endswith(":80") for port in proxy["ports"])
+    assert proxy["depends_on"]["web"]["condition"] == "service_healthy"
+    mounts = dict(volume.rsplit(":", 2)[:2] for volume in proxy["volumes"])
+    assert mounts["./docker/nginx.conf"] == "/etc/nginx/nginx.conf"
+    assert mounts["./docker/pmpd_locations.conf"] == "/etc/nginx/pmpd_locations.conf"
+    main = (REPO / "docker" / "nginx.conf").read_text()
+    locations = (REPO / "docker" / "pmpd_locations.conf").read_text()
+    assert "server web:8000;" in main and "proxy_pass http://pmpd_web;" in locations
+    assert _directive(main, "proxy_request_buffering") == ["on"]
+    assert _directive(main, "proxy_buffering") == ["on"]
+    for name in ("client_body_timeout", "client_header_timeout", "send_timeout"):
+        assert _directive(main, name), name
+    body = _size(_directive(main, "client_max_body_size")[0])
+    chunk = int(services["web"]["environment"]["PMPD_UPLOAD_CHUNK_MAX_BYTES"])
+    assert chunk == BROWSER_CHUNK_BYTES == 8 * 1024**2
+    assert chunk < body <= 2 * chunk, "the body limit is the chunk size plus a margin"
+    table = _size(_directive(locations, "client_max_body_size")[0])
+    assert table > settings.PMPD_TABLE_MAX_BYTES
+    gunicorn_timeout = int(re.search(r"--timeout (\d+)", web["command"]).group(1))
+    assert int(_directive(main, "proxy_read_timeout")[0].rstrip("s")) > gunicorn_timeout
+    # The TLS server block is there to uncomment.
+    assert "#     listen 443 ssl" in main and "ssl_certificate certs/fullchain.pem" in main
+
+
+def _nginx_test(tmp_path: Path, config: str) -> subprocess.CompletedProcess:
+    (tmp_path / "nginx.conf").write_text(config.replace("server web:8000;", "server 127.0.0.1:9;"))
+    for name in ("pmpd_locations.conf",):
+        (tmp_path / name).write_text((REPO / "docker" / name).read_text())
+    (tmp_path / "mime.types").write_text(Path("/etc/nginx/mime.types").read_text())
+    return subprocess.run(
+        [
+            "nginx",
+            "-t",
+            "-p",
+            str(tmp_path),
+            "-c",
+            str(tmp_path / "nginx.conf"),
+            "-e",
+            str(tmp_path / "error.log"),
+            "-g",
+            f"pid {tmp_path / 'nginx.pid'};",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="no nginx binary (apt-get install nginx)")
+def test_the_proxy_configuration_passes_nginx_t(tmp_path):
+    config = (REPO / "docker" / "nginx.conf").read_text()
+    result = _nginx_test(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    # With the TLS block uncommented and a certificate mounted, it is valid too.
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=pmpd.test", "-keyout", str(certs / "privkey.pem"),
+         "-out", str(certs / "fullchain.pem")],
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    with_tls = re.sub(r"^    # ?", "    ", config.split("# TLS (see")[1], flags=re.M)
+    tls = config.split("    # TLS (see")[0] + "\n".join(with_tls.splitlines()[1:]) + "\n"
+    assert re.search(r"^\s+listen 443 ssl", tls, re.M)
+    result = _nginx_test(tmp_path, tls)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(
+    subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0
+    if shutil.which("docker")
+    else True,
+    reason="no docker compose plugin",
+)
+def test_docker_compose_config_is_valid(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text(
+        "DJANGO_SECRET_KEY=k\nDJANGO_ALLOWED_HOSTS=h\nPOSTGRES_PASSWORD=p\nPMPD_DEID_SECRET=s\n"
+    )
+    result = subprocess.run(
+        ["docker", "compose", "--env-file", str(env), "-f", "docker-compose.yml", "config", "-q"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_compose_workers_listen_on_the_settings_queues():

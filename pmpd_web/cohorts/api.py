@@ -202,7 +202,7 @@ class TableImportViewSet(
             raise ValidationError({"file": str(exc)}) from None
         return Response(self.get_serializer(table_import).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses=JobSerializer)
+    @extend_schema(request=None, responses={202: JobSerializer})
     @action(detail=True, methods=["post"])
     def commit(self, request, cohort_pk=None, pk=None):
         """Import the previewed table, all rows or none, as a job; poll /api/jobs/{id}/."""

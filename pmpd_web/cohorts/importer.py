@@ -30,8 +30,16 @@ from pmpd_web.jobs.models import job_stopped
 from pmpd_web.jobs.runner import UserFacingError
 
 from .models import Cohort, Patient, StudyVariable, TableImport, table_columns
-from .parsing import read_table
-from .table import FIELD_NAMES, Column, ParsedTable, TableError, frame_records, python_values
+from .parsing import check_size, read_table
+from .table import (
+    FIELD_NAMES,
+    Column,
+    ParsedTable,
+    TableError,
+    TableProblem,
+    frame_records,
+    python_values,
+)
 
 BATCH = 1000
 #: Patients whose old -> new values the preview lists (the counts cover all of them).
@@ -271,19 +279,33 @@ def cohort_state(cohort: Cohort) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _read(data: bytes, filename: str, cohort: Cohort) -> ParsedTable:
+    try:
+        return read_table(
+            data,
+            filename,
+            max_bytes=settings.PMPD_TABLE_MAX_BYTES,
+            max_rows=settings.PMPD_TABLE_MAX_ROWS,
+            columns=table_columns(cohort),
+        )
+    except TableError as exc:
+        raise UserFacingError(str(exc)) from None
+
+
 def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableImport:
-    """Store the uploaded file and its preview. Nothing in the cohort changes.
+    """Store the uploaded file and its preview, or queue the preview as a job when the file is
+    larger than ``PMPD_TABLE_PREVIEW_JOB_BYTES``. Nothing in the cohort changes.
 
     The checked rows are kept with the preview: while the file and the cohort stay as they
     were, the commit writes them without reading and checking the file again.
     """
-    state = cohort_state(cohort)
     try:
-        parsed = read_table(
-            data, filename, max_bytes=settings.PMPD_TABLE_MAX_BYTES, columns=table_columns(cohort)
-        )
+        check_size(data, filename, max_bytes=settings.PMPD_TABLE_MAX_BYTES)
     except TableError as exc:
         raise UserFacingError(str(exc)) from None
+    in_a_job = len(data) > settings.PMPD_TABLE_PREVIEW_JOB_BYTES
+    state = cohort_state(cohort)
+    parsed = None if in_a_job else _read(data, filename, cohort)
     digest = hashlib.sha256(data).hexdigest()
     table_import = TableImport(
         cohort=cohort,
@@ -292,6 +314,60 @@ def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableIm
         sha256=digest,
         size_bytes=len(data),
     )
+    table_import.file.save(f"{digest}.bin", ContentFile(data), save=False)
+    if parsed is None:
+        return _start_preview(table_import, user)
+    _record_preview(table_import, parsed, state)
+    return table_import
+
+
+def _start_preview(table_import: TableImport, user) -> TableImport:
+    from pmpd_web.jobs.dispatch import start_on_commit
+    from pmpd_web.jobs.models import Job
+
+    from .tasks import preview_table_import
+
+    with transaction.atomic():
+        table_import.status = TableImport.Status.PREVIEWING
+        table_import.save()
+        job = Job.objects.create(
+            kind=Job.Kind.TABLE_IMPORT,
+            cohort=table_import.cohort,
+            created_by=acting_user(user),
+            phrase="Waiting for a worker to check the table",
+            task=preview_table_import.name,
+            parameters={"table_import": table_import.pk, "step": "preview"},
+        )
+        TableImport.objects.filter(pk=table_import.pk).update(job=job)
+        start_on_commit(job)
+    table_import.refresh_from_db()
+    return table_import
+
+
+def preview_stored_table(
+    table_import: TableImport, progress: Callable[[int, str], None]
+) -> dict[str, Any]:
+    """The preview job's work: check the stored file as an upload in the request would."""
+    progress(5, "Reading and checking the table")
+    state = cohort_state(table_import.cohort)
+    with table_import.file.open("rb") as handle:
+        data = handle.read()
+    try:
+        parsed = _read(data, table_import.original_filename, table_import.cohort)
+    except UserFacingError as exc:
+        # The table cannot be read at all: the import says why, as a problem of the file.
+        parsed = ParsedTable(
+            filename=table_import.original_filename,
+            problems=[TableProblem(None, None, str(exc))],
+        )
+    progress(80, "Comparing with the cohort")
+    _record_preview(table_import, parsed, state)
+    return {"rows": len(parsed.rows), "import_status": table_import.status}
+
+
+def _record_preview(table_import: TableImport, parsed: ParsedTable, state: Any) -> None:
+    cohort, user = table_import.cohort, table_import.uploaded_by
+    filename = table_import.original_filename
     if parsed.ok:
         table_import.status = TableImport.Status.PREVIEWED
         table_import.summary = plan_import(cohort, parsed).summary()
@@ -306,7 +382,6 @@ def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableIm
         ]
         table_import.summary = {"rows": len(parsed.rows), "problems": len(parsed.problems)}
     table_import.summary["rows"] = len(parsed.rows)
-    table_import.file.save(f"{digest}.bin", ContentFile(data), save=False)
     table_import.save()
     audit(
         user,
@@ -316,7 +391,6 @@ def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableIm
         table_import=table_import.pk,
         status=table_import.status,
     )
-    return table_import
 
 
 def _checked_table(table_import: TableImport) -> tuple[ParsedTable, bool]:
@@ -328,16 +402,7 @@ def _checked_table(table_import: TableImport) -> tuple[ParsedTable, bool]:
     same_file = hashlib.sha256(data).hexdigest() == table_import.sha256
     if same_file and table_import.checked and table_import.checked_against == cohort_state(cohort):
         return pickle.loads(zlib.decompress(bytes(table_import.checked))), True
-    try:
-        parsed = read_table(
-            data,
-            table_import.original_filename,
-            max_bytes=settings.PMPD_TABLE_MAX_BYTES,
-            columns=table_columns(cohort),
-        )
-    except TableError as exc:
-        raise UserFacingError(str(exc)) from None
-    return parsed, False
+    return _read(data, table_import.original_filename, cohort), False
 
 
 def commit_import(
@@ -431,8 +496,20 @@ def start_commit(table_import: TableImport, user) -> Any:
 
 @receiver(job_stopped)
 def _import_stopped(sender, *, job, status, **kwargs) -> None:
-    """A failed commit leaves the import failed; a cancelled one can be committed again."""
+    """A failed commit leaves the import failed; a cancelled one can be committed again; a
+    stopped preview leaves it refused with the reason."""
     if job.kind != job.Kind.TABLE_IMPORT:
         return
     back_to = TableImport.Status.PREVIEWED if status == "cancelled" else TableImport.Status.FAILED
     TableImport.objects.filter(job=job, status=TableImport.Status.COMMITTING).update(status=back_to)
+    # A preview job that stopped leaves the import with the reason, never "being checked".
+    TableImport.objects.filter(job=job, status=TableImport.Status.PREVIEWING).update(
+        status=TableImport.Status.INVALID,
+        problems=[
+            {
+                "row": None,
+                "column": None,
+                "message": f"The check of the table was {status}: upload the file again.",
+            }
+        ],
+    )

@@ -233,6 +233,7 @@ class TableImport(models.Model):
     """An uploaded clinical table: its preview (dry run) and, once committed, its outcome."""
 
     class Status(models.TextChoices):
+        PREVIEWING = "previewing", "Being checked"
         PREVIEWED = "previewed", "Previewed"
         INVALID = "invalid", "Has problems"
         COMMITTING = "committing", "Importing"

@@ -21,36 +21,60 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pmpd_web.spreadsheets import unescape_formula
+
 from . import vocabulary as v
 from .rules import SITE_FIELDS, check_frame
-from .table import COLUMNS, FORMULA_PREFIXES, Column, ParsedTable, TableError, TableProblem
+from .table import COLUMNS, Column, ParsedTable, TableError, TableProblem
 
 __all__ = ["read_table", "check_table"]
 
 XLSX_MAGIC = b"PK\x03\x04"
 
 
-def read_table(
-    data: bytes, filename: str, *, max_bytes: int, columns: Sequence[Column] = COLUMNS
-) -> ParsedTable:
-    """Read a CSV or XLSX file into checked columns; every problem names its row and column.
-
-    ``columns`` are the template's columns and the cohort's study-defined variables. The
-    format is sniffed from the content, not the file name.
-    """
+def check_size(data: bytes, filename: str, *, max_bytes: int) -> None:
     if len(data) > max_bytes:
         raise TableError(
             f"{filename}: the file is {len(data) / 1e6:.1f} MB, over the limit of "
             f"{max_bytes / 1e6:.1f} MB"
         )
+
+
+def read_table(
+    data: bytes,
+    filename: str,
+    *,
+    max_bytes: int,
+    max_rows: int | None = None,
+    columns: Sequence[Column] = COLUMNS,
+) -> ParsedTable:
+    """Read a CSV or XLSX file into checked columns; every problem names its row and column.
+
+    ``columns`` are the template's columns and the cohort's study-defined variables. The
+    format is sniffed from the content, not the file name. More than ``max_rows`` rows below
+    the header (blank ones count: an XLSX can hold a million formatted empty rows) is refused,
+    an XLSX before its rows are read.
+    """
+    check_size(data, filename, max_bytes=max_bytes)
     if not data.strip():
         raise TableError(f"{filename}: the file is empty")
     reader = _read_xlsx if data.startswith(XLSX_MAGIC) else _read_csv
-    header, body, cell_problems = reader(data, filename)
+    header, body, cell_problems = reader(data, filename, max_rows)
+    if max_rows is not None and len(body) > max_rows:
+        raise TableError(_too_many_rows(filename, len(body), max_rows))
     return check_table(header, body, filename, columns=columns, cell_problems=cell_problems)
 
 
-def _read_csv(data: bytes, filename: str) -> tuple[list[str], list[list[str]], list[TableProblem]]:
+def _too_many_rows(filename: str, n_rows: int, max_rows: int) -> str:
+    return (
+        f"{filename}: {n_rows:,} rows below the header (blank rows count), over the limit of "
+        f"{max_rows:,} (PMPD_TABLE_MAX_ROWS); split the table or remove the empty rows"
+    )
+
+
+def _read_csv(
+    data: bytes, filename: str, max_rows: int | None = None
+) -> tuple[list[str], list[list[str]], list[TableProblem]]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -68,7 +92,9 @@ def _read_csv(data: bytes, filename: str) -> tuple[list[str], list[list[str]], l
     return rows[0], rows[1:], []
 
 
-def _read_xlsx(data: bytes, filename: str) -> tuple[list[str], list[list[str]], list[TableProblem]]:
+def _read_xlsx(
+    data: bytes, filename: str, max_rows: int | None = None
+) -> tuple[list[str], list[list[str]], list[TableProblem]]:
     import openpyxl
 
     try:
@@ -76,6 +102,9 @@ def _read_xlsx(data: bytes, filename: str) -> tuple[list[str], list[list[str]], 
     except (zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:
         raise TableError(f"{filename}: not a readable XLSX workbook ({exc})") from None
     sheet = workbook["patients"] if "patients" in workbook.sheetnames else workbook.worksheets[0]
+    announced = max(0, (sheet.max_row or 1) - 1)  # the sheet's own dimension: a cheap refusal
+    if max_rows is not None and announced > max_rows:
+        raise TableError(_too_many_rows(filename, announced, max_rows))
     rows = sheet.iter_rows()
     try:
         header_cells = next(rows)
@@ -100,6 +129,8 @@ def _read_xlsx(data: bytes, filename: str) -> tuple[list[str], list[list[str]], 
             else:
                 values.append(_cell_text(cell.value))
         body.append(values)
+        if max_rows is not None and len(body) > max_rows:
+            break  # the dimension was wrong: read_table refuses it with the count
     return header, body, formulas
 
 
@@ -265,7 +296,7 @@ class _Cells:
         texts = [str(text).strip() for text in uniques]
         self.codes = codes
         self.distinct = np.array(
-            [t[1:] if t[:1] == "'" and t[1:2] and t[1] in FORMULA_PREFIXES else t for t in texts],
+            [unescape_formula(text) for text in texts],
             dtype=object,
         )
 

@@ -7,7 +7,7 @@ from .rules import check_patient
 
 
 class CohortSerializer(serializers.ModelSerializer):
-    n_patients = serializers.IntegerField(read_only=True)
+    n_patients = serializers.SerializerMethodField()
     my_role = serializers.SerializerMethodField()
 
     class Meta:
@@ -26,6 +26,12 @@ class CohortSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = ["is_synthetic", "data_version", "created_at", "updated_at"]
+
+    def get_n_patients(self, cohort) -> int:
+        # Lists annotate the count; a cohort just created has none.
+        if hasattr(cohort, "n_patients"):
+            return cohort.n_patients
+        return cohort.patients.count()
 
     def get_my_role(self, cohort) -> str | None:
         from pmpd_web.accounts.permissions import role_of
@@ -78,7 +84,7 @@ class PatientSerializer(serializers.ModelSerializer):
 
 
 class TableImportSerializer(serializers.ModelSerializer):
-    job = JobSerializer(read_only=True)
+    job = JobSerializer(read_only=True, allow_null=True)
     file = serializers.FileField(write_only=True)
 
     class Meta:

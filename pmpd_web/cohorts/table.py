@@ -19,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from pmpd_web.spreadsheets import escape_formula
+
 from . import vocabulary as v
 from .rules import SITE_FIELDS
 
@@ -180,8 +182,6 @@ FIELD_NAMES: tuple[str, ...] = (
     tuple(name for name in COLUMN_NAMES if name != "metastasis_sites") + SITE_FIELDS
 )
 
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
 
 @dataclass(frozen=True)
 class TableProblem:
@@ -294,30 +294,39 @@ def describe_columns(columns: Sequence[Column] = COLUMNS) -> list[dict[str, str]
 # Writing
 
 
-def record_to_row(record: Mapping[str, Any], columns: Sequence[Column] = COLUMNS) -> list[str]:
-    """One patient as the template's cells (text, formula-escaped); study-defined variables
+NUMBER_KINDS = frozenset({"int", "decimal", "number"})
+
+
+def record_to_row(
+    record: Mapping[str, Any], columns: Sequence[Column] = COLUMNS, *, typed: bool = False
+) -> list[Any]:
+    """One patient as the template's cells, formula-escaped: text, or with ``typed`` (XLSX)
+    the numbers of number columns as numbers and empty cells as None. Study-defined variables
     come from ``record["study_values"]``."""
-    cells = []
+    cells: list[Any] = []
     study_values = record.get("study_values") or {}
     for column in columns:
         if column.kind == "sites":
-            value = ";".join(s for s in column.allowed if record.get(f"site_{s}"))
+            value: Any = ";".join(s for s in column.allowed if record.get(f"site_{s}"))
         else:
             value = study_values.get(column.name) if column.study else record.get(column.name)
-            value = "" if value is None else _cell_text(value)
+            if typed and column.kind in NUMBER_KINDS:
+                value = None if value is None else _number(value)
+            else:
+                value = "" if value is None else _cell_text(value)
         cells.append(escape_formula(value))
     return cells
+
+
+def _number(value: Any) -> int | float:
+    number = float(value)
+    return int(number) if number.is_integer() else number
 
 
 def _cell_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
-
-
-def escape_formula(value: str) -> str:
-    """Prefix a quote to text a spreadsheet would run as a formula (CSV injection)."""
-    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
 
 
 def write_csv(records: Iterable[Mapping[str, Any]], columns: Sequence[Column] = COLUMNS) -> bytes:
@@ -335,9 +344,10 @@ def write_xlsx(
     notes: Sequence[str] = (),
     columns: Sequence[Column] = COLUMNS,
 ) -> bytes:
-    """An XLSX with a 'patients' sheet (the template's columns, all cells as text, a drop-down
-    on every choice column and a range check on every number with a range) and a 'columns'
-    sheet documenting each column."""
+    """An XLSX with a 'patients' sheet (the template's columns; numbers as numbers, the rest as
+    text, never a formula; a drop-down on every choice column and a range check on every number
+    with a range), a 'columns' sheet documenting each column and, with ``notes``, a
+    'Provenance' sheet."""
     import openpyxl
     from openpyxl.cell.cell import TYPE_STRING
 
@@ -346,10 +356,11 @@ def write_xlsx(
     sheet.title = "patients"
     sheet.append([c.name for c in columns])
     for record in records:
-        sheet.append(record_to_row(record, columns))
+        sheet.append(record_to_row(record, columns, typed=True))
     for row in sheet.iter_rows(min_row=2):
         for cell in row:
-            cell.data_type = TYPE_STRING
+            if isinstance(cell.value, str):
+                cell.data_type = TYPE_STRING
     sheet.freeze_panes = "B2"
     _add_validations(sheet, columns)
     docs = workbook.create_sheet("columns")
@@ -357,8 +368,10 @@ def write_xlsx(
     docs.append(list(described[0].keys()))
     for entry in described:
         docs.append(list(entry.values()))
-    for note in notes:
-        docs.append([note])
+    if notes:
+        provenance = workbook.create_sheet("Provenance")
+        for note in notes:
+            provenance.append([note])
     out = io.BytesIO()
     workbook.save(out)
     return out.getvalue()

@@ -102,7 +102,7 @@ class ImageUploadViewSet(
         return Response(self.get_serializer(upload).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=DeclareFilesSerializer, responses=UploadFileSerializer(many=True))
-    @action(detail=True, methods=["get", "post"])
+    @action(detail=True, methods=["get", "post"], pagination_class=None)
     def files(self, request, cohort_pk=None, pk=None):
         """GET: the upload's files, their received bytes and status. POST: declare files
         (name, size, optional sha256 and study_id); declaring a file again returns it with its

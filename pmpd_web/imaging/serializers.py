@@ -33,9 +33,9 @@ class ImageUploadSerializer(serializers.ModelSerializer):
         write_only=True,
         help_text="For one patient's upload; leave out for a bulk upload",
     )
-    patient = serializers.SlugRelatedField(slug_field="study_id", read_only=True)
+    patient = serializers.SlugRelatedField(slug_field="study_id", read_only=True, allow_null=True)
     uploaded_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
-    job = JobSerializer(read_only=True)
+    job = JobSerializer(read_only=True, allow_null=True)
     n_files = serializers.IntegerField(read_only=True)
     size_bytes = serializers.IntegerField(read_only=True)
     received_bytes = serializers.IntegerField(read_only=True)
@@ -69,7 +69,7 @@ class ImageUploadSerializer(serializers.ModelSerializer):
 
 class DeclaredFileSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=2048, help_text="Relative path: a label, never a path")
-    size = serializers.IntegerField(min_value=0)
+    size = serializers.IntegerField(min_value=0, max_value=2**63 - 1)
     sha256 = serializers.CharField(max_length=64, required=False, allow_blank=True)
     study_id = serializers.CharField(max_length=64, required=False, allow_blank=True)
 
@@ -81,7 +81,7 @@ class DeclareFilesSerializer(serializers.Serializer):
 class ImageSeriesSerializer(serializers.ModelSerializer):
     study_id = serializers.CharField(source="study.patient.study_id", read_only=True)
     study_instance_uid = serializers.CharField(source="study.study_instance_uid", read_only=True)
-    picked_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    picked_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
     has_mask = serializers.BooleanField(read_only=True)
 
     class Meta:

@@ -61,7 +61,12 @@ def imaging_counts(cohort) -> dict[str, int]:
 
 
 def _ct_series(queryset=None):
-    return (queryset or ImageSeries.objects.filter(modality="CT")).annotate(
+    """The CT series of ``queryset`` (default: every series), each marked with ``has_mask``.
+
+    ``is None``, never ``or``: an empty queryset is falsy, and the Images page of a patient
+    without a CT once listed every CT series of every cohort."""
+    series = ImageSeries.objects.all() if queryset is None else queryset
+    return series.filter(modality="CT").annotate(
         has_mask=Exists(
             CanonicalVolume.objects.filter(series=OuterRef("pk"), kind=CanonicalVolume.Kind.MASK)
         )
@@ -130,7 +135,7 @@ def patient_images(request, cohort, study_id: str):
     patient = get_object_or_404(Patient, cohort=cohort, study_id=study_id)
     audit(request.user, AuditAction.VIEW_PATIENT, patient=patient, page="images")
     series = (
-        _ct_series(ImageSeries.objects.filter(study__patient=patient, modality="CT"))
+        _ct_series(ImageSeries.objects.filter(study__patient=patient))
         .select_related("study", "picked_by")
         .prefetch_related("segmentations", "volumes")
         .order_by("-is_selected", "id")

@@ -170,3 +170,58 @@ def test_account_pages_table(members, username, name, method, path):
     else:
         assert response.status_code in (200, 302), (url, response.status_code)
         assert "/accounts/login" not in response.get("Location", "")
+
+
+# Routes of no one cohort: what an anonymous visitor and a user of no cohort get. Lists answer
+# 200 with only what the user may see (the tests above and the app tables check the content).
+# None: not asserted here (the API schema's anonymous access is item 13 of issue 9).
+# (name, method, path, anonymous, user of no cohort)
+SITE_ENDPOINTS = [
+    ("cohort list", "get", "/", "login", 200),
+    ("login page", "get", "/accounts/login/", 200, 200),
+    ("logout", "post", "/accounts/logout/", 302, 302),
+    ("roles help", "get", "/roles/", "login", 200),
+    ("new cohort page", "get", "/cohorts/new/", "login", 403),
+    ("template csv", "get", "/template.csv", "login", 200),
+    ("template xlsx", "get", "/template.xlsx", "login", 200),
+    ("model list", "get", "/models/", "login", 200),
+    ("ohif viewer", "get", "/ohif/viewer", "login", 200),
+    ("api root", "get", "/api/", 401, 200),
+    ("api cohorts", "get", "/api/cohorts/", 401, 200),
+    ("api cohort create", "post", "/api/cohorts/", 401, 403),
+    ("api jobs", "get", "/api/jobs/", 401, 200),
+    ("api model versions", "get", "/api/model-versions/", 401, 200),
+    ("api schema", "get", "/api/schema/", None, 200),
+    ("api docs", "get", "/api/docs/", None, 200),
+    ("api redoc", "get", "/api/redoc/", None, 200),
+]
+
+
+@pytest.fixture
+def ohif_build(settings, tmp_path):
+    root = tmp_path / "ohif"
+    root.mkdir()
+    (root / "index.html").write_text("<html><body>OHIF</body></html>")
+    settings.PMPD_OHIF_ROOT = root
+    return root
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "path", "anonymous", "nobody"),
+    SITE_ENDPOINTS,
+    ids=[e[0] for e in SITE_ENDPOINTS],
+)
+def test_site_permission_table(world, members, ohif_build, name, method, path, anonymous, nobody):
+    for user, expected in ((None, anonymous), (members["nobody"], nobody)):
+        client = APIClient()
+        if user is not None:
+            client.force_login(user)
+        data = {"name": "New", "role": "external_validation"} if name.endswith("create") else None
+        response = getattr(client, method)(path, data, format="json" if data else None)
+        if expected == "login":
+            assert response.status_code == 302, (name, response.status_code)
+            assert "/accounts/login/" in response["Location"]
+        elif expected is not None:
+            assert response.status_code == expected, (name, user, response.status_code)
+        body = response.content if not response.streaming else b""
+        assert b"SECRET-42" not in body and b"Hidden centre" not in body

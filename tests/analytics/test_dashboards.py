@@ -94,7 +94,7 @@ def figure_json(html: bytes, element: str) -> dict:
 
 
 def read_csv(content: bytes) -> pd.DataFrame:
-    return pd.read_csv(io.BytesIO(content), comment="#")
+    return pd.read_csv(io.BytesIO(content))
 
 
 def test_every_section_renders_its_figures_and_tables(scored, statistician, calls):
@@ -177,12 +177,17 @@ def test_downloads_carry_the_numbers_and_their_provenance(scored, statistician, 
     figure = statistician.get("/analytics/survival/figures/km-risk-group.csv", scored.query)
     assert figure.status_code == 200 and figure["Content-Type"].startswith("text/csv")
     assert 'filename="pmpd-' in figure["Content-Disposition"]
-    text = figure.content.decode()
-    assert text.startswith("# PMPD analytics: Overall survival by risk group")
-    assert "# Research use only" in text and f"# Model version: {scored.version.name}" in text
+    beside = statistician.get(
+        "/analytics/survival/figures/km-risk-group/provenance.txt", scored.query
+    )
+    text = beside.content.decode()
+    assert text.startswith("PMPD analytics: Overall survival by risk group")
+    assert "Research use only" in text and f"Model version: {scored.version.name}" in text
     assert about["data_hash"] in text and "SYNTHETIC" not in text
     curves = read_csv(figure.content)
-    assert {"group", "time", "n.risk", "survival", "lower", "upper"} <= set(curves.columns)
+    assert {"group", "time (days)", "number at risk", "survival", "CI lower", "CI upper"} <= set(
+        curves.columns
+    )
     assert set(curves["group"]) <= {"low", "mid", "high"}
 
     table = statistician.get("/analytics/evaluation/tables/classification.csv", scored.query)
@@ -195,10 +200,10 @@ def test_downloads_carry_the_numbers_and_their_provenance(scored, statistician, 
             statistician.get("/analytics/cox/tables/cox-univariable.xlsx", scored.query).content
         )
     )
-    assert workbook.sheetnames == ["table", "about"]
+    assert workbook.sheetnames == ["table", "Provenance"]
     header = [cell.value for cell in workbook["table"][1]]
-    assert {"model", "term", "coef", "exp(coef)", "p"} <= set(header)
-    about_text = " ".join(str(cell.value) for cell in workbook["about"]["A"])
+    assert {"model", "term", "log hazard ratio", "hazard ratio", "p-value"} <= set(header)
+    about_text = " ".join(str(cell.value) for cell in workbook["Provenance"]["A"])
     assert "Research use only" in about_text and about["data_hash"] in about_text
 
     report = statistician.get("/analytics/report.html", scored.query)
@@ -227,7 +232,8 @@ def test_synthetic_data_say_so_everywhere(scored, statistician, members):
     figure = figure_json(page.content, "figure-survival-km-mrs-group")
     assert any(a.get("name") == "synthetic-data" for a in figure["layout"]["annotations"])
     download = statistician.get("/analytics/survival/tables/logrank.csv", scored.query)
-    assert b"# SYNTHETIC DATA" in download.content
+    beside = statistician.get("/analytics/survival/tables/logrank/provenance.txt", scored.query)
+    assert b"SYNTHETIC DATA" in beside.content
     assert "SYNTHETIC" in download["Content-Disposition"]
     report = statistician.get("/analytics/report.html", scored.query).content
     assert b"synthetic-banner" in report

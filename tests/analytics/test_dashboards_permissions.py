@@ -31,6 +31,7 @@ ENDPOINTS = [
     ("figure data", "/analytics/survival/figures/km-risk-group.csv?" + Q, {S}),
     ("table csv", "/analytics/cox/tables/c-index.csv?" + Q, {S}),
     ("table xlsx", "/analytics/evaluation/tables/classification.xlsx?" + Q, {S}),
+    ("provenance", "/analytics/survival/figures/km-risk-group/provenance.txt?" + Q, {S}),
     ("report", "/analytics/report.html?" + Q, {S}),
     ("tripod report", "/analytics/tripod.html?" + Q, {S}),
     ("tripod download", "/analytics/tripod.html?download=1&" + Q, {S}),

@@ -28,7 +28,7 @@ ENDPOINTS = [
     ("engine train", "post", "/cohorts/{cohort}/engine/train/", {C}),
     ("engine score", "post", "/cohorts/{cohort}/engine/score/", {C}),
     ("predictions page", "get", "/cohorts/{cohort}/predictions/", EVERY_ROLE),
-    ("gradcam overlay", "get", GRADCAM, EVERY_ROLE),
+    ("gradcam overlay", "get", GRADCAM, {C, K}),
     ("api model version", "get", "/api/model-versions/{version}/", EVERY_ROLE),
     ("api start training", "post", "/api/model-versions/", {C}),
     ("api activate", "post", "/api/model-versions/{version}/activate/", {C}),
@@ -43,7 +43,7 @@ ENDPOINTS = [
         "api gradcam overlay",
         "get",
         "/api/cohorts/{cohort}/predictions/{prediction}/gradcam/0/",
-        EVERY_ROLE,
+        {C, K},
     ),
     ("api score", "post", "/api/cohorts/{cohort}/score/", {C}),
 ]

@@ -40,9 +40,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, path: Path, cohort: str, patient: str | None, **options):
-        found = Cohort.objects.filter(pk=int(cohort)) if cohort.isdigit() else None
-        found = found or Cohort.objects.filter(name=cohort)
-        target = found.first()
+        # A number is an id first, then a name (a cohort may be named "2024").
+        by_id = Cohort.objects.filter(pk=int(cohort)).first() if cohort.isdigit() else None
+        target = by_id if by_id is not None else Cohort.objects.filter(name=cohort).first()
         if target is None:
             raise CommandError(f"No cohort named or numbered {cohort!r}.")
         user = None
