@@ -59,7 +59,7 @@ def study_rows(n: int = N, seed: int = 3) -> list[dict[str, str]]:
 
 
 @pytest.fixture
-def study(cohort, members):
+def study(cohort, members, django_capture_on_commit_callbacks):
     coordinator = api_for(members["coordinator"])
     url = f"/api/cohorts/{cohort.pk}/variables/"
     for body in (
@@ -84,7 +84,8 @@ def study(cohort, members):
         f"/api/cohorts/{cohort.pk}/imports/", {"file": SimpleUploadedFile("study.csv", data)}
     ).json()
     assert preview["status"] == "previewed", preview["problems"]
-    job = coordinator.post(f"/api/cohorts/{cohort.pk}/imports/{preview['id']}/commit/").json()
+    with django_capture_on_commit_callbacks(execute=True):
+        job = coordinator.post(f"/api/cohorts/{cohort.pk}/imports/{preview['id']}/commit/").json()
     assert coordinator.get(f"/api/jobs/{job['id']}/").json()["status"] == "succeeded"
     return api_for(members["statistician"])
 

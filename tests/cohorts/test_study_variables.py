@@ -54,7 +54,9 @@ def with_study(records):
     return records
 
 
-def test_define_import_export_and_remove_through_the_api(cohort, members):
+def test_define_import_export_and_remove_through_the_api(
+    cohort, members, django_capture_on_commit_callbacks
+):
     api = api_for(members["coordinator"])
     define_two(api, cohort)
     cohort.refresh_from_db()
@@ -77,7 +79,8 @@ def test_define_import_export_and_remove_through_the_api(cohort, members):
         f"/api/cohorts/{cohort.pk}/imports/", {"file": SimpleUploadedFile("t.csv", data)}
     ).json()
     assert preview["status"] == "previewed", preview["problems"]
-    api.post(f"/api/cohorts/{cohort.pk}/imports/{preview['id']}/commit/")
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post(f"/api/cohorts/{cohort.pk}/imports/{preview['id']}/commit/")
     patient = api.get(f"/api/cohorts/{cohort.pk}/patients/P-00002/").json()
     assert patient["study_values"] == {"ecog": "1", "weight_loss_pct": 1.5}
 

@@ -232,7 +232,7 @@ def test_train_then_score_end_to_end(
         prediction_context(members["clinician"], training_patients[0]),
     )
     assert "held this patient out, so the score is out-of-fold" in oof_section
-    assert "which never saw this patient" in oof_section
+    assert "(the one that held this patient out)" in oof_section
     thin_section = render_to_string(
         "inference/_patient_prediction.html", prediction_context(members["clinician"], thin.patient)
     )
