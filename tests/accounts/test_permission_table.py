@@ -174,7 +174,7 @@ def test_account_pages_table(members, username, name, method, path):
 
 # Routes of no one cohort: what an anonymous visitor and a user of no cohort get. Lists answer
 # 200 with only what the user may see (the tests above and the app tables check the content).
-# None: not asserted here (the API schema's anonymous access is item 13 of issue 9).
+# Anonymous visitors: "login" (sent to the login page), or the status the API answers.
 # (name, method, path, anonymous, user of no cohort)
 SITE_ENDPOINTS = [
     ("cohort list", "get", "/", "login", 200),
@@ -191,9 +191,10 @@ SITE_ENDPOINTS = [
     ("api cohort create", "post", "/api/cohorts/", 401, 403),
     ("api jobs", "get", "/api/jobs/", 401, 200),
     ("api model versions", "get", "/api/model-versions/", 401, 200),
-    ("api schema", "get", "/api/schema/", None, 200),
-    ("api docs", "get", "/api/docs/", None, 200),
-    ("api redoc", "get", "/api/redoc/", None, 200),
+    ("api schema", "get", "/api/schema/", 401, 200),
+    ("api docs", "get", "/api/docs/", "login", 200),
+    ("api redoc", "get", "/api/redoc/", "login", 200),
+    ("api redoc bundle", "get", "/api/redoc/redoc.standalone.js", "login", 200),
 ]
 
 

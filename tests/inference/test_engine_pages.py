@@ -52,7 +52,7 @@ def test_the_section_for_a_training_patient_and_a_thin_tumour(cohort, members):
     patient = make_patient(cohort, "P-2")
     version = make_ready_version(cohort, name="pmpd-v2", test_ids=["P-2"])
     make_prediction(patient, version, source="out_of_fold", n_slices=2)
-    html = render_for(members["statistician"], patient)
+    html = render_for(members["clinician"], patient)
     assert "fold 1 held this patient out, so the score is out-of-fold" in html and "±" not in html
     assert "fold model 1, which never saw this patient, is above its threshold" in html
     assert "Out-of-fold score: fold model 1 never saw this patient" in html
