@@ -37,6 +37,7 @@ PRODUCTION = {
 }
 
 
+@pytest.mark.slow
 def test_production_profile_passes_check_deploy_without_warnings():
     result = manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -291,6 +292,7 @@ def test_compose_environment_matches_settings_and_env_example():
     assert required <= example, f"not documented in .env.example: {required - example}"
 
 
+@pytest.mark.slow
 def test_containers_run_commands_that_exist_here():
     """The commands the containers run, started by hand: the Celery app and WSGI load."""
     result = subprocess.run(
@@ -312,6 +314,7 @@ def test_containers_run_commands_that_exist_here():
     assert result.stdout.strip() == "True", result.stderr
 
 
+@pytest.mark.slow
 def test_redis_visibility_timeout_comes_from_the_environment():
     script = (
         "import django; django.setup(); from django.conf import settings as s;"
@@ -338,6 +341,7 @@ def test_redis_visibility_timeout_comes_from_the_environment():
     assert seen == ["21600", "900"]
 
 
+@pytest.mark.slow
 def test_the_embedded_worker_starts_on_a_fresh_data_folder(tmp_path):
     """`make serve` on a fresh clone: a worker on the file-system broker, nothing created yet."""
     clean = embedded_environment()

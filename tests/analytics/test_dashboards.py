@@ -127,6 +127,7 @@ def test_every_section_renders_its_figures_and_tables(scored, statistician, call
     assert {trace["name"].split(" ")[0] for trace in risk["data"]} >= {"low", "mid", "high"}
 
 
+@pytest.mark.slow
 def test_second_call_comes_from_the_cache_and_a_data_change_invalidates_it(
     scored, statistician, calls, members
 ):
@@ -325,6 +326,7 @@ def test_one_death_is_too_few_for_a_cox_model(hopeless, members):
     assert "1 death(s) among 12 patients; at least 2 needed" in body["multivariable"]["reason"]
 
 
+@pytest.mark.slow
 def test_parameters_change_the_analysis(scored, members):
     api = api_for(members["statistician"])
     fixed = api.get("/api/analytics/survival/", {**scored.query, "mrs_cutpoint": "0.5"}).json()
@@ -464,6 +466,7 @@ def test_loader_maps_the_clinical_fields_and_predictions(cohort):
     assert len(clinical.frame) == 4 and clinical.frame["metastasis_risk_score"].isna().all()
 
 
+@pytest.mark.slow
 def test_pooled_cohorts_and_an_empty_cohort(scored, statistician, members, other_cohort):
     Membership.objects.create(
         user=members["statistician"], cohort=other_cohort, role=Role.STATISTICIAN

@@ -527,6 +527,7 @@ def test_archive_entries_get_generated_names_and_clutter_is_left_out(tmp_path):
     assert entries[0].path == out / "000001" and entries[0].path.read_bytes() == b"x"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "build", "message"),
     [

@@ -20,7 +20,7 @@ from inference import demo
 from inference.models import ModelVersion, PatientPrediction
 from inference.pmpd.phantom import CLINICAL_COLUMNS
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
 
 def run(command: str, *args: str) -> str:

@@ -113,6 +113,7 @@ def test_the_cohort_page_links_the_engine_for_coordinators_only(cohort, members,
     assert link not in client_for(members["clinician"]).get(f"/cohorts/{cohort.pk}/").content
 
 
+@pytest.mark.slow
 def test_the_engine_pages_and_tasks_load_without_torch():
     # Web processes import the pages and queue tasks; only workers need torch.
     code = (

@@ -30,7 +30,7 @@ from inference.tasks import cpu_preprocess_patient
 from pmpd_web.imaging.models import CanonicalVolume
 from pmpd_web.jobs.runner import UserFacingError
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
 
 @pytest.fixture

@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+# Runs the GPU benchmark script and a training check on the CPU: left out of make test-fast.
+pytestmark = pytest.mark.slow
 
 WITHOUT_IMAGING_LIBRARIES = """
 import runpy, sys

@@ -31,6 +31,7 @@ def head_parameters(channels: tuple[int, ...], reduction: int, hidden: int, site
     return se + len(channels) + fused * hidden + hidden + (hidden + 1) + (hidden * sites + sites)
 
 
+@pytest.mark.slow
 def test_resnet50_parameter_count_and_shapes_at_224():
     model = PMPDNet(ModelConfig(depth=50, input_size=224))
     summary = model_summary(model)
@@ -54,6 +55,7 @@ def test_resnet50_parameter_count_and_shapes_at_224():
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("depth", "channels"), [(10, 512), (18, 512), (34, 512)])
 def test_smaller_depths_at_small_input(depth, channels):
     model = PMPDNet(ModelConfig(depth=depth, input_size=64)).eval()
@@ -64,6 +66,7 @@ def test_smaller_depths_at_small_input(depth, channels):
     assert output.site_logits.shape == (3, 4)
 
 
+@pytest.mark.slow
 def test_gates_start_at_one_half_and_are_learnable():
     model = PMPDNet(ModelConfig(depth=10, input_size=64))
     assert torch.allclose(model.gates, torch.full((4,), 0.5))
@@ -218,6 +221,7 @@ def test_package_exports_resolve_lazily():
         pmpd.not_a_name  # noqa: B018
 
 
+@pytest.mark.slow
 def test_fused_batchnorm_scores_the_same_without_any_batchnorm_left():
     torch.manual_seed(0)
     model = PMPDNet(ModelConfig(depth=18, input_size=64))

@@ -31,6 +31,7 @@ def random_fold_models(n: int = 3, size: int = 48) -> list[FoldModel]:
     return models
 
 
+@pytest.mark.slow
 def test_score_patient_aggregates_folds_as_documented():
     folds = random_fold_models()
     patches = np.random.default_rng(0).random((4, 2, 48, 48), dtype=np.float32)
@@ -51,6 +52,7 @@ def test_score_patient_aggregates_folds_as_documented():
     assert prediction.to_dict()["slice_probabilities"][0] == pytest.approx(list(per_fold[0]))
 
 
+@pytest.mark.slow
 def test_patient_call_rules():
     folds = random_fold_models()
     patches = np.random.default_rng(1).random((4, 2, 48, 48), dtype=np.float32)
@@ -73,6 +75,7 @@ def test_patient_call_rules():
         score_patient(patches, folds, [every_slice])
 
 
+@pytest.mark.slow
 def test_bf16_on_cpu_moves_no_mrs_by_more_than_001():
     folds = random_fold_models()
     rng = np.random.default_rng(2)
@@ -84,6 +87,7 @@ def test_bf16_on_cpu_moves_no_mrs_by_more_than_001():
         assert np.abs(bf16.slice_probabilities - fp32.slice_probabilities).max() <= 0.02
 
 
+@pytest.mark.slow
 def test_gradcam_heatmaps_and_overlay_png(tmp_path):
     folds = random_fold_models(2)
     patches = np.random.default_rng(3).random((3, 2, 48, 48), dtype=np.float32)
@@ -141,6 +145,7 @@ def run_cv(data, labels, output_dir):
     return cross_validate(data, labels, config, output_dir=output_dir)
 
 
+@pytest.mark.slow
 def test_end_to_end_trains_predicts_and_is_deterministic(phantom_data, tmp_path):
     data, labels = phantom_data
     assert 0 < labels.sum() < len(labels)

@@ -121,6 +121,7 @@ def small_cv(tmp_path_factory):
     return result, labels, calls, output
 
 
+@pytest.mark.slow
 def test_no_patient_in_two_folds_and_every_patient_held_out_once(small_cv):
     result, labels, _, _ = small_cv
     held_out = [pid for fold in result.folds for pid in fold.test_ids]
@@ -164,6 +165,7 @@ def test_progress_is_reported_per_fold_and_epoch(small_cv):
     assert set(result.metrics) >= {"slice_auroc", "patient_auroc_mrs", "accuracy"}
 
 
+@pytest.mark.slow
 def test_checkpoints_and_model_cards(small_cv):
     result, _, _, output = small_cv
     for fold in result.folds:
