@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from django.http import QueryDict
 
+from analytics import services
+from analytics.catalogue import SECTIONS
 from pmpd_web.jobs.tasks import job_task
+
+# The services start this task by a lazy import (they are imported by pages that never run
+# it): the one lazy side of the pair.
 
 
 @job_task
 def compute_dashboards(job, progress):
-    from analytics import services
-    from analytics.catalogue import SECTIONS
-
     params = services.parse_query(QueryDict(job.parameters["query"]))
     selection = services.selection_for(params)
     sections = services.sections_for(selection, first=job.parameters.get("section"))
