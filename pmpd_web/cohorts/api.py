@@ -5,7 +5,6 @@ from __future__ import annotations
 from django.db import transaction
 from django.db.models import Count
 from django.shortcuts import get_object_or_404
-from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -20,6 +19,7 @@ from pmpd_web.accounts.permissions import api_check as check
 from pmpd_web.jobs.runner import UserFacingError
 
 from . import services
+from .filters import PatientFilter
 from .importer import start_commit, upload_table
 from .models import Cohort, Patient, StudyVariable, TableImport, table_columns
 from .serializers import (
@@ -101,23 +101,6 @@ class CohortViewSet(
             else write_csv(records, columns=columns)
         )
         return _download(data, f"cohort-{cohort.pk}.{fmt}")
-
-
-class PatientFilter(filters.FilterSet):
-    class Meta:
-        model = Patient
-        fields = {
-            "sex": ["exact"],
-            "tumour_location": ["exact"],
-            "nccn_resectability": ["exact"],
-            "metastasis_at_diagnosis": ["exact"],
-            "vital_status": ["exact"],
-            "centre": ["exact"],
-            "ct_manufacturer": ["exact"],
-            "age_at_diagnosis_years": ["gte", "lte"],
-            "ca19_9_u_per_ml": ["gte", "lte", "isnull"],
-            "site_liver": ["exact"],
-        }
 
 
 class CohortScoped:

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.db.models import Count, Q, QuerySet
 
+from .filters import PatientFilter
 from .models import Patient
 from .results import CALLS, RISK_GROUPS, CohortResults
 from .table import COLUMNS
@@ -26,26 +27,11 @@ SORTABLE = (
 )
 # Sorted and filtered by the results of the model version the table shows (not database columns).
 RESULT_SORTABLE = ("metastasis_risk_score", "call", "risk_group")
-FILTERABLE_CHOICES = (
-    "sex",
-    "tumour_location",
-    "nccn_resectability",
-    "metastasis_at_diagnosis",
-    "vital_status",
-    "centre",
-)
 
 
 def filter_patients(queryset: QuerySet[Patient], params: Mapping[str, str]) -> QuerySet[Patient]:
-    for name in FILTERABLE_CHOICES:
-        value = params.get(name)
-        if value:
-            queryset = queryset.filter(**{name: value})
-    if params.get("q"):
-        queryset = queryset.filter(study_id__icontains=params["q"].strip())
-    site = params.get("site")
-    if site in {"liver", "lung", "peritoneum", "other", "unknown"}:
-        queryset = queryset.filter(**{f"site_{site}": True})
+    """The cohort page's patients: the API's filter (``filters.PatientFilter``), then its sort."""
+    queryset = PatientFilter(params, queryset=queryset).qs
     sort = params.get("sort", "study_id")
     if sort.lstrip("-") in SORTABLE:
         queryset = queryset.order_by(sort, "study_id")
