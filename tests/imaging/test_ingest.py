@@ -711,3 +711,25 @@ def test_the_ingest_images_command(cohort, coordinator, phantom, capsys):
         call_command("ingest_images", str(archive), cohort="nope")
     call_command("ingest_images", str(archive), cohort=str(cohort.pk), confirm_shared_source=True)
     assert ImageUpload.objects.latest("pk").confirm_shared_source
+
+
+def test_the_written_files_are_recorded_per_series_not_per_instance(cohort, coordinator, phantom):
+    """Issue 10 (ingest speed): each stored file was recorded on the job in its own transaction
+    (a locked read and a rewrite of the growing list per slice); a series' instances are now
+    recorded in one update before they are written, and still all deleted when it fails."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    patient, folder = phantom
+    with CaptureQueriesContext(connection) as queries:
+        upload, job = ingest(cohort, coordinator, folder_files(folder.parent, "dropped/"))
+    assert job.status == "succeeded", job.error
+    records = [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].startswith('UPDATE "jobs_job" SET "written_files"')
+    ]
+    assert patient.ct.shape[0] > 10
+    # the instances (one update), the CT and mask volumes, the SEG, and the commit's reset
+    assert 2 <= len(records) <= 5, len(records)
+    assert job.written_files == []

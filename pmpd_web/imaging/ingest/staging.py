@@ -3,6 +3,7 @@ failed ingest deletes it again, and the canonical volumes compress in worker thr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 from django.core.files import File
 from django.core.files.storage import default_storage
 
-from pmpd_web.jobs.files import save_recorded
+from pmpd_web.jobs.files import save_all_recorded, save_recorded
 
 from ..volumes import Grid, write_nifti
 
@@ -28,6 +29,12 @@ class Staging:
     def save(self, name: str, content: File) -> str:
         saved = save_recorded(self.job_id, name, content)
         self.names.append(saved)
+        return saved
+
+    def save_all(self, names: list[str], contents: Iterable[File]) -> list[str]:
+        """Save many files (``contents`` may be a generator), their names recorded at once."""
+        saved = save_all_recorded(self.job_id, names, contents)
+        self.names.extend(saved)
         return saved
 
     def discard(self) -> None:

@@ -59,10 +59,12 @@ def write_outputs(
                 description="CT converted from " + output.items[0].kind.value.replace("_gz", ""),
             )
         metadata = instance_metadata(output.datasets)
-        encoded = encode_series(output.datasets)
-        for ds, meta, data in zip(output.datasets, metadata, encoded, strict=True):
-            sop_uid = str(ds.SOPInstanceUID)
-            name = staging.save(f"{series_folder}/{sop_uid}.dcm", ContentFile(data))
+        sop_uids = [str(ds.SOPInstanceUID) for ds in output.datasets]
+        names = staging.save_all(
+            [f"{series_folder}/{sop_uid}.dcm" for sop_uid in sop_uids],
+            (ContentFile(data) for data in encode_series(output.datasets)),
+        )
+        for ds, sop_uid, meta, name in zip(output.datasets, sop_uids, metadata, names, strict=True):
             output.instances.append(
                 {
                     "sop_instance_uid": sop_uid,
