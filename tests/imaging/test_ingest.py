@@ -733,3 +733,23 @@ def test_the_written_files_are_recorded_per_series_not_per_instance(cohort, coor
     # the instances (one update), the CT and mask volumes, the SEG, and the commit's reset
     assert 2 <= len(records) <= 5, len(records)
     assert job.written_files == []
+
+
+def test_the_canonical_ct_is_a_plain_nifti_and_the_mask_gzipped(cohort, coordinator, phantom):
+    """Issue 10 (ingest speed): gzip of the canonical CT was the longest step after the DICOM
+    work; by default (PMPD_CANONICAL_GZIP_LEVEL=0) it is stored as a plain .nii with the same
+    voxels and grid, while the mostly-zero mask is still gzipped."""
+    patient, folder = phantom
+    _, job = ingest(cohort, coordinator, folder_files(folder.parent, "dropped/"))
+    assert job.status == "succeeded", job.error
+    ct = CanonicalVolume.objects.get(kind=CanonicalVolume.Kind.CT)
+    mask = CanonicalVolume.objects.get(kind=CanonicalVolume.Kind.MASK)
+    assert ct.file.name.endswith("/ct.nii") and mask.file.name.endswith("/mask.nii.gz")
+    with ct.file.open("rb") as handle:
+        assert handle.read(2) != b"\x1f\x8b"  # not gzip
+    with mask.file.open("rb") as handle:
+        assert handle.read(2) == b"\x1f\x8b"
+    image = read_canonical(ct)
+    assert np.array_equal(sitk.GetArrayFromImage(image), patient.ct)
+    assert image.GetSpacing() == pytest.approx(patient.spacing)
+    assert np.array_equal(sitk.GetArrayFromImage(read_canonical(mask)), patient.mask)

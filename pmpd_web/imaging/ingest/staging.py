@@ -62,11 +62,17 @@ class VolumeWriter:
         self.pending: list[tuple[Future, str, Any, Path]] = []
         self.count = 0
 
-    def submit(self, array: np.ndarray, grid: Grid, name: str, owner: Any) -> None:
-        """Start writing ``array`` for ``owner`` (its ``volume_name`` is set by ``store``)."""
+    def submit(
+        self, array: np.ndarray, grid: Grid, stem: str, owner: Any, *, level: int | None = None
+    ) -> None:
+        """Start writing ``array`` for ``owner`` to ``stem`` + .nii.gz, or + .nii when the gzip
+        level (``level``, else the writer's) is 0; ``store`` sets the owner's ``volume_name``."""
+        level = self.level if level is None else level
+        suffix = ".nii" if level == 0 else ".nii.gz"
+        name = stem + suffix
         self.count += 1
-        target = self.scratch / f"volume-{self.count}.nii.gz"
-        future = self.pool.submit(write_nifti, array, grid, target, compression_level=self.level)
+        target = self.scratch / f"volume-{self.count}{suffix}"
+        future = self.pool.submit(write_nifti, array, grid, target, compression_level=level)
         self.pending.append((future, name, owner, target))
 
     def store(self, staging: Staging) -> None:

@@ -84,7 +84,10 @@ def write_outputs(
             sources = stored_sources(target)
             ct_uid, ct_hash = target.series_instance_uid, target.content_hash
         series_folder = f"{folder}/{ct_uid}"
-        writer.submit(mask.mask, mask.grid, f"{series_folder}/mask.nii.gz", mask)
+        # A label mask is mostly zeros: gzip at the fastest level shrinks it ~100x in little
+        # time, whatever the CT's level.
+        level = max(options.gzip_level, 1)
+        writer.submit(mask.mask, mask.grid, f"{series_folder}/mask", mask, level=level)
         mask.seg_series_uid = deid.derived_uid(
             "seg",
             ct_uid,
