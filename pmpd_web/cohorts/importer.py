@@ -200,40 +200,48 @@ def insert_patients(cohort: Cohort, parsed: ParsedTable, positions: np.ndarray) 
             [Patient(cohort=cohort, **record) for record in records], batch_size=BATCH
         )
         return
+    cells = _copy_cells(frame, parsed)
+    now = timezone.now().isoformat()
+    names = [*FIELD_NAMES, "study_values", "created_at", "updated_at", "cohort_id"]
+    row_tail = f",{now},{now},{cohort.pk}"
+    data = "".join(",".join(row) + row_tail + "\n" for row in zip(*cells, strict=True))
+    quote = connection.ops.quote_name
+    table = quote(Patient._meta.db_table)
+    columns = ", ".join(quote(Patient._meta.get_field(name).column) for name in names)
+    with (
+        connection.cursor() as cursor,
+        cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy,
+    ):
+        copy.write(data)
+
+
+def _quoted(values: list[Any]) -> list[str]:
+    """Text as quoted CSV fields: an empty text stays empty text, never NULL."""
+    return ['"' + str(value).replace('"', '""') + '"' for value in values]
+
+
+def _copy_cells(frame: pd.DataFrame, parsed: ParsedTable) -> list[list[str]]:
+    """The COPY's CSV fields of ``FIELD_NAMES`` and ``study_values``, one list per column,
+    formatted by columns (NULL is an unquoted empty field): writing the rows through a data
+    frame and ``to_csv`` cost more than the COPY itself."""
     columns = {c.name: c for c in parsed.columns}
-    out = pd.DataFrame(index=frame.index)
+    cells: list[list[str]] = []
     for name in FIELD_NAMES:
         column = columns.get(name)
         values = frame[name]
-        if column is not None and column.kind == "int":
-            out[name] = values.astype("Int64")
-        elif column is not None and column.kind == "decimal":
-            text = np.char.mod(f"%.{column.decimal_places}f", values.to_numpy(dtype=float))
-            out[name] = pd.Series(text, index=values.index, dtype=object).where(values.notna())
+        if column is None:  # a site_* boolean
+            cells.append(np.where(values.to_numpy(dtype=bool), "t", "f").tolist())
+        elif column.kind == "int":
+            numbers = values.to_numpy(dtype=float).tolist()
+            cells.append(["" if n != n else str(int(n)) for n in numbers])
+        elif column.kind == "decimal":
+            numbers = values.to_numpy(dtype=float)
+            text = np.char.mod(f"%.{column.decimal_places}f", numbers)
+            cells.append(np.where(np.isnan(numbers), "", text).tolist())
         else:
-            out[name] = values
-    out["study_values"] = _study_json(frame, parsed)
-    now = timezone.now().isoformat()
-    out["created_at"] = now
-    out["updated_at"] = now
-    out["cohort_id"] = cohort.pk
-    text_columns = [
-        Patient._meta.get_field(name).column
-        for name in FIELD_NAMES
-        if columns.get(name) is not None and columns[name].kind in {"text", "choice"}
-    ]
-    quote = connection.ops.quote_name
-    names = ", ".join(quote(Patient._meta.get_field(name).column) for name in out.columns)
-    table = quote(Patient._meta.db_table)
-    data = out.to_csv(index=False, header=False, lineterminator="\n")
-    force = ", ".join(quote(name) for name in text_columns)
-    with (
-        connection.cursor() as cursor,
-        cursor.cursor.copy(
-            f"COPY {table} ({names}) FROM STDIN WITH (FORMAT csv, FORCE_NOT_NULL ({force}))"
-        ) as copy,
-    ):
-        copy.write(data)
+            cells.append(_quoted(values.fillna("").tolist()))
+    cells.append(_quoted(_study_json(frame, parsed).tolist()))
+    return cells
 
 
 def _study_json(frame: pd.DataFrame, parsed: ParsedTable) -> pd.Series:
