@@ -215,9 +215,20 @@ def insert_patients(cohort: Cohort, parsed: ParsedTable, positions: np.ndarray) 
         copy.write(data)
 
 
-def _quoted(values: list[Any]) -> list[str]:
-    """Text as quoted CSV fields: an empty text stays empty text, never NULL."""
-    return ['"' + str(value).replace('"', '""') + '"' for value in values]
+def _numbers(values: pd.Series, form: str) -> list[str]:
+    """Numbers as CSV fields (blank, NaN, as an unquoted empty field: NULL), each distinct
+    number formatted once."""
+    codes, uniques = pd.factorize(values.to_numpy(dtype=float))
+    text = np.array([*(form.format(u) for u in uniques.tolist()), ""], dtype=object)
+    return text[codes].tolist()  # code -1 (NaN) picks the trailing ""
+
+
+def _quoted(values: pd.Series) -> list[str]:
+    """Text as quoted CSV fields (an empty text stays empty text, never NULL), each distinct
+    text quoted once: coded columns hold a handful of values."""
+    codes, uniques = pd.factorize(values.fillna(""))
+    quoted = np.array(['"' + str(u).replace('"', '""') + '"' for u in uniques], dtype=object)
+    return quoted[codes].tolist()
 
 
 def _copy_cells(frame: pd.DataFrame, parsed: ParsedTable) -> list[list[str]]:
@@ -232,15 +243,12 @@ def _copy_cells(frame: pd.DataFrame, parsed: ParsedTable) -> list[list[str]]:
         if column is None:  # a site_* boolean
             cells.append(np.where(values.to_numpy(dtype=bool), "t", "f").tolist())
         elif column.kind == "int":
-            numbers = values.to_numpy(dtype=float).tolist()
-            cells.append(["" if n != n else str(int(n)) for n in numbers])
+            cells.append(_numbers(values, "{:.0f}"))
         elif column.kind == "decimal":
-            numbers = values.to_numpy(dtype=float)
-            text = np.char.mod(f"%.{column.decimal_places}f", numbers)
-            cells.append(np.where(np.isnan(numbers), "", text).tolist())
+            cells.append(_numbers(values, f"{{:.{column.decimal_places}f}}"))
         else:
-            cells.append(_quoted(values.fillna("").tolist()))
-    cells.append(_quoted(_study_json(frame, parsed).tolist()))
+            cells.append(_quoted(values))
+    cells.append(_quoted(_study_json(frame, parsed)))
     return cells
 
 
