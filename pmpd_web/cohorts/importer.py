@@ -310,9 +310,10 @@ def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableIm
     )
     if parsed.ok:
         table_import.status = TableImport.Status.PREVIEWED
-        table_import.summary = plan_import(cohort, parsed).summary()
+        plan = plan_import(cohort, parsed)
+        table_import.summary = plan.summary()
         table_import.checked = zlib.compress(
-            pickle.dumps(parsed, protocol=pickle.HIGHEST_PROTOCOL), 1
+            pickle.dumps((parsed, plan), protocol=pickle.HIGHEST_PROTOCOL), 1
         )
         table_import.checked_against = state
     else:
@@ -335,15 +336,18 @@ def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableIm
     return table_import
 
 
-def _checked_table(table_import: TableImport) -> tuple[ParsedTable, bool]:
-    """The preview's checked rows when the file and the cohort are unchanged since, else the
-    file read and checked again against the cohort as it is now. Returns (table, reused)."""
+def _checked_table(table_import: TableImport) -> tuple[ParsedTable, ImportPlan | None, bool]:
+    """The preview's checked rows and its plan when the file and the cohort are unchanged
+    since, else the file read and checked again against the cohort as it is now (and no
+    plan: the caller compares it with the cohort again). Returns (table, plan, reused)."""
     cohort = table_import.cohort
     with table_import.file.open("rb") as handle:
         data = handle.read()
     same_file = hashlib.sha256(data).hexdigest() == table_import.sha256
     if same_file and table_import.checked and table_import.checked_against == cohort_state(cohort):
-        return pickle.loads(zlib.decompress(bytes(table_import.checked))), True
+        checked = pickle.loads(zlib.decompress(bytes(table_import.checked)))
+        # A preview stored before the plan was kept holds the table alone.
+        return (*checked, True) if isinstance(checked, tuple) else (checked, None, True)
     try:
         parsed = read_table(
             data,
@@ -353,7 +357,7 @@ def _checked_table(table_import: TableImport) -> tuple[ParsedTable, bool]:
         )
     except TableError as exc:
         raise UserFacingError(str(exc)) from None
-    return parsed, False
+    return parsed, None, False
 
 
 def commit_import(
@@ -367,7 +371,7 @@ def commit_import(
     """
     cohort = table_import.cohort
     progress(5, "Reading the table")
-    parsed, reused = _checked_table(table_import)
+    parsed, plan, reused = _checked_table(table_import)
     if not parsed.ok:
         first = "; ".join(str(p) for p in parsed.problems[:5])
         raise UserFacingError(f"{len(parsed.problems)} problem(s) in the table: {first}")
@@ -376,7 +380,8 @@ def commit_import(
         f"Comparing {len(parsed.rows)} rows with the cohort"
         + (" (checked at the preview)" if reused else " (checked again: the cohort changed)"),
     )
-    plan = plan_import(cohort, parsed)
+    if plan is None:
+        plan = plan_import(cohort, parsed)
     progress(
         60,
         f"Writing {len(plan.new_positions)} new and {len(plan.updates)} changed "

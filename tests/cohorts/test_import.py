@@ -285,3 +285,28 @@ def test_the_copy_writes_exactly_the_checked_values(cohort, members):
     assert stored["P-00001"]["centre"] == 'Hôpital "Nord", Lyon'
     assert stored["P-00002"]["centre"] == "two\nlines"
     assert stored["P-00003"]["centre"] == "" and stored["P-00004"]["ca19_9_u_per_ml"] is None
+
+
+def test_a_commit_of_an_unchanged_cohort_does_not_read_its_patients_again(cohort, members):
+    """Issue 14 item 4 (import speed): the commit compared the rows with the cohort's patients
+    again although the preview had, against the same cohort state; the preview's plan is now
+    kept with its checked rows, and the commit writes it without reading the patients."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from pmpd_web.cohorts.importer import commit_import, upload_table
+
+    user = members["coordinator"]
+    first = upload_table(cohort=cohort, user=user, data=to_csv(rows(4)), filename="t.csv")
+    commit_import(first, lambda p, s: None)
+    changed = rows(5)
+    changed[0]["centre"] = "Lyon"
+    again = upload_table(cohort=cohort, user=user, data=to_csv(changed), filename="t.csv")
+    with CaptureQueriesContext(connection) as queries:
+        summary = commit_import(again, lambda p, s: None)
+    assert summary["checked_at_preview"]
+    assert (summary["created"], summary["updated"], summary["unchanged"]) == (1, 1, 3)
+    reads = [q["sql"] for q in queries.captured_queries if q["sql"].startswith('SELECT "id", ')]
+    assert reads == [], reads
+    assert Patient.objects.get(cohort=cohort, study_id="P-00001").centre == "Lyon"
+    assert Patient.objects.filter(cohort=cohort).count() == 5
