@@ -47,6 +47,8 @@ class ImportPlan:
     new_positions: np.ndarray
     new_study_ids: list[str]
     updates: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    #: The frame row of each update (same order as ``updates``).
+    update_positions: list[int] = field(default_factory=list)
     changes: list[dict[str, Any]] = field(default_factory=list)
     changed_fields: dict[str, int] = field(default_factory=dict)
     unchanged: int = 0
@@ -171,6 +173,7 @@ def plan_import(cohort: Cohort, parsed: ParsedTable) -> ImportPlan:
             else:
                 changes[name] = python
         plan.updates.append((int(old["id"].iat[stored]), changes))
+        plan.update_positions.append(int(row))
         if len(plan.changes) < SHOWN_CHANGES:
             plan.changes.append(
                 {
@@ -227,8 +230,12 @@ def _quoted(values: pd.Series) -> list[str]:
     """Text as quoted CSV fields (an empty text stays empty text, never NULL), each distinct
     text quoted once: coded columns hold a handful of values."""
     codes, uniques = pd.factorize(values.fillna(""))
-    quoted = np.array(['"' + str(u).replace('"', '""') + '"' for u in uniques], dtype=object)
+    quoted = np.array([_csv_text(str(u)) for u in uniques], dtype=object)
     return quoted[codes].tolist()
+
+
+def _csv_text(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
 
 
 def _copy_cells(frame: pd.DataFrame, parsed: ParsedTable) -> list[list[str]]:
@@ -389,7 +396,7 @@ def commit_import(
     )
     with transaction.atomic():
         insert_patients(cohort, parsed, plan.new_positions)
-        _update_patients(plan.updates)
+        _update_patients(parsed, plan)
         if len(plan.new_positions) or plan.updates:
             cohort.bump_data_version()
         summary = plan.summary() | {"rows": len(parsed.rows), "checked_at_preview": reused}
@@ -409,8 +416,16 @@ def commit_import(
     return summary
 
 
-def _update_patients(updates: list[tuple[int, dict[str, Any]]]) -> None:
+def _update_patients(parsed: ParsedTable, plan: ImportPlan) -> None:
+    """Write the changed patients; on PostgreSQL one COPY of their rows into a temporary table
+    and one UPDATE from it (``bulk_update``'s CASE per row and field took seconds for 10,000
+    changed patients)."""
+    updates = plan.updates
     if not updates:
+        return
+    positions = getattr(plan, "update_positions", [])
+    if connection.vendor == "postgresql" and len(positions) == len(updates):
+        _copy_updates(parsed, plan, positions)
         return
     fields: set[str] = set()
     patients = []
@@ -419,6 +434,38 @@ def _update_patients(updates: list[tuple[int, dict[str, Any]]]) -> None:
         patients.append(Patient(pk=pk, updated_at=now, **changes))
         fields.update(changes)
     Patient.objects.bulk_update(patients, sorted(fields | {"updated_at"}), batch_size=BATCH)
+
+
+def _copy_updates(parsed: ParsedTable, plan: ImportPlan, positions: list[int]) -> None:
+    """The changed patients' checked rows, all their template fields (the unchanged ones equal
+    what is stored), and the study values the plan merged (NULL: left as stored)."""
+    cells = _copy_cells(parsed.frame.iloc[positions], parsed)
+    cells[-1] = [
+        _csv_text(json.dumps(changes["study_values"])) if "study_values" in changes else ""
+        for _, changes in plan.updates
+    ]
+    cells.insert(0, [str(pk) for pk, _ in plan.updates])
+    data = "".join(",".join(row) + "\n" for row in zip(*cells, strict=True))
+    quote = connection.ops.quote_name
+    table = quote(Patient._meta.db_table)
+    staged = quote("pmpd_import_updates")
+    fields = [quote(Patient._meta.get_field(name).column) for name in FIELD_NAMES]
+    columns = ", ".join(["id", *fields, "study_values"])
+    assignments = ", ".join(f"{name} = t.{name}" for name in fields)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE {staged} AS SELECT {columns} FROM {table} WITH NO DATA"
+        )
+        # Inside the import's transaction: a failure rolls the table back with the rest.
+        with cursor.cursor.copy(f"COPY {staged} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+            copy.write(data)
+        cursor.execute(
+            f"UPDATE {table} AS p SET {assignments}, "
+            "study_values = COALESCE(t.study_values, p.study_values), updated_at = %s "
+            f"FROM {staged} AS t WHERE p.id = t.id",
+            [timezone.now()],
+        )
+        cursor.execute(f"DROP TABLE {staged}")
 
 
 def start_commit(table_import: TableImport, user) -> Any:

@@ -310,3 +310,52 @@ def test_a_commit_of_an_unchanged_cohort_does_not_read_its_patients_again(cohort
     assert reads == [], reads
     assert Patient.objects.get(cohort=cohort, study_id="P-00001").centre == "Lyon"
     assert Patient.objects.filter(cohort=cohort).count() == 5
+
+
+def test_changed_patients_are_written_by_one_update_from_a_copy(cohort, members):
+    """Issue 14 item 4 (import speed): the changed patients of a re-import were written with
+    bulk_update (a CASE per row and field: 5.5 s for 10,000 changed patients); now one COPY
+    into a temporary table and one UPDATE from it. The values are the plan's: changed text
+    with quotes, a number blanked to NULL, a study variable changed while another one the file
+    has no column for is kept."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from pmpd_web.cohorts.importer import commit_import, upload_table
+    from pmpd_web.cohorts.models import StudyVariable, table_columns
+
+    StudyVariable.objects.create(
+        cohort=cohort, name="ecog", label="ECOG", kind="choice", choices=["0", "1", "2"]
+    )
+    StudyVariable.objects.create(cohort=cohort, name="weight_loss_pct", label="W", kind="number")
+    user = members["coordinator"]
+    names = [c.name for c in table_columns(cohort)]
+    first = [{**row, "ecog": "0", "weight_loss_pct": "2.5"} for row in rows(4)]
+    commit_import(
+        upload_table(cohort=cohort, user=user, data=to_csv(first, columns=names), filename="a"),
+        lambda p, s: None,
+    )
+    changed = [{**row, "ecog": "0"} for row in rows(4)]
+    changed[0]["centre"] = 'Centre "Est", Nancy'
+    changed[1]["ecog"] = "2"
+    changed[2]["ca19_9_u_per_ml"] = ""  # P-00003 has a value
+    without_weight = [n for n in names if n != "weight_loss_pct"]
+    again = upload_table(
+        cohort=cohort, user=user, data=to_csv(changed, columns=without_weight), filename="b"
+    )
+    assert again.summary["updated"] == 3, again.summary
+    with CaptureQueriesContext(connection) as queries:
+        commit_import(again, lambda p, s: None)
+    updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    patient_updates = [sql for sql in updates if '"cohorts_patient"' in sql.split(" SET ")[0]]
+    assert len(patient_updates) == 1 and "CASE" not in patient_updates[0], patient_updates
+    stored = {p.study_id: p for p in Patient.objects.filter(cohort=cohort)}
+    assert stored["P-00001"].centre == 'Centre "Est", Nancy'
+    assert stored["P-00003"].ca19_9_u_per_ml is None
+    assert stored["P-00002"].study_values == {"ecog": "2", "weight_loss_pct": 2.5}
+    assert stored["P-00004"].study_values == {"ecog": "0", "weight_loss_pct": 2.5}
+    assert stored["P-00004"].updated_at < stored["P-00001"].updated_at
+    original = {r["study_id"]: r for r in rows(4)}
+    for study_id, patient in stored.items():
+        assert patient.age_at_diagnosis_years == int(original[study_id]["age_at_diagnosis_years"])
+        assert patient.metastasis_at_diagnosis == original[study_id]["metastasis_at_diagnosis"]
