@@ -156,6 +156,7 @@ def plan_import(cohort: Cohort, parsed: ParsedTable) -> ImportPlan:
         changed |= mask
     plan.unchanged = int((~changed).sum())
     columns = dict(_compared(parsed))
+    converted: dict[str, list[Any]] = {}  # a changed column as model values, converted once
     for index in np.flatnonzero(changed):
         row, stored = in_file[index], in_cohort[index]
         study_id = str(new["study_id"].iat[row])
@@ -165,8 +166,14 @@ def plan_import(cohort: Cohort, parsed: ParsedTable) -> ImportPlan:
         for name in names:
             plan.changed_fields[name] = plan.changed_fields.get(name, 0) + 1
             column = columns[name]
-            value = new[name].iloc[row : row + 1]
-            python = python_values(value, column)[0] if column is not None else bool(value.iat[0])
+            if name not in converted:
+                values = new[name]
+                converted[name] = (
+                    python_values(values, column)
+                    if column is not None
+                    else values.astype(bool).tolist()
+                )
+            python = converted[name][row]
             if column is not None and column.study:
                 study_values[name] = python
                 changes["study_values"] = study_values
