@@ -33,9 +33,9 @@ class Staging:
 
     def save_all(self, names: list[str], contents: Iterable[File]) -> list[str]:
         """Save many files (``contents`` may be a generator), their names recorded at once."""
-        saved = save_all_recorded(self.job_id, names, contents)
-        self.names.extend(saved)
-        return saved
+        start = len(self.names)
+        save_all_recorded(self.job_id, names, contents, self.names)
+        return self.names[start:]
 
     def discard(self) -> None:
         for name in self.names:
