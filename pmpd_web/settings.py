@@ -199,8 +199,10 @@ PMPD_DEID_DATES = os.environ.get("PMPD_DEID_DATES", "shift")
 if PMPD_DEID_DATES not in {"shift", "year"}:
     raise ImproperlyConfigured("PMPD_DEID_DATES must be 'shift' or 'year'")
 PMPD_DEID_DATE_SHIFT_MAX_DAYS = int(os.environ.get("PMPD_DEID_DATE_SHIFT_MAX_DAYS", "3650"))
-# gzip level of the canonical NIfTI volumes (1 fastest .. 9 smallest).
-PMPD_CANONICAL_GZIP_LEVEL = int(os.environ.get("PMPD_CANONICAL_GZIP_LEVEL", "1"))
+# gzip level of the canonical CT volumes (1 fastest .. 9 smallest; 0, the default, writes a
+# plain .nii: compressing a 512x512x300 CT takes seconds of the ingest, to save part of a
+# volume stored beside its uncompressed DICOM instances anyway). Masks are always gzipped.
+PMPD_CANONICAL_GZIP_LEVEL = int(os.environ.get("PMPD_CANONICAL_GZIP_LEVEL", "0"))
 # Scratch space of the ingest worker (uploads are unpacked here, never under their own names).
 PMPD_INGEST_WORK_DIR = os.environ.get("PMPD_INGEST_WORK_DIR", "") or None
 

@@ -55,6 +55,8 @@ class ImportPlan:
     new_positions: np.ndarray
     new_study_ids: list[str]
     updates: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    #: The frame row of each update (same order as ``updates``).
+    update_positions: list[int] = field(default_factory=list)
     changes: list[dict[str, Any]] = field(default_factory=list)
     changed_fields: dict[str, int] = field(default_factory=dict)
     unchanged: int = 0
@@ -162,6 +164,7 @@ def plan_import(cohort: Cohort, parsed: ParsedTable) -> ImportPlan:
         changed |= mask
     plan.unchanged = int((~changed).sum())
     columns = dict(_compared(parsed))
+    converted: dict[str, list[Any]] = {}  # a changed column as model values, converted once
     for index in np.flatnonzero(changed):
         row, stored = in_file[index], in_cohort[index]
         study_id = str(new["study_id"].iat[row])
@@ -171,14 +174,21 @@ def plan_import(cohort: Cohort, parsed: ParsedTable) -> ImportPlan:
         for name in names:
             plan.changed_fields[name] = plan.changed_fields.get(name, 0) + 1
             column = columns[name]
-            value = new[name].iloc[row : row + 1]
-            python = python_values(value, column)[0] if column is not None else bool(value.iat[0])
+            if name not in converted:
+                values = new[name]
+                converted[name] = (
+                    python_values(values, column)
+                    if column is not None
+                    else values.astype(bool).tolist()
+                )
+            python = converted[name][row]
             if column is not None and column.study:
                 study_values[name] = python
                 changes["study_values"] = study_values
             else:
                 changes[name] = python
         plan.updates.append((int(old["id"].iat[stored]), changes))
+        plan.update_positions.append(int(row))
         if len(plan.changes) < SHOWN_CHANGES:
             plan.changes.append(
                 {
@@ -208,40 +218,60 @@ def insert_patients(cohort: Cohort, parsed: ParsedTable, positions: np.ndarray) 
             [Patient(cohort=cohort, **record) for record in records], batch_size=BATCH
         )
         return
+    cells = _copy_cells(frame, parsed)
+    now = timezone.now().isoformat()
+    names = [*FIELD_NAMES, "study_values", "created_at", "updated_at", "cohort_id"]
+    row_tail = f",{now},{now},{cohort.pk}"
+    data = "".join(",".join(row) + row_tail + "\n" for row in zip(*cells, strict=True))
+    quote = connection.ops.quote_name
+    table = quote(Patient._meta.db_table)
+    columns = ", ".join(quote(Patient._meta.get_field(name).column) for name in names)
+    with (
+        connection.cursor() as cursor,
+        cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy,
+    ):
+        copy.write(data)
+
+
+def _numbers(values: pd.Series, form: str) -> list[str]:
+    """Numbers as CSV fields (blank, NaN, as an unquoted empty field: NULL), each distinct
+    number formatted once."""
+    codes, uniques = pd.factorize(values.to_numpy(dtype=float))
+    text = np.array([*(form.format(u) for u in uniques.tolist()), ""], dtype=object)
+    return text[codes].tolist()  # code -1 (NaN) picks the trailing ""
+
+
+def _quoted(values: pd.Series) -> list[str]:
+    """Text as quoted CSV fields (an empty text stays empty text, never NULL), each distinct
+    text quoted once: coded columns hold a handful of values."""
+    codes, uniques = pd.factorize(values.fillna(""))
+    quoted = np.array([_csv_text(str(u)) for u in uniques], dtype=object)
+    return quoted[codes].tolist()
+
+
+def _csv_text(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _copy_cells(frame: pd.DataFrame, parsed: ParsedTable) -> list[list[str]]:
+    """The COPY's CSV fields of ``FIELD_NAMES`` and ``study_values``, one list per column,
+    formatted by columns (NULL is an unquoted empty field): writing the rows through a data
+    frame and ``to_csv`` cost more than the COPY itself."""
     columns = {c.name: c for c in parsed.columns}
-    out = pd.DataFrame(index=frame.index)
+    cells: list[list[str]] = []
     for name in FIELD_NAMES:
         column = columns.get(name)
         values = frame[name]
-        if column is not None and column.kind == "int":
-            out[name] = values.astype("Int64")
-        elif column is not None and column.kind == "decimal":
-            text = np.char.mod(f"%.{column.decimal_places}f", values.to_numpy(dtype=float))
-            out[name] = pd.Series(text, index=values.index, dtype=object).where(values.notna())
+        if column is None:  # a site_* boolean
+            cells.append(np.where(values.to_numpy(dtype=bool), "t", "f").tolist())
+        elif column.kind == "int":
+            cells.append(_numbers(values, "{:.0f}"))
+        elif column.kind == "decimal":
+            cells.append(_numbers(values, f"{{:.{column.decimal_places}f}}"))
         else:
-            out[name] = values
-    out["study_values"] = _study_json(frame, parsed)
-    now = timezone.now().isoformat()
-    out["created_at"] = now
-    out["updated_at"] = now
-    out["cohort_id"] = cohort.pk
-    text_columns = [
-        Patient._meta.get_field(name).column
-        for name in FIELD_NAMES
-        if columns.get(name) is not None and columns[name].kind in {"text", "choice"}
-    ]
-    quote = connection.ops.quote_name
-    names = ", ".join(quote(Patient._meta.get_field(name).column) for name in out.columns)
-    table = quote(Patient._meta.db_table)
-    data = out.to_csv(index=False, header=False, lineterminator="\n")
-    force = ", ".join(quote(name) for name in text_columns)
-    with (
-        connection.cursor() as cursor,
-        cursor.cursor.copy(
-            f"COPY {table} ({names}) FROM STDIN WITH (FORMAT csv, FORCE_NOT_NULL ({force}))"
-        ) as copy,
-    ):
-        copy.write(data)
+            cells.append(_quoted(values))
+    cells.append(_quoted(_study_json(frame, parsed)))
+    return cells
 
 
 def _study_json(frame: pd.DataFrame, parsed: ParsedTable) -> pd.Series:
@@ -370,9 +400,10 @@ def _record_preview(table_import: TableImport, parsed: ParsedTable, state: Any) 
     filename = table_import.original_filename
     if parsed.ok:
         table_import.status = TableImport.Status.PREVIEWED
-        table_import.summary = plan_import(cohort, parsed).summary()
+        plan = plan_import(cohort, parsed)
+        table_import.summary = plan.summary()
         table_import.checked = zlib.compress(
-            pickle.dumps(parsed, protocol=pickle.HIGHEST_PROTOCOL), 1
+            pickle.dumps((parsed, plan), protocol=pickle.HIGHEST_PROTOCOL), 1
         )
         table_import.checked_against = state
     else:
@@ -393,16 +424,19 @@ def _record_preview(table_import: TableImport, parsed: ParsedTable, state: Any) 
     )
 
 
-def _checked_table(table_import: TableImport) -> tuple[ParsedTable, bool]:
-    """The preview's checked rows when the file and the cohort are unchanged since, else the
-    file read and checked again against the cohort as it is now. Returns (table, reused)."""
+def _checked_table(table_import: TableImport) -> tuple[ParsedTable, ImportPlan | None, bool]:
+    """The preview's checked rows and its plan when the file and the cohort are unchanged
+    since, else the file read and checked again against the cohort as it is now (and no
+    plan: the caller compares it with the cohort again). Returns (table, plan, reused)."""
     cohort = table_import.cohort
     with table_import.file.open("rb") as handle:
         data = handle.read()
     same_file = hashlib.sha256(data).hexdigest() == table_import.sha256
     if same_file and table_import.checked and table_import.checked_against == cohort_state(cohort):
-        return pickle.loads(zlib.decompress(bytes(table_import.checked))), True
-    return _read(data, table_import.original_filename, cohort), False
+        checked = pickle.loads(zlib.decompress(bytes(table_import.checked)))
+        # A preview stored before the plan was kept holds the table alone.
+        return (*checked, True) if isinstance(checked, tuple) else (checked, None, True)
+    return _read(data, table_import.original_filename, cohort), None, False
 
 
 def commit_import(
@@ -416,7 +450,7 @@ def commit_import(
     """
     cohort = table_import.cohort
     progress(5, "Reading the table")
-    parsed, reused = _checked_table(table_import)
+    parsed, plan, reused = _checked_table(table_import)
     if not parsed.ok:
         first = "; ".join(str(p) for p in parsed.problems[:5])
         raise UserFacingError(f"{len(parsed.problems)} problem(s) in the table: {first}")
@@ -425,7 +459,8 @@ def commit_import(
         f"Comparing {len(parsed.rows)} rows with the cohort"
         + (" (checked at the preview)" if reused else " (checked again: the cohort changed)"),
     )
-    plan = plan_import(cohort, parsed)
+    if plan is None:
+        plan = plan_import(cohort, parsed)
     progress(
         60,
         f"Writing {len(plan.new_positions)} new and {len(plan.updates)} changed "
@@ -433,7 +468,7 @@ def commit_import(
     )
     with transaction.atomic():
         insert_patients(cohort, parsed, plan.new_positions)
-        _update_patients(plan.updates)
+        _update_patients(parsed, plan)
         if len(plan.new_positions) or plan.updates:
             cohort.bump_data_version()
         summary = plan.summary() | {"rows": len(parsed.rows), "checked_at_preview": reused}
@@ -453,8 +488,16 @@ def commit_import(
     return summary
 
 
-def _update_patients(updates: list[tuple[int, dict[str, Any]]]) -> None:
+def _update_patients(parsed: ParsedTable, plan: ImportPlan) -> None:
+    """Write the changed patients; on PostgreSQL one COPY of their rows into a temporary table
+    and one UPDATE from it (``bulk_update``'s CASE per row and field took seconds for 10,000
+    changed patients)."""
+    updates = plan.updates
     if not updates:
+        return
+    positions = getattr(plan, "update_positions", [])
+    if connection.vendor == "postgresql" and len(positions) == len(updates):
+        _copy_updates(parsed, plan, positions)
         return
     fields: set[str] = set()
     patients = []
@@ -463,6 +506,38 @@ def _update_patients(updates: list[tuple[int, dict[str, Any]]]) -> None:
         patients.append(Patient(pk=pk, updated_at=now, **changes))
         fields.update(changes)
     Patient.objects.bulk_update(patients, sorted(fields | {"updated_at"}), batch_size=BATCH)
+
+
+def _copy_updates(parsed: ParsedTable, plan: ImportPlan, positions: list[int]) -> None:
+    """The changed patients' checked rows, all their template fields (the unchanged ones equal
+    what is stored), and the study values the plan merged (NULL: left as stored)."""
+    cells = _copy_cells(parsed.frame.iloc[positions], parsed)
+    cells[-1] = [
+        _csv_text(json.dumps(changes["study_values"])) if "study_values" in changes else ""
+        for _, changes in plan.updates
+    ]
+    cells.insert(0, [str(pk) for pk, _ in plan.updates])
+    data = "".join(",".join(row) + "\n" for row in zip(*cells, strict=True))
+    quote = connection.ops.quote_name
+    table = quote(Patient._meta.db_table)
+    staged = quote("pmpd_import_updates")
+    fields = [quote(Patient._meta.get_field(name).column) for name in FIELD_NAMES]
+    columns = ", ".join(["id", *fields, "study_values"])
+    assignments = ", ".join(f"{name} = t.{name}" for name in fields)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE {staged} AS SELECT {columns} FROM {table} WITH NO DATA"
+        )
+        # Inside the import's transaction: a failure rolls the table back with the rest.
+        with cursor.cursor.copy(f"COPY {staged} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+            copy.write(data)
+        cursor.execute(
+            f"UPDATE {table} AS p SET {assignments}, "
+            "study_values = COALESCE(t.study_values, p.study_values), updated_at = %s "
+            f"FROM {staged} AS t WHERE p.id = t.id",
+            [timezone.now()],
+        )
+        cursor.execute(f"DROP TABLE {staged}")
 
 
 def start_commit(table_import: TableImport, user) -> Any:

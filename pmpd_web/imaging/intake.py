@@ -104,9 +104,11 @@ def _name_parts(name: str) -> tuple[str, ...]:
 
 
 def _linked(path: Path, kind: Kind, scratch: Path, counter: list[int]) -> Path:
-    """``path`` under a scratch name with the suffix its readers expect for ``kind``."""
+    """``path`` under a scratch name with the suffix its readers expect for ``kind``. A DICOM
+    file is read where it lies: pydicom, and GDCM (chosen explicitly), read any name, and a
+    link per slice cost a create and a delete for each of a series' hundreds of files."""
     suffix = SUFFIX.get(kind)
-    if suffix is None or path.name.endswith(suffix):
+    if kind == Kind.DICOM or suffix is None or path.name.endswith(suffix):
         return path
     counter[0] += 1
     link = scratch / f"link-{counter[0]:06d}{suffix}"

@@ -315,13 +315,16 @@ def write_nifti(
     """Write ``target`` (.nii.gz): SimpleITK writes the NIfTI, which is then gzip-compressed
     in blocks by ``threads`` threads (zlib releases the GIL), each block a gzip member; readers
     (zlib's gzread, so ITK and nibabel; Python's gzip) read the members as one stream. The same
-    volume always gives the same bytes."""
+    volume always gives the same bytes. ``compression_level`` 0 writes a plain .nii."""
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(grid.spacing)
     image.SetOrigin(grid.origin)
     image.SetDirection(grid.direction)
+    if compression_level == 0:
+        sitk.WriteImage(image, str(target), useCompression=False)
+        return
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         plain = Path(scratch) / "volume.nii"
         sitk.WriteImage(image, str(plain), useCompression=False)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -68,6 +68,22 @@ def save_recorded(job_id: int | None, name: str, content) -> str:
     if saved != name:
         record_written(job_id, [saved])
     return saved
+
+
+def save_all_recorded(
+    job_id: int | None, names: Sequence[str], contents: Iterable, saved_names: list[str]
+) -> None:
+    """``save_recorded`` for many files: every name recorded first in one update (one record per
+    file costs a locked read, a rewrite of the growing list and a commit each), then each
+    content saved; a name the storage changed is recorded at once. ``contents`` may be a
+    generator (one file in memory at a time). Each saved name is appended to ``saved_names``
+    as soon as it is written, so a caller that fails half-way knows what to delete."""
+    record_written(job_id, names)
+    for name, content in zip(names, contents, strict=True):
+        saved = default_storage.save(name, content)
+        if saved != name:
+            record_written(job_id, [saved])
+        saved_names.append(saved)
 
 
 def forget_written(job_id: int | None) -> None:

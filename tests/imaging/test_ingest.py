@@ -711,3 +711,61 @@ def test_the_ingest_images_command(cohort, coordinator, phantom, capsys):
         call_command("ingest_images", str(archive), cohort="nope")
     call_command("ingest_images", str(archive), cohort=str(cohort.pk), confirm_shared_source=True)
     assert ImageUpload.objects.latest("pk").confirm_shared_source
+
+
+def test_the_written_files_are_recorded_per_series_not_per_instance(cohort, coordinator, phantom):
+    """Issue 10 (ingest speed): each stored file was recorded on the job in its own transaction
+    (a locked read and a rewrite of the growing list per slice); a series' instances are now
+    recorded in one update before they are written, and still all deleted when it fails."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    patient, folder = phantom
+    with CaptureQueriesContext(connection) as queries:
+        upload, job = ingest(cohort, coordinator, folder_files(folder.parent, "dropped/"))
+    assert job.status == "succeeded", job.error
+    records = [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].startswith('UPDATE "jobs_job" SET "written_files"')
+    ]
+    assert patient.ct.shape[0] > 10
+    # the instances (one update), the CT and mask volumes, the SEG, and the commit's reset
+    assert 2 <= len(records) <= 5, len(records)
+    assert job.written_files == []
+
+
+def test_the_canonical_ct_is_a_plain_nifti_and_the_mask_gzipped(cohort, coordinator, phantom):
+    """Issue 10 (ingest speed): gzip of the canonical CT was the longest step after the DICOM
+    work; by default (PMPD_CANONICAL_GZIP_LEVEL=0) it is stored as a plain .nii with the same
+    voxels and grid, while the mostly-zero mask is still gzipped."""
+    patient, folder = phantom
+    _, job = ingest(cohort, coordinator, folder_files(folder.parent, "dropped/"))
+    assert job.status == "succeeded", job.error
+    ct = CanonicalVolume.objects.get(kind=CanonicalVolume.Kind.CT)
+    mask = CanonicalVolume.objects.get(kind=CanonicalVolume.Kind.MASK)
+    assert ct.file.name.endswith("/ct.nii") and mask.file.name.endswith("/mask.nii.gz")
+    with ct.file.open("rb") as handle:
+        assert handle.read(2) != b"\x1f\x8b"  # not gzip
+    with mask.file.open("rb") as handle:
+        assert handle.read(2) == b"\x1f\x8b"
+    image = read_canonical(ct)
+    assert np.array_equal(sitk.GetArrayFromImage(image), patient.ct)
+    assert image.GetSpacing() == pytest.approx(patient.spacing)
+    assert np.array_equal(sitk.GetArrayFromImage(read_canonical(mask)), patient.mask)
+
+
+def test_dicom_files_are_read_where_they_were_received(cohort, coordinator, phantom, monkeypatch):
+    """Issue 10 (ingest speed): every received DICOM file got a symbolic link in the scratch
+    folder (created, then deleted with it: ~3 ms a file on a busy disk); only volume files,
+    whose readers go by the suffix, still get one."""
+    made: list[str] = []
+    original = Path.symlink_to
+    monkeypatch.setattr(
+        Path, "symlink_to", lambda self, *a, **k: (made.append(self.name), original(self, *a, **k))
+    )
+    patient, folder = phantom
+    _, job = ingest(cohort, coordinator, folder_files(folder.parent, "dropped/"))
+    assert job.status == "succeeded", job.error
+    assert ImageSeries.objects.get(modality="CT").n_instances == patient.ct.shape[0]
+    assert made == ["link-000001.nii.gz"]  # the mask only

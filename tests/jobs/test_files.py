@@ -103,3 +103,26 @@ def test_the_sweeper_removes_what_dead_attempts_left(cohort):
     report = dispatch.sweep()
     assert report.files_removed == 1 and not default_storage.exists(written)
     assert report.scratch_removed == [folder.name] and not folder.exists()
+
+
+def test_save_all_recorded_records_first_and_reports_each_file_as_it_is_written(cohort):
+    """Issue 10 (ingest speed): a series' files are recorded on the job in one update before
+    any is written; when producing a file fails half-way, the files already written are known
+    to the caller (the ingest deletes them) and recorded on the job (a retry deletes them)."""
+    from pmpd_web.jobs.files import save_all_recorded
+
+    job = Job.objects.create(kind=Job.Kind.IMAGE_INGEST, cohort=cohort, status=JobStatus.RUNNING)
+    names = [f"series/half/{i}.dcm" for i in range(4)]
+
+    def contents():
+        for i in range(2):
+            yield ContentFile(b"slice %d" % i)
+        raise RuntimeError("encoding failed")
+
+    saved: list[str] = []
+    with pytest.raises(RuntimeError):
+        save_all_recorded(job.pk, names, contents(), saved)
+    assert saved == names[:2] and all(default_storage.exists(n) for n in saved)
+    assert not default_storage.exists(names[2])
+    job.refresh_from_db()
+    assert job.written_files == names

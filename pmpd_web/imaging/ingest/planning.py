@@ -273,9 +273,7 @@ def prepare_patient(
         # The canonical CTs compress while the masks are checked and the DICOM files written.
         for output in outputs:
             if not output.unchanged:
-                writer.submit(
-                    output.hu, output.grid, f"{folder}/{output.series_uid}/ct.nii.gz", output
-                )
+                writer.submit(output.hu, output.grid, f"{folder}/{output.series_uid}/ct", output)
 
     masks = match_masks(
         patient,

@@ -3,6 +3,7 @@ failed ingest deletes it again, and the canonical volumes compress in worker thr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 from django.core.files import File
 from django.core.files.storage import default_storage
 
-from pmpd_web.jobs.files import save_recorded
+from pmpd_web.jobs.files import save_all_recorded, save_recorded
 
 from ..volumes import Grid, write_nifti
 
@@ -29,6 +30,12 @@ class Staging:
         saved = save_recorded(self.job_id, name, content)
         self.names.append(saved)
         return saved
+
+    def save_all(self, names: list[str], contents: Iterable[File]) -> list[str]:
+        """Save many files (``contents`` may be a generator), their names recorded at once."""
+        start = len(self.names)
+        save_all_recorded(self.job_id, names, contents, self.names)
+        return self.names[start:]
 
     def discard(self) -> None:
         for name in self.names:
@@ -55,11 +62,17 @@ class VolumeWriter:
         self.pending: list[tuple[Future, str, Any, Path]] = []
         self.count = 0
 
-    def submit(self, array: np.ndarray, grid: Grid, name: str, owner: Any) -> None:
-        """Start writing ``array`` for ``owner`` (its ``volume_name`` is set by ``store``)."""
+    def submit(
+        self, array: np.ndarray, grid: Grid, stem: str, owner: Any, *, level: int | None = None
+    ) -> None:
+        """Start writing ``array`` for ``owner`` to ``stem`` + .nii.gz, or + .nii when the gzip
+        level (``level``, else the writer's) is 0; ``store`` sets the owner's ``volume_name``."""
+        level = self.level if level is None else level
+        suffix = ".nii" if level == 0 else ".nii.gz"
+        name = stem + suffix
         self.count += 1
-        target = self.scratch / f"volume-{self.count}.nii.gz"
-        future = self.pool.submit(write_nifti, array, grid, target, compression_level=self.level)
+        target = self.scratch / f"volume-{self.count}{suffix}"
+        future = self.pool.submit(write_nifti, array, grid, target, compression_level=level)
         self.pending.append((future, name, owner, target))
 
     def store(self, staging: Staging) -> None:

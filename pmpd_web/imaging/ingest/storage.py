@@ -59,10 +59,12 @@ def write_outputs(
                 description="CT converted from " + output.items[0].kind.value.replace("_gz", ""),
             )
         metadata = instance_metadata(output.datasets)
-        encoded = encode_series(output.datasets)
-        for ds, meta, data in zip(output.datasets, metadata, encoded, strict=True):
-            sop_uid = str(ds.SOPInstanceUID)
-            name = staging.save(f"{series_folder}/{sop_uid}.dcm", ContentFile(data))
+        sop_uids = [str(ds.SOPInstanceUID) for ds in output.datasets]
+        names = staging.save_all(
+            [f"{series_folder}/{sop_uid}.dcm" for sop_uid in sop_uids],
+            (ContentFile(data) for data in encode_series(output.datasets)),
+        )
+        for ds, sop_uid, meta, name in zip(output.datasets, sop_uids, metadata, names, strict=True):
             output.instances.append(
                 {
                     "sop_instance_uid": sop_uid,
@@ -82,7 +84,10 @@ def write_outputs(
             sources = stored_sources(target)
             ct_uid, ct_hash = target.series_instance_uid, target.content_hash
         series_folder = f"{folder}/{ct_uid}"
-        writer.submit(mask.mask, mask.grid, f"{series_folder}/mask.nii.gz", mask)
+        # A label mask is mostly zeros: gzip at the fastest level shrinks it ~100x in little
+        # time, whatever the CT's level.
+        level = max(options.gzip_level, 1)
+        writer.submit(mask.mask, mask.grid, f"{series_folder}/mask", mask, level=level)
         mask.seg_series_uid = deid.derived_uid(
             "seg",
             ct_uid,
