@@ -24,6 +24,8 @@ class Action(enum.StrEnum):
     EDIT_DATA = "edit_data"
     EXPORT_TABLE = "export_table"
     RUN_JOBS = "run_jobs"
+    # Correct and approve pancreas and tumour masks (coordinators and readers).
+    ANNOTATE = "annotate"
 
 
 ROLE_ACTIONS: dict[str, frozenset[Action]] = {
@@ -36,6 +38,7 @@ ROLE_ACTIONS: dict[str, frozenset[Action]] = {
             Action.EDIT_DATA,
             Action.EXPORT_TABLE,
             Action.RUN_JOBS,
+            Action.ANNOTATE,
         }
     ),
     Role.CLINICIAN: frozenset(
@@ -49,6 +52,9 @@ ROLE_ACTIONS: dict[str, frozenset[Action]] = {
             Action.VIEW_ANALYTICS,
             Action.EXPORT_TABLE,
         }
+    ),
+    Role.READER: frozenset(
+        {Action.VIEW_COHORT, Action.VIEW_PATIENTS, Action.VIEW_IMAGES, Action.ANNOTATE}
     ),
 }
 
