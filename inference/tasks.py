@@ -20,6 +20,7 @@ from .cache import preprocessed_for
 from .jobs import execute_scoring, execute_training
 from .models import ModelVersion
 from .registry import preprocess_config_of
+from .segmentation_jobs import execute_segmentation, execute_segmentation_training
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,20 @@ def gpu_train_model(self, job_id: int, model_version_id: int) -> None:
 def gpu_score_cohort(self, job_id: int, cohort_id: int, model_version_id: int) -> None:
     """Score a cohort with a version's five-fold ensemble (see ``inference.scoring``)."""
     execute_scoring(job_id, cohort_id, model_version_id)
+
+
+@shared_task(**RETRY)
+def gpu_train_segmentation_model(self, job_id: int, segmentation_model_id: int) -> None:
+    """Train an nnU-Net v2 on the cohort's approved masks (see ``inference.segmentation_jobs``)."""
+    execute_segmentation_training(job_id, segmentation_model_id)
+
+
+@shared_task(**RETRY)
+def gpu_predict_masks(
+    self, job_id: int, cohort_id: int, segmentation_model_id: int, study_ids: list[str]
+) -> None:
+    """Predict masks as automatic mask versions needing review."""
+    execute_segmentation(job_id, cohort_id, segmentation_model_id, study_ids)
 
 
 @shared_task(**RETRY)

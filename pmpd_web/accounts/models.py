@@ -62,6 +62,10 @@ class AuditAction(models.TextChoices):
     STORE_MASK_VERSION = "store_mask_version", "Stored a mask version"
     APPROVE_MASK_VERSION = "approve_mask_version", "Approved a mask version"
     REJECT_MASK_VERSION = "reject_mask_version", "Rejected a mask version"
+    START_SEGMENTATION_TRAINING = "start_segmentation_training", "Started segmentation training"
+    IMPORT_SEGMENTATION_MODEL = "import_segmentation_model", "Imported a segmentation model"
+    START_SEGMENTATION = "start_segmentation", "Started automatic segmentation"
+    SEGMENTATION_MODEL_READY = "segmentation_model_ready", "Segmentation model trained"
 
 
 class AuditEventQuerySet(models.QuerySet):

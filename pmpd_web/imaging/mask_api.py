@@ -3,6 +3,7 @@ approve or reject one (readers and coordinators: ``annotate``)."""
 
 from __future__ import annotations
 
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -55,6 +56,16 @@ class MaskVersionViewSet(
     def approve(self, request, cohort_pk=None, pk=None):
         """Make this version the approved mask of its CT (the one PMPD reads)."""
         return self._review(request, mask_versions.approve)
+
+    @extend_schema(request=None, responses=MaskVersionSerializer)
+    @action(detail=True, methods=["post"])
+    def review(self, request, cohort_pk=None, pk=None):
+        """Say that you are reviewing this version (the review queue shows it)."""
+        version = self.get_object()
+        MaskVersion.objects.filter(pk=version.pk).update(
+            reviewing_by=request.user, reviewing_since=timezone.now()
+        )
+        return Response(self.get_serializer(self.get_queryset().get(pk=version.pk)).data)
 
     @extend_schema(request=ReviewSerializer, responses=MaskVersionSerializer)
     @action(detail=True, methods=["post"])
