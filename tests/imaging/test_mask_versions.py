@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from django.apps import apps as django_apps
 from engine_fixtures import add_phantom_patient, phantom
-from factories import make_patient
-from imagemaker import dicom_series, folder_files, ingest, small_patient, write_volume
+from imagemaker import ingest_phantom
 from permission_table import USERS, C, K, R, assert_answer_for
 from rest_framework.test import APIClient
 
@@ -37,13 +36,7 @@ def reader(members):
 @pytest.fixture
 def uploaded(cohort, members, tmp_path):
     """A phantom patient ingested from DICOM with its NIfTI mask: version 1, uploaded."""
-    case = small_patient()
-    make_patient(cohort, case.study_id)
-    folder = tmp_path / "in" / case.study_id
-    dicom_series(case, folder / "ct", private_tags=False)
-    write_volume(case.mask, case, folder / "mask.nii.gz")
-    _, job = ingest(cohort, members[C], folder_files(folder.parent))
-    assert job.status == "succeeded", job.error
+    case = ingest_phantom(cohort, members[C], tmp_path / "in")
     return case, Patient.objects.get(study_id=case.study_id)
 
 
