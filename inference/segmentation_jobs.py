@@ -28,6 +28,7 @@ from pmpd_web.imaging.models import CanonicalVolume, ImageSeries, MaskVersion
 from pmpd_web.jobs.models import Job
 from pmpd_web.jobs.runner import UserFacingError, run_job
 
+from .jobs import _reporting
 from .segmentation_models import SegmentationModelVersion
 
 Progress = Callable[[int, str], None]
@@ -78,12 +79,22 @@ def approved_training_patients(cohort: Cohort):
 
 
 def start_segmentation_training(
-    cohort: Cohort, *, user: Any, name: str, budget: nc.TrainingBudget | None = None
+    cohort: Cohort,
+    *,
+    user: Any,
+    name: str,
+    budget: nc.TrainingBudget | None = None,
+    patients: list[Patient] | None = None,
 ) -> SegmentationModelVersion:
-    """A new model version in "training" with its queued job on the gpu queue."""
+    """A new model version in "training" with its queued job on the gpu queue; it trains on
+    ``patients`` (who must have approved masks) or on every patient with an approved mask."""
     from .tasks import gpu_train_segmentation_model
 
-    n_cases = approved_training_patients(cohort).count()
+    approved = approved_training_patients(cohort)
+    if patients is not None:
+        approved = approved.filter(pk__in=[p.pk for p in patients])
+    study_ids = list(approved.values_list("study_id", flat=True))
+    n_cases = len(study_ids)
     if n_cases < 5:
         raise UserFacingError(
             f"{cohort.name} has {n_cases} patients with an approved mask; nnU-Net's five-fold "
@@ -106,7 +117,7 @@ def start_segmentation_training(
             configuration=budget.configuration,
             folds=list(budget.folds),
             label_of_class={"pancreas": 1, "tumour": 2},
-            card={"budget": budget.as_dict()},
+            card={"budget": budget.as_dict(), "training_patients": study_ids},
             job=job,
             created_by=user if getattr(user, "is_authenticated", False) else None,
         )
@@ -128,7 +139,11 @@ def train_segmentation_model(version_id: int, progress: Progress) -> dict[str, A
     """The training job's body: raw dataset, planning, training, nnU-Net's validation."""
     version = SegmentationModelVersion.objects.select_related("cohort").get(pk=version_id)
     budget = nc.TrainingBudget(**{**version.card["budget"], "folds": tuple(version.folds)})
-    patients = list(approved_training_patients(version.cohort))
+    patients = list(
+        approved_training_patients(version.cohort).filter(
+            study_id__in=version.card["training_patients"]
+        )
+    )
     progress(2, f"Writing the nnU-Net dataset of {len(patients)} patients")
     total_epochs = budget.epochs * len(budget.folds)
 
@@ -259,7 +274,8 @@ def import_segmentation_model(
 
 
 def patients_to_segment(cohort: Cohort, study_ids: list[str] | None = None):
-    """Patients with a selected CT and no approved mask, or those asked for by study ID."""
+    """Patients with a selected CT and neither an approved mask nor one waiting for review,
+    or those asked for by study ID (predicted again on request)."""
     with_ct = ImageSeries.objects.filter(
         study__patient=OuterRef("pk"), modality="CT", is_selected=True
     )
@@ -269,7 +285,12 @@ def patients_to_segment(cohort: Cohort, study_ids: list[str] | None = None):
     approved = CanonicalVolume.objects.filter(
         patient=OuterRef("pk"), series__is_selected=True, kind=CanonicalVolume.Kind.MASK
     )
-    return patients.exclude(Exists(approved)).order_by("study_id")
+    waiting = MaskVersion.objects.filter(
+        patient=OuterRef("pk"),
+        ct_series__is_selected=True,
+        status=MaskVersion.Status.NEEDS_REVIEW,
+    )
+    return patients.exclude(Exists(approved)).exclude(Exists(waiting)).order_by("study_id")
 
 
 def start_segmentation(
@@ -285,7 +306,8 @@ def start_segmentation(
         raise UserFacingError(f"{model} is {model.get_status_display().lower()}, not ready.")
     if not patients_to_segment(cohort, study_ids).exists():
         raise UserFacingError(
-            "No patient to segment: every patient with a CT has an approved mask."
+            "No patient to segment: each patient with a CT has an approved mask or one "
+            "waiting for review (name patients to predict theirs again)."
         )
     with transaction.atomic():
         job = Job.objects.create(
@@ -348,12 +370,33 @@ def predict_masks(
     }
 
 
-def execute_segmentation_training(job_id: int, version_id: int) -> None:
-    run_job(job_id, lambda job, progress: train_segmentation_model(version_id, progress))
+def execute_segmentation_training(
+    job_id: int, version_id: int, *, on_progress: Progress | None = None
+) -> None:
+    """Run a training job here and now (the task's body; the demo calls it directly)."""
+    run_job(
+        job_id,
+        lambda job, progress: train_segmentation_model(
+            version_id, _reporting(progress, on_progress)
+        ),
+    )
 
 
-def execute_segmentation(job_id: int, cohort_id: int, model_id: int, study_ids: list[str]) -> None:
-    run_job(job_id, lambda job, progress: predict_masks(cohort_id, model_id, progress, study_ids))
+def execute_segmentation(
+    job_id: int,
+    cohort_id: int,
+    model_id: int,
+    study_ids: list[str],
+    *,
+    on_progress: Progress | None = None,
+) -> None:
+    """Run a segmentation job here and now."""
+    run_job(
+        job_id,
+        lambda job, progress: predict_masks(
+            cohort_id, model_id, _reporting(progress, on_progress), study_ids
+        ),
+    )
 
 
 def review_queue(cohort: Cohort):

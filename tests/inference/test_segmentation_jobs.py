@@ -198,3 +198,36 @@ def test_segmentation_permission_table(world, members, username, name, method, p
         assert response.status_code in (200, 201, 202, 400), (url, response.status_code)
     else:
         assert_answer_for(username, allowed, response, url)
+
+
+@pytest.mark.slow
+def test_the_demo_trains_once_and_predicts_the_withheld_masks(
+    cohort, members, tmp_path, monkeypatch
+):
+    from inference import segmentation_demo
+
+    monkeypatch.setattr(
+        segmentation_demo,
+        "DEMO_BUDGET",
+        nc.TrainingBudget(
+            epochs=1, iterations_per_epoch=5, validation_iterations=1, batch_size=4, max_features=8
+        ),
+    )
+    for index in range(6):
+        add_phantom_patient(cohort, small_patient(index, study_id=f"DEMO-{index}"), label="no")
+    withheld = small_patient(6, study_id="DEMO-WITHHELD")
+    make_patient(cohort, withheld.study_id)
+    dicom_series(withheld, tmp_path / "in" / withheld.study_id / "ct", private_tags=False)
+    _, job = ingest(cohort, members[C], folder_files(tmp_path / "in"))
+    assert job.status == "succeeded", job.error
+    out = io.StringIO()
+    model = segmentation_demo.run_demo_segmentation(cohort, stdout=out, training_patients=5)
+    assert model.is_active and model.card["training_patients"] == [f"DEMO-{i}" for i in range(5)]
+    assert "1 automatic masks need review (DEMO-WITHHELD)" in out.getvalue()
+    assert MaskVersion.objects.get(patient__study_id="DEMO-WITHHELD").status == "needs_review"
+    # Again: nothing left to predict, nothing trained again.
+    again = io.StringIO()
+    assert segmentation_demo.run_demo_segmentation(cohort, stdout=again) is None
+    assert "no mask to predict" in again.getvalue()
+    assert SegmentationModelVersion.objects.count() == 1
+    assert MaskVersion.objects.filter(patient__study_id="DEMO-WITHHELD").count() == 1
