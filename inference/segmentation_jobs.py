@@ -34,6 +34,13 @@ from .segmentation_models import SegmentationModelVersion
 Progress = Callable[[int, str], None]
 
 
+def _device() -> str:
+    """A GPU worker predicts on its GPU; the embedded worker on the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _versions() -> dict[str, str]:
     versions = {}
     for package in ("nnunetv2", "torch", "dynamic-network-architectures"):
@@ -347,7 +354,9 @@ def predict_masks(
             archive.write_bytes(handle.read())
         progress(5, f"Loading {model}")
         folder = nc.extract_results_zip(archive, Path(scratch) / "model")
-        segmenter = nc.Segmenter(folder, folds=model.folds, label_of_class=model.label_of_class)
+        segmenter = nc.Segmenter(
+            folder, folds=model.folds, label_of_class=model.label_of_class, device=_device()
+        )
         for done, patient in enumerate(patients, start=1):
             prediction = segmenter.predict(_case(patient, with_mask=False))
             ct = ImageSeries.objects.get(study__patient=patient, modality="CT", is_selected=True)
