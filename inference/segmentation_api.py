@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from pmpd_web.accounts.permissions import Action
 from pmpd_web.cohorts.api import CohortScoped
 from pmpd_web.cohorts.serializers import JobSerializer
+from pmpd_web.imaging.models import MaskVersion
 from pmpd_web.imaging.serializers import MaskVersionSerializer
 from pmpd_web.jobs.runner import UserFacingError
 
@@ -173,5 +174,5 @@ class ReviewQueueViewSet(CohortScoped, mixins.ListModelMixin, viewsets.GenericVi
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
-            return SegmentationModelVersion.objects.none()
+            return MaskVersion.objects.none()
         return review_queue(self.cohort)
