@@ -25,6 +25,7 @@ DEMO_USERS = {
     "coordinator": ("demo-coordinator-pmpd", Role.COORDINATOR),
     "clinician": ("demo-clinician-pmpd", Role.CLINICIAN),
     "statistician": ("demo-statistician-pmpd", Role.STATISTICIAN),
+    "reader": ("demo-reader-pmpd", Role.READER),
 }
 
 
