@@ -2,7 +2,8 @@
 nnU-Net v2 is trained on some of the others' approved masks and predicts theirs, which then
 wait "needs review" beside the approved ones (the review queue, each patient's Mask versions).
 
-CPU settings: 2d, one fold, a short budget and a 32-feature U-Net. A second run reuses the
+CPU settings: 2d, one fold, eight patients, a short budget, a 32-feature U-Net on 128-pixel
+patches. A second run reuses the
 model and predicts only what is still missing.
 """
 
@@ -27,12 +28,17 @@ from .segmentation_models import SegmentationModelVersion
 
 DEMO_MODEL = "Demo nnU-Net (phantoms)"
 DEMO_BUDGET = nc.TrainingBudget(
-    epochs=6, iterations_per_epoch=25, validation_iterations=3, batch_size=8, max_features=32
+    epochs=6,
+    iterations_per_epoch=25,
+    validation_iterations=3,
+    batch_size=4,
+    max_features=32,
+    max_patch=128,
 )
 
 
 def run_demo_segmentation(
-    cohort: Cohort, *, stdout: Any, training_patients: int = 12
+    cohort: Cohort, *, stdout: Any, training_patients: int = 8
 ) -> SegmentationModelVersion | None:
     """Train the demo's nnU-Net (once) and predict the masks the demo withheld."""
     if not patients_to_segment(cohort).exists():

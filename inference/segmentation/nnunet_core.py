@@ -58,6 +58,9 @@ class TrainingBudget:
     # Cap on the U-Net's feature maps per stage (nnU-Net plans up to 512): a CPU predicts a
     # 32-feature 2d U-Net over ten times faster; None keeps nnU-Net's plan.
     max_features: int | None = 32
+    # Cap on the training patch's side (pixels); nnU-Net crops around foreground often enough
+    # that a smaller patch still sees the pancreas. None keeps nnU-Net's plan.
+    max_patch: int | None = None
     device: str = "cpu"
 
     def as_dict(self) -> dict[str, Any]:
@@ -69,6 +72,7 @@ class TrainingBudget:
             "validation_iterations": self.validation_iterations,
             "batch_size": self.batch_size,
             "max_features": self.max_features,
+            "max_patch": self.max_patch,
             "device": self.device,
         }
 

@@ -39,6 +39,17 @@ def plan(dataset_id: int, configuration: str) -> None:
     say(kind="result")
 
 
+def smaller_patch(patch: list[int], strides: list[list[int]], cap: int) -> list[int]:
+    """Each side at most ``cap``, still a multiple of the network's total stride on it."""
+    result = []
+    for axis, side in enumerate(patch):
+        step = 1
+        for stride in strides:
+            step *= int(stride[axis])
+        result.append(max(step, (min(int(side), cap) // step) * step))
+    return result
+
+
 def short_budget_trainer():
     """nnU-Net's trainer with the platform's budget (epochs, iterations) and a progress line
     after each epoch. Its constructor keeps nnU-Net's signature: the base class records it."""
@@ -98,6 +109,12 @@ def train(dataset_id: int, fold: int, budget: dict) -> None:
         arch["features_per_stage"] = [
             min(int(f), int(budget["max_features"])) for f in arch["features_per_stage"]
         ]
+    if budget.get("max_patch"):
+        planned["patch_size"] = smaller_patch(
+            planned["patch_size"],
+            planned["architecture"]["arch_kwargs"]["strides"],
+            int(budget["max_patch"]),
+        )
     plans["continue_training"] = False
     trainer_class = short_budget_trainer()
     trainer_class.budget = budget

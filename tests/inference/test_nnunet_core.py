@@ -174,3 +174,12 @@ def test_train_a_real_nnunet_and_predict_held_out_phantoms(tmp_path):
     again = nc.Segmenter(unpacked, folds=imported.folds, use_mirroring=False).predict(held_out[0])
     np.testing.assert_array_equal(again.mask, prediction.mask)
     assert time.monotonic() - started < 240
+
+
+def test_a_smaller_training_patch_keeps_the_networks_stride():
+    from inference.segmentation.nnunet_worker import smaller_patch
+
+    strides = [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2], [1, 2]]  # total 16 and 32
+    assert smaller_patch([96, 256], strides, 128) == [96, 128]
+    assert smaller_patch([96, 256], strides, 100) == [96, 96]
+    assert smaller_patch([96, 256], strides, 8) == [16, 32]
