@@ -191,15 +191,20 @@ def _run_worker(
         text=True,
     ) as process:
         assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith(PROGRESS_PREFIX):
-                message = json.loads(line[len(PROGRESS_PREFIX) :])
-                if message.get("kind") == "result":
-                    result = message
-                elif on_progress is not None:
-                    on_progress(message)
-            else:
-                tail = [*tail[-40:], line.rstrip()]
+        try:
+            for line in process.stdout:
+                if line.startswith(PROGRESS_PREFIX):
+                    message = json.loads(line[len(PROGRESS_PREFIX) :])
+                    if message.get("kind") == "result":
+                        result = message
+                    elif on_progress is not None:
+                        on_progress(message)
+                else:
+                    tail = [*tail[-40:], line.rstrip()]
+        except BaseException:
+            # A stopped job (or a failed progress report) stops nnU-Net too.
+            process.kill()
+            raise
         code = process.wait()
     if code != 0:
         reason = next((t for t in reversed(tail) if t.strip()), "no output")
