@@ -34,6 +34,7 @@ DEMO_BUDGET = nc.TrainingBudget(
     batch_size=4,
     max_features=32,
     max_patch=128,
+    mirroring=False,
 )
 
 

@@ -61,6 +61,9 @@ class TrainingBudget:
     # Cap on the training patch's side (pixels); nnU-Net crops around foreground often enough
     # that a smaller patch still sees the pancreas. None keeps nnU-Net's plan.
     max_patch: int | None = None
+    # Test-time mirroring (nnU-Net's default) costs 4 predictions per tile in 2d, 8 in 3d; the
+    # short CPU budgets leave it out of validation and of the model's later predictions.
+    mirroring: bool = True
     device: str = "cpu"
 
     def as_dict(self) -> dict[str, Any]:
@@ -73,6 +76,7 @@ class TrainingBudget:
             "batch_size": self.batch_size,
             "max_features": self.max_features,
             "max_patch": self.max_patch,
+            "mirroring": self.mirroring,
             "device": self.device,
         }
 

@@ -74,6 +74,15 @@ def short_budget_trainer():
             self.num_val_iterations_per_epoch = int(self.budget.get("validation_iterations", 5))
             self.save_every = max(self.num_epochs, 1)
 
+        def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):  # noqa: N802
+            rotation, dummy_2d, patch, mirror_axes = (
+                super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+            )
+            if not self.budget.get("mirroring", True):
+                # Recorded in the checkpoint: validation and later predictions skip mirroring.
+                self.inference_allowed_mirroring_axes = None
+            return rotation, dummy_2d, patch, mirror_axes
+
         def on_epoch_end(self):
             dice = self.logger.get_value("dice_per_class_or_region", step=-1)
             super().on_epoch_end()
@@ -95,7 +104,7 @@ def train(dataset_id: int, fold: int, budget: dict) -> None:
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    torch.set_num_threads(max(1, int(os.environ.get("PMPD_TORCH_THREADS", "1"))))
+    torch.set_num_threads(max(1, int(os.environ.get("PMPD_TORCH_THREADS", "2"))))
     name = maybe_convert_to_dataset_name(dataset_id)
     folder = Path(nnUNet_preprocessed) / name
     plans = load_json(str(folder / "nnUNetPlans.json"))
