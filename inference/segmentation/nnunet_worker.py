@@ -104,7 +104,7 @@ def train(dataset_id: int, fold: int, budget: dict) -> None:
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    torch.set_num_threads(max(1, int(os.environ.get("PMPD_TORCH_THREADS", "2"))))
+    torch.set_num_threads(max(1, int(os.environ.get("PMPD_TORCH_THREADS", "1"))))
     name = maybe_convert_to_dataset_name(dataset_id)
     folder = Path(nnUNet_preprocessed) / name
     plans = load_json(str(folder / "nnUNetPlans.json"))
