@@ -1,7 +1,7 @@
 /** @type {AppTypes.Config} */
 // The OHIF viewer of the PMPD platform: served under /ohif/ by Django behind the platform's
 // login, embedded in the patient page, fed by the platform's own DICOMweb endpoints on the same
-// origin (/dicomweb; QIDO-RS and WADO-RS, read-only). frontend/build.mjs installs this file as
+// origin (/dicomweb; QIDO-RS and WADO-RS, and STOW-RS of corrected SEGs). frontend/build.mjs installs this file as
 // the viewer's app-config.js. Settings as shared/design/DICOMWEB_OHIF.md records them working.
 (function () {
   const dicomweb = window.location.origin + '/dicomweb';
@@ -49,6 +49,9 @@
           bulkDataURI: { enabled: true },
           dicomUploadEnabled: false,
           supportsReject: false,
+          // Saving a corrected mask posts it by STOW-RS to /dicomweb/studies; a BINARY SEG
+          // (not OHIF's default label map) is what highdicom and the platform's reader read.
+          segmentation: { store: { defaultMode: 'bitmap' } },
         },
       },
     ],

@@ -1,5 +1,9 @@
 """The preprocessing cache: a patient's patches, computed once per input and configuration.
 
+The mask read is the approved mask version's (the CT's canonical mask volume is always the
+approved version, ``pmpd_web.imaging.mask_versions``): automatic or edited masks that still
+need review never reach PMPD.
+
 Training and scoring both get a patient's patches from ``preprocessed_for``; it reads the
 cache or runs the engine's ``preprocess_patient`` on the canonical CT and mask of the
 patient's selected CT series and stores the result. The key (the *input hash*, which every
@@ -33,7 +37,7 @@ from inference.pmpd.preprocess import (
 )
 from inference.pmpd.preprocess import PreprocessedPatient as Patches
 from pmpd_web.cohorts.models import Patient
-from pmpd_web.imaging.models import CanonicalVolume
+from pmpd_web.imaging.models import CanonicalVolume, MaskVersion
 
 from .models import PreprocessedPatient as CacheEntry
 from .storage import local_path, replace_file
@@ -66,9 +70,17 @@ def patient_images(patient: Patient) -> PatientImages:
     if CanonicalVolume.Kind.CT not in volumes:
         raise PreprocessError("no CT series is selected for this patient (upload a CT first)")
     if CanonicalVolume.Kind.MASK not in volumes:
+        waiting = MaskVersion.objects.filter(
+            patient=patient, ct_series__is_selected=True, status=MaskVersion.Status.NEEDS_REVIEW
+        ).count()
+        if waiting:
+            raise PreprocessError(
+                f"the selected CT series has no approved pancreas and tumour mask ({waiting} "
+                "mask version(s) need review); PMPD uses approved masks only"
+            )
         raise PreprocessError(
             "the selected CT series has no pancreas and tumour mask; PMPD needs the "
-            "segmentation (upload it with the CT)"
+            "segmentation (upload it with the CT, or predict it and approve it)"
         )
     return PatientImages(
         ct=volumes[CanonicalVolume.Kind.CT], mask=volumes[CanonicalVolume.Kind.MASK]

@@ -149,3 +149,6 @@ class PatientPrediction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.patient} MRS {self.metastasis_risk_score:.3f} ({self.model_version})"
+
+
+from .segmentation_models import SegmentationModelVersion  # noqa: E402, F401 - a model module

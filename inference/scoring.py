@@ -111,6 +111,7 @@ def score_cohort(cohort_id: int, version_id: int, progress: Progress) -> dict[st
     already_scored = 0
     kept_out_of_fold = 0
     fewer_than_4: list[str] = []
+    inputs_changed: list[str] = []
     skipped: list[dict[str, str]] = []
     total = len(patients)
     for done, patient in enumerate(patients, start=1):
@@ -137,6 +138,8 @@ def score_cohort(cohort_id: int, version_id: int, progress: Progress) -> dict[st
                     patient, version, patches, fold_models, code_version=version_of_code
                 )
                 scored.append(patient.study_id)
+                if current is not None:
+                    inputs_changed.append(patient.study_id)
                 if patches.fewer_than_4_tumour_slices:
                     fewer_than_4.append(patient.study_id)
                 log.info("Scored %s with model version %s", patient.study_id, version.pk)
@@ -150,5 +153,8 @@ def score_cohort(cohort_id: int, version_id: int, progress: Progress) -> dict[st
         "already_scored": already_scored,
         "kept_out_of_fold": kept_out_of_fold,
         "fewer_than_4_tumour_slices": fewer_than_4,
+        # Re-scored because the CT or the approved mask changed since the stored score: the
+        # preprocessing cache is keyed by the volumes' content, so the old inputs were stale.
+        "rescored_inputs_changed": inputs_changed,
         "skipped": skipped,
     }

@@ -19,6 +19,7 @@ from .cache import preprocessed_for
 from .jobs import scoring_work, training_work
 from .models import ModelVersion
 from .registry import preprocess_config_of
+from .segmentation_jobs import segmentation_training_work, segmentation_work
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,18 @@ def gpu_train_model(job, progress):
 def gpu_score_cohort(job, progress):
     """Score a cohort with a version's five-fold ensemble (see ``inference.scoring``)."""
     return scoring_work(job, progress)
+
+
+@job_task
+def gpu_train_segmentation_model(job, progress):
+    """Train an nnU-Net v2 on the cohort's approved masks (see ``inference.segmentation_jobs``)."""
+    return segmentation_training_work(job, progress)
+
+
+@job_task
+def gpu_predict_masks(job, progress):
+    """Predict masks as automatic mask versions needing review."""
+    return segmentation_work(job, progress)
 
 
 @reliable_task

@@ -3,11 +3,17 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from . import api, views
+from . import api, segmentation_views, views
+from .segmentation_api import ReviewQueueViewSet, SegmentationModelViewSet
 
 # SimpleRouter: the API root view at /api/ belongs to pmpd_web.api_urls.
 router = SimpleRouter(trailing_slash=True)
 router.register("model-versions", api.ModelVersionViewSet, basename="api-model-version")
+cohort_router = SimpleRouter(trailing_slash=True)
+cohort_router.register(
+    "segmentation-models", SegmentationModelViewSet, basename="api-segmentation-model"
+)
+cohort_router.register("review-queue", ReviewQueueViewSet, basename="api-review-queue")
 
 urlpatterns = [
     path("models/", views.model_list, name="inference-model-list"),
@@ -30,6 +36,8 @@ urlpatterns = [
         name="inference-gradcam",
     ),
     path("api/", include(router.urls)),
+    path("api/cohorts/<int:cohort_pk>/", include(cohort_router.urls)),
+    path("cohorts/<int:cohort_id>/review/", segmentation_views.review_page, name="review-queue"),
     path(
         "api/cohorts/<int:cohort_pk>/predictions/",
         api.CohortPredictions.as_view(),

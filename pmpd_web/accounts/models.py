@@ -19,6 +19,7 @@ class Role(models.TextChoices):
     COORDINATOR = "coordinator", "Study coordinator"
     CLINICIAN = "clinician", "Clinician"
     STATISTICIAN = "statistician", "Statistician"
+    READER = "reader", "Reader (radiologist: views and annotates images)"
 
 
 class Membership(models.Model):
@@ -66,6 +67,13 @@ class AuditAction(models.TextChoices):
     PASSWORD_CHANGE = "password_change", "Changed password"
     CREATE_API_TOKEN = "create_api_token", "Created an API token"
     REVOKE_API_TOKEN = "revoke_api_token", "Revoked an API token"
+    STORE_MASK_VERSION = "store_mask_version", "Stored a mask version"
+    APPROVE_MASK_VERSION = "approve_mask_version", "Approved a mask version"
+    REJECT_MASK_VERSION = "reject_mask_version", "Rejected a mask version"
+    START_SEGMENTATION_TRAINING = "start_segmentation_training", "Started segmentation training"
+    IMPORT_SEGMENTATION_MODEL = "import_segmentation_model", "Imported a segmentation model"
+    START_SEGMENTATION = "start_segmentation", "Started automatic segmentation"
+    SEGMENTATION_MODEL_READY = "segmentation_model_ready", "Segmentation model trained"
 
 
 class AuditEventQuerySet(models.QuerySet):

@@ -25,6 +25,8 @@ class Action(enum.StrEnum):
     EXPORT_TABLE = "export_table"
     RUN_JOBS = "run_jobs"
     VIEW_AUDIT = "view_audit"
+    # Correct and approve pancreas and tumour masks (coordinators and readers).
+    ANNOTATE = "annotate"
 
 
 ROLE_ACTIONS: dict[str, frozenset[Action]] = {
@@ -38,6 +40,7 @@ ROLE_ACTIONS: dict[str, frozenset[Action]] = {
             Action.EXPORT_TABLE,
             Action.RUN_JOBS,
             Action.VIEW_AUDIT,
+            Action.ANNOTATE,
         }
     ),
     Role.CLINICIAN: frozenset(
@@ -51,6 +54,9 @@ ROLE_ACTIONS: dict[str, frozenset[Action]] = {
             Action.VIEW_ANALYTICS,
             Action.EXPORT_TABLE,
         }
+    ),
+    Role.READER: frozenset(
+        {Action.VIEW_COHORT, Action.VIEW_PATIENTS, Action.VIEW_IMAGES, Action.ANNOTATE}
     ),
 }
 

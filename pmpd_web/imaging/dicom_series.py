@@ -1016,9 +1016,11 @@ def seg_to_canonical(
     *,
     label_pancreas: int,
     label_tumour: int,
+    refuse_overlap: bool = False,
 ) -> np.ndarray:
     """The SEG's segments as a canonical mask (z, y, x) on the CT whose slices have
-    ``source_uids`` (in slice order); a voxel in both is tumour. Slices the SEG does not
+    ``source_uids`` (in slice order); a voxel in both is tumour, unless ``refuse_overlap``
+    (a reader's edit must say which one a voxel is). Slices the SEG does not
     reference are empty (a SEG may reference only the slices it labels). BINARY and FRACTIONAL
     SEGs are read by highdicom, LABELMAP SEGs (OHIF's default) here."""
     label = seg_file.label
@@ -1039,6 +1041,8 @@ def seg_to_canonical(
         pixels = _label_map_frames(seg_file, numbers, referenced)
     else:
         pixels = _binary_frames(seg_file, numbers, referenced)
+    if refuse_overlap and ((pixels > 0).sum(axis=-1) > 1).any():
+        raise IngestError(label, "its segments overlap: a voxel is either pancreas or tumour")
     rows = {uid: position for position, uid in enumerate(source_uids)}
     mask = np.zeros((len(source_uids), *pixels.shape[1:3]), dtype=np.uint8)
     for kind in (CANONICAL_PANCREAS, CANONICAL_TUMOUR):

@@ -1,4 +1,5 @@
-"""DICOMweb (QIDO-RS, WADO-RS) endpoints for the OHIF viewer, under /dicomweb/.
+"""DICOMweb (QIDO-RS, WADO-RS, and STOW-RS of SEGs) endpoints for the OHIF viewer, under
+/dicomweb/.
 
 No trailing slashes: DICOMweb clients build these paths themselves.
 """
@@ -6,13 +7,14 @@ No trailing slashes: DICOMweb clients build these paths themselves.
 from django.urls import path
 
 from . import dicomweb as views
+from . import stow
 
 STUDY = "studies/<str:study>"
 SERIES = f"{STUDY}/series/<str:series>"
 INSTANCE = f"{SERIES}/instances/<str:sop>"
 
 urlpatterns = [
-    path("studies", views.search_studies, name="dicomweb-studies"),
+    path("studies", stow.studies, name="dicomweb-studies"),
     path("series", views.search_series, name="dicomweb-all-series"),
     path("instances", views.search_instances, name="dicomweb-all-instances"),
     path(STUDY, views.retrieve_study, name="dicomweb-study"),

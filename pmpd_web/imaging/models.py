@@ -222,3 +222,108 @@ class CanonicalVolume(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} of {self.patient}"
+
+
+class MaskVersion(models.Model):
+    """One version of the pancreas and tumour mask of a CT series: uploaded, predicted by a
+    segmentation model, or edited by a reader in the viewer.
+
+    Each version keeps its canonical mask (NIfTI, uint8 0/1/2 on the CT's grid) and its DICOM
+    SEG series (served over DICOMweb like any SEG). At most one version of a CT is approved;
+    its mask is the CT's ``CanonicalVolume`` of kind "mask", the only mask PMPD reads.
+    """
+
+    class Source(models.TextChoices):
+        UPLOADED = "uploaded", "Uploaded"
+        AUTOMATIC = "automatic", "Automatic"
+        EDITED = "edited", "Edited"
+
+    class Status(models.TextChoices):
+        NEEDS_REVIEW = "needs_review", "Needs review"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+        SUPERSEDED = "superseded", "Superseded by a later approved version"
+
+    patient = models.ForeignKey(
+        "cohorts.Patient", on_delete=models.CASCADE, related_name="mask_versions"
+    )
+    ct_series = models.ForeignKey(
+        ImageSeries, on_delete=models.CASCADE, related_name="mask_versions"
+    )
+    number = models.PositiveIntegerField(help_text="1, 2, ... per CT series")
+    source = models.CharField(max_length=12, choices=Source.choices)
+    source_label = models.CharField(
+        max_length=200, blank=True, help_text="The model's name or the editor's name"
+    )
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.NEEDS_REVIEW, db_index=True
+    )
+    seg_series = models.OneToOneField(
+        ImageSeries,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="mask_version",
+        help_text="The DICOM SEG of this version",
+    )
+    edited_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="edits"
+    )
+    file = models.FileField(max_length=300, help_text="Canonical mask (NIfTI)")
+    content_hash = models.CharField(max_length=64)
+    geometry = models.JSONField(default=dict)
+    pancreas_voxels = models.PositiveBigIntegerField(default=0)
+    tumour_voxels = models.PositiveBigIntegerField(default=0)
+    uncertainty = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Mean softmax entropy (nats) inside the predicted tumour; automatic only",
+    )
+    flags = models.JSONField(default=list, blank=True, help_text="Why a reader must look")
+    dice_vs_automatic = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="On approval: Dice per label against each automatic version of the CT",
+    )
+    produced_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    produced_at = models.DateTimeField(auto_now_add=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    review_note = models.CharField(max_length=500, blank=True)
+    reviewing_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The reader who opened it for review (shown in the review queue)",
+    )
+    reviewing_since = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["ct_series_id", "-number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["ct_series", "number"], name="one_mask_version_number_per_ct"
+            ),
+            models.UniqueConstraint(
+                fields=["ct_series"],
+                condition=models.Q(status="approved"),
+                name="one_approved_mask_version_per_ct",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Mask version {self.number} of {self.patient} ({self.provenance})"
+
+    @property
+    def provenance(self) -> str:
+        if self.source == self.Source.AUTOMATIC:
+            return f"automatic: {self.source_label}"
+        if self.source == self.Source.EDITED:
+            return f"edited by {self.source_label}"
+        return "uploaded"

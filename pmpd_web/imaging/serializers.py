@@ -4,7 +4,7 @@ from rest_framework import serializers
 
 from pmpd_web.cohorts.serializers import JobSerializer
 
-from .models import ImageSeries, ImageUpload, UploadFile
+from .models import ImageSeries, ImageUpload, MaskVersion, UploadFile
 
 
 class UploadFileSerializer(serializers.ModelSerializer):
@@ -109,3 +109,50 @@ class ImageSeriesSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = fields
+
+
+class MaskVersionSerializer(serializers.ModelSerializer):
+    study_id = serializers.CharField(source="patient.study_id", read_only=True)
+    ct_series_instance_uid = serializers.CharField(
+        source="ct_series.series_instance_uid", read_only=True
+    )
+    seg_series_instance_uid = serializers.CharField(
+        source="seg_series.series_instance_uid", read_only=True, default=None
+    )
+    provenance = serializers.CharField(read_only=True)
+    produced_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    reviewed_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    reviewing_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = MaskVersion
+        fields = [
+            "id",
+            "study_id",
+            "ct_series_instance_uid",
+            "number",
+            "source",
+            "source_label",
+            "provenance",
+            "status",
+            "seg_series_instance_uid",
+            "edited_from",
+            "content_hash",
+            "pancreas_voxels",
+            "tumour_voxels",
+            "uncertainty",
+            "flags",
+            "dice_vs_automatic",
+            "produced_by",
+            "produced_at",
+            "reviewed_by",
+            "reviewed_at",
+            "review_note",
+            "reviewing_by",
+            "reviewing_since",
+        ]
+        read_only_fields = fields
+
+
+class ReviewSerializer(serializers.Serializer):
+    note = serializers.CharField(required=False, allow_blank=True, max_length=500, default="")

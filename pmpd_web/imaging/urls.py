@@ -3,8 +3,9 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from . import views
+from . import mask_views, views
 from .api import ImageSeriesViewSet, ImageUploadViewSet, UploadFileViewSet
+from .mask_api import MaskVersionViewSet
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
@@ -13,6 +14,7 @@ router.register(
     r"image-uploads/(?P<upload_pk>[0-9]+)/files", UploadFileViewSet, basename="api-upload-file"
 )
 router.register("image-series", ImageSeriesViewSet, basename="api-image-series")
+router.register("mask-versions", MaskVersionViewSet, basename="api-mask-version")
 
 urlpatterns = [
     path("api/cohorts/<int:cohort_pk>/", include(router.urls)),
@@ -36,5 +38,20 @@ urlpatterns = [
         "cohorts/<int:cohort_id>/patients/<str:study_id>/images/select/",
         views.patient_images_select,
         name="patient-images-select",
+    ),
+    path(
+        "cohorts/<int:cohort_id>/patients/<str:study_id>/masks/",
+        mask_views.patient_masks,
+        name="patient-masks",
+    ),
+    path(
+        "cohorts/<int:cohort_id>/masks/<int:version_id>/approve/",
+        mask_views.approve_mask,
+        name="mask-approve",
+    ),
+    path(
+        "cohorts/<int:cohort_id>/masks/<int:version_id>/reject/",
+        mask_views.reject_mask,
+        name="mask-reject",
     ),
 ]

@@ -341,3 +341,14 @@ def write_nifti(
             else:
                 for data in blocks:
                     sink.write(_gzip_member(data, compression_level))
+
+
+def dice_per_label(reference: np.ndarray, other: np.ndarray) -> dict[str, float | None]:
+    """Dice of pancreas (1) and tumour (2) between two canonical masks on the same grid; None
+    for a label absent from both (no overlap to measure)."""
+    result: dict[str, float | None] = {}
+    for name, value in (("pancreas", 1), ("tumour", 2)):
+        a, b = reference == value, other == value
+        total = int(a.sum()) + int(b.sum())
+        result[name] = None if total == 0 else round(2.0 * int((a & b).sum()) / total, 4)
+    return result

@@ -61,6 +61,8 @@ class Job(models.Model):
         TRAINING = "training", "Model training"
         SCORING = "scoring", "Cohort scoring"
         ANALYSIS = "analysis", "Analysis"
+        SEGMENTATION_TRAINING = "segmentation_training", "Segmentation model training"
+        SEGMENTATION = "segmentation", "Automatic segmentation"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     cohort = models.ForeignKey(

@@ -107,4 +107,9 @@ def test_nothing_is_stored_or_changed_over_dicomweb(world, client, members):
     for name, _, parts, _ in ROUTES:
         for method in (client.post, client.put, client.delete):
             response = method(url_of(name, parts, world))
+            if method == client.post and name == "dicomweb-studies":
+                # STOW-RS of SEGs only (tests/imaging/test_stow.py); this empty POST without
+                # the platform's Origin is refused.
+                assert response.status_code == 403, name
+                continue
             assert response.status_code == 405 and response["Allow"] == "GET, HEAD", name

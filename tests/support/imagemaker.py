@@ -229,3 +229,17 @@ def ohif_seg(sources, mask, *, label_map: bool) -> pydicom.Dataset:
         for group in seg.PerFrameFunctionalGroupsSequence:
             del group.FrameContentSequence
     return seg
+
+
+def ingest_phantom(cohort, user, folder: Path, *, index: int = 2, study_id: str | None = None):
+    """A small phantom patient of ``cohort`` ingested from its DICOM CT and NIfTI mask (the
+    mask becomes version 1, uploaded and approved). Returns the phantom."""
+    from factories import make_patient
+
+    case = small_patient(index, study_id=study_id)
+    make_patient(cohort, case.study_id)
+    dicom_series(case, folder / case.study_id / "ct", private_tags=False)
+    write_volume(case.mask, case, folder / case.study_id / "mask.nii.gz")
+    _, job = ingest(cohort, user, folder_files(folder))
+    assert job.status == "succeeded", job.error
+    return case

@@ -6,6 +6,8 @@ from typing import Any
 
 C, K, S = "coordinator", "clinician", "statistician"
 EVERY_ROLE = {C, K, S}
+# Readers (radiologists) view images and annotate; tables that concern images ask them too.
+R = "reader"
 # The three roles, a user of another cohort, a user of none, and the site admin.
 USERS = [C, K, S, "outsider", "nobody", "admin"]
 
@@ -19,7 +21,7 @@ def assert_answer_for(username: str, allowed: set[str], response: Any, url: str)
         assert response.status_code in (200, 201, 202, 204, 302), (url, response.status_code)
         if response.status_code == 302:
             assert "/accounts/login" not in response["Location"]
-    elif username in EVERY_ROLE:
+    elif username in EVERY_ROLE | {R}:
         assert response.status_code == 403, (url, response.status_code)
     else:
         assert response.status_code == 404, (url, response.status_code)

@@ -9,6 +9,7 @@ from typing import Any
 import pydicom
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.utils import timezone
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.cohorts.models import Cohort, Patient
@@ -17,7 +18,14 @@ from pmpd_web.jobs.runner import UserFacingError
 
 from ..dicom_series import PHASE_LABELS
 from ..intake import Failures, Item
-from ..models import CanonicalVolume, DicomInstance, ImageSeries, ImageUpload, ImagingStudy
+from ..models import (
+    CanonicalVolume,
+    DicomInstance,
+    ImageSeries,
+    ImageUpload,
+    ImagingStudy,
+    MaskVersion,
+)
 from ..models import UploadFile as UploadFileModel
 from ..series_pick import apply_pick_rule
 from ..sniff import Kind
@@ -39,6 +47,7 @@ def _series_files(series: ImageSeries) -> list[str]:
     """Every stored file of a series and of what hangs on it (instances, volumes, SEGs)."""
     names = [i.file.name for i in series.instances.all()]
     names += [v.file.name for v in series.volumes.all()]
+    names += [v.file.name for v in series.mask_versions.all()]
     for seg in series.segmentations.all():
         names += _series_files(seg)
     return names
@@ -121,18 +130,18 @@ def _commit_patient(plan: PatientPlan, upload: ImageUpload) -> dict[str, Any]:
             continue
         outcome["mask_added"] += 1
         ct_row = mask.target.row if isinstance(mask.target, CtOutput) else mask.target
-        for seg in ImageSeries.objects.filter(referenced_series=ct_row, modality="SEG"):
-            old_files += _series_files(seg)
-            seg.delete()
-        for volume in CanonicalVolume.objects.filter(series=ct_row, kind=CanonicalVolume.Kind.MASK):
-            old_files.append(volume.file.name)
-            volume.delete()
+        # Earlier versions stay (their SEGs too): the new upload supersedes the approved one.
+        number = max(ct_row.mask_versions.values_list("number", flat=True), default=0) + 1
+        ct_row.mask_versions.filter(status=MaskVersion.Status.APPROVED).update(
+            status=MaskVersion.Status.SUPERSEDED
+        )
+        CanonicalVolume.objects.filter(series=ct_row, kind=CanonicalVolume.Kind.MASK).delete()
         seg_row = ImageSeries.objects.create(
             study=ct_row.study,
             series_instance_uid=mask.seg_series_uid,
             modality="SEG",
             series_number=900,
-            description="Masks: pancreas, tumour",
+            description=f"Masks v{number}: pancreas, tumour (uploaded)",
             geometry=mask.grid.as_dict(),
             frame_of_reference_uid=ct_row.frame_of_reference_uid,
             n_instances=1,
@@ -157,6 +166,24 @@ def _commit_patient(plan: PatientPlan, upload: ImageUpload) -> dict[str, Any]:
             file=mask.volume_name,
             content_hash=mask.content_hash,
             geometry=mask.grid.as_dict(),
+        )
+        MaskVersion.objects.create(
+            patient=patient,
+            ct_series=ct_row,
+            number=number,
+            source=MaskVersion.Source.UPLOADED,
+            source_label=f"image upload #{upload.pk}",
+            status=MaskVersion.Status.APPROVED,
+            seg_series=seg_row,
+            file=mask.volume_name,
+            content_hash=mask.content_hash,
+            geometry=mask.grid.as_dict(),
+            pancreas_voxels=mask.pancreas_voxels,
+            tumour_voxels=mask.tumour_voxels,
+            produced_by=upload.uploaded_by,
+            reviewed_by=upload.uploaded_by,
+            reviewed_at=timezone.now(),
+            review_note="Uploaded masks are approved on upload",
         )
     changed = outcome["ct_added"] + outcome["ct_replaced"] + outcome["mask_added"]
     if changed:

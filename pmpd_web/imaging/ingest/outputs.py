@@ -71,6 +71,8 @@ class MaskOutput:
     seg_name: str = ""
     seg_metadata: dict[str, Any] = field(default_factory=dict)
     seg_frames: int = 0
+    pancreas_voxels: int = 0
+    tumour_voxels: int = 0
     volume_name: str = ""
 
     @property

@@ -294,5 +294,8 @@ def prepare_patient(
         output.hu = None
         output.datasets = []
     for mask in masks:
+        if mask.mask is not None:
+            mask.pancreas_voxels = int((mask.mask == 1).sum())
+            mask.tumour_voxels = int((mask.mask == 2).sum())
         mask.mask = None
     return PatientPlan(patient=patient, cts=outputs, masks=masks, items=items)

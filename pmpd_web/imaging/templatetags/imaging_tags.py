@@ -37,3 +37,24 @@ def patient_images_panel(context, patient) -> dict:
         "may_view_images": may_view,
         "viewer": patient_viewer(patient) if may_view else None,
     }
+
+
+@register.inclusion_tag("imaging/_patient_masks_note.html", takes_context=True)
+def mask_versions_note(context) -> dict:
+    """On the patient page: the masks' review state and whether PMPD's inputs are stale."""
+    from pmpd_web.imaging.mask_versions import approved_mask_changed_at
+    from pmpd_web.imaging.models import MaskVersion
+
+    cohort, patient = context["cohort"], context["patient"]
+    user = context["request"].user
+    if not can(user, cohort, Action.VIEW_IMAGES):
+        return {"show": False}
+    return {
+        "show": True,
+        "cohort": cohort,
+        "patient": patient,
+        "changed": approved_mask_changed_at(patient),
+        "needs_review": MaskVersion.objects.filter(
+            patient=patient, status=MaskVersion.Status.NEEDS_REVIEW
+        ).count(),
+    }

@@ -1,8 +1,9 @@
 """Set up the demo: one user per role and a synthetic phantom cohort imported through the
 same table import as a coordinator's upload, and the phantom patients' images (CT as a DICOM
 series, or as NIfTI for every fourth patient, and the mask as NIfTI, under
-var/demo/images/<study_id>/) ingested through the same ingest as an image upload. Safe to run
-again: it reuses what exists."""
+var/demo/images/<study_id>/) ingested through the same ingest as an image upload, except the
+masks of a few patients, which a small nnU-Net trained on the others predicts for review. Safe
+to run again: it reuses what exists."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ DEMO_USERS = {
     "coordinator": ("demo-coordinator-pmpd", Role.COORDINATOR),
     "clinician": ("demo-clinician-pmpd", Role.CLINICIAN),
     "statistician": ("demo-statistician-pmpd", Role.STATISTICIAN),
+    "reader": ("demo-reader-pmpd", Role.READER),
 }
 
 
@@ -41,6 +43,13 @@ class Command(BaseCommand):
             "see the tumour signal)",
         )
         parser.add_argument(
+            "--withheld-masks",
+            type=int,
+            default=0,
+            help="how many imaged patients come without a mask, for the demo nnU-Net to "
+            "predict (default 0: the step takes about 12 more minutes on two CPU cores)",
+        )
+        parser.add_argument(
             "--image-patients",
             type=int,
             default=None,
@@ -48,7 +57,14 @@ class Command(BaseCommand):
         )
 
     def handle(
-        self, *args, patients: int, seed: int, size: int, image_patients: int | None, **options
+        self,
+        *args,
+        patients: int,
+        seed: int,
+        size: int,
+        image_patients: int | None,
+        withheld_masks: int,
+        **options,
     ):
         if getattr(settings, "PRODUCTION", False):
             raise CommandError("The demo has fixed passwords: never run it in production.")
@@ -66,10 +82,14 @@ class Command(BaseCommand):
             patients=min(patients, image_patients if image_patients is not None else patients),
             seed=seed,
             size=size,
+            withheld_masks=withheld_masks,
         )
         from inference.demo import run_demo_engine
+        from inference.segmentation_demo import run_demo_segmentation
 
         run_demo_engine(cohort, stdout=self.stdout)
+        if withheld_masks:
+            run_demo_segmentation(cohort, stdout=self.stdout)
         self._print_accounts()
 
     def _users(self) -> dict[str, User]:
@@ -133,8 +153,11 @@ class Command(BaseCommand):
             bar.update(100 - bar.n)
         self.stdout.write(f"{cohort}: imported {summary['created']} patients.")
 
-    def _images(self, cohort, coordinator, *, patients: int, seed: int, size: int) -> None:
-        """Write the phantom images once, then ingest those of patients without a CT yet."""
+    def _images(
+        self, cohort, coordinator, *, patients: int, seed: int, size: int, withheld_masks: int
+    ) -> None:
+        """Write the phantom images once, then ingest those of patients without a CT yet; the
+        last ``withheld_masks`` patients' masks are left out (the demo nnU-Net predicts them)."""
         from inference.pmpd.phantom import (
             PhantomConfig,
             iter_cohort,
@@ -179,6 +202,8 @@ class Command(BaseCommand):
         if not missing:
             self.stdout.write(f"{cohort}: images already ingested ({len(with_ct)} patients).")
             return
+        imaged = sorted(p.name for p in folder.iterdir() if (p / ".written").exists())
+        withheld = set(imaged[-withheld_masks:]) if withheld_masks else set()
         with tqdm(total=len(missing), desc="Storing the image files", unit="file") as bar:
 
             def on_file(done: int, total: int) -> None:
@@ -190,7 +215,9 @@ class Command(BaseCommand):
                 user=coordinator,
                 path=folder,
                 include=lambda relative: (
-                    relative.parts[0] in missing and relative.name != ".written"
+                    relative.parts[0] in missing
+                    and relative.name != ".written"
+                    and not (relative.parts[0] in withheld and relative.name == "mask.nii.gz")
                 ),
                 on_file=on_file,
             )

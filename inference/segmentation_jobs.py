@@ -1,0 +1,416 @@
+"""Segmentation jobs: train an nnU-Net v2 on a cohort's approved masks, import one trained
+elsewhere, and predict masks that become "automatic" mask versions needing review.
+
+The work is ``inference.segmentation.nnunet_core``'s; this module loads rows, calls it and
+stores what it returns (the results folder as a ZIP in storage, the card, the mask versions).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from django.core.files.base import File
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import Exists, OuterRef
+
+from inference.segmentation import nnunet_core as nc
+from pmpd_web.accounts.audit import record as audit
+from pmpd_web.accounts.models import AuditAction, acting_user
+from pmpd_web.cohorts.models import Cohort, Patient
+from pmpd_web.imaging.mask_versions import read_mask, store_mask_version
+from pmpd_web.imaging.models import CanonicalVolume, ImageSeries, MaskVersion
+from pmpd_web.jobs.dispatch import start_on_commit
+from pmpd_web.jobs.models import Job
+from pmpd_web.jobs.runner import UserFacingError, run_job
+
+from .jobs import _reporting
+from .segmentation_models import SegmentationModelVersion
+
+# Named rather than imported: the tasks module imports this one.
+SEGMENTATION_TRAINING_TASK = "inference.tasks.gpu_train_segmentation_model"
+SEGMENTATION_TASK = "inference.tasks.gpu_predict_masks"
+
+Progress = Callable[[int, str], None]
+
+
+def _device() -> str:
+    """A GPU worker predicts on its GPU; the embedded worker on the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in ("nnunetv2", "torch", "dynamic-network-architectures"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _case(patient: Patient, *, with_mask: bool) -> nc.Case:
+    """The patient's selected CT (and approved mask) as an nnU-Net case."""
+    import SimpleITK as sitk
+
+    volumes = {
+        v.kind: v for v in CanonicalVolume.objects.filter(patient=patient, series__is_selected=True)
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "ct.nii.gz"
+        with default_storage.open(volumes[CanonicalVolume.Kind.CT].file.name, "rb") as handle:
+            path.write_bytes(handle.read())
+        image = sitk.ReadImage(str(path))
+    return nc.Case(
+        case_id=f"case{patient.pk:06d}",
+        ct=sitk.GetArrayFromImage(image),
+        spacing=image.GetSpacing(),
+        origin=image.GetOrigin(),
+        direction=image.GetDirection(),
+        mask=read_mask(volumes[CanonicalVolume.Kind.MASK]) if with_mask else None,
+    )
+
+
+def approved_training_patients(cohort: Cohort):
+    """The cohort's patients whose selected CT has an approved mask."""
+    approved = CanonicalVolume.objects.filter(
+        patient=OuterRef("pk"), series__is_selected=True, kind=CanonicalVolume.Kind.MASK
+    )
+    return cohort.patients.filter(Exists(approved)).order_by("study_id")
+
+
+# ------------------------------------------------------------------------------------------
+# Training
+
+
+def start_segmentation_training(
+    cohort: Cohort,
+    *,
+    user: Any,
+    name: str,
+    budget: nc.TrainingBudget | None = None,
+    patients: list[Patient] | None = None,
+) -> SegmentationModelVersion:
+    """A new model version in "training" with its queued job on the gpu queue; it trains on
+    ``patients`` (who must have approved masks) or on every patient with an approved mask."""
+    approved = approved_training_patients(cohort)
+    if patients is not None:
+        approved = approved.filter(pk__in=[p.pk for p in patients])
+    study_ids = list(approved.values_list("study_id", flat=True))
+    n_cases = len(study_ids)
+    if n_cases < 5:
+        raise UserFacingError(
+            f"{cohort.name} has {n_cases} patients with an approved mask; nnU-Net's five-fold "
+            "split needs at least 5."
+        )
+    budget = budget or nc.default_budget(n_cases)
+    if SegmentationModelVersion.objects.filter(cohort=cohort, name=name).exists():
+        raise UserFacingError(f"A segmentation model named {name!r} exists in {cohort.name}.")
+    with transaction.atomic():
+        job = Job.objects.create(
+            kind=Job.Kind.SEGMENTATION_TRAINING,
+            cohort=cohort,
+            created_by=acting_user(user),
+            phrase="Waiting for a GPU worker",
+            task=SEGMENTATION_TRAINING_TASK,
+        )
+        version = SegmentationModelVersion.objects.create(
+            cohort=cohort,
+            name=name,
+            origin=SegmentationModelVersion.Origin.TRAINED,
+            configuration=budget.configuration,
+            folds=list(budget.folds),
+            label_of_class={"pancreas": 1, "tumour": 2},
+            card={"budget": budget.as_dict(), "training_patients": study_ids},
+            job=job,
+            created_by=acting_user(user),
+        )
+        Job.objects.filter(pk=job.pk).update(parameters={"segmentation_model": version.pk})
+        audit(
+            user,
+            AuditAction.START_SEGMENTATION_TRAINING,
+            cohort=cohort,
+            label=str(version),
+            segmentation_model=version.pk,
+            patients=n_cases,
+            budget=budget.as_dict(),
+        )
+        start_on_commit(job)
+    return version
+
+
+def train_segmentation_model(version_id: int, progress: Progress) -> dict[str, Any]:
+    """The training job's body: raw dataset, planning, training, nnU-Net's validation."""
+    version = SegmentationModelVersion.objects.select_related("cohort").get(pk=version_id)
+    budget = nc.TrainingBudget(**{**version.card["budget"], "folds": tuple(version.folds)})
+    patients = list(
+        approved_training_patients(version.cohort).filter(
+            study_id__in=version.card["training_patients"]
+        )
+    )
+    progress(2, f"Writing the nnU-Net dataset of {len(patients)} patients")
+    total_epochs = budget.epochs * len(budget.folds)
+
+    def on_progress(message: dict) -> None:
+        if message["kind"] == "epoch":
+            done = budget.folds.index(message["fold"]) * budget.epochs + message["epoch"]
+            dice = ", ".join(f"{d:.2f}" for d in message["pseudo_dice"])
+            progress(
+                20 + int(75 * done / total_epochs),
+                f"Fold {message['fold']}, epoch {message['epoch']} of {message['epochs']}: "
+                f"pseudo-Dice (pancreas, tumour) {dice}",
+            )
+        else:
+            progress(10, message.get("phrase", "nnU-Net")[:200])
+
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            workdir = Path(scratch)
+            nc.write_raw_dataset(
+                [_case(p, with_mask=True) for p in patients],
+                workdir / "raw",
+                dataset_id=500 + version.pk % 400,
+                name=f"PMPD_cohort{version.cohort_id}",
+            )
+            dataset_id = 500 + version.pk % 400
+            nc.plan_and_preprocess(workdir, dataset_id=dataset_id, on_progress=on_progress)
+            model = nc.train(workdir, dataset_id=dataset_id, budget=budget, on_progress=on_progress)
+            progress(97, "Storing the results folder")
+            archive = shutil.make_archive(str(workdir / "results"), "zip", model.folder)
+            with open(archive, "rb") as handle:
+                name = default_storage.save(
+                    f"segmentation-models/{version.pk}/results.zip", File(handle)
+                )
+    except nc.NnUNetError as exc:
+        SegmentationModelVersion.objects.filter(pk=version.pk).update(
+            status=SegmentationModelVersion.Status.FAILED
+        )
+        raise UserFacingError(str(exc)) from None
+    from inference.pmpd.train import code_version
+
+    version.results_zip = name
+    version.status = SegmentationModelVersion.Status.READY
+    version.card = {
+        **version.card,
+        "labels": nc.LABELS,
+        "configuration": budget.configuration,
+        "folds": list(budget.folds),
+        "dice_per_fold": model.dice_per_fold,
+        "dice_source": "nnU-Net's own validation of each fold",
+        "training_cohort": version.cohort.name,
+        "training_patients": [p.study_id for p in patients],
+        "trainer": model.trainer_name,
+        "code_version": code_version(),
+        "package_versions": _versions(),
+    }
+    version.is_synthetic = version.cohort.is_synthetic
+    version.save()
+    audit(
+        None,
+        AuditAction.SEGMENTATION_MODEL_READY,
+        cohort=version.cohort,
+        label=str(version),
+        segmentation_model=version.pk,
+        dice_per_fold=model.dice_per_fold,
+    )
+    return {"segmentation_model": version.pk, "dice_per_fold": model.dice_per_fold}
+
+
+# ------------------------------------------------------------------------------------------
+# Importing a model trained elsewhere
+
+
+def import_segmentation_model(
+    cohort: Cohort, *, user: Any, upload: File, name: str, pancreas_label: str, tumour_label: str
+) -> SegmentationModelVersion:
+    """Check and store a ZIP of an nnU-Net v2 results folder; nothing stored when it is bad."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "model.zip"
+        with path.open("wb") as sink:
+            for chunk in upload.chunks():
+                sink.write(chunk)
+        try:
+            imported = nc.inspect_results_zip(
+                path, pancreas_label=pancreas_label, tumour_label=tumour_label
+            )
+        except nc.NnUNetError as exc:
+            raise UserFacingError(str(exc).replace("model.zip", upload.name or "the ZIP")) from None
+        if SegmentationModelVersion.objects.filter(cohort=cohort, name=name).exists():
+            raise UserFacingError(f"A segmentation model named {name!r} exists in {cohort.name}.")
+        with transaction.atomic():
+            version = SegmentationModelVersion.objects.create(
+                cohort=cohort,
+                name=name,
+                status=SegmentationModelVersion.Status.READY,
+                origin=SegmentationModelVersion.Origin.IMPORTED,
+                configuration=imported.configuration,
+                folds=list(imported.folds),
+                label_of_class=imported.label_of_class,
+                card={
+                    "labels": imported.labels,
+                    "label_mapping": imported.label_of_class,
+                    "configuration": imported.configuration,
+                    "folds": list(imported.folds),
+                    "trainer": imported.trainer_name,
+                    "package_versions": _versions(),
+                    "imported_from": upload.name,
+                },
+                created_by=user if getattr(user, "is_authenticated", False) else None,
+            )
+            with path.open("rb") as handle:
+                version.results_zip = default_storage.save(
+                    f"segmentation-models/{version.pk}/results.zip", File(handle)
+                )
+            version.save(update_fields=["results_zip"])
+            audit(
+                user,
+                AuditAction.IMPORT_SEGMENTATION_MODEL,
+                cohort=cohort,
+                label=str(version),
+                segmentation_model=version.pk,
+                label_mapping=imported.label_of_class,
+            )
+    return version
+
+
+# ------------------------------------------------------------------------------------------
+# Predicting masks
+
+
+def patients_to_segment(cohort: Cohort, study_ids: list[str] | None = None):
+    """Patients with a selected CT and neither an approved mask nor one waiting for review,
+    or those asked for by study ID (predicted again on request)."""
+    with_ct = ImageSeries.objects.filter(
+        study__patient=OuterRef("pk"), modality="CT", is_selected=True
+    )
+    patients = cohort.patients.filter(Exists(with_ct))
+    if study_ids:
+        return patients.filter(study_id__in=study_ids).order_by("study_id")
+    approved = CanonicalVolume.objects.filter(
+        patient=OuterRef("pk"), series__is_selected=True, kind=CanonicalVolume.Kind.MASK
+    )
+    waiting = MaskVersion.objects.filter(
+        patient=OuterRef("pk"),
+        ct_series__is_selected=True,
+        status=MaskVersion.Status.NEEDS_REVIEW,
+    )
+    return patients.exclude(Exists(approved)).exclude(Exists(waiting)).order_by("study_id")
+
+
+def start_segmentation(
+    cohort: Cohort,
+    model: SegmentationModelVersion,
+    *,
+    user: Any,
+    study_ids: list[str] | None = None,
+) -> Job:
+    if model.status != SegmentationModelVersion.Status.READY:
+        raise UserFacingError(f"{model} is {model.get_status_display().lower()}, not ready.")
+    if not patients_to_segment(cohort, study_ids).exists():
+        raise UserFacingError(
+            "No patient to segment: each patient with a CT has an approved mask or one "
+            "waiting for review (name patients to predict theirs again)."
+        )
+    with transaction.atomic():
+        job = Job.objects.create(
+            kind=Job.Kind.SEGMENTATION,
+            cohort=cohort,
+            created_by=acting_user(user),
+            phrase=f"Waiting for a GPU worker to segment with {model.name}"[:200],
+            task=SEGMENTATION_TASK,
+            parameters={"segmentation_model": model.pk, "study_ids": study_ids or []},
+        )
+        audit(
+            user,
+            AuditAction.START_SEGMENTATION,
+            cohort=cohort,
+            label=str(model),
+            segmentation_model=model.pk,
+            study_ids=study_ids or [],
+        )
+        start_on_commit(job)
+    return job
+
+
+def predict_masks(
+    cohort_id: int, model_id: int, progress: Progress, study_ids: list[str] | None = None
+) -> dict[str, Any]:
+    """The segmentation job's body: each patient's predicted mask becomes a new mask version
+    "automatic: model X", needing review; one without tumour is stored and flagged."""
+    cohort = Cohort.objects.get(pk=cohort_id)
+    model = SegmentationModelVersion.objects.get(pk=model_id)
+    patients = list(patients_to_segment(cohort, study_ids))
+    stored, without_tumour = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        archive = Path(scratch) / "results.zip"
+        with default_storage.open(model.results_zip.name, "rb") as handle:
+            archive.write_bytes(handle.read())
+        progress(5, f"Loading {model}")
+        folder = nc.extract_results_zip(archive, Path(scratch) / "model")
+        segmenter = nc.Segmenter(
+            folder, folds=model.folds, label_of_class=model.label_of_class, device=_device()
+        )
+        for done, patient in enumerate(patients, start=1):
+            prediction = segmenter.predict(_case(patient, with_mask=False))
+            ct = ImageSeries.objects.get(study__patient=patient, modality="CT", is_selected=True)
+            version = store_mask_version(
+                ct_series=ct,
+                mask=prediction.mask,
+                source=MaskVersion.Source.AUTOMATIC,
+                source_label=model.provenance_label,
+                uncertainty=prediction.tumour_uncertainty,
+            )
+            stored.append({"study_id": patient.study_id, "mask_version": version.number})
+            if prediction.tumour_voxels == 0:
+                without_tumour.append(patient.study_id)
+            progress(5 + int(95 * done / len(patients)), f"{done} of {len(patients)} segmented")
+    return {
+        "segmentation_model": model.pk,
+        "stored": stored,
+        "without_tumour": without_tumour,
+        "note": "Automatic masks need a reader's review; PMPD reads approved masks only.",
+    }
+
+
+def segmentation_training_work(job: Job, progress: Progress) -> dict[str, Any]:
+    """The body of a segmentation training job: train ``parameters["segmentation_model"]``."""
+    return train_segmentation_model(job.parameters["segmentation_model"], progress)
+
+
+def segmentation_work(job: Job, progress: Progress) -> dict[str, Any]:
+    """The body of a segmentation job: predict the masks of the job's cohort."""
+    return predict_masks(
+        job.cohort_id,
+        job.parameters["segmentation_model"],
+        progress,
+        job.parameters.get("study_ids") or [],
+    )
+
+
+def execute_segmentation_training(job_id: int, *, on_progress: Progress | None = None) -> None:
+    """Run a training job here and now (the demo; the task runs the same work)."""
+    run_job(job_id, _reporting(segmentation_training_work, on_progress))
+
+
+def execute_segmentation(job_id: int, *, on_progress: Progress | None = None) -> None:
+    """Run a segmentation job here and now (the demo and the benchmark)."""
+    run_job(job_id, _reporting(segmentation_work, on_progress))
+
+
+def review_queue(cohort: Cohort):
+    """Mask versions needing review, the most uncertain first (softmax entropy inside the
+    predicted tumour; versions without tumour first of all), with who is reviewing what."""
+    from django.db.models import F
+
+    return (
+        MaskVersion.objects.filter(patient__cohort=cohort, status=MaskVersion.Status.NEEDS_REVIEW)
+        .select_related("patient", "reviewing_by", "produced_by")
+        .order_by(F("uncertainty").desc(nulls_first=True), "patient__study_id")
+    )
