@@ -316,6 +316,7 @@ ACTION_WORDS = {
     Action.EXPORT_TABLE: "export the clinical table",
     Action.RUN_JOBS: "train and score PMPD models",
     Action.VIEW_AUDIT: "see the cohort's audit trail",
+    Action.ANNOTATE: "correct, approve and reject pancreas and tumour masks",
 }
 
 
