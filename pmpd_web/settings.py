@@ -286,6 +286,8 @@ PMPD_JOB_REPUBLISH_AFTER_SECONDS = int(os.environ.get("PMPD_JOB_REPUBLISH_AFTER_
 PMPD_JOB_HEARTBEAT_SECONDS = float(os.environ.get("PMPD_JOB_HEARTBEAT_SECONDS", "30"))
 PMPD_JOB_HEARTBEAT_STALE_SECONDS = int(os.environ.get("PMPD_JOB_HEARTBEAT_STALE_SECONDS", "120"))
 PMPD_JOB_SCRATCH_DIR = Path(os.environ.get("PMPD_JOB_SCRATCH_DIR", DATA_DIR / "job-scratch"))
+# A cohort's scoring is split into parts of this many patients, shared by the workers.
+PMPD_SCORING_PATIENTS_PER_PART = int(os.environ.get("PMPD_SCORING_PATIENTS_PER_PART", "4"))
 
 # Security. The production profile is what `check --deploy` vets.
 # Pages may not be framed; the embedded viewer's own responses opt in to SAMEORIGIN.
