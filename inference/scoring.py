@@ -13,6 +13,7 @@ whose images the engine refuses is listed in the result with the reason; the oth
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,10 +225,17 @@ def preprocess_part(part_payload: dict[str, Any]) -> int:
     return done
 
 
-def score_part(job: Job, payload: dict[str, Any], scratch: Path | None) -> dict[str, Any]:
-    """Score a part's patients (the gpu step); the part's result."""
+@functools.cache
+def _code_version() -> str:
+    """The code version predictions record, asked once per worker process (``git describe``
+    takes a while, and a worker's code does not change while it runs)."""
     from inference.pmpd.train import code_version
 
+    return code_version()[:64]
+
+
+def score_part(job: Job, payload: dict[str, Any], scratch: Path | None) -> dict[str, Any]:
+    """Score a part's patients (the gpu step); the part's result."""
     version = ready_version(payload["model_version"])
     config = preprocess_config_of(version)
     skipped: list[dict[str, str]] = []
@@ -243,7 +251,7 @@ def score_part(job: Job, payload: dict[str, Any], scratch: Path | None) -> dict[
             ready,
             version,
             fold_models_of(version),
-            code_version=code_version()[:64],
+            code_version=_code_version(),
             scratch=scratch,
         )
     return {
