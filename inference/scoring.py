@@ -43,12 +43,11 @@ def _store_prediction(
     heatmaps: Any,
     *,
     code_version: str,
-    scratch: Path | None,
 ) -> PatientPrediction:
     """Draw the patient's Grad-CAM overlays and store them with its prediction."""
     inference_patches = patches.inference_patches()
     gradcam_files = save_overlays(
-        version, patient, inference_patches, heatmaps, patches.selected_slices, scratch=scratch
+        version, patient, inference_patches, heatmaps, patches.selected_slices
     )
     return upsert_prediction(
         patient,
@@ -80,7 +79,6 @@ def score_patients_with(
     fold_models: list[Any],
     *,
     code_version: str,
-    scratch: Path | None = None,
 ) -> list[PatientPrediction]:
     """Score several patients' un-rotated patches with every fold model in shared batches,
     draw the ensemble's Grad-CAM over each scored slice, and store both, patient by patient."""
@@ -103,9 +101,7 @@ def score_patients_with(
     stored = []
     for (patient, patches), result, maps in zip(patients, results, heatmaps, strict=True):
         stored.append(
-            _store_prediction(
-                patient, version, patches, result, maps, code_version=code_version, scratch=scratch
-            )
+            _store_prediction(patient, version, patches, result, maps, code_version=code_version)
         )
         log.info("Scored %s with model version %s", patient.study_id, version.pk)
     return stored
@@ -252,7 +248,6 @@ def score_part(job: Job, payload: dict[str, Any], scratch: Path | None) -> dict[
             version,
             fold_models_of(version),
             code_version=_code_version(),
-            scratch=scratch,
         )
     return {
         "scored": [patient.study_id for patient, _ in ready],

@@ -22,13 +22,16 @@ from typing import Any
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 
+from pmpd_web.jobs.files import current_scratch
+
 
 @contextlib.contextmanager
 def local_path(name: str) -> Iterator[Path]:
     """A local file path holding the stored file ``name``.
 
-    File-system storage yields the file itself; other storages a temporary copy (keeping the
-    name's suffixes, so ``.nii.gz`` stays readable by SimpleITK), deleted on exit.
+    File-system storage yields the file itself; other storages (an S3 bucket) a temporary
+    copy in the running job's scratch folder (keeping the name's suffixes, so ``.nii.gz``
+    stays readable by SimpleITK), deleted on exit.
     """
     try:
         yield Path(default_storage.path(name))
@@ -36,7 +39,7 @@ def local_path(name: str) -> Iterator[Path]:
     except NotImplementedError:
         pass
     suffix = "".join(PurePosixPath(name).suffixes)
-    with tempfile.TemporaryDirectory(prefix="pmpd-") as folder:
+    with tempfile.TemporaryDirectory(prefix="pmpd-", dir=current_scratch()) as folder:
         target = Path(folder) / f"copy{suffix}"
         with default_storage.open(name, "rb") as source, target.open("wb") as sink:
             shutil.copyfileobj(source, sink, length=4 * 1024 * 1024)

@@ -15,6 +15,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from pmpd_web.shared_storage import s3_storage
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -159,6 +161,9 @@ STORAGES = {
         )
     },
 }
+# Several hosts share one S3-compatible bucket instead of a media volume (README, "Shared
+# storage for several hosts").
+STORAGES["default"] = s3_storage(os.environ) or STORAGES["default"]
 
 # Keys the hash that remaps DICOM UIDs on de-identification: a stable site secret.
 PMPD_DEID_SECRET = os.environ.get("PMPD_DEID_SECRET", "")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from .dispatch import republish_after
-from .files import scratch_root
+from .files import fresh_scratch, scratch_root
 from .models import Job, JobPart, JobStatus
 from .runner import (
     PARTS_RUNNING,
@@ -185,11 +184,8 @@ def run_part(part_id: int, work: PartWork, finish: Finish, *, task: Any = None) 
         log.info("part %s has nothing to do (done, running elsewhere, or its job stopped)", part_id)
         return
     job = part.job
-    scratch = part_scratch(part)
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True, exist_ok=True)
     try:
-        with _Heartbeat(_PartBeat(part)):
+        with fresh_scratch(part_scratch(part)) as scratch, _Heartbeat(_PartBeat(part)):
             result = work(job, part.payload, scratch)
     except JobCancelled:
         return
@@ -217,8 +213,6 @@ def run_part(part_id: int, work: PartWork, finish: Finish, *, task: Any = None) 
             phrase="Failed",
         )
         return
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     _finish_part(part, result, finish)
 
 
@@ -248,12 +242,8 @@ def run_parts_here(job: Job, parts: Sequence[JobPart], work: PartWork, finish: F
             part = claim_part(part.pk, "")
             if part is None:
                 raise JobCancelled()
-            scratch = part_scratch(part)
-            scratch.mkdir(parents=True, exist_ok=True)
-            try:
+            with fresh_scratch(part_scratch(part)) as scratch:
                 result = work(job, part.payload, scratch)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
             JobPart.objects.filter(pk=part.pk).update(status=JobPart.Status.DONE, result=result)
         done += part.size
         progress(int(100 * done / total), f"{done} of {total} done")
