@@ -163,7 +163,17 @@ STORAGES = {
 }
 # Several hosts share one S3-compatible bucket instead of a media volume (README, "Shared
 # storage for several hosts").
-STORAGES["default"] = s3_storage(os.environ) or STORAGES["default"]
+STORAGES["default"] = (
+    s3_storage(
+        bucket=os.environ.get("PMPD_S3_BUCKET", ""),
+        endpoint_url=os.environ.get("PMPD_S3_ENDPOINT_URL", ""),
+        region=os.environ.get("PMPD_S3_REGION", ""),
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID", ""),
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+        addressing_style=os.environ.get("PMPD_S3_ADDRESSING_STYLE", ""),
+    )
+    or STORAGES["default"]
+)
 
 # Keys the hash that remaps DICOM UIDs on de-identification: a stable site secret.
 PMPD_DEID_SECRET = os.environ.get("PMPD_DEID_SECRET", "")

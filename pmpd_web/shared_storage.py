@@ -9,30 +9,34 @@ copies only in their job's scratch folder. No Django import: the settings module
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 S3_BACKEND = "storages.backends.s3.S3Storage"
 
 
-def s3_storage(environ: Mapping[str, str]) -> dict[str, Any] | None:
-    """The ``STORAGES["default"]`` entry for the bucket the environment names, else None."""
-    bucket = environ.get("PMPD_S3_BUCKET", "")
+def s3_storage(
+    *,
+    bucket: str,
+    endpoint_url: str = "",
+    region: str = "",
+    access_key: str = "",
+    secret_key: str = "",
+    addressing_style: str = "",
+) -> dict[str, Any] | None:
+    """The ``STORAGES["default"]`` entry for ``bucket``, or None without one (the file system
+    then stays the store)."""
     if not bucket:
         return None
-    endpoint = environ.get("PMPD_S3_ENDPOINT_URL") or None
     return {
         "BACKEND": S3_BACKEND,
         "OPTIONS": {
             "bucket_name": bucket,
-            "endpoint_url": endpoint,
-            "region_name": environ.get("PMPD_S3_REGION") or None,
-            "access_key": environ.get("AWS_ACCESS_KEY_ID") or None,
-            "secret_key": environ.get("AWS_SECRET_ACCESS_KEY") or None,
+            "endpoint_url": endpoint_url or None,
+            "region_name": region or None,
+            "access_key": access_key or None,
+            "secret_key": secret_key or None,
             # Self-hosted stores answer on one host name, not one per bucket.
-            "addressing_style": environ.get(
-                "PMPD_S3_ADDRESSING_STYLE", "path" if endpoint else "auto"
-            ),
+            "addressing_style": addressing_style or ("path" if endpoint_url else "auto"),
             # As on a file system: a second file under a taken name gets a new name (the jobs
             # record what they wrote by name), and nothing is public.
             "file_overwrite": False,

@@ -45,13 +45,11 @@ def bucket_storage(s3_endpoint, settings, tmp_path):
     settings.STORAGES = {
         **settings.STORAGES,
         "default": s3_storage(
-            {
-                "PMPD_S3_BUCKET": bucket,
-                "PMPD_S3_ENDPOINT_URL": s3_endpoint,
-                "AWS_ACCESS_KEY_ID": "pmpd-test",
-                "AWS_SECRET_ACCESS_KEY": "pmpd-test-secret",
-                "PMPD_S3_REGION": "us-east-1",
-            }
+            bucket=bucket,
+            endpoint_url=s3_endpoint,
+            access_key="pmpd-test",
+            secret_key="pmpd-test-secret",
+            region="us-east-1",
         ),
     }
     yield bucket
@@ -66,9 +64,10 @@ def _files_under(folder) -> list[Path]:
     return [path for path in Path(folder).rglob("*") if path.is_file()]
 
 
-def test_the_file_system_stays_the_embedded_default():
-    assert s3_storage({}) is None
-    entry = s3_storage({"PMPD_S3_BUCKET": "site-media", "PMPD_S3_ENDPOINT_URL": "http://s3:8333"})
+def test_the_file_system_stays_the_embedded_default(settings):
+    assert settings.STORAGES["default"]["BACKEND"].endswith("FileSystemStorage")
+    assert s3_storage(bucket="") is None
+    entry = s3_storage(bucket="site-media", endpoint_url="http://s3:8333")
     assert entry["BACKEND"] == S3_BACKEND
     assert entry["OPTIONS"]["addressing_style"] == "path"
     assert entry["OPTIONS"]["file_overwrite"] is False
