@@ -17,7 +17,7 @@ from pmpd_web.accounts.models import AuditAction
 from pmpd_web.cohorts.models import Cohort
 from pmpd_web.jobs.dispatch import start_on_commit
 from pmpd_web.jobs.models import FINISHED, Job, job_stopped
-from pmpd_web.jobs.parts import PARTS_RUNNING, PlannedPart, publish_parts, run_parts_here, split
+from pmpd_web.jobs.parts import PlannedPart, hand_over, run_parts_here, split
 from pmpd_web.jobs.runner import ProgressCallback, UserFacingError, run_job
 
 from .models import ModelVersion
@@ -169,8 +169,7 @@ def scoring_work(job: Job, progress: ProgressCallback, *, here: bool = False) ->
         return run_parts_here(job, parts, score_part, merge_scoring, progress)
     # Said before publishing: the parts may finish (and settle the job) at once.
     progress(job.progress, f"{len(parts)} part(s) of the cohort handed to the workers")
-    publish_parts(parts)
-    return PARTS_RUNNING
+    return hand_over(job, parts, merge_scoring)
 
 
 def _reporting(

@@ -43,7 +43,7 @@ from .tasks import reliable_task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PARTS_RUNNING", "PlannedPart", "part_task", "publish_parts", "run_parts_here", "split"]
+__all__ = ["PARTS_RUNNING", "PlannedPart", "hand_over", "part_task", "run_parts_here", "split"]
 
 PartWork = Callable[[Job, dict[str, Any], Path], dict[str, Any]]
 Finish = Callable[[Job, list[dict[str, Any]]], dict[str, Any]]
@@ -89,6 +89,16 @@ def publish_parts(parts: Sequence[JobPart]) -> int:
         group(_signature(part) for part in waiting).apply_async()
     JobPart.objects.filter(pk__in=[part.pk for part in waiting]).update(published_at=timezone.now())
     return len(waiting)
+
+
+def hand_over(job: Job, parts: Sequence[JobPart], finish: Finish) -> Any:
+    """Publish the job's parts that are not done and return ``PARTS_RUNNING`` (the last part
+    settles the job); the job's result at once when every part is already done (a job retried
+    after its parts finished)."""
+    if all(part.status == JobPart.Status.DONE for part in parts):
+        return finish(job, [part.result for part in parts])
+    publish_parts(parts)
+    return PARTS_RUNNING
 
 
 def republish_lost_parts() -> list[int]:
@@ -154,6 +164,14 @@ def part_scratch(part: JobPart) -> Path:
     return scratch_root() / f"job-{part.job_id}-part-{part.index}"
 
 
+def _release(part: JobPart) -> None:
+    """The part is not running any more (it failed or its job stopped): a retry of the job
+    runs it again at once."""
+    JobPart.objects.filter(pk=part.pk, status=JobPart.Status.RUNNING).update(
+        status=JobPart.Status.QUEUED
+    )
+
+
 def _finish_part(part: JobPart, result: dict[str, Any], finish: Finish) -> None:
     """Store the part's result; the last part of the job settles it."""
     with transaction.atomic():
@@ -188,14 +206,17 @@ def run_part(part_id: int, work: PartWork, finish: Finish, *, task: Any = None) 
         with fresh_scratch(part_scratch(part)) as scratch, _Heartbeat(_PartBeat(part)):
             result = work(job, part.payload, scratch)
     except JobCancelled:
+        _release(part)
         return
     except UserFacingError as exc:
+        _release(part)
         _settle(job, JobStatus.FAILED, error=str(exc), phrase="Failed")
         return
     except TRANSIENT_ERRORS as exc:
         retries = task.request.retries if task is not None else 0
         if task is None or retries >= task.max_retries:
             log.exception("job %s part %s: giving up", job.pk, part.index)
+            _release(part)
             _settle(
                 job, JobStatus.FAILED, error=_give_up_message(exc, part.attempts), phrase="Failed"
             )
@@ -206,6 +227,7 @@ def run_part(part_id: int, work: PartWork, finish: Finish, *, task: Any = None) 
         raise task.retry(exc=exc, countdown=retry_countdown(retries)) from exc
     except Exception as exc:
         log.exception("job %s part %s failed", job.pk, part.index)
+        _release(part)
         _settle(
             job,
             JobStatus.FAILED,

@@ -91,3 +91,33 @@ def test_the_sweeper_publishes_again_the_part_of_a_dead_worker(running_job, sett
     )
     report = sweep()
     assert published == [lost.pk] and report.parts_republished == [lost.pk]
+
+
+@pytest.mark.django_db
+def test_a_failed_part_fails_the_job_and_runs_again_when_the_job_is_retried(running_job):
+    from pmpd_web.jobs.runner import UserFacingError
+
+    part = _split(running_job, n=1)[0]
+
+    def refuse(job, payload, scratch):
+        raise UserFacingError("PHX-0001: the mask has no tumour label")
+
+    job_parts.run_part(part.pk, refuse, lambda job, results: {})
+    running_job.refresh_from_db()
+    assert running_job.status == JobStatus.FAILED
+    assert running_job.error == "PHX-0001: the mask has no tumour label"
+    assert JobPart.objects.get(pk=part.pk).status == JobPart.Status.QUEUED
+    running_job.update_status(JobStatus.QUEUED)
+    running_job.claim("retry-message")
+    assert job_parts.claim_part(part.pk, "new-message") is not None
+
+
+@pytest.mark.django_db
+def test_a_job_whose_parts_are_all_done_is_settled_by_its_next_attempt(running_job):
+    parts = _split(running_job, n=2)
+    JobPart.objects.filter(job=running_job).update(status="done", result={"n": 1})
+    parts = list(JobPart.objects.filter(job=running_job))
+    result = job_parts.hand_over(
+        running_job, parts, lambda job, results: {"n": sum(r["n"] for r in results)}
+    )
+    assert result == {"n": 2}
