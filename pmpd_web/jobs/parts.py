@@ -118,6 +118,9 @@ def republish_lost_parts() -> list[int]:
             and (part.published_at is None or now - part.published_at > republish_after())
         )
     ]
+    # Queued again: a copy still waiting in a long queue is not sent a second time at the next
+    # sweep, and the dead worker's redelivered message may take it too.
+    JobPart.objects.filter(pk__in=[part.pk for part in lost]).update(status=JobPart.Status.QUEUED)
     publish_parts(lost)
     return [part.pk for part in lost]
 

@@ -91,6 +91,8 @@ def test_the_sweeper_publishes_again_the_part_of_a_dead_worker(running_job, sett
     )
     report = sweep()
     assert published == [lost.pk] and report.parts_republished == [lost.pk]
+    assert JobPart.objects.get(pk=lost.pk).status == JobPart.Status.QUEUED
+    assert job_parts.claim_part(lost.pk, "republished-message") is not None
 
 
 @pytest.mark.django_db
