@@ -4,6 +4,7 @@ functions (``run_job``: status, progress and errors on the job row)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -16,17 +17,20 @@ from pmpd_web.accounts.models import AuditAction, acting_user
 from pmpd_web.cohorts.models import Cohort
 from pmpd_web.jobs.dispatch import start_on_commit
 from pmpd_web.jobs.models import FINISHED, Job, job_stopped
+from pmpd_web.jobs.parts import PlannedPart, hand_over, run_parts_here, split
 from pmpd_web.jobs.runner import ProgressCallback, UserFacingError, run_job
 
 from .models import ModelVersion
 from .registry import TrainingChoices, default_name, new_model_version
-from .scoring import score_cohort
+from .scoring import merge_scoring, plan_scoring, score_part
 from .training import check_class_sizes, mark_failed, train_model_version, training_candidates
 
 OnProgress = Callable[[int, str], None] | None
 # Named rather than imported: the tasks module imports this one.
 TRAINING_TASK = "inference.tasks.gpu_train_model"
 SCORING_TASK = "inference.tasks.gpu_score_cohort"
+# A scoring job's parts: preprocessed on the cpu queue, then scored on the gpu queue.
+SCORING_PART_TASKS = ("inference.tasks.cpu_preprocess_part", "inference.tasks.gpu_score_part")
 
 
 def create_training(
@@ -139,9 +143,33 @@ def training_work(job: Job, progress: ProgressCallback) -> dict[str, Any]:
     return train_model_version(job.parameters["model_version"], progress)
 
 
-def scoring_work(job: Job, progress: ProgressCallback) -> dict[str, Any]:
-    """The body of a scoring job: score the job's cohort with ``parameters["model_version"]``."""
-    return score_cohort(job.cohort_id, job.parameters["model_version"], progress)
+def scoring_work(job: Job, progress: ProgressCallback, *, here: bool = False) -> Any:
+    """The body of a scoring job: score the job's cohort with ``parameters["model_version"]``.
+
+    The cohort is split into parts (once: a resumed job keeps its parts and what they did),
+    handed to the workers as a group of chains (preprocess on cpu, score on gpu); the last part
+    to finish settles the job. ``here``: run the parts in this process instead (commands)."""
+    version_id = job.parameters["model_version"]
+    parts = list(job.parts.all())
+    if not parts:
+        plan = plan_scoring(job.cohort_id, version_id)
+        if not plan.to_score:
+            return merge_scoring(job.update_status(result=plan.summary()), [])
+        job = job.update_status(
+            progress=0,
+            phrase=f"Scoring {len(plan.to_score)} of {plan.total} patients",
+            result=plan.summary(),
+        )
+        planned = [
+            PlannedPart({"model_version": version_id, "patients": chunk}, len(chunk))
+            for chunk in plan.parts()
+        ]
+        parts = split(job, planned, tasks=SCORING_PART_TASKS)
+    if here:
+        return run_parts_here(job, parts, score_part, merge_scoring, progress)
+    # Said before publishing: the parts may finish (and settle the job) at once.
+    progress(job.progress, f"{len(parts)} part(s) of the cohort handed to the workers")
+    return hand_over(job, parts, merge_scoring)
 
 
 def _reporting(
@@ -167,7 +195,7 @@ def execute_training(job_id: int, *, on_progress: OnProgress = None) -> None:
 
 def execute_scoring(job_id: int, *, on_progress: OnProgress = None) -> None:
     """Run a scoring job here and now (commands and the demo; the task runs the same work)."""
-    run_job(job_id, _reporting(scoring_work, on_progress))
+    run_job(job_id, _reporting(functools.partial(scoring_work, here=True), on_progress))
 
 
 @receiver(job_stopped)

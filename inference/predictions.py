@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from pmpd_web.cohorts.models import Patient
+from pmpd_web.jobs.files import current_scratch
 
 from .models import ModelVersion, PatientPrediction
 from .storage import json_safe, store_local_file
@@ -28,11 +29,12 @@ def save_overlays(
     slice_indices: Sequence[int],
 ) -> list[str]:
     """One PNG per scored slice: the windowed CT of its patch (channel 0) under the heatmap.
-    Named after the slice (its index in the 2 mm volume), so a re-run replaces them."""
+    Named after the slice (its index in the 2 mm volume), so a re-run replaces them. Drawn in
+    the running job's scratch folder (the only local files a worker writes)."""
     from inference.pmpd.gradcam import save_overlay_png  # torch: only workers load it
 
     names = []
-    with tempfile.TemporaryDirectory(prefix="pmpd-gradcam-") as folder:
+    with tempfile.TemporaryDirectory(prefix="pmpd-gradcam-", dir=current_scratch()) as folder:
         for patch, heatmap, slice_index in zip(patches, heatmaps, slice_indices, strict=True):
             local = save_overlay_png(patch[0], heatmap, Path(folder) / f"{slice_index}.png")
             names.append(

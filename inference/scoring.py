@@ -1,22 +1,30 @@
 """Scoring a cohort with a model version's five-fold ensemble: the shell around
-``inference.pmpd.predict.score_patient`` and ``inference.pmpd.gradcam.ensemble_gradcam``.
+``inference.pmpd.predict.score_patients`` and ``inference.pmpd.gradcam.ensemble_gradcam``.
 
-Idempotent and resumable: a patient whose prediction under this version already has the
-current input hash is skipped, so a job whose worker died mid-way finishes on another worker
-with every patient scored exactly once. A training patient of the version keeps its
+The cohort is split into parts of ``PMPD_SCORING_PATIENTS_PER_PART`` patients
+(``plan_scoring``); each part is preprocessed on the cpu queue and then scored on the gpu queue,
+its patients' patches in shared batches (``pmpd_web.jobs.parts``), so N GPU workers share one
+cohort. Idempotent and resumable: a patient whose prediction under this version already has the
+current input hash is skipped, so a part whose worker died finishes on another worker with
+every patient scored exactly once. A training patient of the version keeps its
 out-of-fold prediction (the ensemble has seen it: its score would be in-sample). A patient
 whose images the engine refuses is listed in the result with the reason; the others are scored.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from django.conf import settings
 
 from inference.pmpd.preprocess import PreprocessedPatient as Patches
 from inference.pmpd.preprocess import PreprocessError
 from pmpd_web.cohorts.models import Cohort, Patient
+from pmpd_web.jobs.models import Job
 from pmpd_web.jobs.runner import UserFacingError
 
 from .cache import input_hash_for, preprocessed_for, with_images
@@ -26,29 +34,18 @@ from .registry import fold_models_of, patient_call_rule_of, preprocess_config_of
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, str], None]
 
-
-def score_patient_with(
+def _store_prediction(
     patient: Patient,
     version: ModelVersion,
     patches: Patches,
-    fold_models: list[Any],
+    result: Any,
+    heatmaps: Any,
     *,
     code_version: str,
 ) -> PatientPrediction:
-    """Score one patient's un-rotated patches with every fold model, draw the ensemble's
-    Grad-CAM over each scored slice, and store both."""
-    from inference.pmpd.gradcam import ensemble_gradcam
-    from inference.pmpd.predict import PredictConfig, score_patient
-
+    """Draw the patient's Grad-CAM overlays and store them with its prediction."""
     inference_patches = patches.inference_patches()
-    result = score_patient(
-        inference_patches,
-        fold_models,
-        config=PredictConfig(patient_call_rule=patient_call_rule_of(version)),
-    )
-    heatmaps = ensemble_gradcam(fold_models, inference_patches)
     gradcam_files = save_overlays(
         version, patient, inference_patches, heatmaps, patches.selected_slices
     )
@@ -76,23 +73,88 @@ def score_patient_with(
     )
 
 
+def score_patients_with(
+    patients: list[tuple[Patient, Patches]],
+    version: ModelVersion,
+    fold_models: list[Any],
+    *,
+    code_version: str,
+) -> list[PatientPrediction]:
+    """Score several patients' un-rotated patches with every fold model in shared batches,
+    draw the ensemble's Grad-CAM over each scored slice, and store both, patient by patient."""
+    import numpy as np
+
+    from inference.pmpd.gradcam import ensemble_gradcam
+    from inference.pmpd.predict import PredictConfig, score_patients
+
+    if not patients:
+        return []
+    stacks = [patches.inference_patches() for _, patches in patients]
+    results = score_patients(
+        stacks, fold_models, config=PredictConfig(patient_call_rule=patient_call_rule_of(version))
+    )
+    # Grad-CAM is per patch (eval mode), so one pass over all patches splits exactly.
+    heatmaps = np.split(
+        ensemble_gradcam(fold_models, np.concatenate(stacks)),
+        np.cumsum([len(stack) for stack in stacks])[:-1],
+    )
+    stored = []
+    for (patient, patches), result, maps in zip(patients, results, heatmaps, strict=True):
+        stored.append(
+            _store_prediction(patient, version, patches, result, maps, code_version=code_version)
+        )
+        log.info("Scored %s with model version %s", patient.study_id, version.pk)
+    return stored
+
+
 def _scored_meanwhile(patient: Patient, version: ModelVersion, wanted_hash: str) -> bool:
     return PatientPrediction.objects.filter(
         patient=patient, model_version=version, input_hash=wanted_hash
     ).exists()
 
 
-def score_cohort(cohort_id: int, version_id: int, progress: Progress) -> dict[str, Any]:
-    """Score every patient of the cohort that has images; returns the job's result."""
-    from inference.pmpd.train import code_version
+def patients_per_part() -> int:
+    return max(1, int(getattr(settings, "PMPD_SCORING_PATIENTS_PER_PART", 4)))
 
-    cohort = Cohort.objects.get(pk=cohort_id)
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """Who a scoring job scores: the patients to score, in parts, and those it leaves."""
+
+    version_id: int
+    total: int
+    to_score: list[int]
+    already_scored: int
+    kept_out_of_fold: int
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model_version": self.version_id,
+            "patients": self.total,
+            "already_scored": self.already_scored,
+            "kept_out_of_fold": self.kept_out_of_fold,
+        }
+
+    def parts(self) -> list[list[int]]:
+        size = patients_per_part()
+        return [self.to_score[start : start + size] for start in range(0, len(self.to_score), size)]
+
+
+def ready_version(version_id: int) -> ModelVersion:
     version = ModelVersion.objects.get(pk=version_id)
     if version.status != ModelVersion.Status.READY:
         raise UserFacingError(
             f"Model version {version.name} is {version.get_status_display().lower()}; only a "
             "ready version can score."
         )
+    return version
+
+
+def plan_scoring(cohort_id: int, version_id: int) -> ScoringPlan:
+    """The patients of the cohort with images that need scoring (no current prediction under
+    the version; a training patient's out-of-fold prediction is kept)."""
+    cohort = Cohort.objects.get(pk=cohort_id)
+    version = ready_version(version_id)
     config = preprocess_config_of(version)
     patients = list(with_images(cohort.patients.all()).order_by("study_id"))
     if not patients:
@@ -105,56 +167,119 @@ def score_cohort(cohort_id: int, version_id: int, progress: Progress) -> dict[st
             model_version=version, patient__cohort=cohort
         ).only("patient_id", "source", "input_hash")
     }
-    fold_models: list[Any] | None = None
-    version_of_code = code_version()[:64]
-    scored: list[str] = []
-    already_scored = 0
-    kept_out_of_fold = 0
-    fewer_than_4: list[str] = []
-    inputs_changed: list[str] = []
-    skipped: list[dict[str, str]] = []
-    total = len(patients)
-    for done, patient in enumerate(patients, start=1):
+    to_score, already_scored, kept_out_of_fold = [], 0, 0
+    for patient in patients:
         current = stored.get(patient.pk)
+        if current is not None and current.source == PatientPrediction.Source.OUT_OF_FOLD:
+            kept_out_of_fold += 1
+            continue
         try:
-            out_of_fold = (
-                current is not None and current.source == PatientPrediction.Source.OUT_OF_FOLD
+            up_to_date = current is not None and current.input_hash == input_hash_for(
+                patient, config
             )
-            wanted = None if out_of_fold else input_hash_for(patient, config)
-            if out_of_fold:
-                kept_out_of_fold += 1
-            elif (current is not None and current.input_hash == wanted) or _scored_meanwhile(
-                patient, version, wanted
-            ):
-                # Up to date, or another delivery of this job (a worker thought dead) got
-                # there first.
-                already_scored += 1
-            else:
-                patches = preprocessed_for(patient, config)
-                if fold_models is None:
-                    progress(int(100 * (done - 1) / total), f"Loading {version.name}")
-                    fold_models = fold_models_of(version)
-                score_patient_with(
-                    patient, version, patches, fold_models, code_version=version_of_code
-                )
-                scored.append(patient.study_id)
-                if current is not None:
-                    inputs_changed.append(patient.study_id)
-                if patches.fewer_than_4_tumour_slices:
-                    fewer_than_4.append(patient.study_id)
-                log.info("Scored %s with model version %s", patient.study_id, version.pk)
+        except PreprocessError:
+            up_to_date = False  # the part that scores it lists the reason
+        if up_to_date:
+            already_scored += 1
+        else:
+            to_score.append(patient.pk)
+    return ScoringPlan(version.pk, len(patients), to_score, already_scored, kept_out_of_fold)
+
+
+def _patients_to_score(version: ModelVersion, patient_ids: list[int], skipped: list) -> tuple:
+    """The part's patients that still need scoring, with their input hash; counts the others
+    (another delivery of the part got there first) and lists the refused ones in ``skipped``."""
+    config = preprocess_config_of(version)
+    wanted, already_scored = [], 0
+    for patient in Patient.objects.filter(pk__in=patient_ids).order_by("study_id"):
+        try:
+            input_hash = input_hash_for(patient, config)
         except PreprocessError as exc:
             skipped.append({"study_id": patient.study_id, "reason": str(exc)})
-        progress(int(100 * done / total), f"{done} of {total} patients done")
+            continue
+        if _scored_meanwhile(patient, version, input_hash):
+            already_scored += 1
+        else:
+            wanted.append(patient)
+    return wanted, already_scored
+
+
+def preprocess_part(part_payload: dict[str, Any]) -> int:
+    """Fill the preprocessing cache for a part's patients (the cpu step before scoring);
+    returns how many were preprocessed. A refused patient is left for the scoring step to
+    list with its reason."""
+    version = ModelVersion.objects.get(pk=part_payload["model_version"])
+    config = preprocess_config_of(version)
+    patients, _ = _patients_to_score(version, part_payload["patients"], [])
+    done = 0
+    for patient in patients:
+        try:
+            preprocessed_for(patient, config)
+            done += 1
+        except PreprocessError as exc:
+            log.warning("patient %s cannot be preprocessed: %s", patient.study_id, exc)
+    return done
+
+
+@functools.cache
+def _code_version() -> str:
+    """The code version predictions record, asked once per worker process (``git describe``
+    takes a while, and a worker's code does not change while it runs)."""
+    from inference.pmpd.train import code_version
+
+    return code_version()[:64]
+
+
+def score_part(job: Job, payload: dict[str, Any], scratch: Path | None) -> dict[str, Any]:
+    """Score a part's patients (the gpu step); the part's result."""
+    version = ready_version(payload["model_version"])
+    config = preprocess_config_of(version)
+    skipped: list[dict[str, str]] = []
+    patients, already_scored = _patients_to_score(version, payload["patients"], skipped)
+    # A patient with a stored score is scored again because its CT or approved mask changed:
+    # the preprocessing cache is keyed by the volumes' content, so the old inputs were stale.
+    inputs_changed = sorted(
+        PatientPrediction.objects.filter(model_version=version, patient__in=patients).values_list(
+            "patient__study_id", flat=True
+        )
+    )
+    ready: list[tuple[Patient, Patches]] = []
+    for patient in patients:
+        try:
+            ready.append((patient, preprocessed_for(patient, config)))
+        except PreprocessError as exc:
+            skipped.append({"study_id": patient.study_id, "reason": str(exc)})
+    if ready:
+        score_patients_with(
+            ready,
+            version,
+            fold_models_of(version),
+            code_version=_code_version(),
+        )
     return {
-        "model_version": version.pk,
-        "patients": total,
-        "scored": len(scored),
+        "scored": [patient.study_id for patient, _ in ready],
         "already_scored": already_scored,
-        "kept_out_of_fold": kept_out_of_fold,
-        "fewer_than_4_tumour_slices": fewer_than_4,
-        # Re-scored because the CT or the approved mask changed since the stored score: the
-        # preprocessing cache is keyed by the volumes' content, so the old inputs were stale.
-        "rescored_inputs_changed": inputs_changed,
+        "fewer_than_4_tumour_slices": [
+            patient.study_id for patient, patches in ready if patches.fewer_than_4_tumour_slices
+        ],
         "skipped": skipped,
+        "rescored_inputs_changed": inputs_changed,
     }
+
+
+def merge_scoring(job: Job, part_results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The scoring job's result: the plan's counts and what the parts did."""
+    result = dict(job.result)
+    result["scored"] = sum(len(part["scored"]) for part in part_results)
+    result["already_scored"] = result.get("already_scored", 0) + sum(
+        part["already_scored"] for part in part_results
+    )
+    result["fewer_than_4_tumour_slices"] = sorted(
+        name for part in part_results for name in part["fewer_than_4_tumour_slices"]
+    )
+    result["skipped"] = [entry for part in part_results for entry in part["skipped"]]
+    result["rescored_inputs_changed"] = sorted(
+        name for part in part_results for name in part.get("rescored_inputs_changed", [])
+    )
+    result["parts"] = len(part_results)
+    return result

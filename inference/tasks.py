@@ -12,6 +12,8 @@ from typing import Any
 
 from inference.pmpd.preprocess import PreprocessConfig, PreprocessError
 from pmpd_web.cohorts.models import Patient
+from pmpd_web.jobs.models import JobPart
+from pmpd_web.jobs.parts import part_task
 from pmpd_web.jobs.runner import TRANSIENT_ERRORS, retry_countdown
 from pmpd_web.jobs.tasks import job_task, reliable_task
 
@@ -19,6 +21,7 @@ from .cache import preprocessed_for
 from .jobs import scoring_work, training_work
 from .models import ModelVersion
 from .registry import preprocess_config_of
+from .scoring import merge_scoring, preprocess_part, score_part
 from .segmentation_jobs import segmentation_training_work, segmentation_work
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,7 @@ def gpu_train_model(job, progress):
 
 @job_task
 def gpu_score_cohort(job, progress):
-    """Score a cohort with a version's five-fold ensemble (see ``inference.scoring``)."""
+    """Split a cohort's scoring into parts for the workers (see ``inference.scoring``)."""
     return scoring_work(job, progress)
 
 
@@ -46,6 +49,30 @@ def gpu_train_segmentation_model(job, progress):
 def gpu_predict_masks(job, progress):
     """Predict masks as automatic mask versions needing review."""
     return segmentation_work(job, progress)
+
+
+@part_task(finish=merge_scoring)
+def gpu_score_part(job, payload, scratch):
+    """Score one part of a cohort, its patients' patches in shared batches (the gpu step)."""
+    return score_part(job, payload, scratch)
+
+
+@reliable_task
+def cpu_preprocess_part(self, part_id: int) -> int:
+    """Preprocess one part of a cohort before its gpu step (the next task of its chain), so the
+    GPU finds the patches ready. A part already done, or whose job stopped, is skipped."""
+    part = JobPart.objects.select_related("job").get(pk=part_id)
+    if part.status == JobPart.Status.DONE or part.job.finished:
+        return 0
+    try:
+        return preprocess_part(part.payload)
+    except TRANSIENT_ERRORS as exc:
+        raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
+    except Exception:
+        # A cache warmer: the gpu step preprocesses what is missing and reports the error, so
+        # the chain goes on.
+        log.exception("part %s: preprocessing failed; the scoring step will try again", part_id)
+        return 0
 
 
 @reliable_task

@@ -15,6 +15,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from pmpd_web.shared_storage import s3_storage
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -162,6 +164,19 @@ STORAGES = {
         )
     },
 }
+# Several hosts share one S3-compatible bucket instead of a media volume (README, "Shared
+# storage for several hosts").
+STORAGES["default"] = (
+    s3_storage(
+        bucket=os.environ.get("PMPD_S3_BUCKET", ""),
+        endpoint_url=os.environ.get("PMPD_S3_ENDPOINT_URL", ""),
+        region=os.environ.get("PMPD_S3_REGION", ""),
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID", ""),
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+        addressing_style=os.environ.get("PMPD_S3_ADDRESSING_STYLE", ""),
+    )
+    or STORAGES["default"]
+)
 
 # Keys the hash that remaps DICOM UIDs on de-identification: a stable site secret.
 PMPD_DEID_SECRET = os.environ.get("PMPD_DEID_SECRET", "")
@@ -295,6 +310,8 @@ PMPD_JOB_REPUBLISH_AFTER_SECONDS = int(os.environ.get("PMPD_JOB_REPUBLISH_AFTER_
 PMPD_JOB_HEARTBEAT_SECONDS = float(os.environ.get("PMPD_JOB_HEARTBEAT_SECONDS", "30"))
 PMPD_JOB_HEARTBEAT_STALE_SECONDS = int(os.environ.get("PMPD_JOB_HEARTBEAT_STALE_SECONDS", "120"))
 PMPD_JOB_SCRATCH_DIR = Path(os.environ.get("PMPD_JOB_SCRATCH_DIR", DATA_DIR / "job-scratch"))
+# A cohort's scoring is split into parts of this many patients, shared by the workers.
+PMPD_SCORING_PATIENTS_PER_PART = int(os.environ.get("PMPD_SCORING_PATIENTS_PER_PART", "4"))
 
 # Security. The production profile is what `check --deploy` vets.
 # Pages may not be framed; the embedded viewer's own responses opt in to SAMEORIGIN.

@@ -267,8 +267,8 @@ def test_the_locks_pin_every_package_and_the_cpu_torch(lock):
 def test_compose_environment_matches_settings_and_env_example():
     config = compose()
     settings_source = (REPO / "pmpd_web" / "settings.py").read_text()
-    read_by_settings = set(re.findall(r'os\.environ\.get\("([A-Z_]+)"', settings_source))
-    read_by_settings |= set(re.findall(r'env_(?:bool|list)\("([A-Z_]+)"', settings_source))
+    read_by_settings = set(re.findall(r'os\.environ\.get\("([A-Z0-9_]+)"', settings_source))
+    read_by_settings |= set(re.findall(r'env_(?:bool|list)\("([A-Z0-9_]+)"', settings_source))
     example = {
         line.split("=", 1)[0]
         for line in (REPO / ".env.example").read_text().splitlines()
@@ -288,7 +288,7 @@ def test_compose_environment_matches_settings_and_env_example():
             source, target = volume.split(":")
             assert source in config["volumes"] and target == env["PMPD_DATA_DIR"]
         assert env["DJANGO_MEDIA_ROOT"].startswith(env["PMPD_DATA_DIR"])
-    required = set(re.findall(r"\$\{([A-Z_]+):\?", (REPO / "docker-compose.yml").read_text()))
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", (REPO / "docker-compose.yml").read_text()))
     assert required <= example, f"not documented in .env.example: {required - example}"
 
 

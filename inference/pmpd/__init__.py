@@ -58,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "PredictConfig": "predict",
     "load_fold_models": "predict",
     "score_patient": "predict",
+    "score_patients": "predict",
     # gradcam
     "gradcam": "gradcam",
     "ensemble_gradcam": "gradcam",

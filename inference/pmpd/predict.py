@@ -182,23 +182,54 @@ def score_patient(
     ``thresholds`` default to those stored with each fold model; pass others (e.g. re-chosen on
     a local cohort) to override them, one per fold.
     """
+    return score_patients([patches], fold_models, thresholds, config=config)[0]
+
+
+def score_patients(
+    patches_per_patient: Sequence[np.ndarray],
+    fold_models: Sequence[FoldModel],
+    thresholds: Sequence[FoldThresholds] | None = None,
+    *,
+    config: PredictConfig | None = None,
+) -> list[PatientPrediction]:
+    """Score several patients at once: their patches go through each fold model in shared
+    batches (a GPU kept busy across patients), then each patient's slices are summarised as
+    ``score_patient`` does. The models are in eval mode, so a patch's output does not depend
+    on the patches beside it in a batch."""
     config = config or PredictConfig()
     if not fold_models:
         raise ValueError("score_patient needs at least one fold model")
     thresholds = list(thresholds) if thresholds is not None else [f.thresholds for f in fold_models]
     if len(thresholds) != len(fold_models):
         raise ValueError(f"{len(thresholds)} thresholds for {len(fold_models)} fold models")
-    patches = np.asarray(patches, dtype=np.float32)
-    if patches.ndim != 4 or patches.shape[0] == 0:
-        raise ValueError(f"patches must be [n>0, channels, H, W], got {patches.shape}")
+    stacks = [np.asarray(patches, dtype=np.float32) for patches in patches_per_patient]
+    for patches in stacks:
+        if patches.ndim != 4 or patches.shape[0] == 0:
+            raise ValueError(f"patches must be [n>0, channels, H, W], got {patches.shape}")
+    if not stacks:
+        return []
+    bounds = np.cumsum([0] + [len(patches) for patches in stacks])
+    everything = np.concatenate(stacks)
+    per_fold = [predict_slices(f.model, everything, config=config) for f in fold_models]
+    return [
+        _summarise(
+            np.stack([p.metastasis_probability[start:stop] for p in per_fold]),
+            np.stack([p.site_probabilities[start:stop] for p in per_fold]),
+            thresholds,
+            config,
+        )
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
 
-    slice_probabilities = []
-    site_probabilities = []
-    for fold_model in fold_models:
-        prediction = predict_slices(fold_model.model, patches, config=config)
-        slice_probabilities.append(prediction.metastasis_probability)
-        site_probabilities.append(prediction.site_probabilities)
-    per_slice = np.stack(slice_probabilities)
+
+def _summarise(
+    per_slice: np.ndarray,
+    site_probabilities: np.ndarray,
+    thresholds: Sequence[FoldThresholds],
+    config: PredictConfig,
+) -> PatientPrediction:
+    """One patient's prediction from its [n_folds, n_slices] slice probabilities and
+    [n_folds, n_slices, n_sites] site probabilities."""
     mrs = per_slice.mean(axis=1)
     fractions = np.array(
         [
@@ -212,7 +243,7 @@ def score_patient(
         call = bool(fold_calls.sum() * 2 >= len(fold_calls))
     else:
         call = bool(fractions.mean() >= patient_thresholds.mean())
-    mean_sites = np.stack(site_probabilities).mean(axis=(0, 1))
+    mean_sites = site_probabilities.mean(axis=(0, 1))
     return PatientPrediction(
         metastasis_risk_score=float(mrs.mean()),
         mrs_std=float(mrs.std(ddof=1)) if len(mrs) > 1 else 0.0,
@@ -227,7 +258,7 @@ def score_patient(
         site_probabilities={
             name: float(p) for name, p in zip(SITE_NAMES, mean_sites, strict=False)
         },
-        n_slices=int(patches.shape[0]),
+        n_slices=int(per_slice.shape[1]),
         patient_call_rule=config.patient_call_rule,
     )
 

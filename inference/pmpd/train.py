@@ -534,6 +534,8 @@ def _train_fold(
         copy.deepcopy(model.state_dict()),
     )
     for epoch in range(1, config.max_epochs + 1):
+        epoch_started = time.perf_counter()
+        step_seconds = 0.0
         order = torch.randperm(len(train_images), generator=generator).to(device)
         losses = []
         for start in range(0, len(order), config.batch_size):
@@ -545,6 +547,7 @@ def _train_fold(
                 site_targets=sites_t[owner],
                 site_mask=site_mask_t[owner],
             )
+            step_started = time.perf_counter()
             losses.append(
                 train_step(
                     model,
@@ -555,6 +558,7 @@ def _train_fold(
                     bf16_on_cpu=config.bf16_on_cpu,
                 )
             )
+            step_seconds += time.perf_counter() - step_started
             if scheduler is not None:
                 scheduler.step()
         probabilities = predict_slices(
@@ -583,6 +587,8 @@ def _train_fold(
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history[-1]["epoch_seconds"] = time.perf_counter() - epoch_started
+        history[-1]["train_step_seconds"] = step_seconds
         report(
             epoch,
             f"fold {fold + 1}/{config.n_folds} epoch {epoch}: train loss {train_loss:.3f}, "
@@ -593,6 +599,16 @@ def _train_fold(
             break
     model.load_state_dict(best_state)
     return model, history, best_epoch
+
+
+def epoch_overhead_share(history: Sequence[dict[str, float]]) -> float:
+    """The share of the epochs' time spent beyond the training steps (forward, backward and
+    optimiser step): gathering batches, validation, keeping the best weights, the scheduler.
+    Exact on CPU; on CUDA the steps run asynchronously, so part of their time is counted as
+    overhead (an upper bound)."""
+    total = sum(record["epoch_seconds"] for record in history)
+    steps = sum(record["train_step_seconds"] for record in history)
+    return (total - steps) / total if total > 0 else 0.0
 
 
 def epoch_score(record: dict[str, float], metric: str) -> tuple[float, float]:

@@ -23,6 +23,8 @@ from django.core.files.storage import default_storage
 from django.urls import reverse
 from django.utils.http import urlencode
 
+from pmpd_web.jobs.files import current_scratch
+
 from .errors import IngestError
 from .models import CanonicalVolume, DicomInstance, ImageSeries, ImagingStudy
 from .volumes import Grid, read_volume
@@ -57,14 +59,15 @@ class PatientViewer:
 @contextlib.contextmanager
 def stored_file_path(name: str) -> Iterator[Path]:
     """A local path holding the stored file ``name``: the file itself on file-system storage,
-    else a temporary copy keeping the name's suffixes (``.nii.gz`` stays readable)."""
+    else (an S3 bucket) a temporary copy keeping the name's suffixes (``.nii.gz`` stays
+    readable), in the running job's scratch folder when there is one, deleted on exit."""
     try:
         yield Path(default_storage.path(name))
         return
     except NotImplementedError:
         pass
     suffix = "".join(PurePosixPath(name).suffixes)
-    with tempfile.TemporaryDirectory(prefix="pmpd-") as folder:
+    with tempfile.TemporaryDirectory(prefix="pmpd-", dir=current_scratch()) as folder:
         target = Path(folder) / f"copy{suffix}"
         with default_storage.open(name, "rb") as source, target.open("wb") as sink:
             shutil.copyfileobj(source, sink, length=4 * 1024 * 1024)

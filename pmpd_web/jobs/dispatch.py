@@ -99,6 +99,7 @@ class SweepReport:
     unreachable: list[int] = field(default_factory=list)
     files_removed: int = 0
     scratch_removed: list[str] = field(default_factory=list)
+    parts_republished: list[int] = field(default_factory=list)
 
 
 def sweep() -> SweepReport:
@@ -134,6 +135,10 @@ def sweep() -> SweepReport:
     for job in Job.objects.filter(status__in=FINISHED).exclude(written_files=[]):
         report.files_removed += discard_written(job)
     report.scratch_removed = _remove_dead_scratch()
+    if not report.unreachable:
+        from .parts import republish_lost_parts  # parts imports this module
+
+        report.parts_republished = republish_lost_parts()
     if report.republished or report.unreachable or report.files_removed:
         log.info("job sweep: %s", report)
     return report
@@ -149,7 +154,8 @@ def _remove_dead_scratch() -> list[str]:
     young = time.time() - 60
     removed = []
     for folder in root.glob("job-*"):
-        if folder.name not in live and folder.stat().st_mtime < young:
+        # A part's folder (job-<id>-part-<k>) lives as long as its job.
+        if folder.name.split("-part-")[0] not in live and folder.stat().st_mtime < young:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder.name)
     return removed

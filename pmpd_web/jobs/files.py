@@ -11,6 +11,7 @@ sweeper delete what an attempt recorded and never committed (``discard_written``
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import shutil
 import time
@@ -35,16 +36,34 @@ def scratch_folder(job_id: int) -> Path:
     return scratch_root() / f"job-{job_id}"
 
 
+_current_scratch: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "job_scratch", default=None
+)
+
+
+def current_scratch() -> Path | None:
+    """The scratch folder of the job (or job part) running here, None outside one: where the
+    local copies of stored files go (with shared storage, the only local files a worker
+    writes)."""
+    return _current_scratch.get()
+
+
 @contextlib.contextmanager
-def job_scratch(job) -> Iterator[Path]:
-    """A fresh scratch folder for this attempt: what a killed attempt left is removed first."""
-    folder = scratch_folder(job.pk)
+def fresh_scratch(folder: Path) -> Iterator[Path]:
+    """``folder`` emptied and made the current scratch folder; removed on exit."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
+    token = _current_scratch.set(folder)
     try:
         yield folder
     finally:
+        _current_scratch.reset(token)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def job_scratch(job) -> contextlib.AbstractContextManager[Path]:
+    """A fresh scratch folder for this attempt: what a killed attempt left is removed first."""
+    return fresh_scratch(scratch_folder(job.pk))
 
 
 def record_written(job_id: int | None, names: Iterable[str]) -> None:

@@ -229,3 +229,46 @@ class Job(models.Model):
             "message_id",
         ):
             setattr(self, field, getattr(job, field))
+
+
+class JobPart(models.Model):
+    """One share of a job split across workers (a chunk of a cohort's patients): its inputs,
+    whether it is done, its heartbeat while a worker runs it, and its result. The job is done
+    when every part is (``pmpd_web.jobs.parts``)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="parts")
+    index = models.PositiveIntegerField()
+    payload = models.JSONField(default=dict, help_text="The part's inputs (primary keys)")
+    size = models.PositiveIntegerField(default=1, help_text="Units of work, for the progress")
+    tasks = models.JSONField(
+        default=list, help_text="The Celery tasks that run the part, in order (a chain)"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    result = models.JSONField(default=dict, blank=True)
+    message_id = models.CharField(max_length=64, blank=True)
+    worker = models.CharField(max_length=200, blank=True, help_text="Who ran it (host, pid)")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    published_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "index"], name="job_part_unique_index")
+        ]
+
+    def __str__(self) -> str:
+        return f"Part {self.index} of job {self.job_id} ({self.status})"
+
+    @property
+    def worker_lost(self) -> bool:
+        if self.status != JobPart.Status.RUNNING:
+            return False
+        return self.heartbeat_at is None or (
+            timezone.now() - self.heartbeat_at > heartbeat_stale_after()
+        )

@@ -32,6 +32,10 @@ class JobCancelled(Exception):
 
 TRANSIENT_ERRORS = (OperationalError, ConnectionError)
 
+# What a job's work returns when it handed the job to its parts, which settle it
+# (``pmpd_web.jobs.parts``): the job stays running.
+PARTS_RUNNING = "parts-running"
+
 
 def retry_countdown(retries: int) -> int:
     """Seconds before retry number ``retries + 1``: exponential, jittered, capped."""
@@ -147,6 +151,8 @@ def run_job(
             error=f"Internal error ({type(exc).__name__}); the administrators can see the log.",
             phrase="Failed",
         )
+        return
+    if result == PARTS_RUNNING:
         return
     _settle(job, JobStatus.SUCCEEDED, phrase="Done", result=result)
 

@@ -3,7 +3,10 @@
 A phantom cohort (default 120 patients, 256 matrix) is pre-processed, then cross-validated twice
 with a small backbone: once with its real labels and once with shuffled labels. Prints the
 out-of-fold patient-level AUROC of each run and the time taken, beside their targets:
-real labels >= 0.85 within 15 minutes, shuffled labels between 0.35 and 0.65. It asserts
+real labels >= 0.85 within 15 minutes, shuffled labels between 0.35 and 0.65; and the mean epoch
+time beside its forward/backward share, with the rest (validation, keeping the best weights,
+gathering batches) as a share of the epoch (target < 20%, checked by
+tests/inference/test_pmpd_train.py on a small run). It asserts
 nothing: timings on a shared machine vary, and the numbers are for a person to read.
 
     .venv/bin/python tests/bench/bench_train_cpu.py [--patients 120] [--depth 10] ...
@@ -27,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from inference.pmpd.model import ModelConfig  # noqa: E402
 from inference.pmpd.phantom import PhantomConfig, iter_cohort  # noqa: E402
 from inference.pmpd.preprocess import PreprocessConfig, preprocess_patient  # noqa: E402
-from inference.pmpd.train import TrainConfig, cross_validate  # noqa: E402
+from inference.pmpd.train import TrainConfig, cross_validate, epoch_overhead_share  # noqa: E402
 
 
 def main() -> None:
@@ -151,6 +154,15 @@ def main() -> None:
         )
         epochs = [f.epochs_run for f in result.folds]
         print(f"{'':>18}epochs run per fold {epochs}, best {[f.best_epoch for f in result.folds]}")
+        history = [record for fold in result.folds for record in fold.history]
+        epoch_seconds = np.mean([record["epoch_seconds"] for record in history])
+        step_seconds = np.mean([record["train_step_seconds"] for record in history])
+        print(
+            f"{'':>18}epoch {epoch_seconds:.2f} s, of which forward/backward/step "
+            f"{step_seconds:.2f} s; overhead (validation, best weights, batches) "
+            f"{epoch_overhead_share(history):.1%} of the epoch (target < 20%)",
+            flush=True,
+        )
     print(f"total {(time.perf_counter() - started) / 60:.1f} min")
 
 

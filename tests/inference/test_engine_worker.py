@@ -1,83 +1,131 @@
-"""A real Celery worker on the Redis of this machine scores a cohort; killed in the middle, the
-job is finished by another worker with every patient scored exactly once (acks_late,
-reject_on_worker_lost, and scoring that skips what is already scored)."""
+"""Real Celery workers on the Redis of this machine score one cohort together: its parts
+(preprocess on the cpu queue, score on the gpu queue) are shared by both workers, and a worker
+killed with SIGKILL in the middle leaves its part to the other, with every patient scored
+exactly once (acks_late, part claims, the sweeper publishing a dead worker's part again, and
+scoring that skips what is already scored)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 
 import pytest
 from engine_fixtures import add_phantom_patient, make_random_version, phantom
 from workers import REPO, celery_worker, redis_url, wait_for
 
+from inference import tasks
 from inference.jobs import start_scoring
 from inference.models import PatientPrediction
 from pmpd_web.celery import app
-from pmpd_web.jobs.models import Job
+from pmpd_web.jobs.models import Job, JobPart
 
-N_PATIENTS = 4
+
+def _environment(settings) -> dict[str, str]:
+    return {
+        "DJANGO_MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "DJANGO_SETTINGS_MODULE": "engine_worker_settings",
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(REPO / "tests" / "support"), os.environ.get("PYTHONPATH")])
+        ),
+        "OMP_NUM_THREADS": "1",
+        # One patient per part, so that two workers share even a small cohort; a dead worker's
+        # part is seen as lost after a few seconds and published again by the other's sweeper.
+        "PMPD_SCORING_PATIENTS_PER_PART": "1",
+        "PMPD_JOB_HEARTBEAT_SECONDS": "1",
+        "PMPD_JOB_HEARTBEAT_STALE_SECONDS": "6",
+        "PMPD_JOB_SWEEP_SECONDS": "2",
+    }
+
+
+@contextlib.contextmanager
+def two_workers(tmp_path, settings):
+    if app.conf.broker_url != redis_url():
+        pytest.fail(f"run the tests with CELERY_BROKER_URL={redis_url()} (make test does)")
+    app.conf.task_always_eager = False
+    logs = [tmp_path / "first-worker.log", tmp_path / "second-worker.log"]
+    environment = _environment(settings)
+    with (
+        celery_worker(queues="gpu,cpu", log=logs[0], extra_env=environment) as first,
+        celery_worker(queues="gpu,cpu", log=logs[1], extra_env=environment, flush=False) as second,
+    ):
+        yield [first, second], logs
+
+
+def _wait_until_finished(job: Job, logs) -> None:
+    def finished() -> bool:
+        job.refresh_from_db()
+        return job.finished
+
+    wait_for(finished, timeout=300, log=logs[-1])
+
+
+def _assert_each_patient_scored_once(job, version, patients, logs) -> None:
+    predictions = PatientPrediction.objects.filter(model_version=version)
+    assert job.status == "succeeded", job.error
+    assert job.progress == 100
+    assert job.result["scored"] + job.result["already_scored"] == len(patients)
+    assert job.result["parts"] == len(patients)
+    text = "".join(log.read_text() for log in logs)
+    for patient in patients:
+        assert predictions.filter(patient=patient).count() == 1
+        assert text.count(f"Scored {patient.study_id} with model version {version.pk}") == 1
 
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
-def test_a_killed_workers_scoring_job_is_finished_by_another(tmp_path, settings, cohort, members):
-    if app.conf.broker_url != redis_url():
-        pytest.fail(f"run the tests with CELERY_BROKER_URL={redis_url()} (make test does)")
-    patients = [
-        add_phantom_patient(cohort, phantom(index), label="unknown") for index in range(N_PATIENTS)
-    ]
+def test_two_workers_share_one_cohorts_scoring(tmp_path, settings, cohort, members):
+    patients = [add_phantom_patient(cohort, phantom(index), label="unknown") for index in range(6)]
+    version = make_random_version(cohort, depth=10, input_size=32)
+    with two_workers(tmp_path, settings) as (workers, logs):
+        job = start_scoring(cohort, version, user=members["coordinator"])
+        _wait_until_finished(job, logs)
+    _assert_each_patient_scored_once(job, version, patients, logs)
+    pids = {part.worker.rsplit(":", 1)[1] for part in JobPart.objects.filter(job=job)}
+    assert pids == {str(worker.pid) for worker in workers}, "both workers scored parts"
+    for log in logs:
+        assert "Scored " in log.read_text()
+        assert "cpu_preprocess_part" in log.read_text() or "gpu_score_part" in log.read_text()
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_way_leaves_its_part_to_the_other(tmp_path, settings, cohort, members):
+    patients = [add_phantom_patient(cohort, phantom(index), label="unknown") for index in range(6)]
     # Random ResNet18 weights at 64 pixels on one thread: a few seconds per patient (five fold
-    # models and their Grad-CAM), time enough to kill the worker between two patients.
+    # models and their Grad-CAM), time enough to kill a worker in the middle of a part.
     version = make_random_version(cohort, depth=18, input_size=64)
-    environment = {
-        "DJANGO_MEDIA_ROOT": str(settings.MEDIA_ROOT),
-        "DJANGO_SETTINGS_MODULE": "engine_worker_settings",
-        "PYTHONPATH": str(REPO / "tests" / "support"),
-        "OMP_NUM_THREADS": "1",
-    }
-    first_log, second_log = tmp_path / "first-worker.log", tmp_path / "second-worker.log"
     predictions = PatientPrediction.objects.filter(model_version=version)
-    app.conf.task_always_eager = False
-    with celery_worker(queues="gpu,cpu", log=first_log, extra_env=environment) as first:
+    with two_workers(tmp_path, settings) as (workers, logs):
         job = start_scoring(cohort, version, user=members["coordinator"])
 
-        def first_patient_scored() -> bool:
-            return predictions.exists()
+        def a_scoring_part_running_after_the_first_patient() -> JobPart | None:
+            if not predictions.exists():
+                return None
+            return JobPart.objects.filter(job=job, status="running").first()
 
-        wait_for(first_patient_scored, timeout=240, interval=0.1, log=first_log)
+        running = wait_for(
+            a_scoring_part_running_after_the_first_patient, timeout=240, interval=0.1, log=logs[0]
+        )
+        pid = int(running.worker.rsplit(":", 1)[1])
+        victim = next(worker for worker in workers if worker.pid == pid)
+        os.kill(pid, signal.SIGKILL)
+        victim.wait(timeout=30)
         job.refresh_from_db()
-        assert job.status == "running", "the job ended before the worker could be killed"
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
-    scored_by_the_first = predictions.count()
-    assert 1 <= scored_by_the_first < N_PATIENTS
-
-    with celery_worker(queues="gpu,cpu", log=second_log, extra_env=environment, flush=False):
-
-        def finished() -> bool:
-            job.refresh_from_db()
-            return job.finished
-
-        wait_for(finished, timeout=240, log=second_log)
-
-    assert job.status == "succeeded", job.error
-    assert job.result["already_scored"] == scored_by_the_first
-    assert job.result["scored"] == N_PATIENTS - scored_by_the_first
-    assert predictions.count() == N_PATIENTS
-    logs = first_log.read_text() + second_log.read_text()
-    for patient in patients:
-        assert predictions.filter(patient=patient).count() == 1
-        assert logs.count(f"Scored {patient.study_id} with model version {version.pk}") == 1
-    assert "gpu_score_cohort" in second_log.read_text()
-    assert Job.objects.get(pk=job.pk).progress == 100
+        assert job.status == "running", "the job ended before a worker could be killed"
+        _wait_until_finished(job, logs)
+    _assert_each_patient_scored_once(job, version, patients, logs)
+    taken_over = JobPart.objects.get(pk=running.pk)
+    assert taken_over.status == "done" and taken_over.attempts >= 2
+    assert taken_over.worker.rsplit(":", 1)[1] != str(pid), "the other worker finished it"
 
 
 def test_the_engine_tasks_are_routed_and_retried_as_the_architecture_says():
-    from inference import tasks
-
     route = app.amqp.router.route
-    for task in (tasks.gpu_train_model, tasks.gpu_score_cohort):
+    for task in (tasks.gpu_train_model, tasks.gpu_score_cohort, tasks.gpu_score_part):
         assert route({}, task.name)["queue"].name == "gpu"
         assert task.max_retries == 3 and task.acks_late
-    assert route({}, tasks.cpu_preprocess_patient.name)["queue"].name == "cpu"
+    for task in (tasks.cpu_preprocess_patient, tasks.cpu_preprocess_part):
+        assert route({}, task.name)["queue"].name == "cpu"
+        assert task.acks_late and task.reject_on_worker_lost
     assert app.conf.task_reject_on_worker_lost and app.conf.worker_prefetch_multiplier == 1

@@ -17,6 +17,7 @@ from inference.pmpd.predict import (
     load_fold_models,
     predict_slices,
     score_patient,
+    score_patients,
 )
 from inference.pmpd.preprocess import PreprocessConfig, preprocess_patient
 from inference.pmpd.train import TrainConfig, cross_validate
@@ -50,6 +51,22 @@ def test_score_patient_aggregates_folds_as_documented():
     assert set(prediction.site_probabilities) == {"none", "liver", "lung", "peritoneum"}
     assert prediction.n_slices == 4
     assert prediction.to_dict()["slice_probabilities"][0] == pytest.approx(list(per_fold[0]))
+
+
+def test_patients_scored_in_shared_batches_get_their_own_scores():
+    """Several patients' patches in shared batches (the gpu step of a scoring part) score each
+    patient as scoring it alone does, whatever the batch boundaries."""
+    folds = random_fold_models()
+    rng = np.random.default_rng(1)
+    stacks = [rng.random((n, 2, 48, 48), dtype=np.float32) for n in (4, 3, 1)]
+    together = score_patients(stacks, folds, config=PredictConfig(batch_size=3))
+    for patches, batched in zip(stacks, together, strict=True):
+        alone = score_patient(patches, folds)
+        assert batched.n_slices == alone.n_slices == len(patches)
+        assert np.allclose(batched.slice_probabilities, alone.slice_probabilities, atol=1e-5)
+        assert batched.metastasis_risk_score == pytest.approx(alone.metastasis_risk_score, abs=1e-5)
+        assert batched.site_probabilities == pytest.approx(alone.site_probabilities, abs=1e-5)
+    assert score_patients([], folds) == []
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from inference.pmpd.train import (
     choose_fold_thresholds,
     classification_metrics,
     cross_validate,
+    epoch_overhead_share,
     safe_auroc,
     thresholds_per_fold,
     torch_threads,
@@ -238,3 +239,15 @@ def test_the_engine_and_the_dashboards_share_one_youden_and_auroc():
     assert safe_auroc(labels, scores) == pytest.approx(
         delong_auroc(labels, scores).auroc, abs=1e-12
     )
+
+
+def test_the_epoch_overhead_beyond_the_training_steps_stays_under_a_fifth(small_cv):
+    """Validation, keeping the best weights and gathering batches take under 20% of an epoch
+    (issue 14, item 3): a ratio within one run, so a busy machine slows both sides alike."""
+    result, *_ = small_cv
+    history = [record for fold in result.folds for record in fold.history]
+    for record in history:
+        assert 0 < record["train_step_seconds"] < record["epoch_seconds"]
+    share = epoch_overhead_share(history)
+    print(f"per-epoch overhead beyond forward/backward: {share:.1%} of the epoch")
+    assert 0 < share < 0.20
