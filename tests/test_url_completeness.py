@@ -2,7 +2,8 @@
 permission test fails the suite (issue 9).
 
 The tables are the module-level lists of the permission tests (tests/accounts/
-test_permission_table.py and every tests/*/test_*permissions*.py): each entry holds a path
+test_permission_table.py, every tests/*/test_*permissions*.py and the app tests that keep their
+own table beside their other tests): each entry holds a path
 (a template such as ``/cohorts/{cohort}/...``). Each path is resolved, and the URL name it
 reaches (or, for an unnamed route, its pattern) counts as covered. DRF's format-suffix variants
 (``.json``) share their route's name and view, so they are covered with it. Only the Django
@@ -21,11 +22,13 @@ from typing import Any
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 
 TESTS = Path(__file__).parent
-TABLE_FILES = [
-    TESTS / "accounts" / "test_permission_table.py",
-    *TESTS.glob("*/test_*permissions*.py"),
-]
 TABLE_NAMES = ("ENDPOINTS", "SITE_ENDPOINTS", "ACCOUNT_PAGES", "ROUTES")
+#: Every test module that holds a permission table (a module-level list named in TABLE_NAMES).
+TABLE_FILES = sorted(
+    path
+    for path in TESTS.glob("*/test_*.py")
+    if any(f"\n{name} = [" in path.read_text() for name in TABLE_NAMES)
+)
 #: Route prefixes no permission table covers, and why.
 EXCLUDED = {
     "admin/": "the Django admin: staff only, by Django's own admin permissions",
