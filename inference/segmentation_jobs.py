@@ -262,7 +262,7 @@ def import_segmentation_model(
                     "package_versions": _versions(),
                     "imported_from": upload.name,
                 },
-                created_by=user if getattr(user, "is_authenticated", False) else None,
+                created_by=acting_user(user),
             )
             with path.open("rb") as handle:
                 version.results_zip = default_storage.save(

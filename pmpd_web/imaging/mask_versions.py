@@ -21,7 +21,7 @@ from django.utils import timezone
 from pydicom.dataset import Dataset
 
 from pmpd_web.accounts.audit import record as audit
-from pmpd_web.accounts.models import AuditAction
+from pmpd_web.accounts.models import AuditAction, acting_user
 from pmpd_web.jobs.runner import UserFacingError
 
 from .dicom_series import build_segmentation, encode, instance_metadata
@@ -144,7 +144,7 @@ def store_mask_version(
                 tumour_voxels=tumour_voxels,
                 uncertainty=uncertainty,
                 flags=flags,
-                produced_by=user if getattr(user, "is_authenticated", False) else None,
+                produced_by=acting_user(user),
             )
             if seg is not None:
                 version.seg_series = _store_seg(
