@@ -21,6 +21,7 @@ import json
 import math
 import pickle
 import platform
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -266,6 +267,29 @@ def is_cached(selection: Selection, kind: str, key: Any) -> bool:
     ).exists()
 
 
+#: Hits of a cache row are written back at most this often per process: one UPDATE per read
+#: of the same hot row serialises every concurrent reader of a dashboard on its row lock.
+HIT_FLUSH_SECONDS = 30.0
+_pending_hits: dict[int, int] = {}
+_hits_flushed_at: dict[int, float] = {}
+_hits_lock = threading.Lock()
+_clock = time.monotonic
+
+
+def _count_hit(pk: int) -> None:
+    """Count one read of cache row ``pk``: the first read in a process is written at once, the
+    next ones together every HIT_FLUSH_SECONDS (the admin's hit count is a diagnostic)."""
+    now = _clock()
+    with _hits_lock:
+        _pending_hits[pk] = _pending_hits.get(pk, 0) + 1
+        last = _hits_flushed_at.get(pk)
+        if last is not None and now - last < HIT_FLUSH_SECONDS:
+            return
+        count = _pending_hits.pop(pk)
+        _hits_flushed_at[pk] = now
+    AnalysisCache.objects.filter(pk=pk).update(hits=F("hits") + count)
+
+
 def cached(selection: Selection, kind: str, key: Any, compute: Callable[[], T]) -> T:
     """``compute()``, or its stored result for this selection, ``kind`` and ``key`` while the
     data have not changed since (:func:`analytics.loaders.fingerprint`)."""
@@ -282,7 +306,7 @@ def cached(selection: Selection, kind: str, key: Any, compute: Callable[[], T]) 
         except Exception:  # noqa: BLE001 - a row from older code is recomputed, not fatal
             value = None
         else:
-            AnalysisCache.objects.filter(pk=row[0]).update(hits=F("hits") + 1)
+            _count_hit(row[0])
             selection.events.append(CacheEvent(kind, True, time.perf_counter() - start))
             return value
     value = compute()
@@ -728,12 +752,12 @@ def _choose_model_version(
 
 
 def cohort_risk_groups(
-    cohort: Cohort, version: ModelVersion, *, synthetic: bool
+    cohort: Cohort, version: ModelVersion, *, synthetic: bool, selection: Selection | None = None
 ) -> tuple[dict[str, Any], AnalysisOptions]:
     """The cohort's MRS groups and curves under ``version`` at its locked operating point
     (cached), and the options."""
     params = AnalysisParameters(cohort_ids=(cohort.pk,), model_version_id=version.pk)
-    selection = Selection([cohort], version)
+    selection = selection or Selection([cohort], version)
     options = selection.options(params)
     risk = cached(
         selection, "patient-risk", _options_key(options), lambda: _risk_groups(selection, options)
@@ -785,7 +809,8 @@ def patient_risk(
             synthetic=synthetic,
             message=f"Model version {version.name} has not scored this patient.",
         )
-    risk, options = cohort_risk_groups(cohort, version, synthetic=synthetic)
+    selection = Selection([cohort], version)
+    risk, options = cohort_risk_groups(cohort, version, synthetic=synthetic, selection=selection)
     groups = risk["groups"]
     row = groups.loc[groups["study_id"] == patient.study_id]
 
@@ -847,13 +872,19 @@ def patient_risk(
         result.notes.append(
             f"Scored from {prediction.n_slices} tumour slice(s): fewer than the 4 the method uses."
         )
-    km = risk["kaplan_meier"]
-    result.figure_json = fig.risk_group_figure(
-        km,
-        highlight_group=risk_group if risk_group != "unknown" else None,
-        title=f"Overall survival by risk group: {cohort.name}, {version.name}",
-        synthetic=synthetic,
-    ).to_json()
+    highlight = risk_group if risk_group != "unknown" else None
+    # The same figure for every patient of a group: drawn once per group and data version.
+    result.figure_json = cached(
+        selection,
+        "patient-risk-figure",
+        {**_options_key(options), "highlight": highlight, "synthetic": synthetic},
+        lambda: fig.risk_group_figure(
+            risk["kaplan_meier"],
+            highlight_group=highlight,
+            title=f"Overall survival by risk group: {cohort.name}, {version.name}",
+            synthetic=synthetic,
+        ).to_json(),
+    )
     return result
 
 

@@ -1,11 +1,19 @@
 """Benchmark: 200 concurrent clients for 60 s against gunicorn behind nginx (docker/nginx.conf,
 as docker-compose runs them), doing what clinicians and statisticians do: the cohort list, the
-patients (API), a patient's page, analytics JSON, DICOMweb series metadata and frames; then the
-same clients on a bare Django "hello" view in the same run (tests/bench/load_urls.py), the
-floor under every page. Goal on the 2-core machine: 0 errors, p95 under 1 s.
+patients (API), a patient's page, analytics JSON, a series opened in the viewer (DICOMweb
+metadata then a scroll through 10 frames); then the same clients on a bare Django "hello" view
+in the same run (tests/bench/load_urls.py), the floor under every page. Goal on the 2-core
+machine: 0 errors, p95 under 1 s.
 
-Prints requests/s, p50/p95/p99 and the error count of both, and the p95 of each kind of read;
-asserts no time. Options: --clients (200), --duration (60 s per phase).
+Each client is a user: an action (a page, or a scroll in the viewer) then a think time,
+uniform in ``--think`` (1-5 s by default, Locust's ``between(1, 5)``), the users arriving over
+the first think time. A second pair of phases runs the same clients without think time, each
+sending its next request as soon as the last one answered: the capacity of the machine (200
+such clients queue behind each other, so their latencies measure the queue, not the page).
+
+Prints requests/s, p50/p95/p99 and the error count of every phase, the same without the
+frames, and the p95 of each kind of read; asserts no time. Options: --clients (200),
+--duration (60 s per phase), --think MIN MAX.
 
 Runs against DATABASE_URL's PostgreSQL server (the Makefile's test server by default) in a
 throw-away database that the server processes share, with a cohort of 200 synthetic scored
@@ -49,6 +57,8 @@ from django.db import connection  # noqa: E402
 
 N_PATIENTS = 200
 N_IMAGED = 3
+# A scroll through the slices of a series in the viewer.
+FRAMES_PER_SCROLL = 10
 FRAME_ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 # gunicorn as docker-compose starts it.
 GUNICORN_OPTIONS = ["--workers", "3", "--threads", "8", "--timeout", "120"]
@@ -160,38 +170,54 @@ def make_data(work: Path) -> dict:
 
 
 def reads(data: dict) -> dict[str, list]:
-    """(kind, url builder, headers) of what each user does, picked at random per request."""
+    """What each kind of user does, one *action* at a time: an action is what one click asks of
+    the server (a page, or the viewer's metadata then a scroll through frames), a list of
+    (kind, url builder, headers) sent one after the other; the next action is picked at random
+    after the think time."""
     c, v = data["cohort"], data["version"]
     query = f"cohort={c}&model_version={v}"
 
     def pick_patient() -> str:
         return random.choice(data["study_ids"])
 
-    def pick_frame() -> str:
+    def scroll() -> list:
+        """Open a series in the viewer: its metadata, then FRAMES_PER_SCROLL consecutive frames
+        (a scroll through the slices), as OHIF fetches them."""
         study, ct, sops = random.choice(data["series"])
-        return f"/dicomweb/studies/{study}/series/{ct}/instances/{random.choice(sops)}/frames/1"
+        first = random.randrange(max(1, len(sops) - FRAMES_PER_SCROLL))
+        series = f"/dicomweb/studies/{study}/series/{ct}"
+        return [
+            (
+                "DICOMweb series metadata",
+                f"{series}/metadata",
+                {"Accept": "application/dicom+json"},
+            ),
+            *(
+                ("DICOMweb frame", f"{series}/instances/{sop}/frames/1", {"Accept": FRAME_ACCEPT})
+                for sop in sops[first : first + FRAMES_PER_SCROLL]
+            ),
+        ]
 
-    def pick_series() -> str:
-        study, ct, _sops = random.choice(data["series"])
-        return f"/dicomweb/studies/{study}/series/{ct}/metadata"
+    def page(kind: str, url):
+        return lambda: [(kind, url(), {})]
 
     common = [
-        ("cohort list", lambda: "/", {}),
-        ("patients (API)", lambda: f"/api/cohorts/{c}/patients/?page={random.randint(1, 2)}", {}),
+        page("cohort list", lambda: "/"),
+        page("patients (API)", lambda: f"/api/cohorts/{c}/patients/?page={random.randint(1, 2)}"),
     ]
     return {
         "clinician": [
             *common,
-            ("patient page", lambda: f"/cohorts/{c}/patients/{pick_patient()}/", {}),
-            ("DICOMweb series metadata", pick_series, {"Accept": "application/dicom+json"}),
-            ("DICOMweb frame", pick_frame, {"Accept": FRAME_ACCEPT}),
-            ("DICOMweb frame", pick_frame, {"Accept": FRAME_ACCEPT}),
+            page("patient page", lambda: f"/cohorts/{c}/patients/{pick_patient()}/"),
+            page("patient page", lambda: f"/cohorts/{c}/patients/{pick_patient()}/"),
+            scroll,
+            scroll,
         ],
         "statistician": [
             *common,
-            ("analytics survival JSON", lambda: f"/api/analytics/survival/?{query}", {}),
-            ("analytics evaluation JSON", lambda: f"/api/analytics/evaluation/?{query}", {}),
-            ("patient risk JSON", lambda: _risk_url(c, pick_patient()), {}),
+            page("analytics survival JSON", lambda: f"/api/analytics/survival/?{query}"),
+            page("analytics evaluation JSON", lambda: f"/api/analytics/evaluation/?{query}"),
+            page("patient risk JSON", lambda: _risk_url(c, pick_patient())),
         ],
     }
 
@@ -200,24 +226,39 @@ def _risk_url(cohort: int, study_id: str) -> str:
     return f"/api/analytics/cohorts/{cohort}/patients/{study_id}/risk/"
 
 
-async def client_loop(client, choices, deadline: float, samples: dict, errors: dict) -> None:
+async def client_loop(
+    client, actions, deadline: float, think: tuple[float, float], samples: dict, errors: dict
+) -> None:
+    if think[1] > 0:  # users arrive over the first think time, not all in the same second
+        await asyncio.sleep(random.uniform(0, think[1]))
     while time.monotonic() < deadline:
-        kind, url, headers = random.choice(choices)
-        started = time.monotonic()
-        try:
-            response = await client.get(url(), headers=headers)
-            await response.aread()
-            ok = response.status_code == 200
-            problem = f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
-            ok, problem = False, type(exc).__name__
-        samples[kind].append(time.monotonic() - started)
-        if not ok:
-            errors[f"{kind}: {problem}"] += 1
+        for kind, url, headers in random.choice(actions)():
+            started = time.monotonic()
+            try:
+                response = await client.get(url, headers=headers)
+                await response.aread()
+                ok = response.status_code == 200
+                problem = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                ok, problem = False, type(exc).__name__
+            samples[kind].append(time.monotonic() - started)
+            if not ok:
+                errors[f"{kind}: {problem}"] += 1
+        if think[1] > 0:
+            await asyncio.sleep(random.uniform(*think))
 
 
-async def phase(base: str, users: dict, plan: dict, *, clients: int, duration: float):
-    """``clients`` concurrent clients for ``duration`` seconds; returns samples and errors."""
+async def phase(
+    base: str,
+    users: dict,
+    plan: dict,
+    *,
+    clients: int,
+    duration: float,
+    think: tuple[float, float],
+):
+    """``clients`` concurrent clients for ``duration`` seconds, each waiting ``think`` (a
+    uniform range, seconds) between its actions; returns samples and errors."""
     samples: dict[str, list[float]] = defaultdict(list)
     errors: dict[str, int] = defaultdict(int)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -235,6 +276,7 @@ async def phase(base: str, users: dict, plan: dict, *, clients: int, duration: f
                     sessions[names[i % len(names)]],
                     plan[names[i % len(names)]],
                     deadline,
+                    think,
                     samples,
                     errors,
                 )
@@ -264,6 +306,14 @@ def report(title: str, samples: dict, errors: dict, duration: float) -> None:
         f"p50 {percentile(every, 0.5) * 1000:.0f} ms, p95 {percentile(every, 0.95) * 1000:.0f} ms, "
         f"p99 {percentile(every, 0.99) * 1000:.0f} ms, errors {sum(errors.values())}"
     )
+    pages = [
+        value for kind, values in samples.items() if kind != "DICOMweb frame" for value in values
+    ]
+    if len(pages) != n and pages:
+        print(
+            f"  without the frames: {len(pages)} requests, p50 {percentile(pages, 0.5) * 1000:.0f} ms, "
+            f"p95 {percentile(pages, 0.95) * 1000:.0f} ms, p99 {percentile(pages, 0.99) * 1000:.0f} ms"
+        )
     if len(samples) > 1:
         for kind, values in sorted(samples.items()):
             print(
@@ -278,6 +328,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per phase")
+    parser.add_argument(
+        "--think",
+        type=float,
+        nargs=2,
+        default=(1.0, 5.0),
+        metavar=("MIN", "MAX"),
+        help="seconds a user waits between actions, uniform (1 5, as Locust's between(1, 5))",
+    )
     options = parser.parse_args()
     if connection.vendor != "postgresql":
         sys.exit("bench_load needs PostgreSQL (DATABASE_URL): the server processes share it")
@@ -332,26 +390,49 @@ def main() -> None:
             for name, choices in plan.items():  # the first analytics call computes and caches
                 with requests.Session() as session:
                     session.cookies.update(users[name])
-                    for _kind, url, headers in choices:
-                        session.get(base + url(), headers=headers, timeout=300).raise_for_status()
+                    for action in choices:
+                        for _kind, url, headers in action():
+                            session.get(base + url, headers=headers, timeout=300).raise_for_status()
             print(f"warmed up in {time.perf_counter() - warm:.1f} s")
+            think = tuple(options.think)
+            hello = {"anyone": [lambda: [("hello", "/bench/hello/", {})]]}
             print(
                 f"\n{options.clients} clients, {options.duration:.0f} s per phase, through nginx "
-                f"to gunicorn ({' '.join(GUNICORN_OPTIONS)}), on {os.cpu_count()} CPUs"
+                f"to gunicorn ({' '.join(GUNICORN_OPTIONS)}), on {os.cpu_count()} CPUs shared "
+                "with this load generator"
             )
-            samples, errors = asyncio.run(
-                phase(base, users, plan, clients=options.clients, duration=options.duration)
-            )
-            report(
-                "platform reads (clinicians and statisticians)", samples, errors, options.duration
-            )
-            hello = {"anyone": [("hello", lambda: "/bench/hello/", {})]}
-            samples, errors = asyncio.run(
-                phase(
-                    base, {"anyone": {}}, hello, clients=options.clients, duration=options.duration
+            for label, pause in (
+                (f"users thinking {think[0]:g}-{think[1]:g} s between actions", think),
+                ("no think time (every client sends its next request at once: capacity)", (0, 0)),
+            ):
+                print(f"\n== {label}")
+                samples, errors = asyncio.run(
+                    phase(
+                        base,
+                        users,
+                        plan,
+                        clients=options.clients,
+                        duration=options.duration,
+                        think=pause,
+                    )
                 )
-            )
-            report("bare Django hello view", samples, errors, options.duration)
+                report(
+                    "platform reads (clinicians and statisticians)",
+                    samples,
+                    errors,
+                    options.duration,
+                )
+                samples, errors = asyncio.run(
+                    phase(
+                        base,
+                        {"anyone": {}},
+                        hello,
+                        clients=options.clients,
+                        duration=options.duration,
+                        think=pause,
+                    )
+                )
+                report("bare Django hello view, same clients", samples, errors, options.duration)
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
         shutil.rmtree(work, ignore_errors=True)
