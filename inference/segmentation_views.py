@@ -82,7 +82,11 @@ def review_page(request: HttpRequest, cohort: Cohort) -> HttpResponse:
 @cohort_page(Action.ANNOTATE)
 def review_claim(request: HttpRequest, cohort: Cohort, version_id: int) -> HttpResponse:
     """ "I'm reviewing this" (or "I stopped"): the queue shows the reader's name and since when."""
-    version = get_object_or_404(MaskVersion, pk=version_id, patient__cohort=cohort)
+    version = get_object_or_404(
+        MaskVersion.objects.select_related("patient", "reviewing_by"),
+        pk=version_id,
+        patient__cohort=cohort,
+    )
     stop = request.POST.get("stop") == "1"
     if version.status != MaskVersion.Status.NEEDS_REVIEW:
         messages.error(
@@ -91,11 +95,17 @@ def review_claim(request: HttpRequest, cohort: Cohort, version_id: int) -> HttpR
             f"{version.get_status_display().lower()}: nothing to review.",
         )
     else:
+        previous = version.reviewing_by
         mark_reviewing(version, request.user, reviewing=not stop)
+        taking_over = (
+            f", taking over from {previous.username}"
+            if previous is not None and previous != request.user and not stop
+            else ""
+        )
         messages.success(
             request,
             f"{'You stopped reviewing' if stop else 'You are reviewing'} "
-            f"{version.patient.study_id} (mask version {version.number}).",
+            f"{version.patient.study_id} (mask version {version.number}){taking_over}.",
         )
     return redirect("review-queue", cohort_id=cohort.pk)
 
@@ -258,7 +268,8 @@ def _drop_pending(request: HttpRequest, cohort: Cohort) -> None:
 def import_upload(request: HttpRequest, cohort: Cohort) -> HttpResponse:
     """Step 1: the ZIP is checked as the import checks it; only a good one is kept aside for
     step 2 (in this session), and its labels are read for the mapping."""
-    form = ImportUploadForm(request.POST or None, request.FILES or None)
+    posted = request.method == "POST"
+    form = ImportUploadForm(request.POST if posted else None, request.FILES if posted else None)
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         with tempfile.TemporaryDirectory() as scratch:
@@ -299,7 +310,9 @@ def import_labels(request: HttpRequest, cohort: Cohort) -> HttpResponse:
         return redirect("segmentation-models", cohort_id=cohort.pk)
     default_name = Path(pending["upload_name"]).stem[:120]
     form = LabelMappingForm(
-        request.POST or None, labels=pending["labels"], default_name=default_name
+        request.POST if request.method == "POST" else None,
+        labels=pending["labels"],
+        default_name=default_name,
     )
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data

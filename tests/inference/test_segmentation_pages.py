@@ -376,8 +376,9 @@ def test_a_bad_results_zip_is_refused_at_upload_and_nothing_kept(cohort, members
             "Select a valid choice. background is not one of the available choices.",
         ),
         ({"name": "taken"}, "A segmentation model named &#x27;taken&#x27; exists"),
+        ({"name": ""}, "This field is required"),
     ],
-    ids=["same-label", "unknown-label", "background", "taken-name"],
+    ids=["same-label", "unknown-label", "background", "taken-name", "no-name"],
 )
 def test_a_bad_label_mapping_is_refused_and_the_upload_kept(cohort, members, mapping, message):
     ready_model(cohort, name="taken")
@@ -394,6 +395,12 @@ def test_a_bad_label_mapping_is_refused_and_the_upload_kept(cohort, members, map
         url, {"name": "new", "pancreas_label": "pancreas", "tumour_label": "lesion"}
     )
     assert fixed.status_code == 302 and SegmentationModelVersion.objects.count() == 2
+
+
+def test_an_upload_without_a_file_is_refused(cohort, members):
+    response = logged_in(members[C]).post(f"{PAGES.format(cohort=cohort.pk)}/import/", {})
+    assert response.status_code == 400 and "This field is required" in response.content.decode()
+    nothing_stored()
 
 
 def test_cancelling_an_import_keeps_nothing(cohort, members):
@@ -513,6 +520,20 @@ def test_a_reader_says_they_review_a_patient_and_others_see_it(cohort, members):
     reader.post(f"/cohorts/{cohort.pk}/review/{version.pk}/claim/", {"stop": "1"})
     version.refresh_from_db()
     assert version.reviewing_by is None and version.reviewing_since is None
+
+
+def test_a_reader_taking_over_a_review_is_told_whose_it_was(cohort, members):
+    version = automatic_version(imaged_patient(cohort, "NEW-1"))
+    logged_in(members[C]).post(f"/cohorts/{cohort.pk}/review/{version.pk}/claim/")
+    response = logged_in(members[R]).post(
+        f"/cohorts/{cohort.pk}/review/{version.pk}/claim/", follow=True
+    )
+    assert (
+        f"You are reviewing NEW-1 (mask version 1), taking over from {members[C].username}."
+        in response.content.decode()
+    )
+    version.refresh_from_db()
+    assert version.reviewing_by == members[R]
 
 
 def test_claiming_a_version_that_needs_no_review_is_refused(cohort, members):
