@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tempfile
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 from django.contrib import messages
@@ -254,6 +255,21 @@ def _train_page(request, cohort, form, status=200) -> HttpResponse:
 # Importing a model trained elsewhere: upload (checked, kept aside), then map its labels.
 
 
+PENDING_FOLDER = "segmentation-models/pending"
+# An upload whose labels were never mapped (the session ended) is deleted after this long.
+ABANDONED_AFTER = timedelta(days=1)
+
+
+def _forget_abandoned_uploads() -> None:
+    if not default_storage.exists(PENDING_FOLDER):
+        return
+    cutoff = timezone.now() - ABANDONED_AFTER
+    for name in default_storage.listdir(PENDING_FOLDER)[1]:
+        path = f"{PENDING_FOLDER}/{name}"
+        if default_storage.get_modified_time(path) < cutoff:
+            default_storage.delete(path)
+
+
 def _pending_key(cohort: Cohort) -> str:
     return f"segmentation-import-{cohort.pk}"
 
@@ -279,9 +295,10 @@ def import_upload(request: HttpRequest, cohort: Cohort) -> HttpResponse:
                 form.add_error("file", str(exc))
             else:
                 _drop_pending(request, cohort)
+                _forget_abandoned_uploads()
                 with path.open("rb") as handle:
                     stored = default_storage.save(
-                        f"segmentation-models/pending/{uuid.uuid4().hex}.zip", File(handle)
+                        f"{PENDING_FOLDER}/{uuid.uuid4().hex}.zip", File(handle)
                     )
                 request.session[_pending_key(cohort)] = {
                     "file": stored,

@@ -412,6 +412,17 @@ def test_cancelling_an_import_keeps_nothing(cohort, members):
     nothing_stored()
 
 
+def test_an_abandoned_upload_is_deleted_at_the_next_upload(cohort, members):
+    import os
+    import time
+
+    abandoned = default_storage.save("segmentation-models/pending/old.zip", io.BytesIO(b"x"))
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(default_storage.path(abandoned), (two_days_ago, two_days_ago))
+    upload_step(logged_in(members[C]), cohort, nnunet_results_zip())
+    assert not default_storage.exists(abandoned) and len(pending_uploads()) == 1
+
+
 def test_a_mapping_without_an_upload_sends_back_to_the_upload(cohort, members):
     response = logged_in(members[C]).post(
         f"{PAGES.format(cohort=cohort.pk)}/import/labels/",
