@@ -19,6 +19,8 @@ from pmpd_web.jobs.runner import UserFacingError
 
 from .segmentation import nnunet_core as nc
 from .segmentation_jobs import (
+    CONFIGURATIONS,
+    activate_segmentation_model,
     import_segmentation_model,
     review_queue,
     start_segmentation,
@@ -53,7 +55,7 @@ class SegmentationModelSerializer(serializers.ModelSerializer):
 
 class TrainSegmentationSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=120)
-    configuration = serializers.ChoiceField(["2d", "3d_fullres"], default="2d")
+    configuration = serializers.ChoiceField(CONFIGURATIONS, default="2d")
     folds = serializers.ListField(
         child=serializers.IntegerField(min_value=0, max_value=4), default=[0], max_length=5
     )
@@ -140,12 +142,10 @@ class SegmentationModelViewSet(
     @action(detail=True, methods=["post"])
     def activate(self, request, cohort_pk=None, pk=None):
         """Make this model the one the cohort's segmentation jobs use."""
-        version = self.get_object()
-        if version.status != SegmentationModelVersion.Status.READY:
-            return _refuse(UserFacingError(f"{version} is not ready."))
-        SegmentationModelVersion.objects.filter(cohort=self.cohort).update(is_active=False)
-        SegmentationModelVersion.objects.filter(pk=version.pk).update(is_active=True)
-        version.refresh_from_db()
+        try:
+            version = activate_segmentation_model(self.get_object())
+        except UserFacingError as exc:
+            return _refuse(exc)
         return Response(self.get_serializer(version).data)
 
     @extend_schema(request=SegmentRequestSerializer, responses=JobSerializer)

@@ -38,6 +38,11 @@ SEGMENTATION_TASK = "inference.tasks.gpu_predict_masks"
 
 Progress = Callable[[int, str], None]
 
+# nnU-Net's five-fold split needs five cases; the train form and the API say so before starting.
+MIN_TRAINING_PATIENTS = 5
+# nnU-Net's configurations; it plans 3d_lowres only for images too large for 3d_fullres.
+CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
+
 
 def _device() -> str:
     """A GPU worker predicts on its GPU; the embedded worker on the CPU."""
@@ -105,10 +110,10 @@ def start_segmentation_training(
         approved = approved.filter(pk__in=[p.pk for p in patients])
     study_ids = list(approved.values_list("study_id", flat=True))
     n_cases = len(study_ids)
-    if n_cases < 5:
+    if n_cases < MIN_TRAINING_PATIENTS:
         raise UserFacingError(
             f"{cohort.name} has {n_cases} patients with an approved mask; nnU-Net's five-fold "
-            "split needs at least 5."
+            f"split needs at least {MIN_TRAINING_PATIENTS}."
         )
     budget = budget or nc.default_budget(n_cases)
     if SegmentationModelVersion.objects.filter(cohort=cohort, name=name).exists():
@@ -180,7 +185,12 @@ def train_segmentation_model(version_id: int, progress: Progress) -> dict[str, A
                 name=f"PMPD_cohort{version.cohort_id}",
             )
             dataset_id = 500 + version.pk % 400
-            nc.plan_and_preprocess(workdir, dataset_id=dataset_id, on_progress=on_progress)
+            nc.plan_and_preprocess(
+                workdir,
+                dataset_id=dataset_id,
+                configuration=budget.configuration,
+                on_progress=on_progress,
+            )
             model = nc.train(workdir, dataset_id=dataset_id, budget=budget, on_progress=on_progress)
             progress(97, "Storing the results folder")
             archive = shutil.make_archive(str(workdir / "results"), "zip", model.folder)
@@ -277,6 +287,17 @@ def import_segmentation_model(
                 segmentation_model=version.pk,
                 label_mapping=imported.label_of_class,
             )
+    return version
+
+
+def activate_segmentation_model(version: SegmentationModelVersion) -> SegmentationModelVersion:
+    """Make ``version`` the model the cohort's segmentation jobs predict with."""
+    if version.status != SegmentationModelVersion.Status.READY:
+        raise UserFacingError(f"{version} is not ready.")
+    with transaction.atomic():
+        SegmentationModelVersion.objects.filter(cohort_id=version.cohort_id).update(is_active=False)
+        SegmentationModelVersion.objects.filter(pk=version.pk).update(is_active=True)
+    version.refresh_from_db()
     return version
 
 

@@ -39,6 +39,46 @@ urlpatterns = [
     path("api/cohorts/<int:cohort_pk>/", include(cohort_router.urls)),
     path("cohorts/<int:cohort_id>/review/", segmentation_views.review_page, name="review-queue"),
     path(
+        "cohorts/<int:cohort_id>/review/<int:version_id>/claim/",
+        segmentation_views.review_claim,
+        name="review-claim",
+    ),
+    path(
+        "cohorts/<int:cohort_id>/segmentation/",
+        segmentation_views.models_page,
+        name="segmentation-models",
+    ),
+    path(
+        "cohorts/<int:cohort_id>/segmentation/train/",
+        segmentation_views.train,
+        name="segmentation-train",
+    ),
+    path(
+        "cohorts/<int:cohort_id>/segmentation/import/",
+        segmentation_views.import_upload,
+        name="segmentation-import",
+    ),
+    path(
+        "cohorts/<int:cohort_id>/segmentation/import/labels/",
+        segmentation_views.import_labels,
+        name="segmentation-import-labels",
+    ),
+    path(
+        "cohorts/<int:cohort_id>/segmentation/predict/",
+        segmentation_views.predict,
+        name="segmentation-predict",
+    ),
+    path(
+        "cohorts/<int:cohort_id>/segmentation/<int:model_id>/",
+        segmentation_views.model_card,
+        name="segmentation-model-card",
+    ),
+    path(
+        "cohorts/<int:cohort_id>/segmentation/<int:model_id>/activate/",
+        segmentation_views.model_activate,
+        name="segmentation-model-activate",
+    ),
+    path(
         "api/cohorts/<int:cohort_pk>/predictions/",
         api.CohortPredictions.as_view(),
         name="api-cohort-predictions",

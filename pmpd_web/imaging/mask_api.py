@@ -3,7 +3,6 @@ approve or reject one (readers and coordinators: ``annotate``)."""
 
 from __future__ import annotations
 
-from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -62,9 +61,7 @@ class MaskVersionViewSet(
     def review(self, request, cohort_pk=None, pk=None):
         """Say that you are reviewing this version (the review queue shows it)."""
         version = self.get_object()
-        MaskVersion.objects.filter(pk=version.pk).update(
-            reviewing_by=request.user, reviewing_since=timezone.now()
-        )
+        mask_versions.mark_reviewing(version, request.user)
         return Response(self.get_serializer(self.get_queryset().get(pk=version.pk)).data)
 
     @extend_schema(request=ReviewSerializer, responses=MaskVersionSerializer)

@@ -255,6 +255,16 @@ def reject(version: MaskVersion, user, *, note: str = "") -> MaskVersion:
     return version
 
 
+def mark_reviewing(version: MaskVersion, user, *, reviewing: bool = True) -> None:
+    """Say that ``user`` is reviewing ``version`` (the review queue shows the name and since
+    when), or that they stopped; stopping leaves another reader's claim alone."""
+    versions = MaskVersion.objects.filter(pk=version.pk)
+    if reviewing:
+        versions.update(reviewing_by=user, reviewing_since=timezone.now())
+    else:
+        versions.filter(reviewing_by=user).update(reviewing_by=None, reviewing_since=None)
+
+
 def approved_mask_changed_at(patient) -> MaskVersion | None:
     """The approved version of the patient's selected CT when it is not the first mask the CT
     had: PMPD's cached inputs and earlier scores of this patient are then stale."""

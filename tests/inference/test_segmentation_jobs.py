@@ -6,12 +6,10 @@ mapping and bad ZIPs refused with nothing stored; who may do what."""
 from __future__ import annotations
 
 import io
-import json
-import zipfile
 
 import numpy as np
 import pytest
-from engine_fixtures import add_phantom_patient
+from engine_fixtures import add_phantom_patient, nnunet_results_zip
 from factories import make_patient
 from imagemaker import dicom_series, folder_files, ingest, small_patient
 from permission_table import USERS, C, K, R, assert_answer_for
@@ -33,20 +31,6 @@ from pmpd_web.jobs.models import Job
 pytestmark = pytest.mark.django_db
 
 
-def results_zip(labels=None, channels=None) -> bytes:
-    buffer = io.BytesIO()
-    root = "Dataset123_Pancreas/nnUNetTrainer__nnUNetPlans__2d/"
-    with zipfile.ZipFile(buffer, "w") as archive:
-        dataset = {
-            "channel_names": channels or {"0": "CT"},
-            "labels": labels or {"background": 0, "pancreas": 1, "lesion": 2},
-        }
-        archive.writestr(root + "dataset.json", json.dumps(dataset))
-        archive.writestr(root + "plans.json", json.dumps({"configurations": {"2d": {}}}))
-        archive.writestr(root + "fold_0/checkpoint_final.pth", b"weights")
-    return buffer.getvalue()
-
-
 def post_import(client, cohort, data: bytes, tumour="lesion"):
     upload = io.BytesIO(data)
     upload.name = "site-model.zip"
@@ -65,7 +49,7 @@ def post_import(client, cohort, data: bytes, tumour="lesion"):
 def test_an_imported_model_keeps_its_label_mapping(cohort, members):
     client = APIClient()
     client.force_login(members[C])
-    response = post_import(client, cohort, results_zip())
+    response = post_import(client, cohort, nnunet_results_zip())
     assert response.status_code == 201, response.content
     model = SegmentationModelVersion.objects.get()
     assert model.origin == "imported" and model.status == "ready"
@@ -78,8 +62,8 @@ def test_an_imported_model_keeps_its_label_mapping(cohort, members):
     ("data", "tumour", "message"),
     [
         (b"PK not really", "lesion", "site-model.zip: not a ZIP file"),
-        (results_zip(), "tumour", "no label 'tumour' for tumour"),
-        (results_zip(channels={"0": "T2"}), "lesion", "single CT channel"),
+        (nnunet_results_zip(), "tumour", "no label 'tumour' for tumour"),
+        (nnunet_results_zip(channels={"0": "T2"}), "lesion", "single CT channel"),
     ],
     ids=["not-a-zip", "labels-unmapped", "not-ct"],
 )

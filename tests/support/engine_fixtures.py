@@ -389,3 +389,24 @@ def add_fake_images(patient: Patient) -> None:
             file=f"volumes/none/{series.pk}-{kind}.nii.gz",
             content_hash=f"{kind}-{series.pk}".ljust(64, "0"),
         )
+
+
+def nnunet_results_zip(
+    labels: dict[str, int] | None = None, channels: dict[str, str] | None = None
+) -> bytes:
+    """A ZIP shaped like an nnU-Net v2 results folder (the checks read its layout and JSON,
+    never the weights): labels background/pancreas/lesion and one CT channel by default."""
+    import json
+    import zipfile
+
+    buffer = io.BytesIO()
+    root = "Dataset123_Pancreas/nnUNetTrainer__nnUNetPlans__2d/"
+    with zipfile.ZipFile(buffer, "w") as archive:
+        dataset = {
+            "channel_names": channels or {"0": "CT"},
+            "labels": labels or {"background": 0, "pancreas": 1, "lesion": 2},
+        }
+        archive.writestr(root + "dataset.json", json.dumps(dataset))
+        archive.writestr(root + "plans.json", json.dumps({"configurations": {"2d": {}}}))
+        archive.writestr(root + "fold_0/checkpoint_final.pth", b"weights")
+    return buffer.getvalue()
