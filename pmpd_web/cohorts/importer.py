@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +36,9 @@ from .table import (
     TableError,
     TableProblem,
     frame_records,
+    pack_checked,
     python_values,
+    unpack_checked,
 )
 
 BATCH = 1000
@@ -49,23 +49,50 @@ SHOWN_CHANGES = 200
 @dataclass
 class ImportPlan:
     """What an import does to the cohort: the rows of the file that become new patients, the
-    changes of existing ones (patient pk -> model values) and, for the preview, each changed
+    patients they change (their pk, their row of the file and, when a study variable changed,
+    their study values merged with the stored ones) and, for the preview, each changed
     patient's old -> new values."""
 
     new_positions: np.ndarray
     new_study_ids: list[str]
-    updates: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    #: The frame row of each update (same order as ``updates``).
+    update_ids: list[int] = field(default_factory=list)
+    #: The frame row of each updated patient (same order as ``update_ids``).
     update_positions: list[int] = field(default_factory=list)
+    #: Each updated patient's study values as JSON text, "" when none of them changed.
+    update_study_values: list[str] = field(default_factory=list)
     changes: list[dict[str, Any]] = field(default_factory=list)
     changed_fields: dict[str, int] = field(default_factory=dict)
     unchanged: int = 0
     kept_not_in_file: int = 0
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What the commit needs of the plan, kept with the preview's checked table."""
+        return {
+            "new_positions": np.asarray(self.new_positions, dtype=np.int64),
+            "update_ids": np.asarray(self.update_ids, dtype=np.int64),
+            "update_positions": np.asarray(self.update_positions, dtype=np.int64),
+            "update_study_values": np.asarray(self.update_study_values, dtype=str),
+        }
+
+    @classmethod
+    def of_arrays(cls, arrays: dict[str, np.ndarray], summary: dict[str, Any]) -> ImportPlan:
+        """The plan kept with the preview; its counts and listed changes are the summary's."""
+        return cls(
+            new_positions=arrays["new_positions"],
+            new_study_ids=list(summary.get("new_study_ids", [])),
+            update_ids=arrays["update_ids"].tolist(),
+            update_positions=arrays["update_positions"].tolist(),
+            update_study_values=arrays["update_study_values"].tolist(),
+            changes=list(summary.get("changes", [])),
+            changed_fields=dict(summary.get("changed_fields", {})),
+            unchanged=int(summary.get("unchanged", 0)),
+            kept_not_in_file=int(summary.get("kept_not_in_file", 0)),
+        )
+
     def summary(self) -> dict[str, Any]:
         return {
             "created": len(self.new_positions),
-            "updated": len(self.updates),
+            "updated": len(self.update_ids),
             "unchanged": self.unchanged,
             "kept_not_in_file": self.kept_not_in_file,
             "changed_fields": self.changed_fields,
@@ -164,35 +191,29 @@ def plan_import(cohort: Cohort, parsed: ParsedTable) -> ImportPlan:
         changed |= mask
     plan.unchanged = int((~changed).sum())
     columns = dict(_compared(parsed))
-    converted: dict[str, list[Any]] = {}  # a changed column as model values, converted once
+    converted: dict[str, list[Any]] = {}  # a changed study column as values, converted once
     for index in np.flatnonzero(changed):
         row, stored = in_file[index], in_cohort[index]
-        study_id = str(new["study_id"].iat[row])
         names = [name for name, mask in differs.items() if mask[index]]
-        changes: dict[str, Any] = {}
-        study_values = dict(old["study_values"].iat[stored] or {})
+        study_values: dict[str, Any] | None = None
         for name in names:
             plan.changed_fields[name] = plan.changed_fields.get(name, 0) + 1
             column = columns[name]
-            if name not in converted:
-                values = new[name]
-                converted[name] = (
-                    python_values(values, column)
-                    if column is not None
-                    else values.astype(bool).tolist()
-                )
-            python = converted[name][row]
             if column is not None and column.study:
-                study_values[name] = python
-                changes["study_values"] = study_values
-            else:
-                changes[name] = python
-        plan.updates.append((int(old["id"].iat[stored]), changes))
+                if name not in converted:
+                    converted[name] = python_values(new[name], column)
+                if study_values is None:
+                    study_values = dict(old["study_values"].iat[stored] or {})
+                study_values[name] = converted[name][row]
+        plan.update_ids.append(int(old["id"].iat[stored]))
         plan.update_positions.append(int(row))
+        plan.update_study_values.append(
+            "" if study_values is None else json.dumps(study_values, default=str)
+        )
         if len(plan.changes) < SHOWN_CHANGES:
             plan.changes.append(
                 {
-                    "study_id": study_id,
+                    "study_id": str(new["study_id"].iat[row]),
                     "values": [
                         [name, _shown(old[name].iat[stored]), _shown(new[name].iat[row])]
                         for name in names
@@ -402,9 +423,7 @@ def _record_preview(table_import: TableImport, parsed: ParsedTable, state: Any) 
         table_import.status = TableImport.Status.PREVIEWED
         plan = plan_import(cohort, parsed)
         table_import.summary = plan.summary()
-        table_import.checked = zlib.compress(
-            pickle.dumps((parsed, plan), protocol=pickle.HIGHEST_PROTOCOL), 1
-        )
+        table_import.checked = pack_checked(parsed, plan.arrays())
         table_import.checked_against = state
     else:
         table_import.status = TableImport.Status.INVALID
@@ -433,9 +452,11 @@ def _checked_table(table_import: TableImport) -> tuple[ParsedTable, ImportPlan |
         data = handle.read()
     same_file = hashlib.sha256(data).hexdigest() == table_import.sha256
     if same_file and table_import.checked and table_import.checked_against == cohort_state(cohort):
-        checked = pickle.loads(zlib.decompress(bytes(table_import.checked)))
-        # A preview stored before the plan was kept holds the table alone.
-        return (*checked, True) if isinstance(checked, tuple) else (checked, None, True)
+        try:
+            parsed, arrays = unpack_checked(bytes(table_import.checked), table_columns(cohort))
+            return parsed, ImportPlan.of_arrays(arrays, table_import.summary), True
+        except (ValueError, KeyError):
+            pass  # kept in an older form (never unpickled): the file is checked again
     return _read(data, table_import.original_filename, cohort), None, False
 
 
@@ -463,13 +484,13 @@ def commit_import(
         plan = plan_import(cohort, parsed)
     progress(
         60,
-        f"Writing {len(plan.new_positions)} new and {len(plan.updates)} changed "
+        f"Writing {len(plan.new_positions)} new and {len(plan.update_ids)} changed "
         "patients in one transaction",
     )
     with transaction.atomic():
         insert_patients(cohort, parsed, plan.new_positions)
         _update_patients(parsed, plan)
-        if len(plan.new_positions) or plan.updates:
+        if len(plan.new_positions) or plan.update_ids:
             cohort.bump_data_version()
         summary = plan.summary() | {"rows": len(parsed.rows), "checked_at_preview": reused}
         TableImport.objects.filter(pk=table_import.pk).update(
@@ -489,34 +510,43 @@ def commit_import(
 
 
 def _update_patients(parsed: ParsedTable, plan: ImportPlan) -> None:
-    """Write the changed patients; on PostgreSQL one COPY of their rows into a temporary table
-    and one UPDATE from it (``bulk_update``'s CASE per row and field took seconds for 10,000
-    changed patients)."""
-    updates = plan.updates
-    if not updates:
+    """Write the changed patients: their checked rows, all their template fields (the
+    unchanged ones equal what is stored), and the study values the plan merged. On PostgreSQL
+    one COPY of their rows into a temporary table and one UPDATE from it (``bulk_update``'s
+    CASE per row and field took seconds for 10,000 changed patients)."""
+    if not plan.update_ids:
         return
-    positions = getattr(plan, "update_positions", [])
-    if connection.vendor == "postgresql" and len(positions) == len(updates):
-        _copy_updates(parsed, plan, positions)
+    if connection.vendor == "postgresql":
+        _copy_updates(parsed, plan)
         return
-    fields: set[str] = set()
-    patients = []
     now = timezone.now()
-    for pk, changes in updates:
-        patients.append(Patient(pk=pk, updated_at=now, **changes))
-        fields.update(changes)
-    Patient.objects.bulk_update(patients, sorted(fields | {"updated_at"}), batch_size=BATCH)
+    records = frame_records(
+        parsed.frame.iloc[plan.update_positions], parsed.columns, parsed.study_present
+    )
+    for study_values in ({"study_values"}, set()):
+        patients = [
+            Patient(
+                pk=pk,
+                updated_at=now,
+                **{name: record[name] for name in FIELD_NAMES},
+                **({"study_values": json.loads(merged)} if merged else {}),
+            )
+            for pk, record, merged in zip(
+                plan.update_ids, records, plan.update_study_values, strict=True
+            )
+            if bool(merged) == bool(study_values)
+        ]
+        Patient.objects.bulk_update(
+            patients, [*FIELD_NAMES, "updated_at", *study_values], batch_size=BATCH
+        )
 
 
-def _copy_updates(parsed: ParsedTable, plan: ImportPlan, positions: list[int]) -> None:
-    """The changed patients' checked rows, all their template fields (the unchanged ones equal
-    what is stored), and the study values the plan merged (NULL: left as stored)."""
-    cells = _copy_cells(parsed.frame.iloc[positions], parsed)
-    cells[-1] = [
-        _csv_text(json.dumps(changes["study_values"])) if "study_values" in changes else ""
-        for _, changes in plan.updates
-    ]
-    cells.insert(0, [str(pk) for pk, _ in plan.updates])
+def _copy_updates(parsed: ParsedTable, plan: ImportPlan) -> None:
+    """The changed patients' checked rows and their merged study values (NULL: left as
+    stored), through a temporary table."""
+    cells = _copy_cells(parsed.frame.iloc[plan.update_positions], parsed)
+    cells[-1] = [_csv_text(merged) if merged else "" for merged in plan.update_study_values]
+    cells.insert(0, [str(pk) for pk in plan.update_ids])
     data = "".join(",".join(row) + "\n" for row in zip(*cells, strict=True))
     quote = connection.ops.quote_name
     table = quote(Patient._meta.db_table)
