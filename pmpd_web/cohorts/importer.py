@@ -245,12 +245,16 @@ def insert_patients(cohort: Cohort, parsed: ParsedTable, positions: np.ndarray) 
     row_tail = f",{now},{now},{cohort.pk}"
     data = "".join(",".join(row) + row_tail + "\n" for row in zip(*cells, strict=True))
     quote = connection.ops.quote_name
-    table = quote(Patient._meta.db_table)
-    columns = ", ".join(quote(Patient._meta.get_field(name).column) for name in names)
-    with (
-        connection.cursor() as cursor,
-        cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy,
-    ):
+    columns = [quote(Patient._meta.get_field(name).column) for name in names]
+    with connection.cursor() as cursor:
+        _copy_rows(cursor, quote(Patient._meta.db_table), columns, data)
+
+
+def _copy_rows(cursor: Any, table: str, columns: list[str], data: str) -> None:
+    """One COPY of CSV ``data`` into ``table``'s ``columns`` (quoted names)."""
+    with cursor.cursor.copy(
+        f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
+    ) as copy:
         copy.write(data)
 
 
@@ -552,15 +556,15 @@ def _copy_updates(parsed: ParsedTable, plan: ImportPlan) -> None:
     table = quote(Patient._meta.db_table)
     staged = quote("pmpd_import_updates")
     fields = [quote(Patient._meta.get_field(name).column) for name in FIELD_NAMES]
-    columns = ", ".join(["id", *fields, "study_values"])
+    columns = ["id", *fields, "study_values"]
     assignments = ", ".join(f"{name} = t.{name}" for name in fields)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"CREATE TEMPORARY TABLE {staged} AS SELECT {columns} FROM {table} WITH NO DATA"
+            f"CREATE TEMPORARY TABLE {staged} AS SELECT {', '.join(columns)} FROM {table} "
+            "WITH NO DATA"
         )
         # Inside the import's transaction: a failure rolls the table back with the rest.
-        with cursor.cursor.copy(f"COPY {staged} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-            copy.write(data)
+        _copy_rows(cursor, staged, columns, data)
         cursor.execute(
             f"UPDATE {table} AS p SET {assignments}, "
             "study_values = COALESCE(t.study_values, p.study_values), updated_at = %s "
