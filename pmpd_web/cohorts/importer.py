@@ -225,7 +225,7 @@ def plan_import(cohort: Cohort, parsed: ParsedTable) -> ImportPlan:
 
 def insert_patients(cohort: Cohort, parsed: ParsedTable, positions: np.ndarray) -> None:
     """Insert the rows at ``positions`` as new patients; on PostgreSQL through one COPY of a
-    CSV written by pandas, many times faster than INSERTs.
+    CSV written by columns, many times faster than INSERTs.
 
     The rows were checked by ``read_table`` (types, ranges, consistency rules); the database
     still enforces the unique study ID and the column types.
@@ -240,10 +240,10 @@ def insert_patients(cohort: Cohort, parsed: ParsedTable, positions: np.ndarray) 
         )
         return
     cells = _copy_cells(frame, parsed)
-    now = timezone.now().isoformat()
-    names = [*FIELD_NAMES, "study_values", "created_at", "updated_at", "cohort_id"]
-    row_tail = f",{now},{now},{cohort.pk}"
-    data = "".join(",".join(row) + row_tail + "\n" for row in zip(*cells, strict=True))
+    # created_at and updated_at are left to the database's default, its clock.
+    names = [*FIELD_NAMES, "study_values", "cohort_id"]
+    row_tail = f",{cohort.pk}\n"
+    data = "".join(",".join(row) + row_tail for row in zip(*cells, strict=True))
     quote = connection.ops.quote_name
     columns = [quote(Patient._meta.get_field(name).column) for name in names]
     with connection.cursor() as cursor:
