@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import zipfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -303,7 +304,7 @@ def unpack_checked(
         with np.load(io.BytesIO(zlib.decompress(data)), allow_pickle=False) as stored:
             arrays = {name: stored[name] for name in stored.files}
         meta = json.loads(arrays["meta"].tobytes())
-    except (zlib.error, OSError, KeyError, ValueError) as exc:
+    except (zlib.error, zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as exc:
         raise ValueError(f"not a checked table ({exc})") from None
     frame: dict[str, np.ndarray] = {}
     for position, name in enumerate(meta["columns"]):
