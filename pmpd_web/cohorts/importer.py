@@ -269,9 +269,11 @@ def _numbers(values: pd.Series, form: str) -> list[str]:
 def _quoted(values: pd.Series) -> list[str]:
     """Text as quoted CSV fields (an empty text stays empty text, never NULL), each distinct
     text quoted once: coded columns hold a handful of values."""
-    codes, uniques = pd.factorize(values.fillna(""))
-    quoted = np.array([_csv_text(str(u)) for u in uniques], dtype=object)
-    return quoted[codes].tolist()
+    # A NumPy array, not a Series: factorize then returns its distinct values as an array
+    # (building a pandas Index of them cost more than the quoting).
+    codes, uniques = pd.factorize(values.to_numpy(dtype=object))
+    quoted = np.array([*(_csv_text(str(u)) for u in uniques), '""'], dtype=object)
+    return quoted[codes].tolist()  # code -1 (a missing value) picks the trailing empty text
 
 
 def _csv_text(text: str) -> str:
