@@ -316,7 +316,7 @@ def unpack_checked(
     rows = arrays["rows"]
     parsed = ParsedTable(
         filename=meta["filename"],
-        frame=pd.DataFrame(frame, index=pd.RangeIndex(len(rows))),
+        frame=pd.DataFrame(frame, index=pd.RangeIndex(len(rows)), copy=False),
         rows=rows.tolist(),
         columns=tuple(columns),
         study_present=tuple(meta["study_present"]),
