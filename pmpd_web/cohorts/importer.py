@@ -240,8 +240,12 @@ def insert_patients(cohort: Cohort, parsed: ParsedTable, positions: np.ndarray) 
         )
         return
     cells = _copy_cells(frame, parsed)
-    # created_at and updated_at are left to the database's default, its clock.
-    names = [*FIELD_NAMES, "study_values", "cohort_id"]
+    # created_at and updated_at are left to the database's defaults (its clock), and so are
+    # the study values ({}) when the file has no study variable.
+    names = [*FIELD_NAMES, "cohort_id"]
+    if parsed.study_present:
+        cells.append(_quoted(_study_json(frame, parsed)))
+        names.insert(-1, "study_values")
     row_tail = f",{cohort.pk}\n"
     data = "".join(",".join(row) + row_tail for row in zip(*cells, strict=True))
     quote = connection.ops.quote_name
@@ -281,9 +285,9 @@ def _csv_text(text: str) -> str:
 
 
 def _copy_cells(frame: pd.DataFrame, parsed: ParsedTable) -> list[list[str]]:
-    """The COPY's CSV fields of ``FIELD_NAMES`` and ``study_values``, one list per column,
-    formatted by columns (NULL is an unquoted empty field): writing the rows through a data
-    frame and ``to_csv`` cost more than the COPY itself."""
+    """The COPY's CSV fields of ``FIELD_NAMES``, one list per column, formatted by columns
+    (NULL is an unquoted empty field): writing the rows through a data frame and ``to_csv``
+    cost more than the COPY itself."""
     columns = {c.name: c for c in parsed.columns}
     cells: list[list[str]] = []
     for name in FIELD_NAMES:
@@ -297,15 +301,12 @@ def _copy_cells(frame: pd.DataFrame, parsed: ParsedTable) -> list[list[str]]:
             cells.append(_numbers(values, f"{{:.{column.decimal_places}f}}"))
         else:
             cells.append(_quoted(values))
-    cells.append(_quoted(_study_json(frame, parsed)))
     return cells
 
 
 def _study_json(frame: pd.DataFrame, parsed: ParsedTable) -> pd.Series:
     """Each row's ``study_values`` as JSON text, written by columns (a blank is null: no value).
     Codes are letters, digits and '_', dates ISO text: they need no escaping."""
-    if not parsed.study_present:
-        return pd.Series("{}", index=frame.index)
     kinds = {c.name: c.kind for c in parsed.columns}
     text = pd.Series("{", index=frame.index)
     for position, name in enumerate(parsed.study_present):
@@ -551,7 +552,7 @@ def _copy_updates(parsed: ParsedTable, plan: ImportPlan) -> None:
     """The changed patients' checked rows and their merged study values (NULL: left as
     stored), through a temporary table."""
     cells = _copy_cells(parsed.frame.iloc[plan.update_positions], parsed)
-    cells[-1] = [_csv_text(merged) if merged else "" for merged in plan.update_study_values]
+    cells.append([_csv_text(merged) if merged else "" for merged in plan.update_study_values])
     cells.insert(0, [str(pk) for pk in plan.update_ids])
     data = "".join(",".join(row) + "\n" for row in zip(*cells, strict=True))
     quote = connection.ops.quote_name

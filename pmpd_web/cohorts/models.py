@@ -98,6 +98,8 @@ class Patient(models.Model):
     days_to_metastasis = models.PositiveIntegerField(null=True, blank=True)
     study_values = models.JSONField(
         default=dict,
+        # The import's COPY leaves it to this default when the file has no study variable.
+        db_default={},
         blank=True,
         help_text="Values of the cohort's study-defined variables, by variable name (null or "
         "absent: no value)",
