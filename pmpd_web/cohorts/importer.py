@@ -18,7 +18,7 @@ import pandas as pd
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import connection, transaction
-from django.db.models import Count, Max
+from django.db.models import Count, Max, OuterRef, Subquery
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -321,30 +321,33 @@ def _study_json(frame: pd.DataFrame, parsed: ParsedTable) -> pd.Series:
     return text + "}"
 
 
-def cohort_state(cohort: Cohort) -> str:
-    """What a preview was checked against: the cohort's data version, its patients (count and
-    last change, which catches edits made elsewhere) and its study variables."""
-    patients = Patient.objects.filter(cohort=cohort).aggregate(
-        n=Count("id"), last=Max("updated_at")
+def cohort_state(cohort: Cohort) -> tuple[str, tuple[Column, ...]]:
+    """What a preview is checked against, and the columns it is checked with: the state is a
+    digest of the cohort's data version, its patients (count and last change, which catches
+    edits made elsewhere) and its study variables. Two queries, the variables read once for
+    both."""
+    patients = Patient.objects.filter(cohort=OuterRef("pk")).order_by().values("cohort")
+    version, count, last = Cohort.objects.filter(pk=cohort.pk).annotate(
+        count=Subquery(patients.annotate(count=Count("pk")).values("count")),
+        last=Subquery(patients.annotate(last=Max("updated_at")).values("last")),
+    ).values_list("data_version", "count", "last").first() or (None, None, None)
+    variables = list(StudyVariable.objects.filter(cohort=cohort))
+    described = sorted(
+        ((v.name, v.kind, v.minimum, v.maximum, v.choices, v.required) for v in variables),
+        key=lambda item: item[0],
     )
-    version = Cohort.objects.filter(pk=cohort.pk).values_list("data_version", flat=True).first()
-    variables = list(
-        StudyVariable.objects.filter(cohort=cohort)
-        .order_by("name")
-        .values_list("name", "kind", "minimum", "maximum", "choices", "required")
-    )
-    text = json.dumps([version, patients["n"], str(patients["last"]), variables], default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    text = json.dumps([version, count or 0, str(last), described], default=str)
+    return hashlib.sha256(text.encode()).hexdigest(), table_columns(cohort, variables)
 
 
-def _read(data: bytes, filename: str, cohort: Cohort) -> ParsedTable:
+def _read(data: bytes, filename: str, columns: tuple[Column, ...]) -> ParsedTable:
     try:
         return read_table(
             data,
             filename,
             max_bytes=settings.PMPD_TABLE_MAX_BYTES,
             max_rows=settings.PMPD_TABLE_MAX_ROWS,
-            columns=table_columns(cohort),
+            columns=columns,
         )
     except TableError as exc:
         raise UserFacingError(str(exc)) from None
@@ -362,8 +365,8 @@ def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableIm
     except TableError as exc:
         raise UserFacingError(str(exc)) from None
     in_a_job = len(data) > settings.PMPD_TABLE_PREVIEW_JOB_BYTES
-    state = cohort_state(cohort)
-    parsed = None if in_a_job else _read(data, filename, cohort)
+    state, columns = cohort_state(cohort)
+    parsed = None if in_a_job else _read(data, filename, columns)
     digest = hashlib.sha256(data).hexdigest()
     table_import = TableImport(
         cohort=cohort,
@@ -407,11 +410,11 @@ def preview_stored_table(
 ) -> dict[str, Any]:
     """The preview job's work: check the stored file as an upload in the request would."""
     progress(5, "Reading and checking the table")
-    state = cohort_state(table_import.cohort)
+    state, columns = cohort_state(table_import.cohort)
     with table_import.file.open("rb") as handle:
         data = handle.read()
     try:
-        parsed = _read(data, table_import.original_filename, table_import.cohort)
+        parsed = _read(data, table_import.original_filename, columns)
     except UserFacingError as exc:
         # The table cannot be read at all: the import says why, as a problem of the file.
         parsed = ParsedTable(
@@ -458,13 +461,14 @@ def _checked_table(table_import: TableImport) -> tuple[ParsedTable, ImportPlan |
     with table_import.file.open("rb") as handle:
         data = handle.read()
     same_file = hashlib.sha256(data).hexdigest() == table_import.sha256
-    if same_file and table_import.checked and table_import.checked_against == cohort_state(cohort):
+    state, columns = cohort_state(cohort)
+    if same_file and table_import.checked and table_import.checked_against == state:
         try:
-            parsed, arrays = unpack_checked(bytes(table_import.checked), table_columns(cohort))
+            parsed, arrays = unpack_checked(bytes(table_import.checked), columns)
             return parsed, ImportPlan.of_arrays(arrays, table_import.summary), True
         except (ValueError, KeyError):
             pass  # kept in an older form (never unpickled): the file is checked again
-    return _read(data, table_import.original_filename, cohort), None, False
+    return _read(data, table_import.original_filename, columns), None, False
 
 
 def commit_import(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
@@ -226,11 +227,14 @@ class StudyVariable(models.Model):
         )
 
 
-def table_columns(cohort: Cohort) -> tuple:
-    """The template's columns followed by the cohort's study-defined variables."""
+def table_columns(cohort: Cohort, variables: Iterable[StudyVariable] | None = None) -> tuple:
+    """The template's columns followed by the cohort's study-defined variables (``variables``
+    when the caller has read them already)."""
     from .table import COLUMNS
 
-    return (*COLUMNS, *(variable.column() for variable in cohort.study_variables.all()))
+    if variables is None:
+        variables = cohort.study_variables.all()
+    return (*COLUMNS, *(variable.column() for variable in variables))
 
 
 def _import_path(instance: TableImport, filename: str) -> str:
