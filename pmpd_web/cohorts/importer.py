@@ -442,15 +442,17 @@ def _record_preview(table_import: TableImport, parsed: ParsedTable, state: Any) 
         ]
         table_import.summary = {"rows": len(parsed.rows), "problems": len(parsed.problems)}
     table_import.summary["rows"] = len(parsed.rows)
-    table_import.save()
-    audit(
-        user,
-        AuditAction.IMPORT_PREVIEW,
-        cohort=cohort,
-        label=filename,
-        table_import=table_import.pk,
-        status=table_import.status,
-    )
+    # The import row and its audit event together, in one commit (one flush of the log).
+    with transaction.atomic():
+        table_import.save()
+        audit(
+            user,
+            AuditAction.IMPORT_PREVIEW,
+            cohort=cohort,
+            label=filename,
+            table_import=table_import.pk,
+            status=table_import.status,
+        )
 
 
 def _checked_table(table_import: TableImport) -> tuple[ParsedTable, ImportPlan | None, bool]:
