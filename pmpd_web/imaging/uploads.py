@@ -241,10 +241,15 @@ def receive_chunk(
 def _receive_part(bucket: Any, upload_file: UploadFile, *, offset: int, data: bytes) -> None:
     """A chunk into the file's multipart upload (begun by its first chunk). Chunks that
     together hold less than S3's smallest part wait in ``chunks`` as objects of their own; the
-    last chunk completes the upload, and ``chunks`` then names the one object."""
+    last chunk completes the upload, and ``chunks`` then names the one object. A file in one
+    chunk (a DICOM instance of a series) is one plain object, written by one request."""
+    last = offset + len(data) == upload_file.size_bytes
+    if offset == 0 and last:
+        name = bucket.save(f"{chunk_prefix(upload_file)}{0:016d}.part", ContentFile(data))
+        upload_file.chunks = [[0, len(data), name]]
+        return
     state = upload_file.multipart or multipart.start(bucket, f"{chunk_prefix(upload_file)}received")
     waiting = list(upload_file.chunks)
-    last = offset + len(data) == upload_file.size_bytes
     if sum(length for _, length, _ in waiting) + len(data) < multipart.PART_MIN_BYTES and not last:
         name = bucket.save(f"{chunk_prefix(upload_file)}{offset:016d}.part", ContentFile(data))
         upload_file.chunks = [*waiting, [offset, len(data), name]]

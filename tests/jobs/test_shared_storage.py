@@ -242,6 +242,22 @@ def test_a_cancelled_ingest_deletes_the_uploaded_object(
 
 
 @pytest.mark.django_db
+def test_a_file_in_one_chunk_is_one_plain_object(
+    bucket_storage, s3_endpoint, cohort, members, django_capture_on_commit_callbacks
+):
+    content = os.urandom(300_000)  # a DICOM instance: one request, no multipart upload
+    upload_file = _declared(cohort, members, len(content))
+    upload_file = _send(
+        upload_file, content, [len(content)], capture=django_capture_on_commit_callbacks
+    )
+    ((offset, length, name),) = upload_file.chunks
+    assert (offset, length) == (0, len(content)) and upload_file.multipart == {}
+    body = s3_client(s3_endpoint).get_object(Bucket=bucket_storage, Key=name)["Body"].read()
+    assert body == content
+    assert not _pending_uploads(s3_endpoint, bucket_storage)
+
+
+@pytest.mark.django_db
 def test_on_the_file_system_each_chunk_stays_a_file_of_its_own(settings, tmp_path, cohort, members):
     settings.MEDIA_ROOT = str(tmp_path / "media")
     content = os.urandom(3000)
