@@ -169,7 +169,7 @@ def _declared(cohort, members, size: int) -> UploadFile:
 
 @pytest.mark.django_db
 def test_an_upload_in_chunks_arrives_as_one_object_written_as_multipart_parts(
-    bucket_storage, s3_endpoint, cohort, members, django_capture_on_commit_callbacks
+    bucket_storage, s3_endpoint, cohort, members, django_capture_on_commit_callbacks, tmp_path
 ):
     capture = django_capture_on_commit_callbacks
     content = os.urandom(13 * MIB + 12_345)
@@ -196,9 +196,10 @@ def test_an_upload_in_chunks_arrives_as_one_object_written_as_multipart_parts(
     assert _under(s3_endpoint, bucket_storage, prefix) == {name}
     assert client.get_object(Bucket=bucket_storage, Key=name)["Body"].read() == content
     assert not _pending_uploads(s3_endpoint, bucket_storage)
-    # The ingest reads the one object as the whole file.
-    job = finish_upload(upload_file.upload, members["coordinator"], queue=False)
-    assert job.kind == Job.Kind.IMAGE_INGEST
+    # The ingest reads the one object as the whole file (a local copy in its scratch folder).
+    from pmpd_web.imaging.intake import _local_file
+
+    assert _local_file(upload_file, tmp_path).read_bytes() == content
 
 
 @pytest.mark.django_db
