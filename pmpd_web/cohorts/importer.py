@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +18,7 @@ import pandas as pd
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import connection, transaction
-from django.db.models import Count, Max
+from django.db.models import Count, Max, OuterRef, Subquery
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -38,7 +36,9 @@ from .table import (
     TableError,
     TableProblem,
     frame_records,
+    pack_checked,
     python_values,
+    unpack_checked,
 )
 
 BATCH = 1000
@@ -49,23 +49,50 @@ SHOWN_CHANGES = 200
 @dataclass
 class ImportPlan:
     """What an import does to the cohort: the rows of the file that become new patients, the
-    changes of existing ones (patient pk -> model values) and, for the preview, each changed
+    patients they change (their pk, their row of the file and, when a study variable changed,
+    their study values merged with the stored ones) and, for the preview, each changed
     patient's old -> new values."""
 
     new_positions: np.ndarray
     new_study_ids: list[str]
-    updates: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    #: The frame row of each update (same order as ``updates``).
+    update_ids: list[int] = field(default_factory=list)
+    #: The frame row of each updated patient (same order as ``update_ids``).
     update_positions: list[int] = field(default_factory=list)
+    #: Each updated patient's study values as JSON text, "" when none of them changed.
+    update_study_values: list[str] = field(default_factory=list)
     changes: list[dict[str, Any]] = field(default_factory=list)
     changed_fields: dict[str, int] = field(default_factory=dict)
     unchanged: int = 0
     kept_not_in_file: int = 0
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What the commit needs of the plan, kept with the preview's checked table."""
+        return {
+            "new_positions": np.asarray(self.new_positions, dtype=np.int64),
+            "update_ids": np.asarray(self.update_ids, dtype=np.int64),
+            "update_positions": np.asarray(self.update_positions, dtype=np.int64),
+            "update_study_values": np.asarray(self.update_study_values, dtype=str),
+        }
+
+    @classmethod
+    def of_arrays(cls, arrays: dict[str, np.ndarray], summary: dict[str, Any]) -> ImportPlan:
+        """The plan kept with the preview; its counts and listed changes are the summary's."""
+        return cls(
+            new_positions=arrays["new_positions"],
+            new_study_ids=list(summary.get("new_study_ids", [])),
+            update_ids=arrays["update_ids"].tolist(),
+            update_positions=arrays["update_positions"].tolist(),
+            update_study_values=arrays["update_study_values"].tolist(),
+            changes=list(summary.get("changes", [])),
+            changed_fields=dict(summary.get("changed_fields", {})),
+            unchanged=int(summary.get("unchanged", 0)),
+            kept_not_in_file=int(summary.get("kept_not_in_file", 0)),
+        )
+
     def summary(self) -> dict[str, Any]:
         return {
             "created": len(self.new_positions),
-            "updated": len(self.updates),
+            "updated": len(self.update_ids),
             "unchanged": self.unchanged,
             "kept_not_in_file": self.kept_not_in_file,
             "changed_fields": self.changed_fields,
@@ -164,35 +191,29 @@ def plan_import(cohort: Cohort, parsed: ParsedTable) -> ImportPlan:
         changed |= mask
     plan.unchanged = int((~changed).sum())
     columns = dict(_compared(parsed))
-    converted: dict[str, list[Any]] = {}  # a changed column as model values, converted once
+    converted: dict[str, list[Any]] = {}  # a changed study column as values, converted once
     for index in np.flatnonzero(changed):
         row, stored = in_file[index], in_cohort[index]
-        study_id = str(new["study_id"].iat[row])
         names = [name for name, mask in differs.items() if mask[index]]
-        changes: dict[str, Any] = {}
-        study_values = dict(old["study_values"].iat[stored] or {})
+        study_values: dict[str, Any] | None = None
         for name in names:
             plan.changed_fields[name] = plan.changed_fields.get(name, 0) + 1
             column = columns[name]
-            if name not in converted:
-                values = new[name]
-                converted[name] = (
-                    python_values(values, column)
-                    if column is not None
-                    else values.astype(bool).tolist()
-                )
-            python = converted[name][row]
             if column is not None and column.study:
-                study_values[name] = python
-                changes["study_values"] = study_values
-            else:
-                changes[name] = python
-        plan.updates.append((int(old["id"].iat[stored]), changes))
+                if name not in converted:
+                    converted[name] = python_values(new[name], column)
+                if study_values is None:
+                    study_values = dict(old["study_values"].iat[stored] or {})
+                study_values[name] = converted[name][row]
+        plan.update_ids.append(int(old["id"].iat[stored]))
         plan.update_positions.append(int(row))
+        plan.update_study_values.append(
+            "" if study_values is None else json.dumps(study_values, default=str)
+        )
         if len(plan.changes) < SHOWN_CHANGES:
             plan.changes.append(
                 {
-                    "study_id": study_id,
+                    "study_id": str(new["study_id"].iat[row]),
                     "values": [
                         [name, _shown(old[name].iat[stored]), _shown(new[name].iat[row])]
                         for name in names
@@ -204,7 +225,7 @@ def plan_import(cohort: Cohort, parsed: ParsedTable) -> ImportPlan:
 
 def insert_patients(cohort: Cohort, parsed: ParsedTable, positions: np.ndarray) -> None:
     """Insert the rows at ``positions`` as new patients; on PostgreSQL through one COPY of a
-    CSV written by pandas, many times faster than INSERTs.
+    CSV written by columns, many times faster than INSERTs.
 
     The rows were checked by ``read_table`` (types, ranges, consistency rules); the database
     still enforces the unique study ID and the column types.
@@ -219,17 +240,25 @@ def insert_patients(cohort: Cohort, parsed: ParsedTable, positions: np.ndarray) 
         )
         return
     cells = _copy_cells(frame, parsed)
-    now = timezone.now().isoformat()
-    names = [*FIELD_NAMES, "study_values", "created_at", "updated_at", "cohort_id"]
-    row_tail = f",{now},{now},{cohort.pk}"
-    data = "".join(",".join(row) + row_tail + "\n" for row in zip(*cells, strict=True))
+    # created_at and updated_at are left to the database's defaults (its clock), and so are
+    # the study values ({}) when the file has no study variable.
+    names = [*FIELD_NAMES, "cohort_id"]
+    if parsed.study_present:
+        cells.append(_quoted(_study_json(frame, parsed)))
+        names.insert(-1, "study_values")
+    row_tail = f",{cohort.pk}\n"
+    data = "".join(",".join(row) + row_tail for row in zip(*cells, strict=True))
     quote = connection.ops.quote_name
-    table = quote(Patient._meta.db_table)
-    columns = ", ".join(quote(Patient._meta.get_field(name).column) for name in names)
-    with (
-        connection.cursor() as cursor,
-        cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy,
-    ):
+    columns = [quote(Patient._meta.get_field(name).column) for name in names]
+    with connection.cursor() as cursor:
+        _copy_rows(cursor, quote(Patient._meta.db_table), columns, data)
+
+
+def _copy_rows(cursor: Any, table: str, columns: list[str], data: str) -> None:
+    """One COPY of CSV ``data`` into ``table``'s ``columns`` (quoted names)."""
+    with cursor.cursor.copy(
+        f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
+    ) as copy:
         copy.write(data)
 
 
@@ -244,9 +273,11 @@ def _numbers(values: pd.Series, form: str) -> list[str]:
 def _quoted(values: pd.Series) -> list[str]:
     """Text as quoted CSV fields (an empty text stays empty text, never NULL), each distinct
     text quoted once: coded columns hold a handful of values."""
-    codes, uniques = pd.factorize(values.fillna(""))
-    quoted = np.array([_csv_text(str(u)) for u in uniques], dtype=object)
-    return quoted[codes].tolist()
+    # A NumPy array, not a Series: factorize then returns its distinct values as an array
+    # (building a pandas Index of them cost more than the quoting).
+    codes, uniques = pd.factorize(values.to_numpy(dtype=object))
+    quoted = np.array([*(_csv_text(str(u)) for u in uniques), '""'], dtype=object)
+    return quoted[codes].tolist()  # code -1 (a missing value) picks the trailing empty text
 
 
 def _csv_text(text: str) -> str:
@@ -254,9 +285,9 @@ def _csv_text(text: str) -> str:
 
 
 def _copy_cells(frame: pd.DataFrame, parsed: ParsedTable) -> list[list[str]]:
-    """The COPY's CSV fields of ``FIELD_NAMES`` and ``study_values``, one list per column,
-    formatted by columns (NULL is an unquoted empty field): writing the rows through a data
-    frame and ``to_csv`` cost more than the COPY itself."""
+    """The COPY's CSV fields of ``FIELD_NAMES``, one list per column, formatted by columns
+    (NULL is an unquoted empty field): writing the rows through a data frame and ``to_csv``
+    cost more than the COPY itself."""
     columns = {c.name: c for c in parsed.columns}
     cells: list[list[str]] = []
     for name in FIELD_NAMES:
@@ -270,15 +301,12 @@ def _copy_cells(frame: pd.DataFrame, parsed: ParsedTable) -> list[list[str]]:
             cells.append(_numbers(values, f"{{:.{column.decimal_places}f}}"))
         else:
             cells.append(_quoted(values))
-    cells.append(_quoted(_study_json(frame, parsed)))
     return cells
 
 
 def _study_json(frame: pd.DataFrame, parsed: ParsedTable) -> pd.Series:
     """Each row's ``study_values`` as JSON text, written by columns (a blank is null: no value).
     Codes are letters, digits and '_', dates ISO text: they need no escaping."""
-    if not parsed.study_present:
-        return pd.Series("{}", index=frame.index)
     kinds = {c.name: c.kind for c in parsed.columns}
     text = pd.Series("{", index=frame.index)
     for position, name in enumerate(parsed.study_present):
@@ -293,30 +321,33 @@ def _study_json(frame: pd.DataFrame, parsed: ParsedTable) -> pd.Series:
     return text + "}"
 
 
-def cohort_state(cohort: Cohort) -> str:
-    """What a preview was checked against: the cohort's data version, its patients (count and
-    last change, which catches edits made elsewhere) and its study variables."""
-    patients = Patient.objects.filter(cohort=cohort).aggregate(
-        n=Count("id"), last=Max("updated_at")
+def cohort_state(cohort: Cohort) -> tuple[str, tuple[Column, ...]]:
+    """What a preview is checked against, and the columns it is checked with: the state is a
+    digest of the cohort's data version, its patients (count and last change, which catches
+    edits made elsewhere) and its study variables. Two queries, the variables read once for
+    both."""
+    patients = Patient.objects.filter(cohort=OuterRef("pk")).order_by().values("cohort")
+    version, count, last = Cohort.objects.filter(pk=cohort.pk).annotate(
+        count=Subquery(patients.annotate(count=Count("pk")).values("count")),
+        last=Subquery(patients.annotate(last=Max("updated_at")).values("last")),
+    ).values_list("data_version", "count", "last").first() or (None, None, None)
+    variables = list(StudyVariable.objects.filter(cohort=cohort))
+    described = sorted(
+        ((v.name, v.kind, v.minimum, v.maximum, v.choices, v.required) for v in variables),
+        key=lambda item: item[0],
     )
-    version = Cohort.objects.filter(pk=cohort.pk).values_list("data_version", flat=True).first()
-    variables = list(
-        StudyVariable.objects.filter(cohort=cohort)
-        .order_by("name")
-        .values_list("name", "kind", "minimum", "maximum", "choices", "required")
-    )
-    text = json.dumps([version, patients["n"], str(patients["last"]), variables], default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    text = json.dumps([version, count or 0, str(last), described], default=str)
+    return hashlib.sha256(text.encode()).hexdigest(), table_columns(cohort, variables)
 
 
-def _read(data: bytes, filename: str, cohort: Cohort) -> ParsedTable:
+def _read(data: bytes, filename: str, columns: tuple[Column, ...]) -> ParsedTable:
     try:
         return read_table(
             data,
             filename,
             max_bytes=settings.PMPD_TABLE_MAX_BYTES,
             max_rows=settings.PMPD_TABLE_MAX_ROWS,
-            columns=table_columns(cohort),
+            columns=columns,
         )
     except TableError as exc:
         raise UserFacingError(str(exc)) from None
@@ -334,8 +365,8 @@ def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableIm
     except TableError as exc:
         raise UserFacingError(str(exc)) from None
     in_a_job = len(data) > settings.PMPD_TABLE_PREVIEW_JOB_BYTES
-    state = cohort_state(cohort)
-    parsed = None if in_a_job else _read(data, filename, cohort)
+    state, columns = cohort_state(cohort)
+    parsed = None if in_a_job else _read(data, filename, columns)
     digest = hashlib.sha256(data).hexdigest()
     table_import = TableImport(
         cohort=cohort,
@@ -379,11 +410,11 @@ def preview_stored_table(
 ) -> dict[str, Any]:
     """The preview job's work: check the stored file as an upload in the request would."""
     progress(5, "Reading and checking the table")
-    state = cohort_state(table_import.cohort)
+    state, columns = cohort_state(table_import.cohort)
     with table_import.file.open("rb") as handle:
         data = handle.read()
     try:
-        parsed = _read(data, table_import.original_filename, table_import.cohort)
+        parsed = _read(data, table_import.original_filename, columns)
     except UserFacingError as exc:
         # The table cannot be read at all: the import says why, as a problem of the file.
         parsed = ParsedTable(
@@ -402,9 +433,7 @@ def _record_preview(table_import: TableImport, parsed: ParsedTable, state: Any) 
         table_import.status = TableImport.Status.PREVIEWED
         plan = plan_import(cohort, parsed)
         table_import.summary = plan.summary()
-        table_import.checked = zlib.compress(
-            pickle.dumps((parsed, plan), protocol=pickle.HIGHEST_PROTOCOL), 1
-        )
+        table_import.checked = pack_checked(parsed, plan.arrays())
         table_import.checked_against = state
     else:
         table_import.status = TableImport.Status.INVALID
@@ -413,15 +442,17 @@ def _record_preview(table_import: TableImport, parsed: ParsedTable, state: Any) 
         ]
         table_import.summary = {"rows": len(parsed.rows), "problems": len(parsed.problems)}
     table_import.summary["rows"] = len(parsed.rows)
-    table_import.save()
-    audit(
-        user,
-        AuditAction.IMPORT_PREVIEW,
-        cohort=cohort,
-        label=filename,
-        table_import=table_import.pk,
-        status=table_import.status,
-    )
+    # The import row and its audit event together, in one commit (one flush of the log).
+    with transaction.atomic():
+        table_import.save()
+        audit(
+            user,
+            AuditAction.IMPORT_PREVIEW,
+            cohort=cohort,
+            label=filename,
+            table_import=table_import.pk,
+            status=table_import.status,
+        )
 
 
 def _checked_table(table_import: TableImport) -> tuple[ParsedTable, ImportPlan | None, bool]:
@@ -432,11 +463,14 @@ def _checked_table(table_import: TableImport) -> tuple[ParsedTable, ImportPlan |
     with table_import.file.open("rb") as handle:
         data = handle.read()
     same_file = hashlib.sha256(data).hexdigest() == table_import.sha256
-    if same_file and table_import.checked and table_import.checked_against == cohort_state(cohort):
-        checked = pickle.loads(zlib.decompress(bytes(table_import.checked)))
-        # A preview stored before the plan was kept holds the table alone.
-        return (*checked, True) if isinstance(checked, tuple) else (checked, None, True)
-    return _read(data, table_import.original_filename, cohort), None, False
+    state, columns = cohort_state(cohort)
+    if same_file and table_import.checked and table_import.checked_against == state:
+        try:
+            parsed, arrays = unpack_checked(bytes(table_import.checked), columns)
+            return parsed, ImportPlan.of_arrays(arrays, table_import.summary), True
+        except (ValueError, KeyError):
+            pass  # kept in an older form (never unpickled): the file is checked again
+    return _read(data, table_import.original_filename, columns), None, False
 
 
 def commit_import(
@@ -463,13 +497,13 @@ def commit_import(
         plan = plan_import(cohort, parsed)
     progress(
         60,
-        f"Writing {len(plan.new_positions)} new and {len(plan.updates)} changed "
+        f"Writing {len(plan.new_positions)} new and {len(plan.update_ids)} changed "
         "patients in one transaction",
     )
     with transaction.atomic():
         insert_patients(cohort, parsed, plan.new_positions)
         _update_patients(parsed, plan)
-        if len(plan.new_positions) or plan.updates:
+        if len(plan.new_positions) or plan.update_ids:
             cohort.bump_data_version()
         summary = plan.summary() | {"rows": len(parsed.rows), "checked_at_preview": reused}
         TableImport.objects.filter(pk=table_import.pk).update(
@@ -489,48 +523,57 @@ def commit_import(
 
 
 def _update_patients(parsed: ParsedTable, plan: ImportPlan) -> None:
-    """Write the changed patients; on PostgreSQL one COPY of their rows into a temporary table
-    and one UPDATE from it (``bulk_update``'s CASE per row and field took seconds for 10,000
-    changed patients)."""
-    updates = plan.updates
-    if not updates:
+    """Write the changed patients: their checked rows, all their template fields (the
+    unchanged ones equal what is stored), and the study values the plan merged. On PostgreSQL
+    one COPY of their rows into a temporary table and one UPDATE from it (``bulk_update``'s
+    CASE per row and field took seconds for 10,000 changed patients)."""
+    if not plan.update_ids:
         return
-    positions = getattr(plan, "update_positions", [])
-    if connection.vendor == "postgresql" and len(positions) == len(updates):
-        _copy_updates(parsed, plan, positions)
+    if connection.vendor == "postgresql":
+        _copy_updates(parsed, plan)
         return
-    fields: set[str] = set()
-    patients = []
     now = timezone.now()
-    for pk, changes in updates:
-        patients.append(Patient(pk=pk, updated_at=now, **changes))
-        fields.update(changes)
-    Patient.objects.bulk_update(patients, sorted(fields | {"updated_at"}), batch_size=BATCH)
+    records = frame_records(
+        parsed.frame.iloc[plan.update_positions], parsed.columns, parsed.study_present
+    )
+    for study_values in ({"study_values"}, set()):
+        patients = [
+            Patient(
+                pk=pk,
+                updated_at=now,
+                **{name: record[name] for name in FIELD_NAMES},
+                **({"study_values": json.loads(merged)} if merged else {}),
+            )
+            for pk, record, merged in zip(
+                plan.update_ids, records, plan.update_study_values, strict=True
+            )
+            if bool(merged) == bool(study_values)
+        ]
+        Patient.objects.bulk_update(
+            patients, [*FIELD_NAMES, "updated_at", *study_values], batch_size=BATCH
+        )
 
 
-def _copy_updates(parsed: ParsedTable, plan: ImportPlan, positions: list[int]) -> None:
-    """The changed patients' checked rows, all their template fields (the unchanged ones equal
-    what is stored), and the study values the plan merged (NULL: left as stored)."""
-    cells = _copy_cells(parsed.frame.iloc[positions], parsed)
-    cells[-1] = [
-        _csv_text(json.dumps(changes["study_values"])) if "study_values" in changes else ""
-        for _, changes in plan.updates
-    ]
-    cells.insert(0, [str(pk) for pk, _ in plan.updates])
+def _copy_updates(parsed: ParsedTable, plan: ImportPlan) -> None:
+    """The changed patients' checked rows and their merged study values (NULL: left as
+    stored), through a temporary table."""
+    cells = _copy_cells(parsed.frame.iloc[plan.update_positions], parsed)
+    cells.append([_csv_text(merged) if merged else "" for merged in plan.update_study_values])
+    cells.insert(0, [str(pk) for pk in plan.update_ids])
     data = "".join(",".join(row) + "\n" for row in zip(*cells, strict=True))
     quote = connection.ops.quote_name
     table = quote(Patient._meta.db_table)
     staged = quote("pmpd_import_updates")
     fields = [quote(Patient._meta.get_field(name).column) for name in FIELD_NAMES]
-    columns = ", ".join(["id", *fields, "study_values"])
+    columns = ["id", *fields, "study_values"]
     assignments = ", ".join(f"{name} = t.{name}" for name in fields)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"CREATE TEMPORARY TABLE {staged} AS SELECT {columns} FROM {table} WITH NO DATA"
+            f"CREATE TEMPORARY TABLE {staged} AS SELECT {', '.join(columns)} FROM {table} "
+            "WITH NO DATA"
         )
         # Inside the import's transaction: a failure rolls the table back with the rest.
-        with cursor.cursor.copy(f"COPY {staged} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-            copy.write(data)
+        _copy_rows(cursor, staged, columns, data)
         cursor.execute(
             f"UPDATE {table} AS p SET {assignments}, "
             "study_values = COALESCE(t.study_values, p.study_values), updated_at = %s "

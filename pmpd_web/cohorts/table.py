@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import zipfile
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pmpd_web.spreadsheets import escape_formula
@@ -262,6 +266,69 @@ def python_values(values: pd.Series, column: Column) -> list[Any]:
         if column.study
         else (values.tolist())
     )
+
+
+def pack_checked(parsed: ParsedTable, extra: Mapping[str, np.ndarray] = {}) -> bytes:
+    """A checked table (and ``extra`` arrays) as compressed NumPy arrays: no pickle, nothing
+    that runs code when read back. Text columns are kept as codes into their distinct texts."""
+    arrays: dict[str, np.ndarray] = {
+        "rows": np.asarray(parsed.rows, dtype=np.int64),
+        "meta": _json_bytes(
+            {
+                "filename": parsed.filename,
+                "study_present": list(parsed.study_present),
+                "columns": [str(name) for name in parsed.frame.columns],
+            }
+        ),
+    }
+    for position, name in enumerate(parsed.frame.columns):
+        values = parsed.frame[name].to_numpy()
+        if values.dtype.kind == "O":
+            codes, uniques = pd.factorize(values)
+            arrays[f"codes{position}"] = codes.astype(np.min_scalar_type(max(len(uniques), 1)))
+            arrays[f"texts{position}"] = np.asarray(uniques, dtype=str)
+        else:
+            arrays[f"values{position}"] = values
+    arrays.update({f"extra_{name}": np.asarray(array) for name, array in extra.items()})
+    out = io.BytesIO()
+    np.savez(out, allow_pickle=False, **arrays)
+    return zlib.compress(out.getvalue(), 1)
+
+
+def unpack_checked(
+    data: bytes, columns: Sequence[Column]
+) -> tuple[ParsedTable, dict[str, np.ndarray]]:
+    """What :func:`pack_checked` wrote, with the table's ``columns`` (the cohort's, unchanged
+    since). ``ValueError`` when ``data`` is not such a table."""
+    try:
+        with np.load(io.BytesIO(zlib.decompress(data)), allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+        meta = json.loads(arrays["meta"].tobytes())
+    except (zlib.error, zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"not a checked table ({exc})") from None
+    frame: dict[str, np.ndarray] = {}
+    for position, name in enumerate(meta["columns"]):
+        if f"codes{position}" in arrays:
+            texts = arrays[f"texts{position}"].astype(object)
+            frame[name] = texts[arrays[f"codes{position}"]]
+        else:
+            frame[name] = arrays[f"values{position}"]
+    rows = arrays["rows"]
+    parsed = ParsedTable(
+        filename=meta["filename"],
+        frame=pd.DataFrame(frame, index=pd.RangeIndex(len(rows)), copy=False),
+        rows=rows.tolist(),
+        columns=tuple(columns),
+        study_present=tuple(meta["study_present"]),
+    )
+    extra = {
+        name.removeprefix("extra_"): a for name, a in arrays.items() if name.startswith("extra_")
+    }
+    return parsed, extra
+
+
+def _json_bytes(value: Any) -> np.ndarray:
+    return np.frombuffer(json.dumps(value).encode(), dtype=np.uint8)
 
 
 class TableError(Exception):

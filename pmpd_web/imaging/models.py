@@ -100,6 +100,12 @@ class UploadFile(models.Model):
     chunks = models.JSONField(
         default=list, blank=True, help_text="[offset, length, storage name] of each chunk received"
     )
+    multipart = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="With an S3 media store, the multipart upload the chunks are written to: "
+        "its key, upload ID and parts (empty once complete)",
+    )
     detected_kind = models.CharField(max_length=24, blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.RECEIVING)
     error = models.TextField(blank=True)

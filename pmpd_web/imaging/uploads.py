@@ -1,10 +1,12 @@
 """Receiving image uploads: a session, its declared files, their resumable chunks, and the
 finish that queues the ingest job. Used by the API, the pages and the ``ingest_images`` command.
 
-Chunks are stored through Django's storage API (so a site may use S3-compatible storage) as
-objects under ``image-uploads/<upload>/<file>/``, named by their offset; a file's
-``received_bytes`` says where the next chunk starts, which is how an interrupted upload resumes.
-The raw files hold identifying data: they are deleted once the ingest has finished with them.
+Chunks are stored through Django's storage API as objects under
+``image-uploads/<upload>/<file>/``, named by their offset; a file's ``received_bytes`` says
+where the next chunk starts, which is how an interrupted upload resumes. Where the media store
+is an S3 bucket, the chunks are written as the parts of one multipart upload instead, which the
+last chunk completes (:mod:`.multipart`): the file arrives as one object. The raw files hold
+identifying data: they are deleted once the ingest has finished with them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pmpd_web.jobs.dispatch import start_on_commit
 from pmpd_web.jobs.models import Job, job_stopped
 from pmpd_web.jobs.runner import UserFacingError
 
+from . import multipart
 from .models import ImageUpload, UploadFile
 
 READ_BLOCK = 1024 * 1024
@@ -220,13 +223,53 @@ def receive_chunk(
             UploadFile.objects.select_for_update().select_related("upload").get(pk=upload_file.pk)
         )
         _check_chunk(locked, offset=offset, length=length)
-        name = default_storage.save(f"{chunk_prefix(locked)}{offset:016d}.part", ContentFile(data))
-        locked.chunks = [*locked.chunks, [offset, length, name]]
+        bucket = multipart.bucket_storage()
+        if bucket is None:
+            name = default_storage.save(
+                f"{chunk_prefix(locked)}{offset:016d}.part", ContentFile(data)
+            )
+            locked.chunks = [*locked.chunks, [offset, length, name]]
+        else:
+            _receive_part(bucket, locked, offset=offset, data=data)
         locked.received_bytes = offset + length
-        locked.save(update_fields=["chunks", "received_bytes"])
+        locked.save(update_fields=["chunks", "received_bytes", "multipart"])
         # The session's last activity, which `expire_uploads` reads.
         ImageUpload.objects.filter(pk=locked.upload_id).update(updated_at=timezone.now())
     return locked
+
+
+def _receive_part(bucket: Any, upload_file: UploadFile, *, offset: int, data: bytes) -> None:
+    """A chunk into the file's multipart upload (begun by its first chunk). Chunks that
+    together hold less than S3's smallest part wait in ``chunks`` as objects of their own; the
+    last chunk completes the upload, and ``chunks`` then names the one object. A file in one
+    chunk (a DICOM instance of a series) is one plain object, written by one request."""
+    last = offset + len(data) == upload_file.size_bytes
+    if offset == 0 and last:
+        name = bucket.save(f"{chunk_prefix(upload_file)}{0:016d}.part", ContentFile(data))
+        upload_file.chunks = [[0, len(data), name]]
+        return
+    state = upload_file.multipart or multipart.start(bucket, f"{chunk_prefix(upload_file)}received")
+    waiting = list(upload_file.chunks)
+    if sum(length for _, length, _ in waiting) + len(data) < multipart.PART_MIN_BYTES and not last:
+        name = bucket.save(f"{chunk_prefix(upload_file)}{offset:016d}.part", ContentFile(data))
+        upload_file.chunks = [*waiting, [offset, len(data), name]]
+        upload_file.multipart = state
+        return
+    body = [_read_stored(name) for _, _, name in waiting]
+    state = multipart.add_part(bucket, state, b"".join([*body, data]))
+    # Deleted once the row no longer names them (a rolled-back request sends them again).
+    transaction.on_commit(lambda: [bucket.delete(name) for _, _, name in waiting])
+    if last:
+        upload_file.chunks = [[0, upload_file.size_bytes, multipart.complete(bucket, state)]]
+        upload_file.multipart = {}
+    else:
+        upload_file.chunks = []
+        upload_file.multipart = state
+
+
+def _read_stored(name: str) -> bytes:
+    with default_storage.open(name, "rb") as handle:
+        return handle.read()
 
 
 def _check_chunk(upload_file: UploadFile, *, offset: int, length: int) -> None:
@@ -383,17 +426,23 @@ def _ingest_stopped(sender, *, job, status, **kwargs) -> None:
 
 
 def purge_received(upload: ImageUpload) -> None:
-    """Delete the raw chunks of an upload (they may hold identifying data)."""
+    """Delete the raw chunks of an upload (they may hold identifying data), and abort the
+    multipart uploads of files still being received (S3 deletes their parts)."""
+    bucket = multipart.bucket_storage()
     for upload_file in upload.files.all():
         for _, _, name in upload_file.chunks:
             default_storage.delete(name)
-    upload.files.update(chunks=[])
+        if upload_file.multipart and bucket is not None:
+            multipart.abort(bucket, upload_file.multipart)
+    upload.files.update(chunks=[], multipart={})
 
 
 def expire_stale_uploads(*, older_than: timedelta, dry_run: bool = False) -> list[ImageUpload]:
     """Uploads still receiving files with no activity for ``older_than``: their raw chunks are
     deleted (they may hold identifying data and fill the disk) and each is marked failed with
-    the reason, unless ``dry_run``. Returns the uploads concerned."""
+    the reason, unless ``dry_run``. With an S3 media store, multipart uploads begun that long
+    ago that no receiving file writes to any more are aborted too. Returns the uploads
+    concerned."""
     cutoff = timezone.now() - older_than
     stale = list(
         ImageUpload.objects.filter(status=ImageUpload.Status.RECEIVING, updated_at__lt=cutoff)
@@ -418,4 +467,15 @@ def expire_stale_uploads(*, older_than: timedelta, dry_run: bool = False) -> lis
                 "deleted. Start a new upload."
             )
             locked.save(update_fields=["status", "error", "updated_at"])
+    bucket = multipart.bucket_storage()
+    if bucket is not None:
+        receiving = UploadFile.objects.filter(upload__status=ImageUpload.Status.RECEIVING).exclude(
+            multipart={}
+        )
+        multipart.abort_abandoned(
+            bucket,
+            prefix="image-uploads/",
+            started_before=cutoff,
+            keep={f.multipart["upload_id"] for f in receiving.only("multipart")},
+        )
     return stale

@@ -359,3 +359,42 @@ def test_changed_patients_are_written_by_one_update_from_a_copy(cohort, members)
     for study_id, patient in stored.items():
         assert patient.age_at_diagnosis_years == int(original[study_id]["age_at_diagnosis_years"])
         assert patient.metastasis_at_diagnosis == original[study_id]["metastasis_at_diagnosis"]
+
+
+class _RunsWhenUnpickled:
+    """Unpickling this creates ``path``: a stand-in for code a tampered pickle would run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_a_preview_kept_as_a_pickle_is_checked_again_never_unpickled(cohort, members, tmp_path):
+    """Issue 14 item 4: the preview's checked rows were a pickle in the database, unpickled by
+    the commit (a row changed in the database would run code in the worker). They are arrays
+    now; a preview kept in the old form is read and checked again from its file."""
+    import pickle
+    import zlib
+
+    from pmpd_web.cohorts.importer import commit_import, upload_table
+
+    preview = upload_table(
+        cohort=cohort, user=members["coordinator"], data=to_csv(rows(3)), filename="t.csv"
+    )
+    marker = tmp_path / "unpickled"
+    TableImport.objects.filter(pk=preview.pk).update(
+        checked=zlib.compress(pickle.dumps(_RunsWhenUnpickled(marker)), 1)
+    )
+    preview.refresh_from_db()
+    summary = commit_import(preview, lambda p, s: None)
+    assert not marker.exists()
+    assert summary["checked_at_preview"] is False and summary["created"] == 3
+    imported = Patient.objects.filter(cohort=cohort)
+    assert imported.count() == 3
+    # The COPY leaves both times to the database's clock: one time for the whole import.
+    times = set(imported.values_list("created_at", "updated_at"))
+    assert len(times) == 1 and len(set(next(iter(times)))) == 1

@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 import openpyxl
+import pytest
 from tablemaker import GOOD_ROW, NON_METASTATIC_ROW, to_csv
 
 from pmpd_web.cohorts.parsing import read_table
@@ -140,3 +141,59 @@ def test_ten_thousand_rows_are_checked_by_columns():
     assert parsed.ok and len(parsed.frame) == 10_000
     assert parsed.frame["age_at_diagnosis_years"].dtype == np.float64
     assert parsed.rows[-1] == 10_001
+
+
+def _csv_lines(*lines: str) -> bytes:
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def test_the_column_reader_keeps_the_row_reader_s_rows_and_messages():
+    """Issue 14 item 4: a CSV is read by pandas' C parser into columns, and by the csv module
+    only when a row is longer than the header line. Both give the same rows and messages: blank
+    and whitespace-only rows skipped (their row numbers kept), short rows padded, quoted commas,
+    quotes and line breaks kept, a trailing empty header cell ignored, extra cells refused."""
+    header = ",".join(COLUMN_NAMES)
+    good = to_csv([GOOD_ROW]).decode().splitlines()[1]
+    other = to_csv([{**NON_METASTATIC_ROW, "centre": 'Centre "Est", two\nlines'}])
+    other_line = other.decode().split("\r\n", 1)[1].rstrip("\r\n")
+    short = ",".join(
+        to_csv([{**GOOD_ROW, "study_id": "P-003"}]).decode().splitlines()[1].split(",")[:-1]
+    )
+    table = _csv_lines(header + ",", good, "", "  ,  ", other_line, short)
+    parsed = read_table(table, "t.csv", max_bytes=LIMIT)
+    assert parsed.ok, parsed.problems
+    assert parsed.rows == [2, 5, 6]  # rows 3 and 4 blank; a row is a record, not a line
+    assert [r["study_id"] for r in parsed.records] == ["P-001", "P-002", "P-003"]
+    assert parsed.records[1]["centre"] == 'Centre "Est", two\nlines'
+    assert parsed.records[2]["days_to_metastasis"] is None  # the padded last cell
+
+    longer = _csv_lines(header, good, good.replace("P-001", "P-004") + ",extra", short + ",,")
+    refused = read_table(longer, "t.csv", max_bytes=LIMIT)
+    assert [str(p) for p in refused.problems] == [
+        "row 3: has more cells than the header has columns"
+    ]
+    assert refused.rows == [2, 4]
+
+
+def test_the_checked_table_is_kept_as_arrays_and_read_back_the_same():
+    """Issue 14 item 4: the preview's checked table was kept as a pickle in the database
+    (unpickling runs code); it is now NumPy arrays read with ``allow_pickle=False``."""
+    from pmpd_web.cohorts.table import pack_checked, unpack_checked
+
+    source = [
+        {**GOOD_ROW, "ecog": "1", "weight_loss_pct": "12.5", "surgery_date": "2024-02-29"},
+        {**NON_METASTATIC_ROW, "ecog": "", "weight_loss_pct": "", "surgery_date": ""},
+    ]
+    parsed = read_table(
+        to_csv(source, columns=[c.name for c in STUDY]), "t.csv", max_bytes=LIMIT, columns=STUDY
+    )
+    assert parsed.ok, parsed.problems
+    extra = {"positions": np.array([1, 0])}
+    again, kept = unpack_checked(pack_checked(parsed, extra), STUDY)
+    assert again.records == parsed.records and again.rows == parsed.rows
+    assert again.study_present == parsed.study_present and again.filename == "t.csv"
+    assert list(again.frame.columns) == list(parsed.frame.columns)
+    assert kept["positions"].tolist() == [1, 0]
+    for not_a_table in (b"", b"garbage", __import__("zlib").compress(b"PK\x03\x04 no zip")):
+        with pytest.raises(ValueError):
+            unpack_checked(not_a_table, STUDY)

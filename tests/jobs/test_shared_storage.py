@@ -1,6 +1,10 @@
 """The media store as an S3-compatible bucket (issue 14, item 5), against a real S3 server:
 SeaweedFS started by the test on free ports (skipped, with the reason, when it cannot start).
 
+An upload's chunks are written as the parts of one S3 multipart upload (small chunks gathered
+to S3's 5 MiB smallest part), completed by the last chunk; an abandoned upload, a cancelled
+ingest and a multipart upload no row refers to leave no object and no pending upload.
+
 With the bucket as Django's default storage, a cohort is scored through it: the canonical
 volumes are read from the bucket, the preprocessing cache, Grad-CAM overlays and predictions
 written to it, nothing written under MEDIA_ROOT, and the local copies the engine needs exist
@@ -9,7 +13,11 @@ only inside the job's scratch folder while it runs.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +29,17 @@ from seaweed import SeaweedUnavailable, s3_client, seaweed_s3
 from inference import storage as engine_storage
 from inference.jobs import create_scoring, execute_scoring
 from inference.models import PatientPrediction
+from pmpd_web.imaging.models import ImageUpload, UploadFile
+from pmpd_web.imaging.uploads import (
+    DeclaredFile,
+    chunk_prefix,
+    create_upload,
+    declare_files,
+    expire_stale_uploads,
+    finish_upload,
+    receive_chunk,
+)
+from pmpd_web.jobs import dispatch
 from pmpd_web.jobs.files import job_scratch
 from pmpd_web.jobs.models import Job
 from pmpd_web.shared_storage import S3_BACKEND, s3_storage
@@ -113,3 +132,146 @@ def test_a_cohort_is_scored_through_the_bucket(
         assert any(key.startswith(f"preprocessed/{patient.pk}/") for key in keys)
     assert any(key.startswith(f"models/{version.pk}/") for key in keys)
     assert not _files_under(settings.MEDIA_ROOT)
+
+
+MIB = 1024 * 1024
+
+
+def _send(upload_file, content: bytes, sizes: list[int], *, start: int = 0, capture):
+    """Send the chunks of ``sizes`` of ``content`` from ``start``, each request's on-commit
+    work run as after its real commit."""
+    offset = start
+    for size in sizes:
+        with capture(execute=True):
+            upload_file = receive_chunk(
+                upload_file,
+                offset=offset,
+                length=size,
+                stream=io.BytesIO(content[offset : offset + size]),
+            )
+        offset += size
+    return upload_file
+
+
+def _under(endpoint: str, bucket: str, prefix: str) -> set[str]:
+    return {key for key in _keys(endpoint, bucket) if key.startswith(prefix)}
+
+
+def _pending_uploads(endpoint: str, bucket: str) -> list[dict]:
+    return s3_client(endpoint).list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def _declared(cohort, members, size: int) -> UploadFile:
+    upload = create_upload(cohort=cohort, user=members["coordinator"])
+    (upload_file,) = declare_files(upload, [DeclaredFile(name="ct.zip", size=size)])
+    return upload_file
+
+
+@pytest.mark.django_db
+def test_an_upload_in_chunks_arrives_as_one_object_written_as_multipart_parts(
+    bucket_storage, s3_endpoint, cohort, members, django_capture_on_commit_callbacks, tmp_path
+):
+    capture = django_capture_on_commit_callbacks
+    content = os.urandom(13 * MIB + 12_345)
+    upload_file = _declared(cohort, members, len(content))
+    prefix = chunk_prefix(upload_file)
+    client = s3_client(s3_endpoint)
+
+    # Two chunks of 2 MiB, under S3's smallest part: they wait as objects of their own.
+    upload_file = _send(upload_file, content, [2 * MIB, 2 * MIB], capture=capture)
+    state = upload_file.multipart
+    assert state["parts"] == [] and len(upload_file.chunks) == 2
+    assert _under(s3_endpoint, bucket_storage, prefix) == {n for _, _, n in upload_file.chunks}
+    # A third makes 6 MiB: part 1, the waiting objects deleted; 6 MiB more: part 2.
+    upload_file = _send(upload_file, content, [2 * MIB, 6 * MIB], start=4 * MIB, capture=capture)
+    parts = client.list_parts(Bucket=bucket_storage, Key=state["key"], UploadId=state["upload_id"])
+    assert [part["Size"] for part in parts["Parts"]] == [6 * MIB, 6 * MIB]
+    assert upload_file.chunks == [] and not _under(s3_endpoint, bucket_storage, prefix)
+    # The last chunk (1 MiB and a bit, the one part S3 takes under 5 MiB) completes the file.
+    upload_file = _send(upload_file, content, [MIB + 12_345], start=12 * MIB, capture=capture)
+    upload_file.refresh_from_db()
+    assert upload_file.received_bytes == len(content) and upload_file.multipart == {}
+    ((offset, length, name),) = upload_file.chunks
+    assert (offset, length, name) == (0, len(content), state["name"])
+    assert _under(s3_endpoint, bucket_storage, prefix) == {name}
+    assert client.get_object(Bucket=bucket_storage, Key=name)["Body"].read() == content
+    assert not _pending_uploads(s3_endpoint, bucket_storage)
+    # The ingest reads the one object as the whole file (a local copy in its scratch folder).
+    from pmpd_web.imaging.intake import _local_file
+
+    assert _local_file(upload_file, tmp_path).read_bytes() == content
+
+
+@pytest.mark.django_db
+def test_an_abandoned_upload_leaves_no_object_and_no_multipart_upload(
+    bucket_storage, s3_endpoint, cohort, members, django_capture_on_commit_callbacks
+):
+    content = os.urandom(8 * MIB)
+    upload_file = _declared(cohort, members, len(content))
+    upload_file = _send(
+        upload_file, content, [6 * MIB, MIB], capture=django_capture_on_commit_callbacks
+    )
+    assert len(upload_file.multipart["parts"]) == 1 and len(upload_file.chunks) == 1
+    # A multipart upload begun by a request whose transaction then rolled back: no row knows it.
+    orphan = s3_client(s3_endpoint).create_multipart_upload(
+        Bucket=bucket_storage, Key="image-uploads/999/999/received"
+    )
+    assert len(_pending_uploads(s3_endpoint, bucket_storage)) == 2
+
+    (expired,) = expire_stale_uploads(older_than=timedelta(0))
+    expired.refresh_from_db()
+    assert expired.status == ImageUpload.Status.FAILED
+    assert not _under(s3_endpoint, bucket_storage, "image-uploads/")
+    assert not _pending_uploads(s3_endpoint, bucket_storage), orphan["UploadId"]
+    assert UploadFile.objects.get(pk=upload_file.pk).multipart == {}
+
+
+@pytest.mark.django_db
+def test_a_cancelled_ingest_deletes_the_uploaded_object(
+    bucket_storage, s3_endpoint, cohort, members, django_capture_on_commit_callbacks
+):
+    content = os.urandom(3 * MIB)
+    upload_file = _declared(cohort, members, len(content))
+    upload_file = _send(
+        upload_file, content, [MIB, 2 * MIB], capture=django_capture_on_commit_callbacks
+    )
+    assert len(_under(s3_endpoint, bucket_storage, "image-uploads/")) == 1
+    job = finish_upload(upload_file.upload, members["coordinator"], queue=False)
+    dispatch.cancel(job)
+    assert not _under(s3_endpoint, bucket_storage, "image-uploads/")
+    assert not _pending_uploads(s3_endpoint, bucket_storage)
+
+
+@pytest.mark.django_db
+def test_a_file_in_one_chunk_is_one_plain_object(
+    bucket_storage, s3_endpoint, cohort, members, django_capture_on_commit_callbacks
+):
+    content = os.urandom(300_000)  # a DICOM instance: one request, no multipart upload
+    upload_file = _declared(cohort, members, len(content))
+    upload_file = _send(
+        upload_file, content, [len(content)], capture=django_capture_on_commit_callbacks
+    )
+    ((offset, length, name),) = upload_file.chunks
+    assert (offset, length) == (0, len(content)) and upload_file.multipart == {}
+    body = s3_client(s3_endpoint).get_object(Bucket=bucket_storage, Key=name)["Body"].read()
+    assert body == content
+    assert not _pending_uploads(s3_endpoint, bucket_storage)
+
+
+@pytest.mark.django_db
+def test_on_the_file_system_each_chunk_stays_a_file_of_its_own(settings, tmp_path, cohort, members):
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    content = os.urandom(3000)
+    upload_file = _declared(cohort, members, len(content))
+    upload_file = _send(upload_file, content, [1000, 1000, 1000], capture=_no_capture)
+    assert upload_file.multipart == {}
+    assert [chunk[:2] for chunk in upload_file.chunks] == [[0, 1000], [1000, 1000], [2000, 1000]]
+    assert (
+        b"".join((Path(settings.MEDIA_ROOT) / n).read_bytes() for *_, n in upload_file.chunks)
+        == content
+    )
+
+
+@contextlib.contextmanager
+def _no_capture(execute: bool):
+    yield

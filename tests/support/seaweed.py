@@ -22,6 +22,7 @@ PORTS = (
     "s3.port",
     "s3.port.grpc",
     "s3.port.iceberg",
+    "s3.port.lance",
     "metricsPort",
 )
 

@@ -4,7 +4,9 @@
     python manage.py expire_uploads --hours 12 --dry-run
 
 Run it daily (cron, or a systemd timer beside the compose stack): an upload the browser never
-finished keeps its partial files, which may hold identifying data, until then.
+finished keeps its partial files, which may hold identifying data, until then. With an S3
+media store it also aborts the multipart uploads begun that long ago that no receiving upload
+writes to any more (their parts are otherwise kept, unseen, by the bucket).
 """
 
 from __future__ import annotations
