@@ -31,6 +31,9 @@ from .outputs import PatientFailed, PatientPlan
 from .planning import prepare_patient, shared_source_message
 from .staging import Staging
 
+# Worker threads beside the job's own: compression, hashing and file writes release the GIL.
+INGEST_THREADS = 2
+
 
 def _fail(upload: ImageUpload, items: list[Item], failures: Failures) -> UserFacingError:
     for upload_file in upload.files.all():
@@ -83,7 +86,7 @@ def ingest_upload(upload: ImageUpload, progress: ProgressCallback) -> dict[str, 
             tempfile.TemporaryDirectory(
                 dir=_scratch_parent(upload, options), prefix="ingest-"
             ) as folder,
-            ThreadPoolExecutor(max_workers=2) as pool,
+            ThreadPoolExecutor(max_workers=INGEST_THREADS) as pool,
         ):
             scratch = Path(folder)
             progress(2, "Reading the uploaded files")
