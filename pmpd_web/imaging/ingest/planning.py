@@ -28,6 +28,8 @@ from ..intake import IngestOptions, Item
 from ..models import ImageSeries, ImageUpload, ImagingStudy
 from ..sniff import Kind, describe_unknown
 from ..volumes import (
+    CANONICAL_PANCREAS,
+    CANONICAL_TUMOUR,
     Grid,
     Volume,
     check_ct_values,
@@ -36,6 +38,7 @@ from ..volumes import (
     label_values,
     read_volume,
     to_hounsfield,
+    voxel_counts,
 )
 from .masks import match_masks
 from .outputs import CtOutput, PatientFailed, PatientPlan, storage_folder, uid_scope
@@ -197,6 +200,9 @@ def prepare_patient(
         if item.kind not in VOLUME_KINDS and item.kind != Kind.DICOM:
             problems.append((item, f"{item.label}: {describe_unknown(item.path)}"))
     dicom_series, seg_files = _dicom_cts(patient, dicom_items, options, problems)
+    # The series' hashes are computed in the pool (hashlib releases the GIL) while the volume
+    # files are read.
+    hashes = [pool.submit(content_hash, ct.hu, ct.grid) for ct in dicom_series]
     ct_volumes, mask_volumes = _volume_items(volume_items, upload, options, problems)
     if problems:
         raise PatientFailed(problems)
@@ -208,7 +214,7 @@ def prepare_patient(
         )
     }
     outputs: list[CtOutput] = []
-    for ct in dicom_series:
+    for ct, digest in zip(dicom_series, hashes, strict=True):
         labels = set(ct.labels)
         outputs.append(
             CtOutput(
@@ -224,7 +230,7 @@ def prepare_patient(
                 slice_thickness_mm=ct.slice_thickness_mm,
                 pixel_spacing_mm=ct.pixel_spacing_mm,
                 series_number=ct.series_number,
-                content_hash=content_hash(ct.hu, ct.grid),
+                content_hash=digest.result(),
                 items=[i for i in dicom_items if i.label in labels],
                 source_patient_key=_source_key("patient", ct.files[0].source_patient_id, patient),
                 source_study_key=_source_key("study", ct.files[0].source_study_uid, patient),
@@ -295,7 +301,8 @@ def prepare_patient(
         output.datasets = []
     for mask in masks:
         if mask.mask is not None:
-            mask.pancreas_voxels = int((mask.mask == 1).sum())
-            mask.tumour_voxels = int((mask.mask == 2).sum())
+            mask.pancreas_voxels, mask.tumour_voxels = voxel_counts(
+                mask.mask, (CANONICAL_PANCREAS, CANONICAL_TUMOUR)
+            )
         mask.mask = None
     return PatientPlan(patient=patient, cts=outputs, masks=masks, items=items)
