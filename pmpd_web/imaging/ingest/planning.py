@@ -199,11 +199,15 @@ def prepare_patient(
     for item in items:
         if item.kind not in VOLUME_KINDS and item.kind != Kind.DICOM:
             problems.append((item, f"{item.label}: {describe_unknown(item.path)}"))
+    # The volume files (masks mostly) are read in the pool while the DICOM files are read
+    # here, and the series' hashes computed there after (SimpleITK, zlib, numpy and hashlib
+    # release the GIL).
+    volume_problems: list[tuple[Item, str]] = []
+    volumes = pool.submit(_volume_items, volume_items, upload, options, volume_problems)
     dicom_series, seg_files = _dicom_cts(patient, dicom_items, options, problems)
-    # The series' hashes are computed in the pool (hashlib releases the GIL) while the volume
-    # files are read.
     hashes = [pool.submit(content_hash, ct.hu, ct.grid) for ct in dicom_series]
-    ct_volumes, mask_volumes = _volume_items(volume_items, upload, options, problems)
+    ct_volumes, mask_volumes = volumes.result()
+    problems += volume_problems
     if problems:
         raise PatientFailed(problems)
 

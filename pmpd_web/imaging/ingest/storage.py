@@ -23,6 +23,13 @@ from .outputs import CtOutput, MaskOutput, storage_folder, stored_sources, uid_s
 from .staging import Staging, VolumeWriter
 
 
+class _WholeFile(ContentFile):
+    """A file's bytes handed to the storage in one piece: the file-system storage writes them
+    with one call, without cutting them into copies of 64 KiB."""
+
+    DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
+
+
 def write_outputs(
     patient: Patient,
     outputs: list[CtOutput],
@@ -62,7 +69,7 @@ def write_outputs(
         sop_uids = [str(ds.SOPInstanceUID) for ds in output.datasets]
         names = staging.save_all(
             [f"{series_folder}/{sop_uid}.dcm" for sop_uid in sop_uids],
-            (ContentFile(data) for data in encode_series(output.datasets)),
+            (_WholeFile(data) for data in encode_series(output.datasets)),
         )
         for ds, sop_uid, meta, name in zip(output.datasets, sop_uids, metadata, names, strict=True):
             output.instances.append(
@@ -109,7 +116,7 @@ def write_outputs(
         mask.seg_frames = int(seg.NumberOfFrames)
         mask.seg_metadata = instance_metadata([seg])[0]
         mask.seg_name = staging.save(
-            f"{folder}/{mask.seg_series_uid}/{mask.seg_sop_uid}.dcm", ContentFile(encode(seg))
+            f"{folder}/{mask.seg_series_uid}/{mask.seg_sop_uid}.dcm", _WholeFile(encode(seg))
         )
     writer.store(staging)
 
