@@ -42,6 +42,18 @@ def write_outputs(
     """Store the new de-identified instances and SEGs, and the canonical volumes ``writer``
     is compressing."""
     folder = storage_folder(patient)
+    # The masks' volumes compress in the pool while the instances are written here.
+    for mask in masks:
+        if not mask.unchanged:
+            # A label mask is mostly zeros: gzip at the fastest level shrinks it ~100x in
+            # little time, whatever the CT's level.
+            writer.submit(
+                mask.mask,
+                mask.grid,
+                f"{folder}/{_target_uid(mask)}/mask",
+                mask,
+                level=max(options.gzip_level, 1),
+            )
     for output in outputs:
         if output.unchanged:
             continue
@@ -90,11 +102,6 @@ def write_outputs(
         else:
             sources = stored_sources(target)
             ct_uid, ct_hash = target.series_instance_uid, target.content_hash
-        series_folder = f"{folder}/{ct_uid}"
-        # A label mask is mostly zeros: gzip at the fastest level shrinks it ~100x in little
-        # time, whatever the CT's level.
-        level = max(options.gzip_level, 1)
-        writer.submit(mask.mask, mask.grid, f"{series_folder}/mask", mask, level=level)
         mask.seg_series_uid = deid.derived_uid(
             "seg",
             ct_uid,
@@ -119,6 +126,12 @@ def write_outputs(
             f"{folder}/{mask.seg_series_uid}/{mask.seg_sop_uid}.dcm", _WholeFile(encode(seg))
         )
     writer.store(staging)
+
+
+def _target_uid(mask: MaskOutput) -> str:
+    """The series UID of the CT the mask lies on."""
+    target = mask.target
+    return target.series_uid if isinstance(target, CtOutput) else target.series_instance_uid
 
 
 def _int_or_none(value: Any) -> int | None:
