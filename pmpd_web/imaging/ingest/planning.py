@@ -294,6 +294,7 @@ def prepare_patient(
         upload=upload,
         options=options,
         problems=problems,
+        pool=pool,
     )
     if problems:
         raise PatientFailed(problems)
@@ -304,6 +305,7 @@ def prepare_patient(
         output.hu = None
         output.datasets = []
     for mask in masks:
+        mask.resolve_hash()
         if mask.mask is not None:
             mask.pancreas_voxels, mask.tumour_voxels = voxel_counts(
                 mask.mask, (CANONICAL_PANCREAS, CANONICAL_TUMOUR)

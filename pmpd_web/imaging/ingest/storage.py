@@ -106,7 +106,7 @@ def write_outputs(
             "seg",
             ct_uid,
             ct_hash,
-            mask.content_hash,
+            mask.resolve_hash(),
             study_id=uid_scope(patient),
             secret=options.secret,
         )
