@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import mmap
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -574,46 +575,83 @@ def assemble_ct(files: list[DicomFile], *, min_slices: int, tolerance_mm: float)
 
 
 def _hounsfield(files: list[DicomFile]) -> np.ndarray:
-    """The series' slices as int16 HU, converted in one vectorised pass."""
-    first = _native_pixels(files[0])
-    stored = np.empty((len(files), *first.shape), dtype=first.dtype)
-    stored[0] = first
-    for index, dicom in enumerate(files[1:], start=1):
-        stored[index] = _native_pixels(dicom)
-    ds = files[0].dataset
-    bits_allocated = stored.dtype.itemsize * 8
-    bits_stored = int(peek(ds, "BitsStored", bits_allocated) or bits_allocated)
-    low, high = int(stored.min()), int(stored.max())
-    if bits_stored < bits_allocated:
-        shift = bits_allocated - bits_stored
-        if stored.dtype.kind == "i" and (
-            low < -(1 << (bits_stored - 1)) or high >= 1 << (bits_stored - 1)
-        ):
-            stored = (stored << shift) >> shift  # sign-extend the stored bits
-            low, high = int(stored.min()), int(stored.max())
-        elif stored.dtype.kind == "u" and high >= 1 << bits_stored:
-            stored &= np.array((1 << bits_stored) - 1, dtype=stored.dtype)  # unused high bits
-            low, high = int(stored.min()), int(stored.max())
+    """The series' slices as int16 HU. The usual series (slope 1, one integer intercept) is
+    converted slice by slice straight from each file's pixel bytes into the volume, while the
+    slice is in the cache; any other is stacked and rescaled in floating point."""
     slopes = np.array([float(peek(f.dataset, "RescaleSlope", 1) or 1) for f in files])
     intercepts = np.array([float(peek(f.dataset, "RescaleIntercept", 0)) for f in files])
+    first = _native_pixels(files[0])
+    ds = files[0].dataset
+    bits_allocated = first.dtype.itemsize * 8
+    bits_stored = int(peek(ds, "BitsStored", bits_allocated) or bits_allocated)
     if (
         np.all(slopes == 1)
         and np.all(intercepts == intercepts[0])
         and intercepts[0] == np.rint(intercepts[0])
-        and high <= 32767
     ):
-        intercept = int(intercepts[0])
-        if low + intercept < -32768 or high + intercept > 32767:
-            raise IngestError(
-                files[0].label, "the rescaled values do not fit 16-bit Hounsfield units"
-            )
-        hu = stored.astype(np.int16, copy=stored.dtype != np.int16)
-        hu += np.int16(intercept)
-        return hu
+        hu = _shifted_slices(files, first, bits_stored=bits_stored, intercept=int(intercepts[0]))
+        if hu is not None:
+            return hu
+    stored = np.empty((len(files), *first.shape), dtype=first.dtype)
+    stored[0] = first
+    for index, dicom in enumerate(files[1:], start=1):
+        stored[index] = _native_pixels(dicom)
+    stored = _stored_bits(stored, bits_stored)
     values = np.rint(stored * slopes[:, None, None] + intercepts[:, None, None])
     if values.min() < -32768 or values.max() > 32767:
         raise IngestError(files[0].label, "the rescaled values do not fit 16-bit Hounsfield units")
     return values.astype(np.int16)
+
+
+def _volume_buffer(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """An uninitialised array for a whole series, in anonymous memory of ordinary pages.
+    NumPy asks the kernel for huge pages for large arrays, and on a busy machine the kernel
+    then compacts memory to find them: up to a few tenths of a second for one CT, more than
+    the conversion itself; ordinary pages cost a steady few hundredths."""
+    count = int(np.prod(shape))
+    buffer = mmap.mmap(-1, max(count * np.dtype(dtype).itemsize, 1))
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
+
+
+def _stored_bits(stored: np.ndarray, bits_stored: int) -> np.ndarray:
+    """The stored values with the bits past BitsStored dealt with: sign-extended for signed
+    pixels, cleared for unsigned ones. Values already in range are left as they are, so a
+    slice and the whole series give the same result."""
+    bits_allocated = stored.dtype.itemsize * 8
+    if bits_stored >= bits_allocated:
+        return stored
+    low, high = int(stored.min()), int(stored.max())
+    if stored.dtype.kind == "i" and (
+        low < -(1 << (bits_stored - 1)) or high >= 1 << (bits_stored - 1)
+    ):
+        shift = bits_allocated - bits_stored
+        return (stored << shift) >> shift
+    if stored.dtype.kind == "u" and high >= 1 << bits_stored:
+        return stored & np.array((1 << bits_stored) - 1, dtype=stored.dtype)
+    return stored
+
+
+def _shifted_slices(
+    files: list[DicomFile], first: np.ndarray, *, bits_stored: int, intercept: int
+) -> np.ndarray | None:
+    """HU = stored value + ``intercept``, written slice by slice into one int16 volume (one
+    pass over the pixel bytes); None when a stored value does not fit int16 (the floating-point
+    path decides then)."""
+    hu = _volume_buffer((len(files), *first.shape), np.int16)
+    offset = np.int16(intercept) if -32768 <= intercept <= 32767 else None
+    for index, dicom in enumerate(files):
+        stored = _stored_bits(first if index == 0 else _native_pixels(dicom), bits_stored)
+        low, high = int(stored.min()), int(stored.max())
+        if high > 32767 or offset is None:
+            return None
+        if low + intercept < -32768 or high + intercept > 32767:
+            raise IngestError(
+                files[0].label, "the rescaled values do not fit 16-bit Hounsfield units"
+            )
+        if stored.dtype == np.uint16:
+            stored = stored.view(np.int16)  # every value is below 32768: the same numbers
+        np.add(stored, offset, out=hu[index], casting="unsafe")
+    return hu
 
 
 # ----------------------------------------------------------------------------------------------
@@ -716,20 +754,40 @@ def encode_series(datasets: list[Dataset]) -> Iterator[bytes]:
         if charset is not None and encodings != charset:
             cache.clear()
         charset = encodings
-        out = DicomBytesIO()
-        out.is_little_endian, out.is_implicit_VR = True, False
-        out.write(b"\x00" * 128 + b"DICM")
         meta = b"".join(
             _cached_element(ds.file_meta, tag, meta_cache, default_encoding)
             for tag in sorted(ds.file_meta.keys())
             if tag.element != 0
         )
-        out.write(b"\x02\x00\x00\x00UL\x04\x00" + len(meta).to_bytes(4, "little") + meta)
+        parts = [
+            b"\x00" * 128 + b"DICM",
+            b"\x02\x00\x00\x00UL\x04\x00" + len(meta).to_bytes(4, "little") + meta,
+        ]
         for tag in sorted(ds.keys()):
             if tag.element == 0 and tag.group > 6:
                 continue
-            out.write(_cached_element(ds, tag, cache, encodings))
-        yield out.getvalue()
+            if tag == PIXEL_DATA:
+                parts += _pixel_data_element(ds)
+            else:
+                parts.append(_cached_element(ds, tag, cache, encodings))
+        # One copy of the pixel bytes, into the file's bytes.
+        yield b"".join(parts)
+
+
+def _pixel_data_element(ds: Dataset) -> list[bytes]:
+    """Native pixel data as its element header and its value bytes as they are (not copied
+    through pydicom's writer); anything else (odd length, encapsulated) encoded by pydicom."""
+    element = ds.get_item(PIXEL_DATA)
+    value, vr = element.value, element.VR
+    undefined = (
+        element.length == 0xFFFFFFFF
+        if isinstance(element, RawDataElement)
+        else element.is_undefined_length
+    )
+    if isinstance(value, bytes) and vr in ("OB", "OW") and len(value) % 2 == 0 and not undefined:
+        header = b"\xe0\x7f\x10\x00" + vr.encode() + b"\x00\x00" + len(value).to_bytes(4, "little")
+        return [header, value]
+    return [_cached_element(ds, PIXEL_DATA, {}, default_encoding)]
 
 
 def _cached_element(

@@ -143,21 +143,38 @@ def _sample(array: np.ndarray, n: int = 1_000_000) -> np.ndarray:
     return flat[:: max(1, flat.size // n)]
 
 
+def _blocks(array: np.ndarray, elements: int = 4_000_000):
+    """``array`` in contiguous blocks of whole rows of about ``elements`` values (a mask or a
+    CT is walked in pieces that stay in the cache, without a temporary of its own size)."""
+    rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
+    step = max(1, elements // max(rows.shape[1], 1))
+    for start in range(0, rows.shape[0], step):
+        yield np.ascontiguousarray(rows[start : start + step])
+
+
 def distinct_values(array: np.ndarray, *, limit: int) -> np.ndarray | None:
     """The sorted distinct values of ``array``, or None when there are more than ``limit``.
 
-    Counted block by block (bincount for 8- and 16-bit integers), so a 512x512x300 mask needs
-    no copy of itself.
+    Counted block by block, so a 512x512x300 mask needs no copy of itself. An integer block
+    whose values span few numbers (a label map's: mostly background) is settled by its minimum
+    and maximum and a comparison per number in between; others by bincount (8- and 16-bit
+    integers) or sorting.
     """
     if np.unique(_sample(array)).size > limit:
         return None
-    rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
-    step = max(1, 4_000_000 // max(rows.shape[1], 1))
     small_int = array.dtype.kind in "iu" and array.dtype.itemsize <= 2
     unsigned = np.dtype(f"u{array.dtype.itemsize}") if small_int else None
     found: set = set()
-    for start in range(0, rows.shape[0], step):
-        block = np.ascontiguousarray(rows[start : start + step])
+    for block in _blocks(array):
+        if array.dtype.kind in "iu":
+            low, high = int(block.min()), int(block.max())
+            if high - low <= limit:
+                found.update(
+                    v for v in range(low, high + 1) if v in (low, high) or (block == v).any()
+                )
+                if len(found) > limit:
+                    return None
+                continue
         if small_int:
             counts = np.bincount(block.view(unsigned).reshape(-1))
             present = np.flatnonzero(counts).astype(unsigned).view(array.dtype)
@@ -167,6 +184,18 @@ def distinct_values(array: np.ndarray, *, limit: int) -> np.ndarray | None:
         if len(found) > limit:
             return None
     return np.array(sorted(found), dtype=array.dtype)
+
+
+def voxel_counts(mask: np.ndarray, labels: tuple[int, ...]) -> list[int]:
+    """How many voxels of ``mask`` hold each of ``labels``, counted block by block (all-zero
+    blocks, most of a mask, are skipped when 0 is not asked for)."""
+    counts = [0] * len(labels)
+    for block in _blocks(mask):
+        if 0 not in labels and not block.any():
+            continue
+        for index, label in enumerate(labels):
+            counts[index] += int(np.count_nonzero(block == label))
+    return counts
 
 
 def label_values(volume: Volume, *, name: str, labels: set[int]) -> np.ndarray | None:
@@ -304,6 +333,26 @@ def _gzip_member(data: bytes, level: int) -> bytes:
     return compressor.compress(data) + compressor.flush()
 
 
+def nifti_header(dtype: np.dtype, grid: Grid, scratch: Path) -> bytes:
+    """The NIfTI-1 header (with its 4 extension bytes) SimpleITK writes for a volume of
+    ``dtype`` on ``grid``: that of a one-voxel image with the grid's geometry, its dimensions
+    set to the grid's size (the rest of ITK's header does not depend on the size)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.zeros((1, 1, 1), dtype=dtype))
+    image.SetSpacing(grid.spacing)
+    image.SetOrigin(grid.origin)
+    image.SetDirection(grid.direction)
+    with tempfile.TemporaryDirectory(dir=scratch) as folder:
+        path = Path(folder) / "header.nii"
+        sitk.WriteImage(image, str(path), useCompression=False)
+        data = path.read_bytes()
+    vox_offset = int(np.frombuffer(data, dtype="<f4", count=1, offset=108)[0])
+    header = bytearray(data[:vox_offset])
+    header[40:48] = np.array([3, *grid.size], dtype="<i2").tobytes()  # dim[0..3]
+    return bytes(header)
+
+
 def write_nifti(
     array: np.ndarray,
     grid: Grid,
@@ -312,35 +361,40 @@ def write_nifti(
     compression_level: int,
     threads: int = 2,
 ) -> None:
-    """Write ``target`` (.nii.gz): SimpleITK writes the NIfTI, which is then gzip-compressed
-    in blocks by ``threads`` threads (zlib releases the GIL), each block a gzip member; readers
-    (zlib's gzread, so ITK and nibabel; Python's gzip) read the members as one stream. The same
-    volume always gives the same bytes. ``compression_level`` 0 writes a plain .nii."""
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(grid.spacing)
-    image.SetOrigin(grid.origin)
-    image.SetDirection(grid.direction)
+    """Write ``target`` (.nii.gz): SimpleITK's NIfTI header (``nifti_header``) and the voxels
+    from ``array`` itself (no copy into an ITK image), gzip-compressed in blocks by
+    ``threads`` threads (zlib releases the GIL), each block a gzip member; readers (zlib's
+    gzread, so ITK and nibabel; Python's gzip) read the members as one stream. The same volume
+    always gives the same bytes. ``compression_level`` 0 writes a plain .nii."""
+    voxels = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+    if voxels.shape != (grid.size[2], grid.size[1], grid.size[0]):
+        raise ValueError(f"an array of shape {voxels.shape} is not on a grid of size {grid.size}")
+    header = nifti_header(voxels.dtype, grid, target.parent)
+    data = memoryview(voxels).cast("B")
     if compression_level == 0:
-        sitk.WriteImage(image, str(target), useCompression=False)
+        with target.open("wb") as sink:
+            sink.write(header)
+            sink.write(data)
         return
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        plain = Path(scratch) / "volume.nii"
-        sitk.WriteImage(image, str(plain), useCompression=False)
-        size = plain.stat().st_size
-        block = max(GZIP_BLOCK, -(-size // max(threads, 1)))
-        with plain.open("rb") as source, target.open("wb") as sink:
-            blocks = iter(lambda: source.read(block), b"")
-            if threads > 1 and size > block:
-                with ThreadPoolExecutor(max_workers=threads) as pool:
-                    for member in pool.map(
-                        lambda data: _gzip_member(data, compression_level), blocks
-                    ):
-                        sink.write(member)
-            else:
-                for data in blocks:
-                    sink.write(_gzip_member(data, compression_level))
+    size = len(header) + len(data)
+    block = max(GZIP_BLOCK, -(-size // max(threads, 1)))
+    # The stream header + voxels cut in blocks: the first holds the header, the others are
+    # views of the array.
+    first = block - len(header)
+    blocks = [
+        header + data[:first],
+        *(data[at : at + block] for at in range(first, len(data), block)),
+    ]
+    with target.open("wb") as sink:
+        if threads > 1 and size > block:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for member in pool.map(
+                    lambda piece: _gzip_member(piece, compression_level), blocks
+                ):
+                    sink.write(member)
+        else:
+            for piece in blocks:
+                sink.write(_gzip_member(piece, compression_level))
 
 
 def dice_per_label(reference: np.ndarray, other: np.ndarray) -> dict[str, float | None]:

@@ -3,6 +3,7 @@ the pick rule, writing DICOM and SEG, and unpacking archives safely."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import stat
 import zipfile
@@ -48,8 +49,10 @@ from pmpd_web.imaging.volumes import (
     Volume,
     align_to_grid,
     canonical_mask,
+    distinct_values,
     label_values,
     read_volume,
+    voxel_counts,
     write_nifti,
 )
 
@@ -145,6 +148,63 @@ def test_canonical_nifti_is_deterministic_and_multi_member_gzip_reads(tmp_path, 
     assert data.count(b"\x1f\x8b\x08") > 1
     image = sitk.ReadImage(str(tmp_path / "a.nii.gz"))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), patient.ct)
+
+
+# A direction with the axes swapped and one flipped (a determinant of +1; FLIPPED has -1).
+ROTATED = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("direction", [None, FLIPPED, ROTATED])
+@pytest.mark.parametrize("volume", ["ct", "mask"])
+def test_canonical_nifti_holds_the_bytes_simpleitk_writes(tmp_path, volume, direction):
+    """The voxels are written from the array itself, under the header SimpleITK writes for a
+    one-voxel image of the grid: the file is byte for byte SimpleITK's own."""
+    patient = small_patient()
+    array = patient.ct if volume == "ct" else patient.mask
+    grid = Grid(
+        (64, 64, patient.ct.shape[0]),
+        patient.spacing,
+        patient.origin,
+        direction or patient.direction,
+    )
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(grid.spacing)
+    image.SetOrigin(grid.origin)
+    image.SetDirection(grid.direction)
+    sitk.WriteImage(image, str(tmp_path / "sitk.nii"), useCompression=False)
+    expected = (tmp_path / "sitk.nii").read_bytes()
+    write_nifti(array, grid, tmp_path / "ours.nii", compression_level=0)
+    assert (tmp_path / "ours.nii").read_bytes() == expected
+    write_nifti(array[:, ::-1, :], grid, tmp_path / "view.nii", compression_level=0)
+    flipped = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "view.nii")))
+    np.testing.assert_array_equal(flipped, array[:, ::-1, :])  # a view is written as it reads
+    write_nifti(array, grid, tmp_path / "ours.nii.gz", compression_level=1)
+    assert gzip.decompress((tmp_path / "ours.nii.gz").read_bytes()) == expected
+    with pytest.raises(ValueError, match="is not on a grid of size"):
+        write_nifti(array[1:], grid, tmp_path / "short.nii", compression_level=0)
+
+
+def test_distinct_values_and_voxel_counts_block_by_block():
+    """Blocks of few values (most of a mask) are settled by their extremes, others counted;
+    the answer is the same whichever way each block goes."""
+    rng = np.random.default_rng(3)
+    mask = np.zeros((40, 512, 512), dtype=np.uint8)  # 10 million voxels: three blocks
+    mask[5, 100:140, 200:260] = 1
+    mask[6, 110:120, 210:215] = 2
+    mask[35, 0, 0] = 7
+    assert distinct_values(mask, limit=16).tolist() == [0, 1, 2, 7]
+    assert voxel_counts(mask, (1, 2, 7)) == [40 * 60, 50, 1]
+    assert voxel_counts(mask, (0,)) == [mask.size - 40 * 60 - 50 - 1]
+    signed = mask.astype(np.int16) * 100 - 50  # a span of 750 in one block, 0 in others
+    assert distinct_values(signed, limit=16).tolist() == [-50, 50, 150, 650]
+    assert distinct_values(signed, limit=3) is None
+    wide = rng.integers(-1000, 1000, size=(40, 512, 512), dtype=np.int16)
+    assert distinct_values(wide, limit=16) is None
+    sparse = np.zeros((40, 512, 512), dtype=np.int16)
+    sparse[0, 0, :20] = np.arange(20) * 1000  # few in the sample, 20 in the volume
+    assert distinct_values(sparse, limit=16) is None
+    as_float = mask.astype(np.float32) / 2
+    assert distinct_values(as_float, limit=16).tolist() == [0.0, 0.5, 1.0, 3.5]
 
 
 def test_masks_are_told_from_cts_by_their_voxels():
@@ -295,6 +355,95 @@ def test_duplicate_instances_keep_the_complete_copy_whatever_the_order(tmp_path)
         np.testing.assert_array_equal(series.hu, patient.ct)
 
 
+def _stored(files, stored: np.ndarray, *, slopes=None, intercepts=None, **attributes):
+    """The read slices of ``files`` given the pixel values ``stored`` (one per slice), the
+    header values ``attributes`` and per-slice rescale slopes and intercepts."""
+    for index, dicom in enumerate(files):
+        ds = dicom.dataset
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        ds.RescaleSlope = str(slopes[index]) if slopes is not None else "1"
+        ds.RescaleIntercept = str(intercepts[index]) if intercepts is not None else "0"
+        ds.PixelData = np.ascontiguousarray(stored[index]).tobytes()
+    return files
+
+
+def _pixels(rng, shape, dtype, low, high):
+    return rng.integers(low, high, size=shape, endpoint=True).astype(dtype)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unsigned 12 bits, high bits set on one slice",
+        "signed 12 bits, two's complement in 12 bits on one slice",
+        "an intercept per slice",
+        "slope 0.5",
+        "unsigned 16 bits above 32767",
+        "8-bit pixels",
+    ],
+)
+def test_stored_values_become_hounsfield_units(tmp_path, case):
+    """The usual series is converted slice by slice; the answer is that of the whole series'
+    stored values rescaled at once (the bits past BitsStored cleared or sign-extended)."""
+    rng = np.random.default_rng(11)
+    patient = small_patient()
+    files = read_all(dicom_series(patient, tmp_path / "ct", private_tags=False))
+    shape = (len(files), 64, 64)
+    n = len(files)
+    intercepts, slopes = [-1024] * n, [1] * n
+    header = {"BitsAllocated": 16, "BitsStored": 12, "HighBit": 11, "PixelRepresentation": 0}
+    if case.startswith("unsigned 12"):
+        stored = _pixels(rng, shape, np.uint16, 0, 4095)
+        expected = stored.astype(np.int32) - 1024
+        stored[3, :5] |= 0xF000  # what a scanner left in the unused bits
+    elif case.startswith("signed 12"):
+        header["PixelRepresentation"] = 1
+        stored = _pixels(rng, shape, np.int16, -2048, 2047)
+        intercepts = [0] * n
+        expected = stored.astype(np.int32)
+        stored[2] = (stored[2].view(np.uint16) & 0x0FFF).view(np.int16)
+    elif case == "an intercept per slice":
+        stored = _pixels(rng, shape, np.uint16, 0, 4095)
+        intercepts = [-1024 + index for index in range(n)]
+        expected = stored.astype(np.int32) + np.array(intercepts)[:, None, None]
+    elif case == "slope 0.5":
+        stored = _pixels(rng, shape, np.uint16, 0, 4095)
+        slopes = [0.5] * n
+        expected = np.rint(stored * 0.5 - 1024).astype(np.int32)
+    elif case.startswith("unsigned 16"):
+        header.update(BitsStored=16, HighBit=15)
+        stored = _pixels(rng, shape, np.uint16, 30000, 40000)
+        intercepts = [-32768] * n
+        expected = stored.astype(np.int32) - 32768
+    else:
+        header.update(BitsAllocated=8, BitsStored=8, HighBit=7)
+        stored = _pixels(rng, shape, np.uint8, 0, 255)
+        intercepts = [-100] * n
+        expected = stored.astype(np.int32) - 100
+    files = _stored(files, stored, slopes=slopes, intercepts=intercepts, **header)
+    series = assemble_ct(files, min_slices=8, tolerance_mm=0.01)
+    assert series.hu.dtype == np.int16
+    np.testing.assert_array_equal(series.hu, expected)
+
+
+def test_hounsfield_units_that_do_not_fit_16_bits_are_refused(tmp_path):
+    patient = small_patient()
+    files = read_all(dicom_series(patient, tmp_path / "ct", private_tags=False))
+    stored = np.full((len(files), 64, 64), 100, dtype=np.int16)
+    stored[-1, 0, 0] = 32700
+    files = _stored(
+        files,
+        stored,
+        intercepts=[100] * len(files),
+        PixelRepresentation=1,
+        BitsStored=16,
+        HighBit=15,
+    )
+    with pytest.raises(IngestError, match="do not fit 16-bit Hounsfield units"):
+        assemble_ct(files, min_slices=8, tolerance_mm=0.01)
+
+
 def test_a_decoded_lossy_transfer_syntax_is_marked_lossy(tmp_path):
     paths = series_from_slice(get_testdata_file("693_J2KI.dcm"), tmp_path / "ct", slices=3)
     series = assemble_ct(read_all(paths), min_slices=3, tolerance_mm=0.01)
@@ -397,6 +546,17 @@ def test_series_encoding_and_metadata_equal_pydicoms_own(tmp_path):
         deid.deidentify(dicom.dataset, study_id="P", secret="s")
     datasets = [f.dataset for f in files]
     assert list(encode_series(datasets)) == [encode(ds) for ds in datasets]
+    grid = Grid((64, 64, patient.ct.shape[0]), patient.spacing, patient.origin, patient.direction)
+    built = ct_series_from_volume(patient.ct, grid, study_id="P", uids=_uids("e"), description="")
+    assert list(encode_series(built)) == [encode(ds) for ds in built]
+    odd = built[:2]  # 8-bit pixels of odd count: the writer pads them
+    for ds in odd:
+        ds.Rows, ds.Columns = 3, 3
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelData = bytes(range(9))
+        ds["PixelData"].VR = "OB"
+    assert list(encode_series(odd)) == [encode(ds) for ds in odd]
     metadata = instance_metadata(datasets)
     for ds, meta in zip(datasets, metadata, strict=True):
         expected = {k: v for k, v in ds.to_json_dict().items() if k != "7FE00010"}

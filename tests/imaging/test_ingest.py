@@ -713,22 +713,26 @@ def test_the_ingest_images_command(cohort, coordinator, phantom, capsys):
     assert ImageUpload.objects.latest("pk").confirm_shared_source
 
 
+def ingest_with_statements(cohort, coordinator, folder: Path, starting: str):
+    """The ingest job of the patient folder ``folder``, and the SQL statements it ran that
+    begin with ``starting``."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        _, job = ingest(cohort, coordinator, folder_files(folder.parent, "dropped/"))
+    return job, [q["sql"] for q in queries.captured_queries if q["sql"].startswith(starting)]
+
+
 def test_the_written_files_are_recorded_per_series_not_per_instance(cohort, coordinator, phantom):
     """Issue 10 (ingest speed): each stored file was recorded on the job in its own transaction
     (a locked read and a rewrite of the growing list per slice); a series' instances are now
     recorded in one update before they are written, and still all deleted when it fails."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     patient, folder = phantom
-    with CaptureQueriesContext(connection) as queries:
-        upload, job = ingest(cohort, coordinator, folder_files(folder.parent, "dropped/"))
+    job, records = ingest_with_statements(
+        cohort, coordinator, folder, 'UPDATE "jobs_job" SET "written_files"'
+    )
     assert job.status == "succeeded", job.error
-    records = [
-        q["sql"]
-        for q in queries.captured_queries
-        if q["sql"].startswith('UPDATE "jobs_job" SET "written_files"')
-    ]
     assert patient.ct.shape[0] > 10
     # the instances (one update), the CT and mask volumes, the SEG, and the commit's reset
     assert 2 <= len(records) <= 5, len(records)
@@ -769,3 +773,46 @@ def test_dicom_files_are_read_where_they_were_received(cohort, coordinator, phan
     assert job.status == "succeeded", job.error
     assert ImageSeries.objects.get(modality="CT").n_instances == patient.ct.shape[0]
     assert made == ["link-000001.nii.gz"]  # the mask only
+
+
+def test_the_instances_are_inserted_with_a_json_parameter_each(cohort, coordinator, phantom):
+    """Issue 10 (ingest speed): Django's bulk insert on PostgreSQL sent the instances' DICOM
+    JSON as one jsonb[] array literal (UNNEST), whose quoting of every double quote cost more
+    than the insert; each row's JSON is now a parameter of its own."""
+    patient, folder = phantom
+    job, inserts = ingest_with_statements(
+        cohort, coordinator, folder, 'INSERT INTO "imaging_dicominstance"'
+    )
+    assert job.status == "succeeded", job.error
+    assert inserts and not any("UNNEST" in sql for sql in inserts)
+    ct = ImageSeries.objects.get(modality="CT")
+    assert ct.instances.count() == patient.ct.shape[0]
+    first = ct.instances.order_by("instance_number").first()
+    assert first.metadata["00200013"]["Value"] == [1]
+
+
+def test_the_worker_heap_is_left_out_of_collections_during_the_ingest(
+    cohort, coordinator, phantom, monkeypatch
+):
+    """Issue 10 (ingest speed): collections of the oldest generation, set off by the objects
+    an ingest creates, walked the worker's whole heap several times per series; the heap is
+    frozen while an ingest runs, and unfrozen after it, whether it succeeds or fails."""
+    import gc
+
+    from pmpd_web.imaging.ingest import job as ingest_job
+
+    seen: list[int] = []
+    original = ingest_job.prepare_patient
+
+    def prepare(*args, **kwargs):
+        seen.append(gc.get_freeze_count())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_job, "prepare_patient", prepare)
+    before = gc.get_freeze_count()
+    patient, folder = phantom
+    _, job = ingest(cohort, coordinator, folder_files(folder.parent, "dropped/"))
+    assert job.status == "succeeded", job.error
+    assert seen and seen[0] > before and gc.get_freeze_count() == before
+    _, job = ingest(cohort, coordinator, {f"{patient.study_id}/x.dcm": b"not a DICOM file"})
+    assert job.status == "failed" and gc.get_freeze_count() == before

@@ -3,6 +3,8 @@ the same upload first, then one already stored."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from pmpd_web.cohorts.models import Patient
 
 from ..dicom_series import DicomFile, referenced_series, seg_to_canonical
@@ -23,6 +25,7 @@ def match_masks(
     upload: ImageUpload,
     options: IngestOptions,
     problems: list,
+    pool: ThreadPoolExecutor,
 ) -> list[MaskOutput]:
     """Put each mask on the CT whose grid it lies on (a CT of this upload first, then one
     already stored) and make it canonical."""
@@ -116,11 +119,16 @@ def match_masks(
                 )
             )
         by_target[key] = mask
-        mask.content_hash = content_hash(mask.mask, mask.grid)
         if isinstance(mask.target, ImageSeries):
+            mask.content_hash = content_hash(mask.mask, mask.grid)
             stored = next((v for v in mask.target.volumes.all() if v.kind == "mask"), None)
             mask.unchanged = stored is not None and stored.content_hash == mask.content_hash
         elif mask.target.unchanged:
+            mask.content_hash = content_hash(mask.mask, mask.grid)
             stored = next((v for v in mask.target.existing.volumes.all() if v.kind == "mask"), None)
             mask.unchanged = stored is not None and stored.content_hash == mask.content_hash
+        else:
+            # On a CT stored anew the mask is new too: its hash (for its SEG's UID and its
+            # rows) is computed in the pool while the CT's instances are written.
+            mask.hashing = pool.submit(content_hash, mask.mask, mask.grid)
     return masks

@@ -3,6 +3,7 @@ unchanged or to be stored, and where a patient's files lie in storage."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,14 @@ class MaskOutput:
     pancreas_voxels: int = 0
     tumour_voxels: int = 0
     volume_name: str = ""
+    hashing: Future[str] | None = None  # the content hash, while the pool computes it
+
+    def resolve_hash(self) -> str:
+        """The content hash, waiting for the pool when it is computing it."""
+        if self.hashing is not None:
+            self.content_hash = self.hashing.result()
+            self.hashing = None
+        return self.content_hash
 
     @property
     def grid(self) -> Grid:

@@ -28,6 +28,8 @@ from ..intake import IngestOptions, Item
 from ..models import ImageSeries, ImageUpload, ImagingStudy
 from ..sniff import Kind, describe_unknown
 from ..volumes import (
+    CANONICAL_PANCREAS,
+    CANONICAL_TUMOUR,
     Grid,
     Volume,
     check_ct_values,
@@ -36,6 +38,7 @@ from ..volumes import (
     label_values,
     read_volume,
     to_hounsfield,
+    voxel_counts,
 )
 from .masks import match_masks
 from .outputs import CtOutput, PatientFailed, PatientPlan, storage_folder, uid_scope
@@ -196,8 +199,15 @@ def prepare_patient(
     for item in items:
         if item.kind not in VOLUME_KINDS and item.kind != Kind.DICOM:
             problems.append((item, f"{item.label}: {describe_unknown(item.path)}"))
+    # The volume files (masks mostly) are read in the pool while the DICOM files are read
+    # here, and the series' hashes computed there after (SimpleITK, zlib, numpy and hashlib
+    # release the GIL).
+    volume_problems: list[tuple[Item, str]] = []
+    volumes = pool.submit(_volume_items, volume_items, upload, options, volume_problems)
     dicom_series, seg_files = _dicom_cts(patient, dicom_items, options, problems)
-    ct_volumes, mask_volumes = _volume_items(volume_items, upload, options, problems)
+    hashes = [pool.submit(content_hash, ct.hu, ct.grid) for ct in dicom_series]
+    ct_volumes, mask_volumes = volumes.result()
+    problems += volume_problems
     if problems:
         raise PatientFailed(problems)
 
@@ -208,7 +218,7 @@ def prepare_patient(
         )
     }
     outputs: list[CtOutput] = []
-    for ct in dicom_series:
+    for ct, digest in zip(dicom_series, hashes, strict=True):
         labels = set(ct.labels)
         outputs.append(
             CtOutput(
@@ -224,7 +234,7 @@ def prepare_patient(
                 slice_thickness_mm=ct.slice_thickness_mm,
                 pixel_spacing_mm=ct.pixel_spacing_mm,
                 series_number=ct.series_number,
-                content_hash=content_hash(ct.hu, ct.grid),
+                content_hash=digest.result(),
                 items=[i for i in dicom_items if i.label in labels],
                 source_patient_key=_source_key("patient", ct.files[0].source_patient_id, patient),
                 source_study_key=_source_key("study", ct.files[0].source_study_uid, patient),
@@ -284,6 +294,7 @@ def prepare_patient(
         upload=upload,
         options=options,
         problems=problems,
+        pool=pool,
     )
     if problems:
         raise PatientFailed(problems)
@@ -294,8 +305,10 @@ def prepare_patient(
         output.hu = None
         output.datasets = []
     for mask in masks:
+        mask.resolve_hash()
         if mask.mask is not None:
-            mask.pancreas_voxels = int((mask.mask == 1).sum())
-            mask.tumour_voxels = int((mask.mask == 2).sum())
+            mask.pancreas_voxels, mask.tumour_voxels = voxel_counts(
+                mask.mask, (CANONICAL_PANCREAS, CANONICAL_TUMOUR)
+            )
         mask.mask = None
     return PatientPlan(patient=patient, cts=outputs, masks=masks, items=items)

@@ -23,6 +23,13 @@ from .outputs import CtOutput, MaskOutput, storage_folder, stored_sources, uid_s
 from .staging import Staging, VolumeWriter
 
 
+class _WholeFile(ContentFile):
+    """A file's bytes handed to the storage in one piece: the file-system storage writes them
+    with one call, without cutting them into copies of 64 KiB."""
+
+    DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
+
+
 def write_outputs(
     patient: Patient,
     outputs: list[CtOutput],
@@ -35,6 +42,18 @@ def write_outputs(
     """Store the new de-identified instances and SEGs, and the canonical volumes ``writer``
     is compressing."""
     folder = storage_folder(patient)
+    # The masks' volumes compress in the pool while the instances are written here.
+    for mask in masks:
+        if not mask.unchanged:
+            # A label mask is mostly zeros: gzip at the fastest level shrinks it ~100x in
+            # little time, whatever the CT's level.
+            writer.submit(
+                mask.mask,
+                mask.grid,
+                f"{folder}/{_target_uid(mask)}/mask",
+                mask,
+                level=max(options.gzip_level, 1),
+            )
     for output in outputs:
         if output.unchanged:
             continue
@@ -62,7 +81,7 @@ def write_outputs(
         sop_uids = [str(ds.SOPInstanceUID) for ds in output.datasets]
         names = staging.save_all(
             [f"{series_folder}/{sop_uid}.dcm" for sop_uid in sop_uids],
-            (ContentFile(data) for data in encode_series(output.datasets)),
+            (_WholeFile(data) for data in encode_series(output.datasets)),
         )
         for ds, sop_uid, meta, name in zip(output.datasets, sop_uids, metadata, names, strict=True):
             output.instances.append(
@@ -83,16 +102,11 @@ def write_outputs(
         else:
             sources = stored_sources(target)
             ct_uid, ct_hash = target.series_instance_uid, target.content_hash
-        series_folder = f"{folder}/{ct_uid}"
-        # A label mask is mostly zeros: gzip at the fastest level shrinks it ~100x in little
-        # time, whatever the CT's level.
-        level = max(options.gzip_level, 1)
-        writer.submit(mask.mask, mask.grid, f"{series_folder}/mask", mask, level=level)
         mask.seg_series_uid = deid.derived_uid(
             "seg",
             ct_uid,
             ct_hash,
-            mask.content_hash,
+            mask.resolve_hash(),
             study_id=uid_scope(patient),
             secret=options.secret,
         )
@@ -109,9 +123,15 @@ def write_outputs(
         mask.seg_frames = int(seg.NumberOfFrames)
         mask.seg_metadata = instance_metadata([seg])[0]
         mask.seg_name = staging.save(
-            f"{folder}/{mask.seg_series_uid}/{mask.seg_sop_uid}.dcm", ContentFile(encode(seg))
+            f"{folder}/{mask.seg_series_uid}/{mask.seg_sop_uid}.dcm", _WholeFile(encode(seg))
         )
     writer.store(staging)
+
+
+def _target_uid(mask: MaskOutput) -> str:
+    """The series UID of the CT the mask lies on."""
+    target = mask.target
+    return target.series_uid if isinstance(target, CtOutput) else target.series_instance_uid
 
 
 def _int_or_none(value: Any) -> int | None:
