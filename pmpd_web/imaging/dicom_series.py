@@ -1064,6 +1064,7 @@ def with_native_pixels(ds: Dataset, *, label: str) -> Dataset:
             packed = np.packbits(bits, bitorder="little").tobytes()
             ds.PixelData = packed + b"\0" * (len(packed) % 2)
             ds["PixelData"].VR = "OB"
+            ds["PixelData"].is_undefined_length = False
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         else:
             ds.decompress()

@@ -28,6 +28,7 @@ from pmpd_web.imaging.archives import ArchiveLimits, extract_zip
 from pmpd_web.imaging.dicom_series import (
     Candidate,
     GeneratedUids,
+    _rle_segment,
     assemble_ct,
     build_segmentation,
     ct_series_from_volume,
@@ -467,6 +468,13 @@ def test_a_seg_that_references_only_its_labelled_slices(tmp_path):
         label_tumour=2,
     )
     np.testing.assert_array_equal(back, mask)
+
+
+def test_dicom_rle_segments_decode_as_packbits():
+    """Apple's PackBits example (literal runs, replicate runs, a no-op byte)."""
+    encoded = bytes.fromhex("FEAA 0280002A FDAA 0380002A22 F7AA 80")
+    expected = bytes.fromhex("AAAAAA80002AAAAAAAAA80002A22" + "AA" * 10)
+    assert bytes(_rle_segment(encoded)) == expected
 
 
 @pytest.mark.parametrize("label_map", [True, False], ids=["LABELMAP", "BINARY"])
