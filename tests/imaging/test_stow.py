@@ -11,7 +11,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from imagemaker import ingest_phantom, rle_bitmap
+from imagemaker import ingest_phantom, ohif_seg, rle_bitmap
 from permission_table import C, K, R
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.sr.codedict import codes
@@ -123,12 +123,14 @@ def test_a_readers_painted_seg_becomes_an_edited_version_and_approval_feeds_prep
     assert patient_images(patient).mask.content_hash == version.content_hash
 
 
-def test_ohifs_rle_bitmap_seg_is_decoded_stored_uncompressed_and_served(patient_ct, members):
-    """OHIF's bitmap mode writes RLE Lossless with 1 bit allocated, which pydicom's decoder
-    refuses: the platform decodes it, stores it uncompressed and serves its frames."""
+@pytest.mark.parametrize("label_map", [False, True], ids=["bitmap", "label map"])
+def test_ohifs_rle_segs_are_decoded_stored_uncompressed_and_served(patient_ct, members, label_map):
+    """OHIF writes RLE Lossless: its bitmap mode with 1 bit allocated, which pydicom's decoder
+    refuses, its label maps with 8. The platform decodes both, stores them uncompressed (as
+    it serves every object) and serves their frames."""
     case, ct = patient_ct
     edited, _ = painted(case.mask)
-    response = stow(members[R], rle_bitmap(ohif_like_seg(ct, edited)))
+    response = stow(members[R], ohif_seg(stored_sources(ct), edited, label_map=label_map))
     assert response.status_code == 200, response.content
     version = MaskVersion.objects.get(source="edited")
     np.testing.assert_array_equal(read_mask(version), edited)
