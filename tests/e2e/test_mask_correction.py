@@ -31,7 +31,7 @@ from imagemaker import dicom_series, folder_files, ingest
 from playwright.sync_api import Page
 from scipy import ndimage
 
-from inference.cache import patient_images
+from inference.cache import load_patient_volumes, patient_images
 from pmpd_web.cohorts.models import Patient
 from pmpd_web.imaging.ingest.outputs import stored_sources
 from pmpd_web.imaging.mask_versions import read_mask, store_mask_version
@@ -247,6 +247,8 @@ def test_a_reader_paints_an_automatic_mask_saves_it_and_approves_it(
         page.screenshot(path=f"{shots}-8-approved.png", full_page=True)
     edited.refresh_from_db()
     assert edited.status == MaskVersion.Status.APPROVED and edited.reviewed_by == reader
+    # What training and scoring preprocess (inference.cache.preprocessed_for) is the edit.
     engine_input = patient_images(Patient.objects.get(cohort=cohort, study_id=STUDY_ID))
     assert engine_input.mask.content_hash == edited.content_hash
-    assert (read_mask(engine_input.mask) == edited_mask).all()
+    _, mask_read = load_patient_volumes(engine_input)
+    np.testing.assert_array_equal(mask_read.array, edited_mask)
