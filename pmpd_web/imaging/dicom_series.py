@@ -1056,10 +1056,12 @@ def with_native_pixels(ds: Dataset, *, label: str) -> Dataset:
     platform stores and serves objects. OHIF's BINARY SEGs come RLE Lossless with 1 bit
     allocated (each frame's packed bits run-length encoded), which pydicom's RLE decoder
     refuses: those are decoded here; other compressed pixel data by pydicom."""
-    if "PixelData" not in ds or not ds.file_meta.TransferSyntaxUID.is_compressed:
+    meta = getattr(ds, "file_meta", None)
+    syntax = pydicom.uid.UID(str(meta.get("TransferSyntaxUID", ""))) if meta else None
+    if "PixelData" not in ds or not syntax or not syntax.is_compressed:
         return ds
     try:
-        if ds.file_meta.TransferSyntaxUID == RLELossless and int(ds.BitsAllocated) == 1:
+        if syntax == RLELossless and int(ds.BitsAllocated) == 1:
             bits = _packed_bit_frames(ds, label=label).ravel()
             packed = np.packbits(bits, bitorder="little").tobytes()
             ds.PixelData = packed + b"\0" * (len(packed) % 2)

@@ -41,6 +41,7 @@ from pmpd_web.imaging.dicom_series import (
     read_dicom,
     role_of,
     seg_to_canonical,
+    with_native_pixels,
 )
 from pmpd_web.imaging.errors import IngestError
 from pmpd_web.imaging.sniff import Kind, sniff
@@ -601,3 +602,9 @@ def test_an_archive_that_lies_about_its_sizes_is_stopped(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(IngestError, match="(inflates beyond its declared size|cannot be read)"):
         extract_zip(path, tmp_path, label="liar.zip", limits=LIMITS)
+
+
+def test_a_seg_without_file_meta_or_compression_is_left_as_it_is():
+    seg = pydicom.Dataset()
+    seg.PixelData = b"\x01\x00"
+    assert with_native_pixels(seg, label="seg.dcm") is seg and seg.PixelData == b"\x01\x00"
