@@ -11,6 +11,7 @@ preprocessing input reads it. Screenshots of each step are kept under test-artif
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,13 +138,28 @@ def _show_slice(viewer: Page, sop_instance_uid: str) -> None:
     raise AssertionError(f"the viewport never showed the image {sop_instance_uid}")
 
 
+def _wait_until_still(viewer: Page, *, still_s: float = 2.0) -> None:
+    """Wait until the viewport has shown the same image for ``still_s`` (the jump that
+    selecting a segment starts is animated, and late on a loaded machine)."""
+    deadline = time.monotonic() + VIEWER_LOAD_S
+    shown, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        now = viewer.evaluate(f"() => ({VIEWPORT_JS})().getCurrentImageIdIndex()")
+        if now != shown:
+            shown, since = now, time.monotonic()
+        elif time.monotonic() - since >= still_s:
+            return
+        viewer.wait_for_timeout(250)
+    raise AssertionError("the viewport never settled on an image")
+
+
 def _paint_and_save(viewer: Page, target: Target) -> None:
     shots = ARTIFACTS / "mask-correction"
     wait_for_pixels(viewer.main_frame, lambda p: p["coloured"] > 20, "the automatic mask")
     viewer.get_by_text("Tumour", exact=True).first.wait_for(timeout=VIEWER_LOAD_S * 1000)
     # Selecting a segment moves the viewport to its centre: choose it first, then the slice.
     viewer.locator("[data-cy=data-row-title]", has_text="Tumour").click()
-    viewer.wait_for_timeout(1000)
+    _wait_until_still(viewer)
     viewer.locator("[data-cy=Brush-btn]").click()
     radius = viewer.locator("[data-cy=brush-radius] input[type=number]")
     radius.fill(str(BRUSH_RADIUS_MM))
