@@ -1011,12 +1011,13 @@ def _label_map_frames(seg_file: DicomFile, numbers: list[int], referenced: list[
     return pixels
 
 
-def _rle_segment(data: bytes) -> bytearray:
+def _rle_segment(data: bytes, *, limit: int | None = None) -> bytearray:
     """One segment of DICOM RLE (PS3.5 G.3.1, PackBits): a header byte n then n + 1 literal
-    bytes (n 0..127) or one byte repeated 1 - n times (n -1..-127); -128 is nothing."""
+    bytes (n 0..127) or one byte repeated 1 - n times (n -1..-127); -128 is nothing. Decoding
+    stops past ``limit`` bytes (a frame's size: runs cannot inflate a request without end)."""
     out = bytearray()
     position, end = 0, len(data)
-    while position < end:
+    while position < end and (limit is None or len(out) < limit):
         header = data[position]
         position += 1
         if header < 128:
@@ -1044,7 +1045,7 @@ def _packed_bit_frames(ds: Dataset, *, label: str) -> np.ndarray:
             raise IngestError(
                 label, f"frame {number} has {header[0]} RLE segments; 1-bit pixels have one"
             )
-        packed = _rle_segment(frame[header[1] :])
+        packed = _rle_segment(frame[header[1] :], limit=(size + 7) // 8)
         if len(packed) * 8 < size:
             raise IngestError(label, f"frame {number} holds fewer pixels than Rows x Columns")
         frames.append(np.unpackbits(np.frombuffer(packed, np.uint8), bitorder="little")[:size])

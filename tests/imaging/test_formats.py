@@ -476,6 +476,7 @@ def test_dicom_rle_segments_decode_as_packbits():
     encoded = bytes.fromhex("FEAA 0280002A FDAA 0380002A22 F7AA 80")
     expected = bytes.fromhex("AAAAAA80002AAAAAAAAA80002A22" + "AA" * 10)
     assert bytes(_rle_segment(encoded)) == expected
+    assert len(_rle_segment(bytes([129, 7]) * 1000, limit=300)) < 300 + 128
 
 
 @pytest.mark.parametrize("label_map", [True, False], ids=["LABELMAP", "BINARY"])
