@@ -33,6 +33,7 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    RLELossless,
     SegmentationStorage,
 )
 
@@ -1068,6 +1069,75 @@ def _label_map_frames(seg_file: DicomFile, numbers: list[int], referenced: list[
     return pixels
 
 
+def _rle_segment(data: bytes, *, limit: int | None = None) -> bytearray:
+    """One segment of DICOM RLE (PS3.5 G.3.1, PackBits): a header byte n then n + 1 literal
+    bytes (n 0..127) or one byte repeated 1 - n times (n -1..-127); -128 is nothing. Decoding
+    stops past ``limit`` bytes (a frame's size: runs cannot inflate a request without end)."""
+    out = bytearray()
+    position, end = 0, len(data)
+    while position < end and (limit is None or len(out) < limit):
+        header = data[position]
+        position += 1
+        if header < 128:
+            out += data[position : position + header + 1]
+            position += header + 1
+        elif header > 128:
+            out += data[position : position + 1] * (257 - header)
+            position += 1
+    return out
+
+
+def _packed_bit_frames(ds: Dataset, *, label: str) -> np.ndarray:
+    """The frames of a 1-bit RLE Lossless SEG as (frames, rows x columns) zeros and ones:
+    each frame one RLE segment of the frame's pixels packed eight to a byte."""
+    from pydicom.encaps import generate_frames
+
+    size = int(ds.Rows) * int(ds.Columns)
+    count = int(ds.get("NumberOfFrames") or 1)
+    frames = []
+    for number, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=count), 1):
+        if len(frame) < 64:
+            raise IngestError(label, f"frame {number}'s RLE header is cut short")
+        header = np.frombuffer(frame[:64], dtype="<u4")
+        if header[0] != 1:
+            raise IngestError(
+                label, f"frame {number} has {header[0]} RLE segments; 1-bit pixels have one"
+            )
+        packed = _rle_segment(frame[header[1] :], limit=(size + 7) // 8)
+        if len(packed) * 8 < size:
+            raise IngestError(label, f"frame {number} holds fewer pixels than Rows x Columns")
+        frames.append(np.unpackbits(np.frombuffer(packed, np.uint8), bitorder="little")[:size])
+    return np.stack(frames)
+
+
+def with_native_pixels(ds: Dataset, *, label: str) -> Dataset:
+    """``ds`` with its pixel data decompressed in place (explicit VR little endian), as the
+    platform stores and serves objects. OHIF's BINARY SEGs come RLE Lossless with 1 bit
+    allocated (each frame's packed bits run-length encoded), which pydicom's RLE decoder
+    refuses: those are decoded here; other compressed pixel data by pydicom."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = pydicom.uid.UID(str(meta.get("TransferSyntaxUID", ""))) if meta else None
+    if "PixelData" not in ds or not syntax or not syntax.is_compressed:
+        return ds
+    try:
+        if syntax == RLELossless and int(ds.BitsAllocated) == 1:
+            bits = _packed_bit_frames(ds, label=label).ravel()
+            packed = np.packbits(bits, bitorder="little").tobytes()
+            ds.PixelData = packed + b"\0" * (len(packed) % 2)
+            ds["PixelData"].VR = "OB"
+            ds["PixelData"].is_undefined_length = False
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        else:
+            ds.decompress()
+    except IngestError:
+        raise
+    except Exception as exc:
+        raise IngestError(
+            label, f"its pixel data cannot be decoded ({type(exc).__name__}: {exc})"
+        ) from None
+    return ds
+
+
 def seg_to_canonical(
     seg_file: DicomFile,
     source_uids: list[str],
@@ -1082,7 +1152,7 @@ def seg_to_canonical(
     reference are empty (a SEG may reference only the slices it labels). BINARY and FRACTIONAL
     SEGs are read by highdicom, LABELMAP SEGs (OHIF's default) here."""
     label = seg_file.label
-    ds = seg_file.dataset
+    ds = with_native_pixels(seg_file.dataset, label=label)
     classes = _segment_classes(
         ds, label=label, label_pancreas=label_pancreas, label_tumour=label_tumour
     )

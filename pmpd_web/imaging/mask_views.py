@@ -14,16 +14,24 @@ from pmpd_web.jobs.runner import UserFacingError
 
 from . import mask_versions
 from .models import MaskVersion
+from .patient_viewer import correction_url
 
 
 @cohort_page(Action.VIEW_IMAGES)
 def patient_masks(request, cohort, study_id: str):
     patient = get_object_or_404(Patient, cohort=cohort, study_id=study_id)
-    versions = (
+    versions = list(
         MaskVersion.objects.filter(patient=patient)
-        .select_related("ct_series", "seg_series", "produced_by", "reviewed_by", "edited_from")
+        .select_related(
+            "ct_series__study", "seg_series", "produced_by", "reviewed_by", "edited_from"
+        )
         .order_by("-ct_series__is_selected", "ct_series_id", "-number")
     )
+    may_annotate = can(request.user, cohort, Action.ANNOTATE)
+    for version in versions:
+        # A reader corrects a version in OHIF's segmentation mode; saving there stores the
+        # edit as the next version.
+        version.correction_url = correction_url(version) if may_annotate else None
     return render(
         request,
         "imaging/patient_masks.html",
@@ -31,7 +39,7 @@ def patient_masks(request, cohort, study_id: str):
             "cohort": cohort,
             "patient": patient,
             "versions": versions,
-            "may_annotate": can(request.user, cohort, Action.ANNOTATE),
+            "may_annotate": may_annotate,
             "changed": mask_versions.approved_mask_changed_at(patient),
         },
     )

@@ -26,7 +26,7 @@ from django.utils.http import urlencode
 from pmpd_web.jobs.files import current_scratch
 
 from .errors import IngestError
-from .models import CanonicalVolume, DicomInstance, ImageSeries, ImagingStudy
+from .models import CanonicalVolume, DicomInstance, ImageSeries, ImagingStudy, MaskVersion
 from .volumes import Grid, read_volume
 
 logger = logging.getLogger(__name__)
@@ -74,8 +74,25 @@ def stored_file_path(name: str) -> Iterator[Path]:
         yield target
 
 
-def _viewer_url(query: dict[str, str]) -> str:
-    return f"{reverse('ohif', kwargs={'path': 'viewer'})}?{urlencode(query)}"
+def _viewer_url(query: dict[str, str], *, mode: str = "viewer") -> str:
+    return f"{reverse('ohif', kwargs={'path': mode})}?{urlencode(query)}"
+
+
+def correction_url(version: MaskVersion) -> str | None:
+    """OHIF's segmentation mode on the version's CT with that version's SEG alone (the study's
+    other SEG series left out, so the one opened for editing is this one), or None for a
+    version without a SEG. Saving there stores the edit as a new version (STOW-RS)."""
+    if version.seg_series is None:
+        return None
+    uids = (version.ct_series.series_instance_uid, version.seg_series.series_instance_uid)
+    return _viewer_url(
+        {
+            "StudyInstanceUIDs": version.ct_series.study.study_instance_uid,
+            "SeriesInstanceUIDs": ",".join(uids),
+            "hangingProtocolId": "@ohif/seg",
+        },
+        mode="segmentation",
+    )
 
 
 def _normal(metadata: dict) -> np.ndarray:

@@ -25,7 +25,7 @@ from django.views.decorators.csrf import csrf_exempt
 from pmpd_web.accounts.permissions import Action, can
 from pmpd_web.jobs.runner import UserFacingError
 
-from .dicom_series import DicomFile, referenced_series, seg_to_canonical
+from .dicom_series import DicomFile, referenced_series, seg_to_canonical, with_native_pixels
 from .dicomweb import search_studies
 from .dicomweb_auth import authenticated_user
 from .errors import IngestError
@@ -155,6 +155,11 @@ def _store(request, user, data: bytes) -> tuple[dict, str, str]:
             f"Only DICOM SEG objects can be stored here; this is {seg.get('Modality', '?')} "
             f"({seg.get('SOPClassUID', 'no SOP class')}).",
         )
+    try:
+        # Stored and served uncompressed; OHIF's RLE-compressed bitmaps are decoded here.
+        with_native_pixels(seg, label="The SEG")
+    except IngestError as exc:
+        raise Refused(400, str(exc)) from None
     if DicomInstance.objects.filter(sop_instance_uid=str(seg.SOPInstanceUID)).exists():
         raise Refused(409, "This SEG instance is already stored.")
     ct = _target_ct(user, seg)

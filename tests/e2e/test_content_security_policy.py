@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from browser import chromium, log_in, viewer_frame, wait_for_pixels
+from browser import REPORT_VIOLATIONS_JS, chromium, log_in, viewer_frame, wait_for_pixels
 from dicom_fixtures import phantom
 from django.conf import settings
 from imagemaker import dicom_series, folder_files, ingest, write_volume
@@ -18,13 +18,6 @@ from pmpd_web.cohorts.models import Patient
 
 STUDY_ID = "SYN-00001"
 REDOC_LOGO = "https://cdn.redoc.ly/"
-# Every frame (the page and the viewer's iframe) reports its violations to the test.
-REPORT_VIOLATIONS_JS = """
-document.addEventListener('securitypolicyviolation', event => {
-  window.reportViolation(`${location.pathname}: ${event.effectiveDirective} blocked `
-    + `${event.blockedURI || 'inline'} (${event.sourceFile}:${event.lineNumber})`);
-});
-"""
 
 
 def test_pages_and_viewer_work_under_the_policy(live_server, cohort, members, tmp_path):

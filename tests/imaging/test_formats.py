@@ -29,6 +29,7 @@ from pmpd_web.imaging.archives import ArchiveLimits, extract_zip
 from pmpd_web.imaging.dicom_series import (
     Candidate,
     GeneratedUids,
+    _rle_segment,
     assemble_ct,
     build_segmentation,
     ct_series_from_volume,
@@ -41,6 +42,7 @@ from pmpd_web.imaging.dicom_series import (
     read_dicom,
     role_of,
     seg_to_canonical,
+    with_native_pixels,
 )
 from pmpd_web.imaging.errors import IngestError
 from pmpd_web.imaging.sniff import Kind, sniff
@@ -629,6 +631,14 @@ def test_a_seg_that_references_only_its_labelled_slices(tmp_path):
     np.testing.assert_array_equal(back, mask)
 
 
+def test_dicom_rle_segments_decode_as_packbits():
+    """Apple's PackBits example (literal runs, replicate runs, a no-op byte)."""
+    encoded = bytes.fromhex("FEAA 0280002A FDAA 0380002A22 F7AA 80")
+    expected = bytes.fromhex("AAAAAA80002AAAAAAAAA80002A22" + "AA" * 10)
+    assert bytes(_rle_segment(encoded)) == expected
+    assert len(_rle_segment(bytes([129, 7]) * 1000, limit=300)) < 300 + 128
+
+
 @pytest.mark.parametrize("label_map", [True, False], ids=["LABELMAP", "BINARY"])
 def test_segs_as_ohif_writes_them(tmp_path, label_map):
     import highdicom as hd
@@ -753,3 +763,9 @@ def test_an_archive_that_lies_about_its_sizes_is_stopped(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(IngestError, match="(inflates beyond its declared size|cannot be read)"):
         extract_zip(path, tmp_path, label="liar.zip", limits=LIMITS)
+
+
+def test_a_seg_without_file_meta_or_compression_is_left_as_it_is():
+    seg = pydicom.Dataset()
+    seg.PixelData = b"\x01\x00"
+    assert with_native_pixels(seg, label="seg.dcm") is seg and seg.PixelData == b"\x01\x00"

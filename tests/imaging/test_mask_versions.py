@@ -6,6 +6,7 @@ trail; and the data migration of masks stored before versions existed."""
 from __future__ import annotations
 
 import importlib
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from pmpd_web.accounts.models import AuditEvent
 from pmpd_web.cohorts.models import Patient
 from pmpd_web.imaging.mask_versions import NO_TUMOUR_FLAG, approve, read_mask, store_mask_version
 from pmpd_web.imaging.models import CanonicalVolume, ImageSeries, MaskVersion
+from pmpd_web.imaging.patient_viewer import correction_url
 from pmpd_web.jobs.runner import UserFacingError
 
 pytestmark = pytest.mark.django_db
@@ -237,3 +239,39 @@ def test_a_clinician_cannot_approve_through_the_api(world, members):
     )
     assert response.status_code == 403 and "annotate" in response.json()["detail"]
     assert MaskVersion.objects.get(pk=world["version"]).status == "needs_review"
+
+
+def test_readers_open_each_version_in_the_segmentation_editor(world, members, reader):
+    """ "Correct in the viewer": OHIF's segmentation mode on the version's CT with that
+    version's SEG alone (the CT's other SEG series filtered out), for users who may annotate."""
+    version = MaskVersion.objects.select_related("ct_series__study", "seg_series").get(
+        pk=world["version"]
+    )
+    client = APIClient()
+    client.force_login(reader)
+    page = client.get(f"/cohorts/{world['cohort']}/patients/{world['study_id']}/masks/")
+    links = {v.number: v.correction_url for v in page.context["versions"]}
+    assert set(links) == {1, 2} and all(links.values())
+    url = urlsplit(links[version.number])
+    assert url.path == "/ohif/segmentation"
+    assert parse_qs(url.query) == {
+        "StudyInstanceUIDs": [version.ct_series.study.study_instance_uid],
+        "SeriesInstanceUIDs": [
+            f"{version.ct_series.series_instance_uid},{version.seg_series.series_instance_uid}"
+        ],
+        "hangingProtocolId": ["@ohif/seg"],
+    }
+    assert page.content.decode().count("Correct in the viewer</a>") == 2
+    client.force_login(members[K])
+    page = client.get(f"/cohorts/{world['cohort']}/patients/{world['study_id']}/masks/")
+    assert "Correct in the viewer</a>" not in page.content.decode()
+
+
+def test_a_version_without_a_seg_has_no_editor_link(uploaded):
+    version = store_mask_version(
+        ct_series=ImageSeries.objects.get(modality="CT"),
+        mask=np.zeros_like(uploaded[0].mask),
+        source=MaskVersion.Source.AUTOMATIC,
+        source_label="m",
+    )
+    assert version.seg_series is None and correction_url(version) is None

@@ -5,19 +5,22 @@ Everything else is refused with the reason and nothing stored."""
 
 from __future__ import annotations
 
+import io
+
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from imagemaker import ingest_phantom
+from imagemaker import ingest_phantom, ohif_seg, rle_bitmap
 from permission_table import C, K, R
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.sr.codedict import codes
 from rest_framework.test import APIClient
 
 from inference.cache import patient_images
 from pmpd_web.accounts.models import Membership, Role
 from pmpd_web.cohorts.models import Patient
-from pmpd_web.imaging.dicom_series import build_segmentation, encode
+from pmpd_web.imaging.dicom_series import build_segmentation
 from pmpd_web.imaging.ingest.outputs import stored_sources
 from pmpd_web.imaging.mask_versions import approve, read_mask
 from pmpd_web.imaging.models import DicomInstance, ImageSeries, MaskVersion
@@ -55,11 +58,18 @@ def ohif_like_seg(ct: ImageSeries, mask: np.ndarray) -> pydicom.Dataset:
     return seg
 
 
+def part10(seg: pydicom.Dataset) -> bytes:
+    """The Part 10 file in the dataset's own transfer syntax (OHIF's RLE bitmaps stay RLE)."""
+    buffer = io.BytesIO()
+    seg.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def multipart(seg: pydicom.Dataset) -> tuple[bytes, str]:
     boundary = "3f1a0c2e-boundary"
     body = (
         f"\r\n--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        + encode(seg)
+        + part10(seg)
         + f"\r\n--{boundary}--".encode()
     )
     return body, f'multipart/related; type="application/dicom"; boundary="{boundary}"'
@@ -111,6 +121,44 @@ def test_a_readers_painted_seg_becomes_an_edited_version_and_approval_feeds_prep
     patient = Patient.objects.get(study_id=case.study_id)
     approve(version, reader)
     assert patient_images(patient).mask.content_hash == version.content_hash
+
+
+@pytest.mark.parametrize("label_map", [False, True], ids=["bitmap", "label map"])
+def test_ohifs_rle_segs_are_decoded_stored_uncompressed_and_served(patient_ct, members, label_map):
+    """OHIF writes RLE Lossless: its bitmap mode with 1 bit allocated, which pydicom's decoder
+    refuses, its label maps with 8. The platform decodes both, stores them uncompressed (as
+    it serves every object) and serves their frames."""
+    case, ct = patient_ct
+    edited, _ = painted(case.mask)
+    response = stow(members[R], ohif_seg(stored_sources(ct), edited, label_map=label_map))
+    assert response.status_code == 200, response.content
+    version = MaskVersion.objects.get(source="edited")
+    np.testing.assert_array_equal(read_mask(version), edited)
+    instance = version.seg_series.instances.get()
+    with instance.file.open("rb") as handle:
+        stored = pydicom.dcmread(handle)
+    assert stored.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert stored.pixel_array.shape == (int(stored.NumberOfFrames), *case.mask.shape[1:])
+    client = APIClient()
+    client.force_login(members[R])
+    frame = client.get(
+        f"/dicomweb/studies/{ct.study.study_instance_uid}/series/"
+        f"{version.seg_series.series_instance_uid}/instances/{instance.sop_instance_uid}/frames/1",
+        HTTP_ACCEPT='multipart/related; type="application/octet-stream"; transfer-syntax=*',
+    )
+    assert frame.status_code == 200
+
+
+def test_a_bitmap_seg_with_an_undecodable_frame_is_refused(patient_ct, members):
+    case, ct = patient_ct
+    seg = rle_bitmap(ohif_like_seg(ct, painted(case.mask)[0]))
+    frames = list(generate_frames(seg.PixelData, number_of_frames=int(seg.NumberOfFrames)))
+    frames[1] = (2).to_bytes(4, "little") + frames[1][4:]  # says two RLE segments
+    seg.PixelData = encapsulate(frames)
+    response = stow(members[R], seg)
+    assert response.status_code == 400
+    assert "frame 2 has 2 RLE segments" in response.json()["error"]
+    nothing_stored(1)
 
 
 @pytest.mark.parametrize("origin", [None, "https://elsewhere.example"])

@@ -49,6 +49,15 @@ VIEWPORT_PIXELS_JS = """canvas => {
           coloured};
 }"""
 
+# Every frame (a page and the viewer's iframe) reports its Content-Security-Policy violations
+# to the test through ``window.reportViolation`` (exposed on the browser context).
+REPORT_VIOLATIONS_JS = """
+document.addEventListener('securitypolicyviolation', event => {
+  window.reportViolation(`${location.pathname}: ${event.effectiveDirective} blocked `
+    + `${event.blockedURI || 'inline'} (${event.sourceFile}:${event.lineNumber})`);
+});
+"""
+
 
 @contextlib.contextmanager
 def chromium() -> Iterator[Browser]:

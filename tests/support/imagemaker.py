@@ -184,7 +184,7 @@ def ohif_seg(sources, mask, *, label_map: bool) -> pydicom.Dataset:
     """A SEG as OHIF 3.13 writes it (see the design notes): segments coded "Tissue" and named
     as typed, MANUAL "OHIF Brush". LABELMAP (its default): 8-bit label map, RLE Lossless, only
     the painted slices referenced, per-frame groups without FrameContentSequence. BINARY (its
-    bitmap mode): every CT slice referenced."""
+    bitmap mode): every CT slice referenced, 1-bit frames RLE Lossless (``rle_bitmap``)."""
     import highdicom as hd
 
     tissue = hd.sr.CodedConcept("T-D0050", "SRT", "Tissue")
@@ -225,9 +225,56 @@ def ohif_seg(sources, mask, *, label_map: bool) -> pydicom.Dataset:
             pydicom.uid.RLELossless if label_map else pydicom.uid.ExplicitVRLittleEndian
         ),
     )
-    if label_map:
-        for group in seg.PerFrameFunctionalGroupsSequence:
-            del group.FrameContentSequence
+    if not label_map:
+        return rle_bitmap(seg)
+    for group in seg.PerFrameFunctionalGroupsSequence:
+        del group.FrameContentSequence
+    return seg
+
+
+def _packbits(data: bytes) -> bytes:
+    """DICOM RLE (PackBits) of ``data``: runs of three or more equal bytes as replicate runs,
+    the rest as literal runs, each at most 128 bytes."""
+    out = bytearray()
+    position, literal = 0, bytearray()
+    while position < len(data):
+        run = 1
+        while position + run < len(data) and run < 128 and data[position + run] == data[position]:
+            run += 1
+        if run >= 3:
+            if literal:
+                out += bytes([len(literal) - 1]) + literal
+                literal = bytearray()
+            out += bytes([257 - run, data[position]])
+            position += run
+            continue
+        literal.append(data[position])
+        position += 1
+        if len(literal) == 128:
+            out += bytes([127]) + literal
+            literal = bytearray()
+    if literal:
+        out += bytes([len(literal) - 1]) + literal
+    return bytes(out)
+
+
+def rle_bitmap(seg: pydicom.Dataset) -> pydicom.Dataset:
+    """A BINARY SEG re-encoded as OHIF 3.13's bitmap mode writes it (seen in the browser test,
+    tests/e2e/test_mask_correction.py): RLE Lossless with 1 bit allocated, each frame one RLE
+    segment of its pixels packed eight to a byte, least significant bit first."""
+    from pydicom.encaps import encapsulate
+
+    frames = []
+    for frame in seg.pixel_array.reshape(int(seg.NumberOfFrames), -1):
+        packed = _packbits(np.packbits(frame.astype(np.uint8), bitorder="little").tobytes())
+        packed += b"\0" * (len(packed) % 2)
+        header = np.zeros(16, dtype="<u4")
+        header[:2] = (1, 64)
+        frames.append(header.tobytes() + packed)
+    seg.PixelData = encapsulate(frames)
+    seg["PixelData"].VR = "OB"
+    seg["PixelData"].is_undefined_length = True
+    seg.file_meta.TransferSyntaxUID = pydicom.uid.RLELossless
     return seg
 
 
