@@ -81,10 +81,13 @@ test: install browser orthanc lint
 	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider --cov --cov-report=term:skip-covered \
 		$(PYTEST_ARGS)
 
-# The quick loop: no browser, no real worker, no Orthanc, no slow test; two processes.
+# The quick loop (CONTRIBUTING.md says what it leaves out): no browser, no real worker, no
+# Orthanc or SeaweedFS, no slow test, a sample of each table test; two processes. The plugins
+# turned off serve only tests it leaves out (the schema fuzzing), and cost each process seconds.
+FAST_PLUGINS_OFF := -p no:schemathesis -p no:hypothesispytest -p no:faker -p no:anyio
 test-fast: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider -q -n 2 -m "not e2e and not worker and not slow" \
-		$(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider $(FAST_PLUGINS_OFF) -q -n 2 \
+		-m "not e2e and not worker and not slow" $(PYTEST_ARGS)
 
 # Only the real-browser tests (the OHIF viewer in the patient page); screenshots in test-artifacts/.
 e2e: install browser

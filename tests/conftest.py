@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import template_db
@@ -30,6 +33,37 @@ def _flush_past_the_audit_guard() -> None:
 
 
 _flush_past_the_audit_guard()
+
+
+def _module_markers(path: Path) -> set[str]:
+    """The markers a test module puts on all its tests (``pytestmark = ...``), read from its
+    source without importing it."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "pytestmark" for target in node.targets
+        ):
+            return {
+                sub.attr
+                for sub in ast.walk(node.value)
+                if isinstance(sub, ast.Attribute) and ast.unparse(sub.value) == "pytest.mark"
+            }
+    return set()
+
+
+def pytest_ignore_collect(collection_path: Path, config):
+    """With ``-m "not e2e and not worker and not slow"`` (make test-fast), the modules whose
+    every test carries a left-out marker (and tests/e2e) are not even imported: their imports
+    (the browser driver, schemathesis and hypothesis, SeaweedFS's client) cost each process
+    seconds. Other marker expressions collect everything."""
+    expression = config.getoption("markexpr") or ""
+    if not re.fullmatch(r"not \w+( and not \w+)*", expression.strip()):
+        return None
+    left_out = set(re.findall(r"not (\w+)", expression))
+    if collection_path.is_dir():
+        return True if collection_path.name in left_out else None
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return True if _module_markers(collection_path) & left_out else None
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -60,6 +60,7 @@ def embedded_environment() -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_embedded_defaults_need_no_server(tmp_path):
     env = {"PMPD_DATA_DIR": str(tmp_path), "DATABASE_URL": "", "CELERY_BROKER_URL": ""}
     env = {k: v for k, v in env.items() if v}
@@ -92,6 +93,7 @@ def compose() -> dict:
     return yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 
+@pytest.mark.slow
 def test_compose_services_and_health():
     services = compose()["services"]
     assert set(services) == {"postgres", "redis", "web", "proxy", "worker-cpu", "worker-gpu"}

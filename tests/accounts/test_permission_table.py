@@ -101,6 +101,7 @@ def test_permission_table(world, members, username, name, method, path, allowed)
         assert b"SECRET-42" not in body and b"Hidden centre" not in body
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "method", "path", "allowed"), ENDPOINTS, ids=[e[0] for e in ENDPOINTS]
 )
@@ -209,6 +210,7 @@ def ohif_build(settings, tmp_path):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "method", "path", "anonymous", "nobody"),
     SITE_ENDPOINTS,

@@ -469,6 +469,7 @@ def test_a_seg_that_references_only_its_labelled_slices(tmp_path):
     np.testing.assert_array_equal(back, mask)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label_map", [True, False], ids=["LABELMAP", "BINARY"])
 def test_segs_as_ohif_writes_them(tmp_path, label_map):
     import highdicom as hd

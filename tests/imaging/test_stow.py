@@ -113,6 +113,7 @@ def test_a_readers_painted_seg_becomes_an_edited_version_and_approval_feeds_prep
     assert patient_images(patient).mask.content_hash == version.content_hash
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("origin", [None, "https://elsewhere.example"])
 def test_a_session_post_without_the_platforms_origin_is_refused(patient_ct, members, origin):
     case, ct = patient_ct
@@ -121,6 +122,7 @@ def test_a_session_post_without_the_platforms_origin_is_refused(patient_ct, memb
     nothing_stored(1)
 
 
+@pytest.mark.slow
 def test_a_role_that_may_not_annotate_is_refused(patient_ct, members):
     case, ct = patient_ct
     response = stow(members[K], ohif_like_seg(ct, painted(case.mask)[0]))
@@ -128,6 +130,7 @@ def test_a_role_that_may_not_annotate_is_refused(patient_ct, members):
     nothing_stored(1)
 
 
+@pytest.mark.slow
 def test_a_non_seg_object_is_refused(patient_ct, members):
     _, ct = patient_ct
     with ct.instances.first().file.open("rb") as handle:
@@ -137,6 +140,7 @@ def test_a_non_seg_object_is_refused(patient_ct, members):
     nothing_stored(1)
 
 
+@pytest.mark.slow
 def test_a_seg_of_another_cohorts_patient_is_refused(patient_ct, members, other_cohort, tmp_path):
     case, ct = patient_ct
     outsider = members["outsider"]
@@ -148,6 +152,7 @@ def test_a_seg_of_another_cohorts_patient_is_refused(patient_ct, members, other_
     nothing_stored(2)
 
 
+@pytest.mark.slow
 def test_a_seg_naming_another_patients_study_is_refused(patient_ct, members):
     case, ct = patient_ct
     seg = ohif_like_seg(ct, painted(case.mask)[0])
@@ -157,6 +162,7 @@ def test_a_seg_naming_another_patients_study_is_refused(patient_ct, members):
     nothing_stored(1)
 
 
+@pytest.mark.slow
 def test_a_seg_on_another_grid_is_refused(patient_ct, members):
     case, ct = patient_ct
     seg = ohif_like_seg(ct, painted(case.mask)[0])
@@ -166,6 +172,7 @@ def test_a_seg_on_another_grid_is_refused(patient_ct, members):
     nothing_stored(1)
 
 
+@pytest.mark.slow
 def test_an_empty_seg_is_refused(patient_ct, members):
     case, ct = patient_ct
     seg = ohif_like_seg(ct, painted(case.mask)[0])
@@ -175,6 +182,7 @@ def test_an_empty_seg_is_refused(patient_ct, members):
     nothing_stored(1)
 
 
+@pytest.mark.slow
 def test_overlapping_segments_are_refused(patient_ct, members):
     case, ct = patient_ct
     sources = stored_sources(ct)
