@@ -15,8 +15,12 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 LOCK := requirements/dev.txt
 # Extra pytest arguments: `make test PYTEST_ARGS="-k import -x"`.
 PYTEST_ARGS ?=
+# Compiled modules (and pytest's rewritten test modules) cached under var/pycache even where the
+# environment says PYTHONDONTWRITEBYTECODE: without the cache every test process compiles the
+# project, its tests and the packages shipped without .pyc again (seconds of CPU each).
 TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
-	PMPD_TEST_REDIS_URL=$(TEST_REDIS_URL)
+	PMPD_TEST_REDIS_URL=$(TEST_REDIS_URL) PYTHONDONTWRITEBYTECODE= \
+	PYTHONPYCACHEPREFIX=$(CURDIR)/var/pycache
 
 .PHONY: install frontend browser orthanc test test-fast e2e lint lock demo serve worker bench \
 	bench-gpu clean
@@ -124,4 +128,4 @@ bench-gpu:
 		--input-size 224 --epochs 4 --skip-shuffled
 
 clean:
-	rm -rf var/staticfiles var/celery-broker
+	rm -rf var/staticfiles var/celery-broker var/pycache

@@ -35,6 +35,14 @@ def _flush_past_the_audit_guard() -> None:
 _flush_past_the_audit_guard()
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "sample(keep, every, cover): a table test; make test-fast runs a sample of its cases "
+        "(tests/support/fast_sample.py)",
+    )
+
+
 def _module_markers(path: Path) -> set[str]:
     """The markers a test module puts on all its tests (``pytestmark = ...``), read from its
     source without importing it."""
