@@ -173,6 +173,7 @@ def _nginx_test(tmp_path: Path, config: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="no nginx binary (apt-get install nginx)")
 def test_the_proxy_configuration_passes_nginx_t(tmp_path):
     config = (REPO / "docker" / "nginx.conf").read_text()

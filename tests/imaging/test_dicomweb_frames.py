@@ -40,6 +40,7 @@ def frame_url(imaged, position: int = 0) -> str:
     )
 
 
+@pytest.mark.slow
 def test_a_frame_request_reads_the_database_once(imaged, client_for, members):
     client = client_for(members["clinician"])
     assert client.get(frame_url(imaged, 0), HTTP_ACCEPT=FRAME_ACCEPT).status_code == 200
