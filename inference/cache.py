@@ -61,12 +61,17 @@ def with_images(patients: QuerySet[Patient]) -> QuerySet[Patient]:
     return patients.filter(Exists(selected_ct))
 
 
-def patient_images(patient: Patient) -> PatientImages:
-    """The volumes the engine reads; ``PreprocessError`` saying what is missing otherwise."""
-    volumes = {
+def selected_volumes(patient: Patient) -> dict[str, CanonicalVolume]:
+    """The canonical volumes of the patient's selected CT series, by kind ("ct", "mask")."""
+    return {
         volume.kind: volume
         for volume in CanonicalVolume.objects.filter(patient=patient, series__is_selected=True)
     }
+
+
+def patient_images(patient: Patient) -> PatientImages:
+    """The volumes the engine reads; ``PreprocessError`` saying what is missing otherwise."""
+    volumes = selected_volumes(patient)
     if CanonicalVolume.Kind.CT not in volumes:
         raise PreprocessError("no CT series is selected for this patient (upload a CT first)")
     if CanonicalVolume.Kind.MASK not in volumes:
@@ -178,17 +183,19 @@ def _read(entry: CacheEntry, config: PreprocessConfig) -> Patches:
     )
 
 
+def read_canonical(volume: CanonicalVolume) -> Volume:
+    """A stored canonical CT or mask as a ``Volume``: what PMPD and nnU-Net both read."""
+    with local_path(volume.file.name) as path:
+        try:
+            return load_volume(path)
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+            raise PreprocessError(
+                f"the stored {volume.get_kind_display()} cannot be read ({reason[:200]}); "
+                "upload the images again"
+            ) from None
+
+
 def load_patient_volumes(images: PatientImages) -> tuple[Volume, Volume]:
-    """Read the canonical CT and mask (engine ``Volume``s) from storage."""
-    volumes = []
-    for volume in (images.ct, images.mask):
-        with local_path(volume.file.name) as path:
-            try:
-                volumes.append(load_volume(path))
-            except RuntimeError as exc:
-                reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
-                raise PreprocessError(
-                    f"the stored {volume.get_kind_display()} cannot be read ({reason[:200]}); "
-                    "upload the images again"
-                ) from None
-    return volumes[0], volumes[1]
+    """Read the canonical CT and mask from storage."""
+    return read_canonical(images.ct), read_canonical(images.mask)

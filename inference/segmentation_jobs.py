@@ -23,12 +23,13 @@ from inference.segmentation import nnunet_core as nc
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction, acting_user
 from pmpd_web.cohorts.models import Cohort, Patient
-from pmpd_web.imaging.mask_versions import read_mask, store_mask_version
+from pmpd_web.imaging.mask_versions import store_mask_version
 from pmpd_web.imaging.models import CanonicalVolume, ImageSeries, MaskVersion
 from pmpd_web.jobs.dispatch import start_on_commit
 from pmpd_web.jobs.models import Job
 from pmpd_web.jobs.runner import UserFacingError, run_job
 
+from .cache import read_canonical, selected_volumes
 from .jobs import _reporting
 from .segmentation_models import SegmentationModelVersion
 
@@ -62,24 +63,14 @@ def _versions() -> dict[str, str]:
 
 
 def _case(patient: Patient, *, with_mask: bool) -> nc.Case:
-    """The patient's selected CT (and approved mask) as an nnU-Net case."""
-    import SimpleITK as sitk
-
-    volumes = {
-        v.kind: v for v in CanonicalVolume.objects.filter(patient=patient, series__is_selected=True)
-    }
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "ct.nii.gz"
-        with default_storage.open(volumes[CanonicalVolume.Kind.CT].file.name, "rb") as handle:
-            path.write_bytes(handle.read())
-        image = sitk.ReadImage(str(path))
+    """The patient's selected CT (and approved mask) as an nnU-Net case, read as PMPD reads
+    them (``inference.cache.read_canonical``)."""
+    volumes = selected_volumes(patient)
+    mask = read_canonical(volumes[CanonicalVolume.Kind.MASK]).array if with_mask else None
     return nc.Case(
         case_id=f"case{patient.pk:06d}",
-        ct=sitk.GetArrayFromImage(image),
-        spacing=image.GetSpacing(),
-        origin=image.GetOrigin(),
-        direction=image.GetDirection(),
-        mask=read_mask(volumes[CanonicalVolume.Kind.MASK]) if with_mask else None,
+        ct=read_canonical(volumes[CanonicalVolume.Kind.CT]),
+        mask=mask,
     )
 
 

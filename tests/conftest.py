@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import re
+from collections import defaultdict
+from pathlib import Path
+
 import pytest
+import template_db
 from django.contrib.auth.models import User
 from factories import make_cohort, make_user
+from fast_sample import fast_sample
 
 from pmpd_web.accounts.models import Membership, Role
 from pmpd_web.cohorts.models import Cohort
@@ -26,6 +33,94 @@ def _flush_past_the_audit_guard() -> None:
 
 
 _flush_past_the_audit_guard()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "sample(keep, every, cover): a table test; make test-fast runs a sample of its cases "
+        "(tests/support/fast_sample.py)",
+    )
+
+
+def _module_markers(path: Path) -> set[str]:
+    """The markers a test module puts on all its tests (``pytestmark = ...``), read from its
+    source without importing it."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "pytestmark" for target in node.targets
+        ):
+            return {
+                sub.attr
+                for sub in ast.walk(node.value)
+                if isinstance(sub, ast.Attribute) and ast.unparse(sub.value) == "pytest.mark"
+            }
+    return set()
+
+
+def pytest_ignore_collect(collection_path: Path, config):
+    """With ``-m "not e2e and not worker and not slow"`` (make test-fast), the modules whose
+    every test carries a left-out marker (and tests/e2e) are not even imported: their imports
+    (the browser driver, schemathesis and hypothesis, SeaweedFS's client) cost each process
+    seconds. Other marker expressions collect everything."""
+    expression = config.getoption("markexpr") or ""
+    if not re.fullmatch(r"not \w+( and not \w+)*", expression.strip()):
+        return None
+    left_out = set(re.findall(r"not (\w+)", expression))
+    if collection_path.is_dir():
+        return True if collection_path.name in left_out else None
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return True if _module_markers(collection_path) & left_out else None
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Table tests (``@pytest.mark.sample``) run whole in ``make test``; the cases outside
+    their sample are marked ``slow``, so that ``make test-fast`` runs the sample only."""
+    tables = defaultdict(list)
+    for item in items:
+        if item.get_closest_marker("sample") is not None and hasattr(item, "callspec"):
+            tables[(item.parent.nodeid, item.originalname)].append(item)
+    for cases in tables.values():
+        options = cases[0].get_closest_marker("sample").kwargs
+        kept = fast_sample([case.callspec.params for case in cases], **options)
+        for position, case in enumerate(cases):
+            if position not in kept:
+                case.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(
+    request, django_test_environment, django_db_blocker, django_db_modify_db_settings
+):
+    """The test database: on PostgreSQL a copy of a migrated template (``template_db``), else
+    pytest-django's own (migrated) test database."""
+    from django.db import connection
+    from django.test.utils import setup_databases, teardown_databases
+
+    if connection.vendor != "postgresql":
+        with django_db_blocker.unblock():
+            created = setup_databases(verbosity=0, interactive=False)
+        yield
+        with django_db_blocker.unblock():
+            teardown_databases(created, verbosity=0)
+        return
+    worker = getattr(request.config, "workerinput", {}).get("workerid")
+    test_name = connection.creation._get_test_db_name()
+    with django_db_blocker.unblock():
+        template_db.create_from_template(
+            connection,
+            test_name=test_name,
+            template=template_db.template_name(test_name, worker=worker),
+            rebuild=request.config.getoption("create_db"),
+        )
+    from django.conf import settings
+
+    settings.DATABASES[connection.alias]["NAME"] = test_name
+    yield
+    with django_db_blocker.unblock():
+        template_db.drop(connection, test_name)
 
 
 @pytest.fixture(autouse=True)

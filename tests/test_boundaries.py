@@ -42,6 +42,7 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_django_free_modules_import_without_django_or_celery():
     done = _python(
         "import importlib, json, sys\n"
@@ -53,6 +54,7 @@ def test_django_free_modules_import_without_django_or_celery():
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
+@pytest.mark.slow
 def test_the_celery_app_is_built_when_a_worker_or_django_asks_for_it():
     done = _python(
         "import django, pmpd_web\n"
@@ -65,6 +67,7 @@ def test_the_celery_app_is_built_when_a_worker_or_django_asks_for_it():
     assert done.stdout.split() == ["pmpd_web", "True"]
 
 
+@pytest.mark.slow
 def test_the_file_system_broker_keeps_its_control_folder_under_the_data_folder(tmp_path):
     done = _python(
         "import json, django\n"

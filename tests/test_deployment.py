@@ -60,6 +60,7 @@ def embedded_environment() -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_embedded_defaults_need_no_server(tmp_path):
     env = {"PMPD_DATA_DIR": str(tmp_path), "DATABASE_URL": "", "CELERY_BROKER_URL": ""}
     env = {k: v for k, v in env.items() if v}
@@ -92,6 +93,7 @@ def compose() -> dict:
     return yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 
+@pytest.mark.slow
 def test_compose_services_and_health():
     services = compose()["services"]
     assert set(services) == {"postgres", "redis", "web", "proxy", "worker-cpu", "worker-gpu"}
@@ -171,6 +173,7 @@ def _nginx_test(tmp_path: Path, config: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="no nginx binary (apt-get install nginx)")
 def test_the_proxy_configuration_passes_nginx_t(tmp_path):
     config = (REPO / "docker" / "nginx.conf").read_text()

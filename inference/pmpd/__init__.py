@@ -2,6 +2,7 @@
 
 Modules:
     phantom     synthetic contrast-enhanced abdominal CT cohorts with known truth
+    volume      a 3D image and its grid (shared with the imaging app and the nnU-Net core)
     preprocess  the method's pre-processing, one function per step, composed by
                 ``preprocess_patient`` for training and inference alike
     model       PMPDNet (MONAI ResNet + SE-gated multi-block fusion, two heads)
@@ -36,9 +37,11 @@ _EXPORTS: dict[str, str] = {
     "PreprocessConfig": "preprocess",
     "PreprocessError": "preprocess",
     "PreprocessedPatient": "preprocess",
-    "Volume": "preprocess",
     "load_volume": "preprocess",
     "preprocess_patient": "preprocess",
+    # volume
+    "Grid": "volume",
+    "Volume": "volume",
     # model
     "ModelConfig": "model",
     "PMPDNet": "model",

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-IDENTITY_DIRECTION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+from .volume import IDENTITY_DIRECTION, Grid, Volume
 
 
 class PreprocessError(ValueError):
@@ -119,22 +119,6 @@ class PreprocessConfig:
         return cls(**converted)
 
 
-def _xyz(values: Sequence[float]) -> tuple[float, float, float]:
-    """An (x, y, z) triple of floats, as SimpleITK gives spacing and origin."""
-    x, y, z = values
-    return float(x), float(y), float(z)
-
-
-@dataclass(frozen=True)
-class Volume:
-    """A 3D image as read from disk: array (z, y, x) plus its geometry in (x, y, z) order."""
-
-    array: np.ndarray
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    direction: tuple[float, ...]
-
-
 @dataclass(frozen=True)
 class PreprocessedPatient:
     """What one patient becomes: the network's patches and where they came from.
@@ -182,6 +166,11 @@ def load_volume(path: str | Path) -> Volume:
 
     A folder with several series yields the one with the most slices: for one acquisition that
     is the thinnest reconstruction, the method's preference ("prefer the thinner one").
+
+    The imaging app's ``read_volume`` reads uploads into the same ``Volume`` but is a different
+    reader on purpose: it names the uploaded file in an ``IngestError``, accepts single-frame
+    4D NIfTI and refuses colour images, where this one reads what the platform (or a notebook)
+    already holds, DICOM folders included, and says what is wrong in a ``PreprocessError``.
     """
     import SimpleITK as sitk
 
@@ -202,12 +191,7 @@ def load_volume(path: str | Path) -> Volume:
         raise PreprocessError(
             f"{path} holds a {image.GetDimension()}D image, a 3D volume is needed"
         )
-    return Volume(
-        array=sitk.GetArrayFromImage(image),
-        spacing=_xyz(image.GetSpacing()),
-        origin=_xyz(image.GetOrigin()),
-        direction=tuple(float(v) for v in image.GetDirection()),
-    )
+    return Volume.from_image(image)
 
 
 def check_axial(direction: Sequence[float], *, max_axis_deviation: float = 0.01) -> bool:
@@ -263,11 +247,12 @@ def reorient_to_canonical(
 
     ct_image = orient(ct)
     mask_image = orient(mask)
+    grid = Grid.from_image(ct_image)
     return (
         sitk.GetArrayFromImage(ct_image),
         sitk.GetArrayFromImage(mask_image),
-        _xyz(ct_image.GetSpacing()),
-        _xyz(ct_image.GetOrigin()),
+        grid.spacing,
+        grid.origin,
     )
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from inference.pmpd.volume import Volume
+
 LABELS = {"background": 0, "pancreas": 1, "tumour": 2}
 TRAINER_NAME = "nnUNetTrainerShortBudget"
 PROGRESS_PREFIX = "PMPD-PROGRESS "
@@ -34,13 +36,10 @@ class NnUNetError(Exception):
 
 @dataclass(frozen=True)
 class Case:
-    """One CT (and, for training, its canonical mask) on its grid."""
+    """One CT (and, for training, its canonical mask on the CT's grid)."""
 
     case_id: str
-    ct: np.ndarray
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    ct: Volume
     mask: np.ndarray | None = None
 
 
@@ -118,15 +117,15 @@ def write_raw_dataset(cases: Sequence[Case], raw_root: Path, *, dataset_id: int,
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
     for case in cases:
-        if case.mask is None or case.mask.shape != case.ct.shape:
+        if case.mask is None or case.mask.shape != case.ct.array.shape:
             raise NnUNetError(f"case {case.case_id}: the mask is missing or not on the CT's grid")
         if not np.isin(case.mask, (0, 1, 2)).all():
             raise NnUNetError(f"case {case.case_id}: the mask holds values other than 0, 1, 2")
         for array, target in (
-            (case.ct.astype(np.int16), folder / "imagesTr" / f"{case.case_id}_0000.nii.gz"),
+            (case.ct.array.astype(np.int16), folder / "imagesTr" / f"{case.case_id}_0000.nii.gz"),
             (case.mask.astype(np.uint8), folder / "labelsTr" / f"{case.case_id}.nii.gz"),
         ):
-            sitk.WriteImage(_image(array, case), str(target), useCompression=True)
+            sitk.WriteImage(case.ct.grid.image(array), str(target), useCompression=True)
     dataset = {
         "channel_names": {"0": "CT"},
         "labels": LABELS,
@@ -142,16 +141,6 @@ def write_raw_dataset(cases: Sequence[Case], raw_root: Path, *, dataset_id: int,
 def dataset_folder_name(dataset_id: int, name: str) -> str:
     safe = "".join(c if c.isalnum() else "_" for c in name)[:40] or "PMPD"
     return f"Dataset{dataset_id:03d}_{safe}"
-
-
-def _image(array: np.ndarray, case: Case):
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(case.spacing)
-    image.SetOrigin(case.origin)
-    image.SetDirection(case.direction)
-    return image
 
 
 # ------------------------------------------------------------------------------------------
@@ -370,8 +359,8 @@ class Segmenter:
 
     def predict(self, case: Case) -> Prediction:
         """The platform's mask (0/1/2) of ``case`` and the uncertainty inside its tumour."""
-        image = case.ct.astype(np.float32)[None]
-        spacing = [float(case.spacing[2]), float(case.spacing[1]), float(case.spacing[0])]
+        image = case.ct.array.astype(np.float32)[None]
+        spacing = [float(v) for v in case.ct.spacing[::-1]]
         segmentation, probabilities = self.predictor.predict_single_npy_array(
             image, {"spacing": spacing}, None, None, True
         )

@@ -1,10 +1,10 @@
 """Volumes and their grids: reading NIfTI, NRRD and MetaImage, telling masks from CTs, putting a
 mask on its CT's grid, and writing the canonical NIfTI volumes the engine reads.
 
-Conventions (the engine's, ``inference.pmpd.preprocess``): arrays are (z, y, x); spacing and
-origin are (x, y, z) in millimetres, LPS; direction is the row-major 3x3 matrix whose columns
-are the image axes, as SimpleITK reports them. The canonical CT is int16 Hounsfield units, the
-canonical mask uint8 with 0 background, 1 pancreas, 2 tumour.
+``Volume`` and ``Grid`` are the engine's (``inference.pmpd.volume``: the one definition that
+the engine, the nnU-Net core and this app share; its docstring gives the axis conventions).
+The canonical CT is int16 Hounsfield units, the canonical mask uint8 with 0 background,
+1 pancreas, 2 tumour.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import json
 import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from inference.pmpd.volume import Grid, Volume, format_values
 
 from .errors import IngestError
 
@@ -29,70 +29,6 @@ MASK_NAME_HINTS = ("mask", "seg", "label", "annot", "roi")
 GZIP_BLOCK = 8 * 1024 * 1024
 CANONICAL_PANCREAS = 1
 CANONICAL_TUMOUR = 2
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Where a volume's voxels are: size (x, y, z), spacing, origin, direction."""
-
-    size: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    direction: tuple[float, ...]
-
-    def as_dict(self) -> dict[str, list]:
-        return {
-            "size": list(self.size),
-            "spacing": list(self.spacing),
-            "origin": list(self.origin),
-            "direction": list(self.direction),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Grid:
-        return cls(
-            size=tuple(int(v) for v in data["size"]),
-            spacing=tuple(float(v) for v in data["spacing"]),
-            origin=tuple(float(v) for v in data["origin"]),
-            direction=tuple(float(v) for v in data["direction"]),
-        )
-
-    @classmethod
-    def from_image(cls, image: Any) -> Grid:
-        return cls(
-            size=tuple(int(v) for v in image.GetSize()),
-            spacing=tuple(float(v) for v in image.GetSpacing()),
-            origin=tuple(float(v) for v in image.GetOrigin()),
-            direction=tuple(float(v) for v in image.GetDirection()),
-        )
-
-    @property
-    def matrix(self) -> np.ndarray:
-        return np.asarray(self.direction, dtype=float).reshape(3, 3)
-
-    def mismatch(
-        self, other: Grid, *, tolerance_mm: float, direction_tolerance: float
-    ) -> str | None:
-        """Why ``other`` is not this grid (within the tolerances), or None when it is."""
-        if self.size != other.size:
-            return f"size {_fmt(other.size)} voxels instead of {_fmt(self.size)}"
-        if not np.allclose(self.spacing, other.spacing, rtol=0, atol=tolerance_mm):
-            return f"spacing {_fmt(other.spacing)} mm instead of {_fmt(self.spacing)}"
-        if not np.allclose(self.direction, other.direction, rtol=0, atol=direction_tolerance):
-            return f"direction {_fmt(other.direction)} instead of {_fmt(self.direction)}"
-        if not np.allclose(self.origin, other.origin, rtol=0, atol=tolerance_mm):
-            return f"origin {_fmt(other.origin)} mm instead of {_fmt(self.origin)}"
-        return None
-
-
-def _fmt(values) -> str:
-    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
-
-
-@dataclass
-class Volume:
-    array: np.ndarray  # (z, y, x)
-    grid: Grid
 
 
 def content_hash(array: np.ndarray, grid: Grid) -> str:
@@ -106,7 +42,9 @@ def content_hash(array: np.ndarray, grid: Grid) -> str:
 def check_grid(grid: Grid, *, label: str, min_slices: int) -> None:
     """Sane geometry: enough slices, positive plausible spacing, an orthonormal direction."""
     if min(grid.size[:2]) < 8:
-        raise IngestError(label, f"the image is only {_fmt(grid.size[:2])} pixels in-plane")
+        raise IngestError(
+            label, f"the image is only {format_values(grid.size[:2])} pixels in-plane"
+        )
     if grid.size[2] < min_slices:
         raise IngestError(
             label,
@@ -114,7 +52,7 @@ def check_grid(grid: Grid, *, label: str, min_slices: int) -> None:
             f"{min_slices}",
         )
     if not all(0.01 <= s <= 50.0 for s in grid.spacing):
-        raise IngestError(label, f"implausible voxel spacing {_fmt(grid.spacing)} mm")
+        raise IngestError(label, f"implausible voxel spacing {format_values(grid.spacing)} mm")
     matrix = grid.matrix
     if not np.allclose(matrix.T @ matrix, np.eye(3), atol=1e-3):
         raise IngestError(label, "the direction matrix is not orthonormal (sheared geometry)")
@@ -135,7 +73,7 @@ def read_volume(path: Path, *, label: str) -> Volume:
         image = image[:, :, :, 0]
     if image.GetDimension() != 3:
         raise IngestError(label, f"a {image.GetDimension()}D image; a 3D volume is needed")
-    return Volume(array=sitk.GetArrayFromImage(image), grid=Grid.from_image(image))
+    return Volume.from_image(image)
 
 
 def _sample(array: np.ndarray, n: int = 1_000_000) -> np.ndarray:

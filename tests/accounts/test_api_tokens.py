@@ -32,6 +32,7 @@ def made_on_the_page(client, name: str = "notebook", days: int = 7) -> str:
     return re.search(r'id="new-token-key">([^<]+)<', page.content.decode()).group(1)
 
 
+@pytest.mark.slow
 def test_a_token_made_on_the_page_is_shown_once_and_stored_as_a_digest(client_for, members):
     client = client_for(members["clinician"])
     key = made_on_the_page(client)
@@ -63,6 +64,7 @@ def test_an_expired_token_is_refused(members):
     assert refused.status_code == 401 and "expired" in refused.json()["detail"]
 
 
+@pytest.mark.slow
 def test_the_owner_revokes_a_token(client_for, members):
     client = client_for(members["clinician"])
     key = made_on_the_page(client)

@@ -15,6 +15,7 @@ from pmpd_web.accounts.models import AuditEvent
 pytestmark = pytest.mark.django_db
 
 
+@pytest.mark.slow
 def test_viewing_and_changing_a_patient_is_audited(client_for, cohort, members):
     patient = make_patient(cohort, "P-7")
     client_for(members["clinician"]).get(f"/cohorts/{cohort.pk}/patients/P-7/")
@@ -116,6 +117,7 @@ def test_every_asset_is_served_locally(client_for, cohort, members):
         assert not external, (url, external)
 
 
+@pytest.mark.slow
 def test_openapi_schema_lists_the_endpoints(client_for, members):
     schema = client_for(members["coordinator"]).get("/api/schema/?format=json").json()
     paths = set(schema["paths"])

@@ -122,6 +122,7 @@ def test_the_viewer_has_its_own_policy(client_for, members, settings, tmp_path):
     assert "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]
 
 
+@pytest.mark.slow
 def test_schema_and_docs_need_a_login(client, members):
     assert APIClient().get("/api/schema/").status_code == 401
     for url in ("/api/docs/", "/api/redoc/", "/api/docs/?script="):

@@ -38,6 +38,7 @@ def test_wrong_passwords_lock_the_account_with_the_wait_time(client, members, li
     assert log_in(other, "clinician", "pw-clinician", address="10.9.9.9").status_code == 429
 
 
+@pytest.mark.slow
 def test_one_address_is_locked_whatever_the_usernames(client, members, limit):
     # The address's own, higher limit: users behind one address do not lock each other out
     # at the first few typos.
@@ -77,6 +78,7 @@ def test_logging_in_to_ones_own_account_does_not_reset_anothers_count(client, me
     assert log_in(client, "clinician", "pw-clinician", address="10.7.7.7").status_code == 429
 
 
+@pytest.mark.slow
 def test_admin_unlocks_a_locked_user(client, members, limit):
     for _ in range(limit):
         log_in(client, "clinician", "guess")

@@ -82,6 +82,7 @@ def payload(name: str):
     return None, None
 
 
+@pytest.mark.sample(keep={"username": ["outsider"]})
 @pytest.mark.parametrize("username", USERS)
 @pytest.mark.parametrize(
     ("name", "method", "path", "allowed"), ENDPOINTS, ids=[e[0] for e in ENDPOINTS]
@@ -100,6 +101,7 @@ def test_permission_table(world, members, username, name, method, path, allowed)
         assert b"SECRET-42" not in body and b"Hidden centre" not in body
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "method", "path", "allowed"), ENDPOINTS, ids=[e[0] for e in ENDPOINTS]
 )
@@ -150,6 +152,7 @@ ACCOUNT_PAGES = [
 ]
 
 
+@pytest.mark.sample(keep={"username": ["outsider"]})
 @pytest.mark.parametrize("username", [*USERS, "anonymous"])
 @pytest.mark.parametrize(
     ("name", "method", "path"), ACCOUNT_PAGES, ids=[p[0] for p in ACCOUNT_PAGES]
@@ -207,6 +210,7 @@ def ohif_build(settings, tmp_path):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "method", "path", "anonymous", "nobody"),
     SITE_ENDPOINTS,

@@ -97,6 +97,7 @@ def read_csv(content: bytes) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(content))
 
 
+@pytest.mark.slow
 def test_every_section_renders_its_figures_and_tables(scored, statistician, calls):
     development_names = set()
     for section, expected in EXPECTED.items():
@@ -169,6 +170,7 @@ def test_second_call_comes_from_the_cache_and_a_data_change_invalidates_it(
     assert calls["analyses"] == 4
 
 
+@pytest.mark.slow
 def test_downloads_carry_the_numbers_and_their_provenance(scored, statistician, members):
     api = api_for(members["statistician"]).get("/api/analytics/evaluation/", scored.query).json()
     about = api["provenance"]
@@ -225,6 +227,7 @@ def test_downloads_carry_the_numbers_and_their_provenance(scored, statistician, 
     assert {event.detail["format"] for event in exports} == {"csv", "xlsx", "html"}
 
 
+@pytest.mark.slow
 def test_synthetic_data_say_so_everywhere(scored, statistician, members):
     scored.cohort.is_synthetic = True
     scored.cohort.save()
@@ -278,6 +281,7 @@ def hopeless(members):
     return {"cohort": cohort.pk, "model_version": version.pk}
 
 
+@pytest.mark.slow
 def test_what_cannot_be_computed_is_explained(hopeless, statistician, members):
     reasons = {
         "evaluation": b"only one class present",
@@ -311,6 +315,7 @@ def test_what_cannot_be_computed_is_explained(hopeless, statistician, members):
     assert report.status_code == 200 and b"Not computable" in report.content
 
 
+@pytest.mark.slow
 def test_one_death_is_too_few_for_a_cox_model(hopeless, members):
     from pmpd_web.cohorts.models import Patient
 
@@ -377,6 +382,7 @@ def test_bad_parameters_are_explained(scored, statistician, members):
     assert statistician.get("/analytics/cox/", malformed).status_code == 400
 
 
+@pytest.mark.slow
 def test_sections_without_a_model_version(scored, statistician):
     query = {"cohort": scored.cohort.pk}
     evaluation = statistician.get("/analytics/evaluation/", query)
@@ -391,6 +397,7 @@ def test_sections_without_a_model_version(scored, statistician):
     assert b"figure-cox-cox-multivariable" in cox.content
 
 
+@pytest.mark.slow
 def test_home_and_cohort_link(scored, client_for, members):
     statistician = client_for(members["statistician"])
     home = statistician.get("/analytics/", {"cohort": scored.cohort.pk})
@@ -490,6 +497,7 @@ def test_pooled_cohorts_and_an_empty_cohort(scored, statistician, members, other
         assert api.get("/api/analytics/cox/", query).json()["multivariable"]["computable"] is False
 
 
+@pytest.mark.slow
 def test_cox_section_shows_the_models_of_the_full_analysis(scored, members):
     api = api_for(members["statistician"])
     cox = api.get("/api/analytics/cox/", scored.query).json()
@@ -504,6 +512,7 @@ def test_cox_section_shows_the_models_of_the_full_analysis(scored, members):
     assert cox["c_index_paper"] == full["c_index"]
 
 
+@pytest.mark.slow
 def test_large_selections_are_computed_by_a_job(
     scored, statistician, settings, monkeypatch, django_capture_on_commit_callbacks
 ):

@@ -34,6 +34,7 @@ def expected_risk(mrs_group, ca_group) -> str:
     return "mid"
 
 
+@pytest.mark.slow
 def test_context_places_the_patient_against_the_dashboards_cut(scored, members):
     cut = cutpoint_of(scored, members["statistician"])
     seen_groups = set()
@@ -110,6 +111,7 @@ def test_include_shows_nothing_without_view_results(scored, members):
         assert render_to_string("analytics/_patient_risk.html", context).strip() == ""
 
 
+@pytest.mark.slow
 def test_risk_page_and_api(scored, members, client_for):
     patient = scored.patients[3]
     page = client_for(members["clinician"]).get(

@@ -67,6 +67,7 @@ def statistician_api(members):
     return api
 
 
+@pytest.mark.slow
 def test_cox_age_sex_matches_r_coxph(lung_cohort, statistician_api):
     response = statistician_api.get(
         "/api/analytics/cox/",
@@ -99,6 +100,7 @@ def test_cox_age_sex_matches_r_coxph(lung_cohort, statistician_api):
     assert round(body["c_index"]["c_index"], 3) == 0.603
 
 
+@pytest.mark.slow
 def test_the_statistician_picks_the_reference_level(lung_cohort, statistician_api):
     body = statistician_api.get(
         "/api/analytics/cox/",
@@ -127,6 +129,7 @@ def test_survdiff_and_survfit_by_sex_match_r(lung_cohort, statistician_api):
     assert round(logrank["p_value"], 5) == 0.00131
 
 
+@pytest.mark.slow
 def test_clinical_survival_needs_no_model_version(lung_cohort, statistician_api, client):
     survival = statistician_api.get(
         "/api/analytics/survival/", {"cohort": lung_cohort.pk, "group": "sex"}

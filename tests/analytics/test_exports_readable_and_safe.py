@@ -73,6 +73,7 @@ def every_download(cohort, version) -> list[tuple[str, str]]:
     return urls
 
 
+@pytest.mark.slow
 def test_every_export_escapes_formulas_and_loads_as_it_is(hostile, cohort, members):
     client, query, version = hostile
     coordinator = APIClient()
@@ -123,6 +124,7 @@ def test_every_export_escapes_formulas_and_loads_as_it_is(hostile, cohort, membe
     assert {'=HYPERLINK("x")', "@SUM(A1)", "+1+cmd", "-2-cmd"} <= escaped_seen
 
 
+@pytest.mark.slow
 def test_numbers_are_numbers_and_provenance_is_beside(hostile, cohort, members):
     client, query, version = hostile
     cox = pd.read_csv(

@@ -223,6 +223,7 @@ def test_synthetic_caption_only_when_asked(binary, survival_by_risk):
         assert "synthetic-data" not in annotation_names(figure)
 
 
+@pytest.mark.slow
 def test_figures_for_analysis_marks_every_figure_synthetic(cohort):
     from analytics.stats import AnalysisOptions
 

@@ -56,6 +56,7 @@ def world(cohort, other_cohort):
     return {"cohort": cohort.pk, "own": own.pk, "foreign": foreign.pk, "user": statistician}
 
 
+@pytest.mark.slow
 def test_another_cohorts_model_version_is_404_everywhere(world):
     client = APIClient()
     client.force_login(world["user"])

@@ -52,6 +52,7 @@ def _predictions(version, cohort):
     )
 
 
+@pytest.mark.slow
 def test_the_card_holds_the_locked_point_and_its_cut_is_maxstat_of_the_out_of_fold_mrs(study):
     version, cohort, _, point, _ = study
     version.refresh_from_db()
@@ -69,6 +70,7 @@ def test_the_card_holds_the_locked_point_and_its_cut_is_maxstat_of_the_out_of_fo
     assert point.development_cohort == cohort.name and "pmpd-locked-1" in point.label
 
 
+@pytest.mark.slow
 def test_external_metrics_at_the_locked_point_equal_the_stored_calls_by_hand(study):
     version, _, external, point, api = study
     rows = _predictions(version, external)
@@ -107,6 +109,7 @@ def test_external_metrics_at_the_locked_point_equal_the_stored_calls_by_hand(stu
     assert groups["high"] == int((scores > point.mrs_cutpoint).sum())
 
 
+@pytest.mark.slow
 def test_the_retuned_analysis_is_asked_for_and_labelled(study, client_for, members):
     version, _, external, point, api = study
     query = {"cohort": external.pk, "model_version": version.pk}
@@ -147,6 +150,7 @@ def test_the_retuned_analysis_is_asked_for_and_labelled(study, client_for, membe
     assert api.get("/api/analytics/evaluation/", {**query, "retune": "maybe"}).status_code == 400
 
 
+@pytest.mark.slow
 def test_the_development_cohort_has_its_fold_band(study):
     version, cohort, _, _, api = study
     body = api.get(
@@ -168,6 +172,7 @@ def test_the_development_cohort_has_its_fold_band(study):
     assert summary["ci_lower"] < summary["mean"] < summary["ci_upper"]
 
 
+@pytest.mark.slow
 def test_reading_for_states_the_call_the_rule_and_the_mrs_against_the_cut(study):
     version, cohort, external, point, _ = study
     prediction = _predictions(version, external)[0]
@@ -188,6 +193,7 @@ def test_reading_for_states_the_call_the_rule_and_the_mrs_against_the_cut(study)
     assert reading.rule_in_words.startswith("fold model 4 (the one that held this patient out)")
 
 
+@pytest.mark.slow
 def test_the_tripod_report_of_the_version_and_its_validation_cohort(study, client_for, members):
     version, cohort, external, point, _ = study
     query = {"cohort": external.pk, "model_version": version.pk}
@@ -222,6 +228,7 @@ def test_the_tripod_report_of_the_version_and_its_validation_cohort(study, clien
     assert missing.status_code == 400 and b"describes a model version" in missing.content
 
 
+@pytest.mark.slow
 def test_the_patient_page_reads_the_mrs_at_the_locked_cut(study, members):
     version, _, external, point, _ = study
     from analytics.services import patient_risk
@@ -265,6 +272,7 @@ def test_versions_trained_before_the_point_get_their_folds_and_point(cohort):
     assert version.card["folds"][0]["fold"] == 0  # the rest of the card is kept
 
 
+@pytest.mark.slow
 def test_the_card_shows_the_point_without_the_cohort_name_to_outsiders(study, members):
     from inference.services import card_for
 

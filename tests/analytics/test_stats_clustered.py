@@ -46,6 +46,7 @@ def test_four_identical_slices_carry_the_information_of_one():
     assert naive.se == pytest.approx(delong_patients.se / 2, rel=0.05)
 
 
+@pytest.mark.slow
 def test_agrees_with_a_brute_force_patient_bootstrap():
     rng = np.random.default_rng(11)
     n = 80

@@ -64,6 +64,7 @@ def test_a_patient_missing_a_strategy_input_is_left_out_of_it():
     assert result.net_benefit["rule"][0] == pytest.approx(1 / 9 - 1 / 9 * 0.25)
 
 
+@pytest.mark.slow
 def test_the_full_analysis_draws_the_paper_strategies():
     frame = synthetic_cohort(200, seed=5)
     curves = run_full_analysis(frame).decision_curves
@@ -133,6 +134,7 @@ def test_every_cox_model_carries_the_check_and_flags_a_violation():
     assert "group" in model.ph_flag
 
 
+@pytest.mark.slow
 def test_the_dashboards_show_decision_curves_and_a_check_beside_the_cox_table():
     analysis = run_full_analysis(synthetic_cohort(200, seed=5))
     items = {(e.section, e.kind, e.name): e for e in entries(Results(False, analysis))}

@@ -73,6 +73,7 @@ def test_cutpoint_table_labels_the_uncorrected_p():
     assert "UNCORRECTED" in columns and "Lau94" in columns
 
 
+@pytest.mark.slow
 def test_the_log_rank_p_of_groups_cut_on_the_same_data_says_it_is_uncorrected():
     from analytics.catalogue import Results, entries
     from analytics.stats import run_full_analysis, synthetic_cohort

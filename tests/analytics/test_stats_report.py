@@ -28,6 +28,7 @@ def analysis(cohort):
     return run_full_analysis(cohort, options=AnalysisOptions(synthetic=True))
 
 
+@pytest.mark.slow
 def test_every_section_is_computed_on_a_complete_cohort(analysis):
     assert isinstance(analysis, AnalysisResult)
     sections = analysis.sections()
@@ -42,6 +43,7 @@ def test_every_section_is_computed_on_a_complete_cohort(analysis):
     assert terms[:2] == ["risk_group[high]", "risk_group[mid]"]
 
 
+@pytest.mark.slow
 def test_result_is_json_serialisable(analysis):
     payload = analysis.to_dict()
     text = json.dumps(payload, allow_nan=False)
@@ -106,6 +108,7 @@ def test_bad_values_are_reported_not_raised(cohort):
     assert json.dumps(result.to_dict(), allow_nan=False)
 
 
+@pytest.mark.slow
 def test_slice_level_and_required_columns(cohort):
     slices = cohort[["metastasis_label"]].assign(slice_probability=cohort["metastasis_risk_score"])
     result = run_full_analysis(cohort.head(80), slices=slices)

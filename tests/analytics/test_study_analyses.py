@@ -90,6 +90,7 @@ def study(cohort, members, django_capture_on_commit_callbacks):
     return api_for(members["statistician"])
 
 
+@pytest.mark.slow
 def test_kaplan_meier_cutpoint_and_cox_of_study_variables_through_the_api(study, cohort):
     base = f"cohort={cohort.pk}"
     km = study.get(f"/api/analytics/kaplan-meier/?{base}&group=ecog").json()
@@ -164,6 +165,7 @@ def _csv_frame(data: bytes) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(data), skiprows=lambda i: i in provenance)
 
 
+@pytest.mark.slow
 def test_pages_show_the_analyses_and_every_export_reads_back(study, cohort):
     query = f"cohort={cohort.pk}&group=ecog&cutpoint_variable=weight_loss_pct"
     survival = study.get(f"/analytics/survival/?{query}")
@@ -225,6 +227,7 @@ def test_cutpoint_groups_follow_survminer_low_is_at_or_below_the_cut():
     assert low.n == int((frame["weight"] <= cut).sum())
 
 
+@pytest.mark.slow
 def test_subgroups_take_a_study_variable_with_a_model_version(scored, members):
     from pmpd_web.cohorts.models import Patient, StudyVariable
 
@@ -254,6 +257,7 @@ def test_subgroups_take_a_study_variable_with_a_model_version(scored, members):
     assert "AUROC by the chosen subgroups (treatment)" in page.content.decode()
 
 
+@pytest.mark.slow
 def test_a_large_selection_is_analysed_by_a_job_that_knows_the_study_variables(
     study, cohort, settings
 ):

@@ -92,6 +92,7 @@ def test_reimport_updates_by_study_id_and_counts(
     assert Patient.objects.get(cohort=cohort, study_id="P-00001").age_at_diagnosis_years == 77
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("data", "name", "expected"),
     [
@@ -174,6 +175,7 @@ def test_commit_is_all_or_nothing_when_the_database_refuses(
     assert table_import.status == "failed"
 
 
+@pytest.mark.slow
 def test_stale_preview_is_rechecked_on_commit(
     client_for, cohort, members, django_capture_on_commit_callbacks
 ):
@@ -188,6 +190,7 @@ def test_stale_preview_is_rechecked_on_commit(
     assert second.job.result["created"] == 0 and second.job.result["unchanged"] == 3
 
 
+@pytest.mark.slow
 def test_export_then_import_gives_back_the_same_data(
     client_for, cohort, members, django_capture_on_commit_callbacks
 ):

@@ -133,6 +133,7 @@ def test_check_patient_is_the_same_rules_on_one_row():
     assert check_patient({"metastasis_at_diagnosis": "yes", "age_at_diagnosis_years": 70}) == []
 
 
+@pytest.mark.slow
 def test_ten_thousand_rows_are_checked_by_columns():
     """The reader converts each distinct value once: 10,000 rows of repeated codes."""
     from tablemaker import rows

@@ -56,6 +56,7 @@ def page(client, cohort, study_id) -> str:
     return response.content.decode()
 
 
+@pytest.mark.slow
 def test_a_patient_whose_signals_disagree_gets_one_reading_in_words(
     cohort, members, client_for, scored_version
 ):
@@ -90,6 +91,7 @@ def test_a_patient_whose_signals_disagree_gets_one_reading_in_words(
     assert "The fold models disagree: 3 of 5 call metastasis" in html
 
 
+@pytest.mark.slow
 def test_an_agreeing_patient_and_an_out_of_fold_patient(
     cohort, members, client_for, scored_version
 ):
@@ -126,6 +128,7 @@ def test_an_agreeing_patient_and_an_out_of_fold_patient(
     assert strip.count("<circle") == 1 and "Out-of-fold MRS" in strip
 
 
+@pytest.mark.slow
 def test_the_predictions_table_says_the_rule(cohort, members, client_for, scored_version):
     html = client_for(members["clinician"]).get(f"/cohorts/{cohort.pk}/predictions/").content
     assert b"of 5 fold models above their thresholds" in html
@@ -150,6 +153,7 @@ def test_the_patient_page_view_imports_no_app_above_cohorts():
     assert not {m for m in imported if any(m == a or m.startswith(a + ".") for a in above)}
 
 
+@pytest.mark.slow
 def test_the_patients_table_shows_results_sorts_and_filters_them(
     cohort, members, client_for, scored_version
 ):

@@ -54,6 +54,7 @@ def with_study(records):
     return records
 
 
+@pytest.mark.slow
 def test_define_import_export_and_remove_through_the_api(
     cohort, members, django_capture_on_commit_callbacks
 ):

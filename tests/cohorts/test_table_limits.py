@@ -76,6 +76,7 @@ def queued() -> list[int]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_large_table_is_previewed_by_a_job_with_progress(

@@ -233,6 +233,7 @@ def reference_hu(name: str) -> np.ndarray:
             return sitk.GetArrayFromImage(sitk.ReadImage(data_file(name)))[0].astype(np.int16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_the_corpus(case, tmp_path):
     hu, outcome = run_ingest_steps(case.build(tmp_path))

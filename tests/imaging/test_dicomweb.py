@@ -75,6 +75,7 @@ def client_as(live_server, session_for):
     return make
 
 
+@pytest.mark.slow
 def test_dicomweb_client_searches_reads_metadata_and_decodes_frames(imaged, client_as):
     client = client_as("clinician")
     first = imaged[0]
@@ -117,6 +118,7 @@ def test_dicomweb_client_searches_reads_metadata_and_decodes_frames(imaged, clie
     assert whole == stored_dataset(instances[sop]).PixelData
 
 
+@pytest.mark.slow
 def test_segmentation_frames_metadata_and_instance(imaged, client_as):
     client = client_as("coordinator")
     first = imaged[0]
@@ -154,6 +156,7 @@ def test_segmentation_frames_metadata_and_instance(imaged, client_as):
     assert len(client.retrieve_series(study_uid, first.ct.series_instance_uid)) == 12
 
 
+@pytest.mark.slow
 def test_ohif_request_shapes(live_server, imaged, session_for):
     """The requests of OHIF 3.13 as DICOMWEB_OHIF.md records them, answered as it needs."""
     session = session_for("clinician")
@@ -227,6 +230,7 @@ def test_ohif_request_shapes(live_server, imaged, session_for):
     assert first.study.series.count() == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("role", ["outsider", "statistician", "nobody"])
 def test_users_without_images_in_the_cohort_get_nothing(imaged, client_as, role):
     client = client_as(role)
@@ -248,6 +252,7 @@ def test_users_without_images_in_the_cohort_get_nothing(imaged, client_as, role)
         assert caught.value.response.status_code == 404
 
 
+@pytest.mark.slow
 def test_anonymous_gets_401_and_a_token_works(live_server, imaged, members):
     root = f"{live_server.url}/dicomweb"
     first = imaged[0]
@@ -269,6 +274,7 @@ def test_anonymous_gets_401_and_a_token_works(live_server, imaged, members):
     assert bad.status_code == 401
 
 
+@pytest.mark.slow
 def test_metadata_retrieval_is_audited(imaged, client_for, members):
     first = imaged[0]
     client = client_for(members["clinician"])
@@ -311,6 +317,7 @@ def _single_part(response) -> tuple[bytes, bytes]:
     return head, rest[: rest.rindex(b"\r\n" + boundary + b"--")]
 
 
+@pytest.mark.slow
 def test_compressed_frames_are_sent_as_stored_or_decoded(imaged, client_for, members):
     instance = imaged[0].ct.instances.first()
     ds = stored_dataset(instance)
@@ -331,6 +338,7 @@ def test_compressed_frames_are_sent_as_stored_or_decoded(imaged, client_for, mem
     assert _frame(client, instance, 1, "image/png").status_code == 406
 
 
+@pytest.mark.slow
 def test_implicit_vr_files_and_frame_errors(imaged, client_for, members):
     instance = imaged[0].ct.instances.first()
     ds = stored_dataset(instance)
@@ -348,6 +356,7 @@ def test_implicit_vr_files_and_frame_errors(imaged, client_for, members):
     assert bad.status_code == 400
 
 
+@pytest.mark.slow
 def test_frames_follow_a_file_replaced_by_a_new_ingest(imaged, client_for, members):
     instance = imaged[0].ct.instances.first()
     client = client_for(members["clinician"])
@@ -400,6 +409,7 @@ def test_query_matching_rules():
     assert protocol.accepted_types("") == [("*/*", None, False)]
 
 
+@pytest.mark.slow
 def test_unknown_query_attributes_are_refused(imaged, client_for, members):
     client = client_for(members["clinician"])
     assert client.get("/dicomweb/studies", {"NoSuchKeyword": "x"}).status_code == 400

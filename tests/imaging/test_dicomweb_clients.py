@@ -62,6 +62,7 @@ def instance_path(imaged, instance: DicomInstance) -> str:
     return f"{series_path(imaged, instance.series)}/instances/{instance.sop_instance_uid}"
 
 
+@pytest.mark.slow
 def test_search_answers_carry_their_retrieve_url(imaged, clinician):
     first = imaged[0]
     study_uid = first.study.study_instance_uid
@@ -83,6 +84,7 @@ def test_search_answers_carry_their_retrieve_url(imaged, clinician):
     assert response.status_code == 200
 
 
+@pytest.mark.slow
 def test_series_and_instance_searches_without_a_study_hold_study_and_patient(imaged, clinician):
     first, second = imaged
     series = clinician.get("/dicomweb/series", {"PatientID": "PMPD-002"}).json()
@@ -117,6 +119,7 @@ def test_series_and_instance_searches_without_a_study_hold_study_and_patient(ima
     assert all("00200011" in i and value(i, "00100020") == "PMPD-001" for i in within)
 
 
+@pytest.mark.slow
 def test_an_accept_the_server_cannot_produce_gets_406(imaged, clinician):
     first = imaged[0]
     metadata = f"{series_path(first, first.ct)}/metadata"
@@ -132,6 +135,7 @@ def test_an_accept_the_server_cannot_produce_gets_406(imaged, clinician):
     assert "application/dicom+json" in refused.json()["error"]
 
 
+@pytest.mark.slow
 def test_single_part_octet_stream_frames(imaged, clinician):
     first = imaged[0]
     ct = first.ct.instances.order_by("instance_number").first()
@@ -154,6 +158,7 @@ def test_single_part_octet_stream_frames(imaged, clinician):
     assert multi.status_code == 200 and multi["Content-Type"].startswith("multipart/related")
 
 
+@pytest.mark.slow
 def test_a_limit_above_the_maximum_is_cut_with_a_warning(imaged, clinician, monkeypatch):
     answer = clinician.get("/dicomweb/studies", {"limit": dicomweb.MAX_RESULTS + 1})
     assert answer.status_code == 200 and len(answer.json()) == 2
@@ -183,6 +188,7 @@ def expected_render(ds: pydicom.Dataset) -> np.ndarray:
     return np.clip(np.rint(((hu - (c - 0.5)) / (w - 1) + 0.5) * 255), 0, 255).astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_rendered_instance_png_windowed_from_the_headers(imaged, clinician):
     first = imaged[0]
     ct = first.ct.instances.order_by("instance_number")[5]
@@ -207,6 +213,7 @@ def test_rendered_instance_png_windowed_from_the_headers(imaged, clinician):
     np.testing.assert_array_equal(image_of(windowed) == 255, hu > -1000.5)
 
 
+@pytest.mark.slow
 def test_without_a_window_in_the_headers_the_pixel_range_is_used(imaged, clinician):
     first = imaged[0]
     seg = first.seg.instances.get()
@@ -219,6 +226,7 @@ def test_without_a_window_in_the_headers_the_pixel_range_is_used(imaged, clinici
     np.testing.assert_array_equal(image_of(answer), frames[number - 1].astype(np.uint8) * 255)
 
 
+@pytest.mark.slow
 def test_thumbnails_are_small_and_show_the_middle_of_the_first_series(imaged, clinician):
     first = imaged[0]
     middle = first.ct.instances.order_by("instance_number")[6]
@@ -237,6 +245,7 @@ def test_thumbnails_are_small_and_show_the_middle_of_the_first_series(imaged, cl
     assert default["Content-Type"] == "image/jpeg"
 
 
+@pytest.mark.slow
 def test_bigger_images_get_small_thumbnails(cohort, client_for, members, tmp_path):
     big = add_imaged_patient(
         make_patient(cohort, "PMPD-BIG"), folder=tmp_path / "big", index=4, size=256, n_slices=4
@@ -246,6 +255,7 @@ def test_bigger_images_get_small_thumbnails(cohort, client_for, members, tmp_pat
     assert image_of(answer).shape == (rendering.THUMBNAIL_SIZE, rendering.THUMBNAIL_SIZE)
 
 
+@pytest.mark.slow
 def test_rendering_refusals(imaged, clinician):
     first = imaged[0]
     ct = first.ct.instances.first()

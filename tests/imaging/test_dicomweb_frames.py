@@ -40,6 +40,7 @@ def frame_url(imaged, position: int = 0) -> str:
     )
 
 
+@pytest.mark.slow
 def test_a_frame_request_reads_the_database_once(imaged, client_for, members):
     client = client_for(members["clinician"])
     assert client.get(frame_url(imaged, 0), HTTP_ACCEPT=FRAME_ACCEPT).status_code == 200
@@ -57,11 +58,13 @@ def test_a_revoked_membership_stops_the_next_frame(imaged, client_for, members, 
     assert client.get(frame_url(imaged, 1), HTTP_ACCEPT=FRAME_ACCEPT).status_code == 404
 
 
+@pytest.mark.slow
 def test_a_role_without_images_gets_no_frame(imaged, client_for, members):
     client = client_for(members["statistician"])
     assert client.get(frame_url(imaged), HTTP_ACCEPT=FRAME_ACCEPT).status_code == 404
 
 
+@pytest.mark.slow
 def test_logout_and_a_new_password_stop_the_next_frame(imaged, client, members):
     user = members["clinician"]
     client.force_login(user)
@@ -76,6 +79,7 @@ def test_logout_and_a_new_password_stop_the_next_frame(imaged, client, members):
     assert client.get(frame_url(imaged), HTTP_ACCEPT=FRAME_ACCEPT).status_code == 401
 
 
+@pytest.mark.slow
 def test_an_inactive_user_gets_no_frame(imaged, client, members):
     user = members["clinician"]
     client.force_login(user)
@@ -98,6 +102,7 @@ def test_the_remembered_user_of_a_session_is_checked_against_the_session(imaged,
     assert client.get(frame_url(imaged), HTTP_ACCEPT=FRAME_ACCEPT).status_code == 404
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("login", "seen"), [(700, 601), (9 * 3600, 10)])
 def test_a_session_past_its_timeouts_gets_no_frame(
     imaged, client_for, members, settings, login, seen

@@ -76,6 +76,7 @@ def test_the_table_covers_every_dicomweb_route():
     assert {pattern.name for pattern in dicomweb_urls.urlpatterns} == {r[0] for r in ROUTES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "kind", "parts", "accept"), ROUTES, ids=[r[0] for r in ROUTES])
 def test_dicomweb_permission_table(world, client, members, name, kind, parts, accept):
     url = url_of(name, parts, world)

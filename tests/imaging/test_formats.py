@@ -639,6 +639,7 @@ def test_dicom_rle_segments_decode_as_packbits():
     assert len(_rle_segment(bytes([129, 7]) * 1000, limit=300)) < 300 + 128
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label_map", [True, False], ids=["LABELMAP", "BINARY"])
 def test_segs_as_ohif_writes_them(tmp_path, label_map):
     import highdicom as hd

@@ -162,6 +162,7 @@ def test_dicom_series_with_nifti_mask(cohort, coordinator, phantom):
     assert media_files("image-uploads") == set()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "transfer_syntax",
     [pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRBigEndian],
@@ -183,6 +184,7 @@ def test_implicit_vr_and_big_endian_exports_are_ingested(
     assert stored.PatientName == patient.study_id
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_a_truncated_duplicate_is_left_out_with_a_note_whatever_its_place(
     cohort, coordinator, phantom, where
@@ -202,6 +204,7 @@ def test_a_truncated_duplicate_is_left_out_with_a_note_whatever_its_place(
     assert any("CT-copy.dcm" in note for note in job.result["skipped"])
 
 
+@pytest.mark.slow
 def test_a_cd_export_with_a_dicomdir_and_stray_files(cohort, coordinator, phantom, tmp_path):
     """A CD/DVD export (DICOMDIR written by pydicom's FileSet, files without extensions) with
     the clutter that comes with it: the DICOMDIR and the non-image files are skipped with a
@@ -233,6 +236,7 @@ def test_a_cd_export_with_a_dicomdir_and_stray_files(cohort, coordinator, phanto
     assert {"AUTORUN.INF", "LIESMICH.txt", ".DS_Store", "Thumbs.db"} <= set(notes)
 
 
+@pytest.mark.slow
 def test_a_bad_image_among_stray_files_fails_the_upload_with_its_reason_once(
     cohort, coordinator, stored
 ):
@@ -245,6 +249,7 @@ def test_a_bad_image_among_stray_files_fails_the_upload_with_its_reason_once(
     assert upload.files.get(client_name__endswith="README.txt").status == "skipped"
 
 
+@pytest.mark.slow
 def test_the_same_scan_for_two_patients_is_refused_unless_confirmed(
     cohort, coordinator, stored, tmp_path
 ):
@@ -275,6 +280,7 @@ def test_the_same_scan_for_two_patients_is_refused_unless_confirmed(
     assert_refused(cohort, coordinator, both, "already stored for study ID UX-0004")
 
 
+@pytest.mark.slow
 def test_the_same_scan_under_the_same_study_id_in_two_cohorts(
     cohort, other_cohort, coordinator, phantom
 ):
@@ -291,6 +297,7 @@ def test_the_same_scan_under_the_same_study_id_in_two_cohorts(
     assert studies[0].study_instance_uid != studies[1].study_instance_uid
 
 
+@pytest.mark.slow
 def test_a_repeated_upload_changes_nothing(cohort, coordinator, phantom):
     _, folder = phantom
     ingest(cohort, coordinator, folder_files(folder.parent))
@@ -302,6 +309,7 @@ def test_a_repeated_upload_changes_nothing(cohort, coordinator, phantom):
     assert snapshot() == before
 
 
+@pytest.mark.slow
 def test_pydicom_ct_series_and_a_mask_uploaded_later(cohort, coordinator, settings, tmp_path):
     """pydicom's 5-slice CT (16x16) needs a lower minimum; its mask arrives in a second upload."""
     settings.PMPD_INGEST_MIN_SLICES = 3
@@ -344,6 +352,7 @@ def test_pydicom_ct_series_and_a_mask_uploaded_later(cohort, coordinator, settin
     assert ImageSeries.objects.get(modality="SEG").referenced_series == ct
 
 
+@pytest.mark.slow
 def test_nifti_ct_becomes_a_viewable_dicom_series(cohort, coordinator, tmp_path):
     patient = small_patient()
     make_patient(cohort, patient.study_id)
@@ -372,6 +381,7 @@ def test_nifti_ct_becomes_a_viewable_dicom_series(cohort, coordinator, tmp_path)
     assert job.result["ct_unchanged"] == 1 and snapshot() == before
 
 
+@pytest.mark.slow
 def test_nrrd_ct_and_metaimage_mask_with_separate_data_file(cohort, coordinator, tmp_path):
     patient = small_patient()
     make_patient(cohort, patient.study_id)
@@ -407,6 +417,7 @@ def test_dicom_seg_as_the_mask(cohort, coordinator, phantom, tmp_path):
     np.testing.assert_array_equal(mask, labelled)
 
 
+@pytest.mark.slow
 def test_a_label_map_seg_as_ohif_writes_it_on_part_of_the_slices(cohort, coordinator, phantom):
     patient, folder = phantom
     sources = [read_dicom(p, label=p.name).dataset for p in sorted((folder / "ct").iterdir())]
@@ -420,6 +431,7 @@ def test_a_label_map_seg_as_ohif_writes_it_on_part_of_the_slices(cohort, coordin
     np.testing.assert_array_equal(stored, mask)
 
 
+@pytest.mark.slow
 def test_bulk_zip_with_folders_and_a_manifest(cohort, coordinator, tmp_path):
     first, second = small_patient(2, study_id="BULK-1"), small_patient(5, study_id="BULK-2")
     for patient in (first, second):
@@ -445,6 +457,7 @@ def test_bulk_zip_with_folders_and_a_manifest(cohort, coordinator, tmp_path):
     } == {"BULK-1", "BULK-2"}
 
 
+@pytest.mark.slow
 def test_several_series_the_pick_and_the_coordinators_choice(
     cohort, coordinator, phantom, client_for
 ):
@@ -508,6 +521,7 @@ def stored(cohort, coordinator, phantom):
     return phantom
 
 
+@pytest.mark.slow
 def test_truncated_dicom_file(cohort, coordinator, stored, tmp_path):
     patient, folder = stored
     files = folder_files(folder.parent)
@@ -521,6 +535,7 @@ def test_truncated_dicom_file(cohort, coordinator, stored, tmp_path):
     assert failed.client_name == name and "truncated" in failed.error
 
 
+@pytest.mark.slow
 def test_non_dicom_file_named_dcm(cohort, coordinator, stored):
     _, folder = stored
     files = folder_files(folder.parent)
@@ -528,6 +543,7 @@ def test_non_dicom_file_named_dcm(cohort, coordinator, stored):
     assert_refused(cohort, coordinator, files, "CT9999.dcm: not a format PMPD reads")
 
 
+@pytest.mark.slow
 def test_mr_series(cohort, coordinator, stored):
     study_id = stored[0].study_id
     files = {
@@ -537,11 +553,13 @@ def test_mr_series(cohort, coordinator, stored):
     assert_refused(cohort, coordinator, files, "modality MR")
 
 
+@pytest.mark.slow
 def test_single_slice(cohort, coordinator, stored):
     files = {f"{stored[0].study_id}/CT_small.dcm": Path(get_testdata_file("CT_small.dcm"))}
     assert_refused(cohort, coordinator, files, "CT_small.dcm: 1 slice: a CT needs at least 8")
 
 
+@pytest.mark.slow
 def test_mask_on_another_grid(cohort, coordinator, stored, tmp_path):
     patient, _ = stored
     path = write_volume(patient.mask[:-2], patient, tmp_path / "short.nii.gz")
@@ -551,6 +569,7 @@ def test_mask_on_another_grid(cohort, coordinator, stored, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_mask_without_tumour(cohort, coordinator, stored, tmp_path):
     patient, folder = stored
     no_tumour = np.where(patient.mask == 2, 1, patient.mask).astype(np.uint8)
@@ -558,6 +577,7 @@ def test_mask_without_tumour(cohort, coordinator, stored, tmp_path):
     assert_refused(cohort, coordinator, folder_files(folder.parent), "no tumour voxels (label 2)")
 
 
+@pytest.mark.slow
 def test_empty_zip(cohort, coordinator, stored):
     assert_refused(
         cohort,
@@ -567,6 +587,7 @@ def test_empty_zip(cohort, coordinator, stored):
     )
 
 
+@pytest.mark.slow
 def test_zip_slip(cohort, coordinator, stored):
     data = zip_of({"../../../../tmp/evil.dcm": b"x", "PHX-0003/a.dcm": b"y"})
     assert_refused(
@@ -575,6 +596,7 @@ def test_zip_slip(cohort, coordinator, stored):
     assert not Path("/tmp/evil.dcm").exists()
 
 
+@pytest.mark.slow
 def test_zip_bomb(cohort, coordinator, stored, settings):
     settings.PMPD_ARCHIVE_MAX_RATIO = 50
     data = zip_of({f"{stored[0].study_id}/zeros.nii": b"\0" * (30 * 1024 * 1024)})
@@ -582,6 +604,7 @@ def test_zip_bomb(cohort, coordinator, stored, settings):
     assert_refused(cohort, coordinator, {"bomb.zip": data}, "refused as a zip bomb")
 
 
+@pytest.mark.slow
 def test_nested_archive(cohort, coordinator, stored):
     inner = zip_of({"a.dcm": b"x"})
     assert_refused(
@@ -592,6 +615,7 @@ def test_nested_archive(cohort, coordinator, stored):
     )
 
 
+@pytest.mark.slow
 def test_unknown_study_id_and_no_study_id(
     cohort, coordinator, stored, tmp_path, django_capture_on_commit_callbacks
 ):
@@ -606,6 +630,7 @@ def test_unknown_study_id_and_no_study_id(
     assert "study ID 'GHOST' is not a patient of this cohort" in job.error
 
 
+@pytest.mark.slow
 def test_files_of_two_patients_mixed(cohort, coordinator, stored, tmp_path):
     patient, folder = stored
     other = small_patient(5)
@@ -639,6 +664,7 @@ def test_over_the_size_limits(cohort, coordinator, settings, client_for):
     assert response.status_code == 413 and "per file" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_the_temporary_files_stay_inside_the_scratch_folder(
     cohort, coordinator, stored, tmp_path, settings
 ):
@@ -665,6 +691,7 @@ def test_the_job_runs_on_the_cpu_queue():
     assert ingest_upload_task.max_retries == settings.CELERY_TASK_MAX_RETRIES
 
 
+@pytest.mark.slow
 def test_metadata_of_stored_series_is_dicom_json(cohort, coordinator, stored):
     instance = DicomInstance.objects.filter(series__modality="CT").first()
     with instance.file.open("rb") as handle:
@@ -675,6 +702,7 @@ def test_metadata_of_stored_series_is_dicom_json(cohort, coordinator, stored):
     assert io  # the module is used by other tests
 
 
+@pytest.mark.slow
 def test_a_mask_added_to_a_ct_that_came_as_a_volume(cohort, coordinator, tmp_path):
     patient = small_patient()
     make_patient(cohort, patient.study_id)
@@ -695,6 +723,7 @@ def test_a_mask_added_to_a_ct_that_came_as_a_volume(cohort, coordinator, tmp_pat
     assert referenced == ImageSeries.objects.get(modality="CT").series_instance_uid
 
 
+@pytest.mark.slow
 def test_the_ingest_images_command(cohort, coordinator, phantom, capsys):
     from django.core.management import call_command
 
@@ -724,6 +753,7 @@ def ingest_with_statements(cohort, coordinator, folder: Path, starting: str):
     return job, [q["sql"] for q in queries.captured_queries if q["sql"].startswith(starting)]
 
 
+@pytest.mark.slow
 def test_the_written_files_are_recorded_per_series_not_per_instance(cohort, coordinator, phantom):
     """Issue 10 (ingest speed): each stored file was recorded on the job in its own transaction
     (a locked read and a rewrite of the growing list per slice); a series' instances are now
@@ -739,6 +769,7 @@ def test_the_written_files_are_recorded_per_series_not_per_instance(cohort, coor
     assert job.written_files == []
 
 
+@pytest.mark.slow
 def test_the_canonical_ct_is_a_plain_nifti_and_the_mask_gzipped(cohort, coordinator, phantom):
     """Issue 10 (ingest speed): gzip of the canonical CT was the longest step after the DICOM
     work; by default (PMPD_CANONICAL_GZIP_LEVEL=0) it is stored as a plain .nii with the same
@@ -759,6 +790,7 @@ def test_the_canonical_ct_is_a_plain_nifti_and_the_mask_gzipped(cohort, coordina
     assert np.array_equal(sitk.GetArrayFromImage(read_canonical(mask)), patient.mask)
 
 
+@pytest.mark.slow
 def test_dicom_files_are_read_where_they_were_received(cohort, coordinator, phantom, monkeypatch):
     """Issue 10 (ingest speed): every received DICOM file got a symbolic link in the scratch
     folder (created, then deleted with it: ~3 ms a file on a busy disk); only volume files,

@@ -50,6 +50,7 @@ def corrected(mask: np.ndarray) -> np.ndarray:
     return edited
 
 
+@pytest.mark.slow
 def test_an_uploaded_mask_is_an_approved_version_with_its_seg(uploaded):
     case, patient = uploaded
     version = MaskVersion.objects.get(patient=patient)
@@ -63,6 +64,7 @@ def test_an_uploaded_mask_is_an_approved_version_with_its_seg(uploaded):
     np.testing.assert_array_equal(read_mask(version), case.mask)
 
 
+@pytest.mark.slow
 def test_automatic_versions_need_review_and_preprocessing_reads_approved_only(
     uploaded, members, reader
 ):
@@ -122,6 +124,7 @@ def test_automatic_versions_need_review_and_preprocessing_reads_approved_only(
     ]
 
 
+@pytest.mark.slow
 def test_a_mask_without_tumour_is_stored_flagged_and_cannot_be_approved(uploaded, reader):
     case, patient = uploaded
     ct = ImageSeries.objects.get(modality="CT")
@@ -139,6 +142,7 @@ def test_a_mask_without_tumour_is_stored_flagged_and_cannot_be_approved(uploaded
     assert MaskVersion.objects.get(number=1).status == "approved"
 
 
+@pytest.mark.slow
 def test_a_mask_on_another_grid_is_refused_and_nothing_stored(uploaded):
     case, _ = uploaded
     ct = ImageSeries.objects.get(modality="CT")
@@ -200,6 +204,8 @@ def world(uploaded, cohort):
     return {"cohort": cohort.pk, "study_id": patient.study_id, "version": version.pk}
 
 
+# Each case ingests a patient first: the fast loop asks the outsider only, at every endpoint.
+@pytest.mark.sample(keep={"username": ["outsider"]}, cover=False)
 @pytest.mark.parametrize("username", [*USERS, R])
 @pytest.mark.parametrize(
     ("name", "method", "path", "allowed"), ENDPOINTS, ids=[e[0] for e in ENDPOINTS]
@@ -217,6 +223,7 @@ def test_mask_permission_table(world, members, reader, username, name, method, p
         assert status == "approved"
 
 
+@pytest.mark.slow
 def test_the_history_page_shows_provenance_and_the_approval(world, reader):
     client = APIClient()
     client.force_login(reader)
@@ -231,6 +238,7 @@ def test_the_history_page_shows_provenance_and_the_approval(world, reader):
     assert "preprocessed inputs of this patient are stale" in patient_page.content.decode()
 
 
+@pytest.mark.slow
 def test_a_clinician_cannot_approve_through_the_api(world, members):
     client = APIClient()
     client.force_login(members[K])

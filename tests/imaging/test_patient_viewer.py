@@ -36,6 +36,7 @@ def _z(instance: DicomInstance) -> float:
     return float(instance.metadata["00200032"]["Value"][2])
 
 
+@pytest.mark.slow
 def test_the_viewer_opens_on_the_largest_tumour_slice(ingested):
     case, patient = ingested
     areas = (case.mask == 2).sum(axis=(1, 2))
@@ -53,6 +54,7 @@ def test_the_viewer_opens_on_the_largest_tumour_slice(ingested):
     assert query["hangingProtocolId"] == ["@ohif/seg"]
 
 
+@pytest.mark.slow
 def test_a_grid_slice_is_named_by_the_ct_image_the_viewer_shows(ingested):
     case, patient = ingested
     # 2 mm source slices: grid slice i is CT image i from the bottom; 4 mm would halve it.
@@ -65,6 +67,7 @@ def test_a_grid_slice_is_named_by_the_ct_image_the_viewer_shows(ingested):
     assert abs(_z(instance) - (case.origin[2] + 12.0)) < 1e-3
 
 
+@pytest.mark.slow
 def test_the_patient_page_names_grad_cam_slices_as_the_viewer_does(
     ingested, cohort, members, client_for
 ):

@@ -161,6 +161,7 @@ def test_a_bitmap_seg_with_an_undecodable_frame_is_refused(patient_ct, members):
     nothing_stored(1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("origin", [None, "https://elsewhere.example"])
 def test_a_session_post_without_the_platforms_origin_is_refused(patient_ct, members, origin):
     case, ct = patient_ct
@@ -169,6 +170,7 @@ def test_a_session_post_without_the_platforms_origin_is_refused(patient_ct, memb
     nothing_stored(1)
 
 
+@pytest.mark.slow
 def test_a_role_that_may_not_annotate_is_refused(patient_ct, members):
     case, ct = patient_ct
     response = stow(members[K], ohif_like_seg(ct, painted(case.mask)[0]))
@@ -176,6 +178,7 @@ def test_a_role_that_may_not_annotate_is_refused(patient_ct, members):
     nothing_stored(1)
 
 
+@pytest.mark.slow
 def test_a_non_seg_object_is_refused(patient_ct, members):
     _, ct = patient_ct
     with ct.instances.first().file.open("rb") as handle:
@@ -185,6 +188,7 @@ def test_a_non_seg_object_is_refused(patient_ct, members):
     nothing_stored(1)
 
 
+@pytest.mark.slow
 def test_a_seg_of_another_cohorts_patient_is_refused(patient_ct, members, other_cohort, tmp_path):
     case, ct = patient_ct
     outsider = members["outsider"]
@@ -196,6 +200,7 @@ def test_a_seg_of_another_cohorts_patient_is_refused(patient_ct, members, other_
     nothing_stored(2)
 
 
+@pytest.mark.slow
 def test_a_seg_naming_another_patients_study_is_refused(patient_ct, members):
     case, ct = patient_ct
     seg = ohif_like_seg(ct, painted(case.mask)[0])
@@ -205,6 +210,7 @@ def test_a_seg_naming_another_patients_study_is_refused(patient_ct, members):
     nothing_stored(1)
 
 
+@pytest.mark.slow
 def test_a_seg_on_another_grid_is_refused(patient_ct, members):
     case, ct = patient_ct
     seg = ohif_like_seg(ct, painted(case.mask)[0])
@@ -214,6 +220,7 @@ def test_a_seg_on_another_grid_is_refused(patient_ct, members):
     nothing_stored(1)
 
 
+@pytest.mark.slow
 def test_an_empty_seg_is_refused(patient_ct, members):
     case, ct = patient_ct
     seg = ohif_like_seg(ct, painted(case.mask)[0])
@@ -223,6 +230,7 @@ def test_an_empty_seg_is_refused(patient_ct, members):
     nothing_stored(1)
 
 
+@pytest.mark.slow
 def test_overlapping_segments_are_refused(patient_ct, members):
     case, ct = patient_ct
     sources = stored_sources(ct)

@@ -39,6 +39,7 @@ def put_chunk(api, url: str, data: bytes, start: int, size: int):
     )
 
 
+@pytest.mark.slow
 def test_resumable_chunked_upload_to_a_finished_ingest(
     api, cohort, patient_files, django_capture_on_commit_callbacks
 ):
@@ -141,6 +142,7 @@ def test_per_patient_upload_and_chunk_rules(api, cohort, patient_files, settings
     assert UploadFile.objects.get(pk=declared["id"]).received_bytes == 0
 
 
+@pytest.mark.slow
 def test_pages_show_uploads_series_and_status(cohort, members, patient_files, client_for):
     from imagemaker import ingest
 
@@ -175,6 +177,7 @@ def test_pages_show_uploads_series_and_status(cohort, members, patient_files, cl
     assert "Review images" in card and "Recent uploads" not in card
 
 
+@pytest.mark.slow
 def test_selecting_through_the_api(api, cohort, members, patient_files):
     from imagemaker import ingest
 

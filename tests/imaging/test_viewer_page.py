@@ -67,6 +67,7 @@ def test_viewer_not_built_says_so(client_for, members, settings, tmp_path):
     assert b"make frontend" in response.content
 
 
+@pytest.mark.slow
 def test_patient_page_embeds_the_viewer_for_roles_with_images(
     cohort, members, client_for, tmp_path
 ):
@@ -96,6 +97,7 @@ def test_patient_page_embeds_the_viewer_for_roles_with_images(
     assert "<iframe" not in without.content.decode()
 
 
+@pytest.mark.slow
 def test_viewer_opens_a_ct_without_segmentation_plainly(cohort, members, client_for, tmp_path):
     imaged = add_imaged_patient(make_patient(cohort, "PMPD-009"), folder=tmp_path, index=9)
     imaged.seg.delete()

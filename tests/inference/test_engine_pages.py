@@ -85,6 +85,7 @@ def test_the_section_is_empty_for_users_who_may_not_see_results(cohort, members)
         }
 
 
+@pytest.mark.slow
 def test_the_predictions_page_and_the_api(cohort, members, client_for):
     version = make_ready_version(cohort, name="pmpd-v3", is_synthetic=True)
     for index, mrs in enumerate((0.3, 0.8)):

@@ -96,6 +96,7 @@ def payload(name: str, world: dict) -> tuple[dict | None, str | None]:
     return None, None
 
 
+@pytest.mark.sample(keep={"username": ["outsider"]})
 @pytest.mark.parametrize("username", USERS)
 @pytest.mark.parametrize(
     ("name", "method", "path", "allowed"), ENDPOINTS, ids=[e[0] for e in ENDPOINTS]
@@ -118,6 +119,7 @@ def test_permission_table(world, members, queued, username, name, method, path, 
         assert len(queued()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "method", "path", "allowed"), ENDPOINTS, ids=[e[0] for e in ENDPOINTS]
 )
@@ -141,6 +143,7 @@ LIST_EXPECTATIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("username", USERS)
 def test_model_lists_show_only_visible_versions(world, members, username):
     client = APIClient()
@@ -195,6 +198,7 @@ def test_activation_keeps_one_active_version(world, members):
     assert refused.status_code == 400 and "Only a ready model version" in refused.json()["detail"]
 
 
+@pytest.mark.slow
 def test_starting_jobs_from_the_page_and_the_api(world, members, queued, cohort):
     client = APIClient()
     client.force_login(members[C])

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from inference.pmpd.phantom import PhantomConfig, generate_patient
+from inference.pmpd.volume import Volume
 from inference.segmentation import nnunet_core as nc
 
 SMALL = PhantomConfig(size=64, z_extent_mm=40.0)
@@ -22,14 +23,10 @@ SMALL = PhantomConfig(size=64, z_extent_mm=40.0)
 
 def case(index: int, *, with_mask: bool = True) -> nc.Case:
     patient = generate_patient(index, seed=3, config=SMALL)
-    return nc.Case(
-        case_id=f"phantom{index:03d}",
-        ct=patient.ct,
-        spacing=patient.spacing,
-        origin=patient.origin,
-        direction=patient.direction,
-        mask=patient.mask if with_mask else None,
+    ct = Volume.of_array(
+        patient.ct, spacing=patient.spacing, origin=patient.origin, direction=patient.direction
     )
+    return nc.Case(case_id=f"phantom{index:03d}", ct=ct, mask=patient.mask if with_mask else None)
 
 
 def test_the_raw_dataset_is_what_nnunet_reads(tmp_path):
@@ -43,9 +40,10 @@ def test_the_raw_dataset_is_what_nnunet_reads(tmp_path):
     assert dataset["labels"] == {"background": 0, "pancreas": 1, "tumour": 2}
     image = sitk.ReadImage(str(folder / "imagesTr" / "phantom000_0000.nii.gz"))
     label = sitk.ReadImage(str(folder / "labelsTr" / "phantom000.nii.gz"))
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), cases[0].ct)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), cases[0].ct.array)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(label), cases[0].mask)
-    assert image.GetSpacing() == cases[0].spacing
+    assert image.GetSpacing() == cases[0].ct.spacing
+    assert image.GetOrigin() == cases[0].ct.origin
 
 
 def test_the_raw_dataset_refuses_bad_masks(tmp_path):
@@ -161,7 +159,7 @@ def test_train_a_real_nnunet_and_predict_held_out_phantoms(tmp_path):
 
     segmenter = nc.Segmenter(model.folder, folds=model.folds, use_mirroring=False)
     prediction = segmenter.predict(held_out[0])
-    assert prediction.mask.shape == held_out[0].ct.shape and prediction.mask.dtype == np.uint8
+    assert prediction.mask.shape == held_out[0].ct.array.shape and prediction.mask.dtype == np.uint8
     assert set(np.unique(prediction.mask)) <= {0, 1, 2}
     assert prediction.tumour_voxels == int((prediction.mask == 2).sum())
     assert (prediction.tumour_uncertainty is None) == (prediction.tumour_voxels == 0)

@@ -77,6 +77,7 @@ def test_gates_start_at_one_half_and_are_learnable():
     assert model.gate_parameters.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_first_conv_matches_torchvision_geometry():
     conv = PMPDNet(ModelConfig(depth=50)).backbone.conv1
     assert conv.kernel_size == (7, 7) and conv.stride == (2, 2) and conv.padding == (3, 3)
@@ -132,6 +133,7 @@ def torchvision_file(tmp_path_factory):
     return path, state
 
 
+@pytest.mark.slow
 def test_torchvision_resnet50_weights_load_with_two_channel_first_conv(torchvision_file):
     path, state = torchvision_file
     model = PMPDNet(ModelConfig(depth=50))
@@ -153,6 +155,7 @@ def test_torchvision_resnet50_weights_load_with_two_channel_first_conv(torchvisi
     assert torch.equal(backbone.bn1.bias, state["bn1.bias"])
 
 
+@pytest.mark.slow
 def test_weights_of_another_depth_are_refused(torchvision_file):
     path, _ = torchvision_file
     with pytest.raises(ValueError, match="does not fit a ResNet18"):

@@ -76,6 +76,7 @@ def test_metastatic_tumours_carry_the_graded_signal():
     assert np.corrcoef(strengths, spread)[0, 1] > 0.5
 
 
+@pytest.mark.slow
 def test_dicom_series_is_readable_with_the_right_geometry(tmp_path):
     patient = generate_patient(1, seed=4, config=SMALL)
     paths = write_dicom_series(patient, tmp_path / "series")
@@ -122,15 +123,25 @@ def test_nifti_round_trip_is_exact(tmp_path):
     assert mask.GetPixelID() == sitk.sitkUInt8
 
 
-@pytest.fixture(scope="module")
-def clinical_rows(tmp_path_factory):
-    path = tmp_path_factory.mktemp("table") / "clinical.csv"
-    write_clinical_table(generate_cohort(200, seed=11, size=32), path)
+def read_clinical_table(folder, n_patients: int) -> tuple[list[str], list[dict[str, str]]]:
+    path = folder / "clinical.csv"
+    write_clinical_table(generate_cohort(n_patients, seed=11, size=32), path)
     with path.open(newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader)
         rows = [dict(zip(header, row, strict=True)) for row in reader]
     return header, rows
+
+
+@pytest.fixture(scope="module")
+def clinical_rows(tmp_path_factory):
+    return read_clinical_table(tmp_path_factory.mktemp("table"), 40)
+
+
+@pytest.fixture(scope="module")
+def paper_sized_clinical_rows(tmp_path_factory):
+    """200 patients: enough for the shares of the paper's cohort to show."""
+    return read_clinical_table(tmp_path_factory.mktemp("table"), 200)
 
 
 def test_clinical_table_has_the_template_columns_in_order(clinical_rows):
@@ -178,8 +189,9 @@ def test_clinical_values_are_consistent(clinical_rows):
             assert r["days_to_metastasis"] == ""
 
 
-def test_clinical_distributions_resemble_the_paper(clinical_rows):
-    _, rows = clinical_rows
+@pytest.mark.slow
+def test_clinical_distributions_resemble_the_paper(paper_sized_clinical_rows):
+    _, rows = paper_sized_clinical_rows
     share = lambda key, value: np.mean([r[key] == value for r in rows])  # noqa: E731
     assert 0.2 <= share("metastasis_at_diagnosis", "yes") <= 0.45
     assert 0.45 <= share("tumour_location", "head") <= 0.72

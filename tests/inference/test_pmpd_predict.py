@@ -53,6 +53,7 @@ def test_score_patient_aggregates_folds_as_documented():
     assert prediction.to_dict()["slice_probabilities"][0] == pytest.approx(list(per_fold[0]))
 
 
+@pytest.mark.slow
 def test_patients_scored_in_shared_batches_get_their_own_scores():
     """Several patients' patches in shared batches (the gpu step of a scoring part) score each
     patient as scoring it alone does, whatever the batch boundaries."""

@@ -135,6 +135,7 @@ def test_no_patient_in_two_folds_and_every_patient_held_out_once(small_cv):
     assert all(p.patient_id in result.folds[p.fold].test_ids for p in result.out_of_fold)
 
 
+@pytest.mark.slow
 def test_folds_are_stratified(small_cv):
     result, labels, _, _ = small_cv
     positives = [sum(labels[int(pid[1:])] for pid in fold.test_ids) for fold in result.folds]
@@ -142,6 +143,7 @@ def test_folds_are_stratified(small_cv):
     assert sum(positives) == labels.sum()
 
 
+@pytest.mark.slow
 def test_each_fold_threshold_comes_from_its_own_held_out_predictions(small_cv):
     result, labels, _, _ = small_cv
     for fold in result.folds:
@@ -156,6 +158,7 @@ def test_each_fold_threshold_comes_from_its_own_held_out_predictions(small_cv):
             assert len(p.slice_probabilities) == 2  # un-rotated patches only
 
 
+@pytest.mark.slow
 def test_progress_is_reported_per_fold_and_epoch(small_cv):
     result, _, calls, _ = small_cv
     assert {c[0] for c in calls} == set(range(5))
@@ -241,6 +244,7 @@ def test_the_engine_and_the_dashboards_share_one_youden_and_auroc():
     )
 
 
+@pytest.mark.slow
 def test_the_epoch_overhead_beyond_the_training_steps_stays_under_a_fifth(small_cv):
     """Validation, keeping the best weights and gathering batches take under 20% of an epoch
     (issue 14, item 3): a ratio within one run, so a busy machine slows both sides alike."""

@@ -41,6 +41,7 @@ def age(job: Job, minutes: int) -> None:
     Job.objects.filter(pk=job.pk).update(created_at=past, published_at=None)
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_queue_down_at_start_gives_a_clear_503_and_the_job_runs_once_when_it_is_back(
     client_for, cohort, members, queue_down
@@ -71,6 +72,7 @@ def test_queue_down_at_start_gives_a_clear_503_and_the_job_runs_once_when_it_is_
     assert dispatch.sweep().republished == []
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_the_api_answers_503_with_the_message(cohort, members, queue_down):
     user = members["coordinator"]
@@ -136,6 +138,7 @@ def test_a_dead_worker_is_named_on_the_page_and_in_the_api(client_for, cohort, m
     assert state["worker_lost"] and "stopped responding" in state["state"]
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 def test_the_starter_retries_a_failed_job_from_its_page(
     client_for, cohort, members, monkeypatch, django_capture_on_commit_callbacks
@@ -199,6 +202,7 @@ def test_a_running_job_stops_at_its_next_progress_report_when_cancelled(cohort):
     assert steps == [1] and job.status == "cancelled"
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_scoring_stranded_by_the_queue_is_cancelled_and_the_cohort_scored_again(
     cohort, members, monkeypatch
@@ -230,6 +234,7 @@ def test_a_scoring_stranded_by_the_queue_is_cancelled_and_the_cohort_scored_agai
     assert sent == [[again.pk]] and again.pk != stranded.pk
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 def test_a_job_that_stops_leaves_its_work_in_a_state_the_user_can_act_on(cohort, members):
     from django.core.files.storage import default_storage

@@ -44,6 +44,9 @@ from pmpd_web.jobs.files import job_scratch
 from pmpd_web.jobs.models import Job
 from pmpd_web.shared_storage import S3_BACKEND, s3_storage
 
+# A SeaweedFS server per module: outside the fast loop, like the Orthanc peer.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory):

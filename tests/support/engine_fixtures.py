@@ -16,12 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from factories import make_patient
-from fold_checkpoints import write_random_fold_checkpoints
 
 from inference.models import ModelVersion, PatientPrediction
 from inference.pmpd.phantom import PhantomPatient, generate_patient, write_nifti
@@ -51,6 +49,8 @@ TINY = TrainingChoices(
 def one_torch_thread():
     """Torch on one thread in the engine's tests: the two cores are shared with other work,
     and two spinning threads on a busy core run several times slower than one."""
+    import torch  # here, not at the top: the many page tests that import this module need no torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -192,6 +192,8 @@ def make_random_version(
 ) -> ModelVersion:
     """A ready model version whose fold checkpoints have random weights (scoring and page
     tests do not need a trained model)."""
+    import fold_checkpoints  # torch and MONAI, imported by the tests that score only
+
     choices = dataclasses.replace(
         TINY,
         depth=depth,
@@ -209,7 +211,7 @@ def make_random_version(
     )
     files = []
     with tempfile.TemporaryDirectory() as folder:
-        for path in write_random_fold_checkpoints(
+        for path in fold_checkpoints.write_random_fold_checkpoints(
             Path(folder),
             depth=depth,
             input_size=input_size,
