@@ -180,7 +180,9 @@ def train_segmentation_model(version_id: int, progress: Progress) -> dict[str, A
                 name=f"PMPD_cohort{version.cohort_id}",
             )
             dataset_id = 500 + version.pk % 400
-            nc.plan_and_preprocess(workdir, dataset_id=dataset_id, on_progress=on_progress)
+            nc.plan_and_preprocess(
+                workdir, dataset_id=dataset_id, budget=budget, on_progress=on_progress
+            )
             model = nc.train(workdir, dataset_id=dataset_id, budget=budget, on_progress=on_progress)
             progress(97, "Storing the results folder")
             archive = shutil.make_archive(str(workdir / "results"), "zip", model.folder)

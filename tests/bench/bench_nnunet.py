@@ -72,8 +72,8 @@ def train_demo_model(workdir: Path, *, n_train: int, size: int, device: str) -> 
     ]
     nc.write_raw_dataset(cases, workdir / "raw", dataset_id=901, name="bench")
     started = time.perf_counter()
-    nc.plan_and_preprocess(workdir, dataset_id=901)
     budget = replace(DEMO_BUDGET, device=device)
+    nc.plan_and_preprocess(workdir, dataset_id=901, budget=budget)
     model = nc.train(workdir, dataset_id=901, budget=budget)
     print(f"trained the demo model on {n_train} phantoms in {time.perf_counter() - started:.0f} s")
     return model
@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="in-plane matrix of the large CT")
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--train-size", type=int, default=256)
-    parser.add_argument("--train", type=int, default=12)
+    parser.add_argument("--train", type=int, default=8, help="training phantoms (the demo's 8)")
     parser.add_argument("--held-out", type=int, default=4)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--folds", type=int, nargs="+", default=[0])
