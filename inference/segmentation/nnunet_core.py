@@ -170,6 +170,13 @@ def _image(array: np.ndarray, case: Case):
 # Planning, preprocessing and training in a child process
 
 
+def cpu_threads() -> int:
+    """Torch threads for nnU-Net on the CPU: ``PMPD_TORCH_THREADS``, 1 by default. One thread
+    avoids OpenMP oversubscription on cores other work shares: a training step of the demo's
+    U-Net took 0.16 s of CPU with one thread and 2.2 s with two on the busy 2-core machine."""
+    return max(1, int(os.environ.get("PMPD_TORCH_THREADS", "1")))
+
+
 def environment(workdir: Path) -> dict[str, str]:
     """nnU-Net's folders under ``workdir`` and a child process that stays within its budget
     (data augmentation and export in the training process: the platform's workers are busy
@@ -381,14 +388,18 @@ class Segmenter:
         )
         self.label_of_class = label_of_class or {"pancreas": 1, "tumour": 2}
         self.configuration = configuration
+        self.device = device
 
     def predict(self, case: Case) -> Prediction:
         """The platform's mask (0/1/2) of ``case`` and the uncertainty inside its tumour."""
+        from inference.pmpd.train import torch_threads
+
         image = case.ct.astype(np.float32)[None]
         spacing = [float(case.spacing[2]), float(case.spacing[1]), float(case.spacing[0])]
-        segmentation, probabilities = self.predictor.predict_single_npy_array(
-            image, {"spacing": spacing}, None, None, True
-        )
+        with torch_threads(cpu_threads() if self.device == "cpu" else None):
+            segmentation, probabilities = self.predictor.predict_single_npy_array(
+                image, {"spacing": spacing}, None, None, True
+            )
         mask = np.zeros(segmentation.shape, dtype=np.uint8)
         mask[segmentation == self.label_of_class["pancreas"]] = LABELS["pancreas"]
         mask[segmentation == self.label_of_class["tumour"]] = LABELS["tumour"]

@@ -13,7 +13,12 @@ import json
 import os
 from pathlib import Path
 
-from inference.segmentation.nnunet_core import PROGRESS_PREFIX, TRAINER_NAME, validation_dice
+from inference.segmentation.nnunet_core import (
+    PROGRESS_PREFIX,
+    TRAINER_NAME,
+    cpu_threads,
+    validation_dice,
+)
 
 
 def say(**message) -> None:
@@ -155,7 +160,7 @@ def train(dataset_id: int, fold: int, budget: dict) -> None:
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    torch.set_num_threads(max(1, int(os.environ.get("PMPD_TORCH_THREADS", "1"))))
+    torch.set_num_threads(cpu_threads())
     name = maybe_convert_to_dataset_name(dataset_id)
     folder = Path(nnUNet_preprocessed) / name
     plans = load_json(str(folder / "nnUNetPlans.json"))
