@@ -26,6 +26,7 @@ import numpy as np
 LABELS = {"background": 0, "pancreas": 1, "tumour": 2}
 TRAINER_NAME = "nnUNetTrainerShortBudget"
 PROGRESS_PREFIX = "PMPD-PROGRESS "
+OPTIMIZERS = ("sgd", "adamw")
 
 
 class NnUNetError(Exception):
@@ -74,6 +75,12 @@ class TrainingBudget:
     # short CPU budgets leave it out of validation and of the model's later predictions.
     mirroring: bool = True
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise NnUNetError(
+                f"optimizer {self.optimizer!r}: the trainer knows {', '.join(OPTIMIZERS)}"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return {
