@@ -177,10 +177,7 @@ def train_segmentation_model(version_id: int, progress: Progress) -> dict[str, A
             )
             dataset_id = 500 + version.pk % 400
             nc.plan_and_preprocess(
-                workdir,
-                dataset_id=dataset_id,
-                configuration=budget.configuration,
-                on_progress=on_progress,
+                workdir, dataset_id=dataset_id, budget=budget, on_progress=on_progress
             )
             model = nc.train(workdir, dataset_id=dataset_id, budget=budget, on_progress=on_progress)
             progress(97, "Storing the results folder")

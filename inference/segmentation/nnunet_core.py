@@ -28,6 +28,7 @@ from inference.pmpd.volume import Volume
 LABELS = {"background": 0, "pancreas": 1, "tumour": 2}
 TRAINER_NAME = "nnUNetTrainerShortBudget"
 PROGRESS_PREFIX = "PMPD-PROGRESS "
+OPTIMIZERS = ("sgd", "adamw")
 
 
 class NnUNetError(Exception):
@@ -60,10 +61,25 @@ class TrainingBudget:
     # Cap on the training patch's side (pixels); nnU-Net crops around foreground often enough
     # that a smaller patch still sees the pancreas. None keeps nnU-Net's plan.
     max_patch: int | None = None
+    # Target pixel spacing across the slice, at least (mm): nnU-Net plans at the cohort's
+    # median (0.6-0.9 mm in a 512 matrix); a coarser plan trains and predicts several times
+    # faster on a CPU. None keeps nnU-Net's plan.
+    in_plane_mm: float | None = None
+    # Share of training patches centred on pancreas or tumour (nnU-Net's default: 0.33).
+    foreground_oversampling: float = 0.33
+    # "sgd": nnU-Net's default (SGD, momentum 0.99); "adamw": nnU-Net's nnUNetTrainerAdam,
+    # far quicker to leave the all-background start (a budget of a few hundred iterations).
+    optimizer: str = "sgd"
     # Test-time mirroring (nnU-Net's default) costs 4 predictions per tile in 2d, 8 in 3d; the
     # short CPU budgets leave it out of validation and of the model's later predictions.
     mirroring: bool = True
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise NnUNetError(
+                f"optimizer {self.optimizer!r}: the trainer knows {', '.join(OPTIMIZERS)}"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +91,9 @@ class TrainingBudget:
             "batch_size": self.batch_size,
             "max_features": self.max_features,
             "max_patch": self.max_patch,
+            "in_plane_mm": self.in_plane_mm,
+            "foreground_oversampling": self.foreground_oversampling,
+            "optimizer": self.optimizer,
             "mirroring": self.mirroring,
             "device": self.device,
         }
@@ -147,6 +166,13 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
 # Planning, preprocessing and training in a child process
 
 
+def cpu_threads() -> int:
+    """Torch threads for nnU-Net on the CPU: ``PMPD_TORCH_THREADS``, 1 by default. One thread
+    avoids OpenMP oversubscription on cores other work shares: a training step of the demo's
+    U-Net took 0.16 s of CPU with one thread and 2.2 s with two on the busy 2-core machine."""
+    return max(1, int(os.environ.get("PMPD_TORCH_THREADS", "1")))
+
+
 def environment(workdir: Path) -> dict[str, str]:
     """nnU-Net's folders under ``workdir`` and a child process that stays within its budget
     (data augmentation and export in the training process: the platform's workers are busy
@@ -209,12 +235,14 @@ def plan_and_preprocess(
     workdir: Path,
     *,
     dataset_id: int,
-    configuration: str = "2d",
+    budget: TrainingBudget | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
-    """nnU-Net's fingerprint, experiment planning and preprocessing of the raw dataset."""
+    """nnU-Net's fingerprint, experiment planning (at the budget's in-plane spacing) and
+    preprocessing of the raw dataset for the budget's configuration."""
+    budget = budget or TrainingBudget()
     _run_worker(
-        ["plan", "--dataset", str(dataset_id), "--configuration", configuration],
+        ["plan", "--dataset", str(dataset_id), "--budget", json.dumps(budget.as_dict())],
         workdir,
         on_progress,
     )
@@ -356,14 +384,18 @@ class Segmenter:
         )
         self.label_of_class = label_of_class or {"pancreas": 1, "tumour": 2}
         self.configuration = configuration
+        self.device = device
 
     def predict(self, case: Case) -> Prediction:
         """The platform's mask (0/1/2) of ``case`` and the uncertainty inside its tumour."""
+        from inference.pmpd.train import torch_threads
+
         image = case.ct.array.astype(np.float32)[None]
         spacing = [float(v) for v in case.ct.spacing[::-1]]
-        segmentation, probabilities = self.predictor.predict_single_npy_array(
-            image, {"spacing": spacing}, None, None, True
-        )
+        with torch_threads(cpu_threads() if self.device == "cpu" else None):
+            segmentation, probabilities = self.predictor.predict_single_npy_array(
+                image, {"spacing": spacing}, None, None, True
+            )
         mask = np.zeros(segmentation.shape, dtype=np.uint8)
         mask[segmentation == self.label_of_class["pancreas"]] = LABELS["pancreas"]
         mask[segmentation == self.label_of_class["tumour"]] = LABELS["tumour"]

@@ -39,16 +39,17 @@ from django.db import connection  # noqa: E402
 from django.test.utils import setup_test_environment  # noqa: E402
 
 from inference.pmpd.phantom import PhantomConfig, generate_patient  # noqa: E402
+from inference.pmpd.train import torch_threads  # noqa: E402
+from inference.pmpd.volume import Volume  # noqa: E402
 from inference.segmentation import nnunet_core as nc  # noqa: E402
 
 
 def case_of(patient, case_id: str, *, with_mask: bool = True) -> nc.Case:
     return nc.Case(
         case_id=case_id,
-        ct=patient.ct,
-        spacing=patient.spacing,
-        origin=patient.origin,
-        direction=patient.direction,
+        ct=Volume.of_array(
+            patient.ct, spacing=patient.spacing, origin=patient.origin, direction=patient.direction
+        ),
         mask=patient.mask if with_mask else None,
     )
 
@@ -72,8 +73,8 @@ def train_demo_model(workdir: Path, *, n_train: int, size: int, device: str) -> 
     ]
     nc.write_raw_dataset(cases, workdir / "raw", dataset_id=901, name="bench")
     started = time.perf_counter()
-    nc.plan_and_preprocess(workdir, dataset_id=901)
     budget = replace(DEMO_BUDGET, device=device)
+    nc.plan_and_preprocess(workdir, dataset_id=901, budget=budget)
     model = nc.train(workdir, dataset_id=901, budget=budget)
     print(f"trained the demo model on {n_train} phantoms in {time.perf_counter() - started:.0f} s")
     return model
@@ -96,7 +97,7 @@ def platform_and_nnunet(model_folder: Path, folds, *, size: int, slices: int, de
     from factories import make_cohort, make_patient, make_user
     from imagemaker import ingest, write_volume
 
-    from inference.segmentation_jobs import execute_segmentation, start_segmentation
+    from inference.segmentation_jobs import start_segmentation
     from inference.segmentation_models import SegmentationModelVersion
     from pmpd_web.accounts.models import Membership, Role
     from pmpd_web.imaging.models import MaskVersion
@@ -136,9 +137,12 @@ def platform_and_nnunet(model_folder: Path, folds, *, size: int, slices: int, de
         )
         with archive.open("rb") as handle:
             model.results_zip.save("results.zip", File(handle))
-        segmentation = start_segmentation(cohort, model, user=user)
+        # Celery runs eagerly here: publishing the job on commit runs it, as a gpu worker
+        # would (the task must be registered: inference.tasks).
+        import inference.tasks  # noqa: F401
+
         started = time.perf_counter()
-        execute_segmentation(segmentation.pk)
+        segmentation = start_segmentation(cohort, model, user=user)
         platform_s = time.perf_counter() - started
         segmentation.refresh_from_db()
         assert segmentation.status == "succeeded", segmentation.error
@@ -153,14 +157,16 @@ def platform_and_nnunet(model_folder: Path, folds, *, size: int, slices: int, de
         (scratch / "nnunet-in").mkdir()
         shutil.copy(ct_path, scratch / "nnunet-in" / "bench_0000.nii.gz")
         started = time.perf_counter()
-        segmenter.predictor.predict_from_files(
-            str(scratch / "nnunet-in"),
-            str(out),
-            save_probabilities=False,
-            overwrite=True,
-            num_processes_preprocessing=1,
-            num_processes_segmentation_export=1,
-        )
+        # The same torch threads as the platform's prediction (``nnunet_core.cpu_threads``).
+        with torch_threads(nc.cpu_threads() if device == "cpu" else None):
+            segmenter.predictor.predict_from_files(
+                str(scratch / "nnunet-in"),
+                str(out),
+                save_probabilities=False,
+                overwrite=True,
+                num_processes_preprocessing=1,
+                num_processes_segmentation_export=1,
+            )
         nnunet_s = time.perf_counter() - started
         print(f"nnU-Net's own predictor (predict_from_files): {nnunet_s:.1f} s")
         print(f"platform / nnU-Net: {platform_s / nnunet_s:.2f}x (goal: within 1.3x)")
@@ -172,7 +178,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="in-plane matrix of the large CT")
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--train-size", type=int, default=256)
-    parser.add_argument("--train", type=int, default=12)
+    parser.add_argument("--train", type=int, default=8, help="training phantoms (the demo's 8)")
     parser.add_argument("--held-out", type=int, default=4)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--folds", type=int, nargs="+", default=[0])

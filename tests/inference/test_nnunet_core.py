@@ -181,3 +181,9 @@ def test_a_smaller_training_patch_keeps_the_networks_stride():
     assert smaller_patch([96, 256], strides, 128) == [96, 128]
     assert smaller_patch([96, 256], strides, 100) == [96, 96]
     assert smaller_patch([96, 256], strides, 8) == [16, 32]
+
+
+def test_a_budget_names_an_optimizer_the_trainer_knows():
+    assert nc.TrainingBudget(optimizer="adamw").as_dict()["optimizer"] == "adamw"
+    with pytest.raises(nc.NnUNetError, match="optimizer 'adam'.*sgd, adamw"):
+        nc.TrainingBudget(optimizer="adam")
