@@ -263,7 +263,7 @@ def test_the_training_job_plans_the_configuration_it_trains(cohort, members, mon
     monkeypatch.setattr(nc, "train", stop)
     with pytest.raises(UserFacingError, match="stopped by the test"):
         train_segmentation_model(model.pk, lambda percent, phrase: None)
-    assert [p["configuration"] for p in planned] == ["3d_fullres"]
+    assert [p["budget"].configuration for p in planned] == ["3d_fullres"]
 
 
 # ----------------------------------------------------------------------------------------------
