@@ -411,10 +411,7 @@ def read_results_labels(path: Path) -> dict[str, int]:
     with _open_results_zip(path) as archive:
         names = [n for n in archive.namelist() if not n.endswith("/")]
         dataset = _json_member(archive, _results_root(names, path.name) / "dataset.json", path.name)
-    labels = dataset.get("labels")
-    if not isinstance(labels, dict) or not labels:
-        raise NnUNetError(f"{path.name}: dataset.json has no labels")
-    return {str(k): v for k, v in labels.items() if isinstance(v, int)}
+    return {k: v for k, v in _labels(dataset, path.name).items() if isinstance(v, int)}
 
 
 def inspect_results_zip(
@@ -452,10 +449,7 @@ def inspect_results_zip(
             f"{path.name}: dataset.json channel_names is {channels}; the platform predicts from "
             'a single CT channel ({"0": "CT"})'
         )
-    labels = dataset.get("labels")
-    if not isinstance(labels, dict) or not labels:
-        raise NnUNetError(f"{path.name}: dataset.json has no labels")
-    values = {str(k): v for k, v in labels.items()}
+    values = _labels(dataset, path.name)
     if not str(pancreas_label).strip():
         raise NnUNetError(
             f"{path.name}: no label mapped to the pancreas; the platform needs the model's "
@@ -532,6 +526,13 @@ def _json_member(archive: zipfile.ZipFile, name: PurePosixPath, label: str) -> d
     if not isinstance(data, dict):
         raise NnUNetError(f"{label}: {member} is not a JSON object")
     return data
+
+
+def _labels(dataset: dict, label: str) -> dict[str, Any]:
+    labels = dataset.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise NnUNetError(f"{label}: dataset.json has no labels")
+    return {str(k): v for k, v in labels.items()}
 
 
 def _fold(name: str) -> int | str:

@@ -74,6 +74,16 @@ def test_a_pancreas_only_model_imports_with_no_tumour_label(cohort, members, tum
     assert event.detail["label_mapping"] == {"pancreas": 1}
 
 
+def test_the_core_reads_a_results_zips_labels_and_needs_the_pancreas_mapped(tmp_path):
+    path = tmp_path / "site-model.zip"
+    path.write_bytes(nnunet_results_zip(labels=PANCREAS_ONLY))
+    assert nc.read_results_labels(path) == PANCREAS_ONLY
+    imported = nc.inspect_results_zip(path, pancreas_label="1", tumour_label=None)
+    assert imported.label_of_class == {"pancreas": 1}
+    with pytest.raises(nc.NnUNetError, match="site-model.zip: no label mapped to the pancreas"):
+        nc.inspect_results_zip(path, pancreas_label="", tumour_label=None)
+
+
 @pytest.mark.parametrize(
     ("data", "pancreas", "tumour", "message"),
     [
