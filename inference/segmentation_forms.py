@@ -2,9 +2,10 @@
 results ZIP trained elsewhere (upload, then map its labels), predict masks.
 
 The rules stay where the API finds them: the budget's defaults are
-``nnunet_core.default_budget``, a results ZIP is checked by ``nnunet_core.inspect_results_zip``,
-the minimum cohort by ``segmentation_jobs.start_segmentation_training``; the label mapping
-(pancreas required, tumour optional, never the same label) by ``nnunet_core.inspect_results_zip``.
+``nnunet_core.default_budget``, the minimum cohort is checked by
+``segmentation_jobs.start_segmentation_training``, a results ZIP and its label mapping
+(pancreas required, tumour optional for a pancreas-only model, never the same label) by
+``nnunet_core.inspect_results_zip``.
 """
 
 from __future__ import annotations

@@ -185,14 +185,14 @@ def approve(version: MaskVersion, user, *, note: str = "") -> MaskVersion:
         if version.status == MaskVersion.Status.APPROVED:
             raise UserFacingError(f"Mask version {version.number} is already approved.")
         if version.tumour_voxels == 0:
-            why = (
-                "its model segments the pancreas only: draw the tumour"
+            what_to_do = (
+                "Its model segments the pancreas only: draw the tumour"
                 if PANCREAS_ONLY_FLAG in version.flags
-                else "correct it"
+                else "Correct it"
             )
             raise UserFacingError(
-                f"Mask version {version.number} has no tumour; PMPD needs one. {why.capitalize()}"
-                " in the viewer and approve the edited version."
+                f"Mask version {version.number} has no tumour; PMPD needs one. {what_to_do} in "
+                "the viewer and approve the edited version."
             )
         previous = version.ct_series.mask_versions.filter(status=MaskVersion.Status.APPROVED)
         superseded = list(previous.values_list("number", flat=True))
