@@ -67,7 +67,12 @@ class ImportSegmentationSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=120)
     file = serializers.FileField(help_text="ZIP of an nnU-Net v2 results folder")
     pancreas_label = serializers.CharField(help_text="The model's label (name or value)")
-    tumour_label = serializers.CharField(help_text="The model's label (name or value)")
+    tumour_label = serializers.CharField(
+        allow_blank=True,
+        default="",
+        help_text="The model's label (name or value); empty or left out for a model that "
+        "segments the pancreas only (its masks have no tumour: readers draw it)",
+    )
 
 
 class SegmentRequestSerializer(serializers.Serializer):
@@ -132,7 +137,7 @@ class SegmentationModelViewSet(
                 upload=data["file"],
                 name=data["name"],
                 pancreas_label=data["pancreas_label"],
-                tumour_label=data["tumour_label"],
+                tumour_label=data["tumour_label"] or None,
             )
         except UserFacingError as exc:
             return _refuse(exc)

@@ -2,8 +2,10 @@
 results ZIP trained elsewhere (upload, then map its labels), predict masks.
 
 The rules stay where the API finds them: the budget's defaults are
-``nnunet_core.default_budget``, a results ZIP is checked by ``nnunet_core.inspect_results_zip``,
-the minimum cohort by ``segmentation_jobs.start_segmentation_training``.
+``nnunet_core.default_budget``, the minimum cohort is checked by
+``segmentation_jobs.start_segmentation_training``, a results ZIP and its label mapping
+(pancreas required, tumour optional for a pancreas-only model, never the same label) by
+``nnunet_core.inspect_results_zip``.
 """
 
 from __future__ import annotations
@@ -95,22 +97,17 @@ def results_zip_labels(path: Path) -> dict[str, int]:
     """The model's labels (name -> value) from the results ZIP's dataset.json, after the checks
     an import makes (a ZIP, one results folder, fold checkpoints, a single CT channel).
     Raises ``NnUNetError`` naming the file and what is wrong."""
-    with zipfile.ZipFile(path) as archive:
-        names = [n for n in archive.namelist() if not n.endswith("/")]
-        root = nc._results_root(names, path.name)
-        labels = nc._json_member(archive, root / "dataset.json", path.name).get("labels")
-    if not isinstance(labels, dict):
-        labels = {}
-    found = {str(k): v for k, v in labels.items() if isinstance(v, int) and v != 0}
-    if len(found) < 2:
+    labels = nc.read_results_labels(path)
+    found = sorted(v for v in labels.values() if v != 0)
+    if not found:
         raise nc.NnUNetError(
-            f"{path.name}: dataset.json labels are {labels or 'missing'}; the platform needs "
-            "one label for the pancreas and another for the tumour"
+            f"{path.name}: dataset.json labels are {labels}; the platform needs a label for "
+            "the pancreas (and one for the tumour if the model segments it)"
         )
-    first, second = sorted(found.values())[:2]
-    # Any two labels: what is checked here is everything but the coordinator's mapping.
-    nc.inspect_results_zip(path, pancreas_label=str(first), tumour_label=str(second))
-    return {str(k): v for k, v in labels.items() if isinstance(v, int)}
+    # Any label as the pancreas: what is checked here is everything but the coordinator's
+    # mapping, which the import checks with the same function.
+    nc.inspect_results_zip(path, pancreas_label=str(found[0]), tumour_label=None)
+    return labels
 
 
 def checked_upload(upload, folder: Path) -> tuple[Path, dict[str, int]]:
@@ -133,29 +130,34 @@ def _guess(labels: dict[str, int], words: tuple[str, ...]) -> str | None:
     return None
 
 
+NO_TUMOUR_CHOICE = ("", "none — this model does not segment the tumour")
+
+
 class LabelMappingForm(forms.Form):
-    """Which of the model's labels is the pancreas and which the tumour."""
+    """Which of the model's labels is the pancreas and which the tumour (or none: a
+    pancreas-only model). The mapping's rules are ``nnunet_core.inspect_results_zip``'s, which
+    the import applies."""
 
     name = forms.CharField(max_length=120, help_text="Unique within the cohort")
     pancreas_label = forms.ChoiceField(label="Pancreas is the model's label")
-    tumour_label = forms.ChoiceField(label="Tumour is the model's label")
+    tumour_label = forms.ChoiceField(
+        label="Tumour is the model's label",
+        required=False,
+        help_text="None for a pancreas-only model: its masks have no tumour, readers draw it "
+        "before approval",
+    )
 
     def __init__(self, *args: Any, labels: dict[str, int], default_name: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         choices = [(name, f"{name} ({value})") for name, value in labels.items() if value != 0]
         self.fields["pancreas_label"].choices = choices
-        self.fields["tumour_label"].choices = choices
+        self.fields["tumour_label"].choices = [NO_TUMOUR_CHOICE, *choices]
         self.fields["name"].initial = default_name
         self.fields["pancreas_label"].initial = _guess(labels, ("pancrea",))
-        self.fields["tumour_label"].initial = _guess(
-            labels, ("tumour", "tumor", "lesion", "cancer", "neoplasm", "pdac")
+        self.fields["tumour_label"].initial = (
+            _guess(labels, ("tumour", "tumor", "lesion", "cancer", "neoplasm", "pdac"))
+            or NO_TUMOUR_CHOICE[0]
         )
-
-    def clean(self):
-        data = super().clean()
-        if data.get("pancreas_label") and data.get("pancreas_label") == data.get("tumour_label"):
-            raise forms.ValidationError("Pancreas and tumour cannot be the same label.")
-        return data
 
 
 class PredictForm(forms.Form):

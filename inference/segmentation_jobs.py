@@ -23,7 +23,11 @@ from inference.segmentation import nnunet_core as nc
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction, acting_user
 from pmpd_web.cohorts.models import Cohort, Patient
-from pmpd_web.imaging.mask_versions import store_mask_version
+from pmpd_web.imaging.mask_versions import (
+    NO_TUMOUR_FLAG,
+    PANCREAS_ONLY_FLAG,
+    store_mask_version,
+)
 from pmpd_web.imaging.models import CanonicalVolume, ImageSeries, MaskVersion
 from pmpd_web.jobs.dispatch import start_on_commit
 from pmpd_web.jobs.models import Job
@@ -226,9 +230,17 @@ def train_segmentation_model(version_id: int, progress: Progress) -> dict[str, A
 
 
 def import_segmentation_model(
-    cohort: Cohort, *, user: Any, upload: File, name: str, pancreas_label: str, tumour_label: str
+    cohort: Cohort,
+    *,
+    user: Any,
+    upload: File,
+    name: str,
+    pancreas_label: str,
+    tumour_label: str | None,
 ) -> SegmentationModelVersion:
-    """Check and store a ZIP of an nnU-Net v2 results folder; nothing stored when it is bad."""
+    """Check and store a ZIP of an nnU-Net v2 results folder; nothing stored when it is bad.
+    No ``tumour_label``: a pancreas-only model (its masks are flagged; readers draw the
+    tumour)."""
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "model.zip"
         with path.open("wb") as sink:
@@ -254,6 +266,7 @@ def import_segmentation_model(
                 card={
                     "labels": imported.labels,
                     "label_mapping": imported.label_of_class,
+                    "segments_tumour": "tumour" in imported.label_of_class,
                     "configuration": imported.configuration,
                     "folds": list(imported.folds),
                     "trainer": imported.trainer_name,
@@ -366,6 +379,7 @@ def predict_masks(
         segmenter = nc.Segmenter(
             folder, folds=model.folds, label_of_class=model.label_of_class, device=_device()
         )
+        no_tumour_reason = NO_TUMOUR_FLAG if model.segments_tumour else PANCREAS_ONLY_FLAG
         for done, patient in enumerate(patients, start=1):
             prediction = segmenter.predict(_case(patient, with_mask=False))
             ct = ImageSeries.objects.get(study__patient=patient, modality="CT", is_selected=True)
@@ -375,16 +389,20 @@ def predict_masks(
                 source=MaskVersion.Source.AUTOMATIC,
                 source_label=model.provenance_label,
                 uncertainty=prediction.tumour_uncertainty,
+                no_tumour_reason=no_tumour_reason,
             )
             stored.append({"study_id": patient.study_id, "mask_version": version.number})
             if prediction.tumour_voxels == 0:
                 without_tumour.append(patient.study_id)
             progress(5 + int(95 * done / len(patients)), f"{done} of {len(patients)} segmented")
+    note = "Automatic masks need a reader's review; PMPD reads approved masks only."
+    if not model.segments_tumour:
+        note += f" {model.name} segments the pancreas only: readers draw the tumour."
     return {
         "segmentation_model": model.pk,
         "stored": stored,
         "without_tumour": without_tumour,
-        "note": "Automatic masks need a reader's review; PMPD reads approved masks only.",
+        "note": note,
     }
 
 
@@ -414,12 +432,28 @@ def execute_segmentation(job_id: int, *, on_progress: Progress | None = None) ->
 
 
 def review_queue(cohort: Cohort):
-    """Mask versions needing review, the most uncertain first (softmax entropy inside the
-    predicted tumour; versions without tumour first of all), with who is reviewing what."""
-    from django.db.models import F
+    """Mask versions needing review, with who is reviewing what: first the masks a model meant
+    to have a tumour in and found none, then the most uncertain (softmax entropy inside the
+    predicted tumour), then the masks of pancreas-only models (no tumour to measure an entropy
+    in; a reader draws each one), oldest first."""
+    from django.db.models import Case, F, TextField, Value, When
+    from django.db.models.functions import Cast
 
     return (
         MaskVersion.objects.filter(patient__cohort=cohort, status=MaskVersion.Status.NEEDS_REVIEW)
         .select_related("patient", "reviewing_by", "produced_by")
-        .order_by(F("uncertainty").desc(nulls_first=True), "patient__study_id")
+        # The flags as text: a JSON "contains" lookup is PostgreSQL's, the demo runs SQLite.
+        .annotate(flags_text=Cast("flags", TextField()))
+        .annotate(
+            pancreas_only=Case(
+                When(flags_text__contains=PANCREAS_ONLY_FLAG, then=Value(True)),
+                default=Value(False),
+            )
+        )
+        .order_by(
+            "pancreas_only",
+            F("uncertainty").desc(nulls_first=True),
+            "produced_at",
+            "patient__study_id",
+        )
     )

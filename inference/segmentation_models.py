@@ -33,6 +33,7 @@ class SegmentationModelVersion(models.Model):
     results_zip = models.FileField(max_length=300, blank=True)
     configuration = models.CharField(max_length=32, default="2d")
     folds = models.JSONField(default=list)
+    # No tumour key: a pancreas-only model (``segments_tumour``).
     label_of_class = models.JSONField(
         default=dict, help_text="The model's label value of pancreas and of tumour"
     )
@@ -58,6 +59,11 @@ class SegmentationModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"nnU-Net model '{self.name}'"
+
+    @property
+    def segments_tumour(self) -> bool:
+        """False for a pancreas-only model: its masks have no tumour; readers draw it."""
+        return "tumour" in self.label_of_class
 
     @property
     def provenance_label(self) -> str:

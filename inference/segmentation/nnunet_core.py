@@ -398,13 +398,16 @@ class Segmenter:
             )
         mask = np.zeros(segmentation.shape, dtype=np.uint8)
         mask[segmentation == self.label_of_class["pancreas"]] = LABELS["pancreas"]
-        mask[segmentation == self.label_of_class["tumour"]] = LABELS["tumour"]
+        # A pancreas-only model maps no tumour label: its masks have none (readers draw it).
+        tumour = self.label_of_class.get("tumour")
+        if tumour is not None:
+            mask[segmentation == tumour] = LABELS["tumour"]
         return Prediction(
             case_id=case.case_id,
             mask=mask,
-            tumour_uncertainty=tumour_uncertainty(
-                probabilities, segmentation, self.label_of_class["tumour"]
-            ),
+            tumour_uncertainty=None
+            if tumour is None
+            else tumour_uncertainty(probabilities, segmentation, tumour),
             tumour_voxels=int((mask == LABELS["tumour"]).sum()),
         )
 
@@ -422,17 +425,25 @@ class ImportedModel:
     trainer_name: str
 
 
+def read_results_labels(path: Path) -> dict[str, int]:
+    """The labels (name -> value, background included) that a results ZIP's dataset.json
+    names, before any mapping: what the import form offers. Raises ``NnUNetError`` for a file
+    that is not a ZIP of one results folder, or whose dataset.json names no labels."""
+    with _open_results_zip(path) as archive:
+        names = [n for n in archive.namelist() if not n.endswith("/")]
+        dataset = _json_member(archive, _results_root(names, path.name) / "dataset.json", path.name)
+    return {k: v for k, v in _labels(dataset, path.name).items() if isinstance(v, int)}
+
+
 def inspect_results_zip(
-    path: Path, *, pancreas_label: str | int, tumour_label: str | int
+    path: Path, *, pancreas_label: str | int, tumour_label: str | int | None
 ) -> ImportedModel:
     """Check that ``path`` is a ZIP of an nnU-Net v2 results folder (dataset.json, plans.json,
     fold_N/checkpoint_final.pth) for a single CT channel, and map its labels to pancreas and
-    tumour (by name or by value). Raises ``NnUNetError`` naming what is wrong."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise NnUNetError(f"{path.name}: not a ZIP file ({exc})") from None
-    with archive:
+    tumour (by name or by value). ``tumour_label`` None or empty: the model segments the
+    pancreas only (``label_of_class`` has no tumour; readers draw it). Raises ``NnUNetError``
+    naming what is wrong."""
+    with _open_results_zip(path) as archive:
         names = [n for n in archive.namelist() if not n.endswith("/")]
         root = _results_root(names, path.name)
         dataset = _json_member(archive, root / "dataset.json", path.name)
@@ -459,14 +470,16 @@ def inspect_results_zip(
             f"{path.name}: dataset.json channel_names is {channels}; the platform predicts from "
             'a single CT channel ({"0": "CT"})'
         )
-    labels = dataset.get("labels")
-    if not isinstance(labels, dict) or not labels:
-        raise NnUNetError(f"{path.name}: dataset.json has no labels")
-    values = {str(k): v for k, v in labels.items()}
-    label_of_class = {}
-    for cls, wanted in (("pancreas", pancreas_label), ("tumour", tumour_label)):
-        label_of_class[cls] = _map_label(values, wanted, cls, path.name)
-    if label_of_class["pancreas"] == label_of_class["tumour"]:
+    values = _labels(dataset, path.name)
+    if not str(pancreas_label).strip():
+        raise NnUNetError(
+            f"{path.name}: no label mapped to the pancreas; the platform needs the model's "
+            "pancreas label (the tumour label may be none)"
+        )
+    label_of_class = {"pancreas": _map_label(values, pancreas_label, "pancreas", path.name)}
+    if tumour_label is not None and str(tumour_label).strip():
+        label_of_class["tumour"] = _map_label(values, tumour_label, "tumour", path.name)
+    if label_of_class["pancreas"] == label_of_class.get("tumour"):
         raise NnUNetError(f"{path.name}: pancreas and tumour cannot be the same label")
     configurations = plans.get("configurations", {})
     configuration = _configuration(archive_names=names, root=root, plans=configurations)
@@ -495,6 +508,13 @@ def extract_results_zip(path: Path, target: Path) -> Path:
             with archive.open(name) as source:
                 destination.write_bytes(source.read())
     return target / root
+
+
+def _open_results_zip(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise NnUNetError(f"{path.name}: not a ZIP file ({exc})") from None
 
 
 def _results_root(names: list[str], label: str) -> PurePosixPath:
@@ -527,6 +547,13 @@ def _json_member(archive: zipfile.ZipFile, name: PurePosixPath, label: str) -> d
     if not isinstance(data, dict):
         raise NnUNetError(f"{label}: {member} is not a JSON object")
     return data
+
+
+def _labels(dataset: dict, label: str) -> dict[str, Any]:
+    labels = dataset.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise NnUNetError(f"{label}: dataset.json has no labels")
+    return {str(k): v for k, v in labels.items()}
 
 
 def _fold(name: str) -> int | str:

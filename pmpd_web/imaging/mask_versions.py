@@ -30,6 +30,10 @@ from .models import CanonicalVolume, DicomInstance, ImageSeries, MaskVersion
 from .volumes import Grid, content_hash, dice_per_label, write_nifti
 
 NO_TUMOUR_FLAG = "no tumour in this mask: PMPD needs one; correct it before approving"
+# Why a pancreas-only model's masks have no tumour: by design, not a miss.
+PANCREAS_ONLY_FLAG = (
+    "no tumour: this model segments the pancreas only; draw the tumour before approval"
+)
 MASK_COMPRESSION_LEVEL = 6
 
 
@@ -91,11 +95,12 @@ def store_mask_version(
     edited_from: MaskVersion | None = None,
     uncertainty: float | None = None,
     flags: list[str] | None = None,
+    no_tumour_reason: str = NO_TUMOUR_FLAG,
 ) -> MaskVersion:
     """Store ``mask`` (z, y, x; 0 background, 1 pancreas, 2 tumour, on the CT's grid) as the
     next version of ``ct_series``, "needs review". ``seg`` is the DICOM SEG as received (a
     reader's edit); without it the platform builds one from the mask. A mask without tumour is
-    stored and flagged."""
+    stored and flagged with ``no_tumour_reason``."""
     grid = Grid.from_dict(ct_series.geometry)
     expected = tuple(reversed(grid.size))
     if mask.shape != expected:
@@ -108,8 +113,8 @@ def store_mask_version(
     patient = ct_series.study.patient
     flags = list(flags or [])
     tumour_voxels = int((mask == 2).sum())
-    if tumour_voxels == 0 and NO_TUMOUR_FLAG not in flags:
-        flags.append(NO_TUMOUR_FLAG)
+    if tumour_voxels == 0 and no_tumour_reason not in flags:
+        flags.append(no_tumour_reason)
     if seg is None and mask.any():
         seg = build_segmentation(
             stored_sources(ct_series),
@@ -180,8 +185,13 @@ def approve(version: MaskVersion, user, *, note: str = "") -> MaskVersion:
         if version.status == MaskVersion.Status.APPROVED:
             raise UserFacingError(f"Mask version {version.number} is already approved.")
         if version.tumour_voxels == 0:
+            what_to_do = (
+                "Its model segments the pancreas only: draw the tumour"
+                if PANCREAS_ONLY_FLAG in version.flags
+                else "Correct it"
+            )
             raise UserFacingError(
-                f"Mask version {version.number} has no tumour; PMPD needs one. Correct it in "
+                f"Mask version {version.number} has no tumour; PMPD needs one. {what_to_do} in "
                 "the viewer and approve the edited version."
             )
         previous = version.ct_series.mask_versions.filter(status=MaskVersion.Status.APPROVED)

@@ -9,7 +9,7 @@ import io
 
 import numpy as np
 import pytest
-from engine_fixtures import add_phantom_patient, nnunet_results_zip
+from engine_fixtures import add_phantom_patient, nnunet_random_weights_zip, nnunet_results_zip
 from factories import make_patient
 from imagemaker import dicom_series, folder_files, ingest, small_patient
 from permission_table import USERS, C, K, R, assert_answer_for
@@ -25,25 +25,27 @@ from inference.segmentation_jobs import (
 )
 from inference.segmentation_models import SegmentationModelVersion
 from pmpd_web.accounts.models import AuditEvent
-from pmpd_web.imaging.models import MaskVersion
+from pmpd_web.imaging.mask_versions import PANCREAS_ONLY_FLAG
+from pmpd_web.imaging.models import CanonicalVolume, MaskVersion
 from pmpd_web.jobs.models import Job
 
 pytestmark = pytest.mark.django_db
 
 
-def post_import(client, cohort, data: bytes, tumour="lesion"):
+def post_import(client, cohort, data: bytes, tumour: str | None = "lesion", pancreas="pancreas"):
     upload = io.BytesIO(data)
     upload.name = "site-model.zip"
+    mapping = {"pancreas_label": pancreas}
+    if tumour is not None:
+        mapping["tumour_label"] = tumour
     return client.post(
         f"/api/cohorts/{cohort.pk}/segmentation-models/import/",
-        {
-            "name": "site model",
-            "file": upload,
-            "pancreas_label": "pancreas",
-            "tumour_label": tumour,
-        },
+        {"name": "site model", "file": upload, **mapping},
         format="multipart",
     )
+
+
+PANCREAS_ONLY = {"background": 0, "pancreas": 1}
 
 
 def test_an_imported_model_keeps_its_label_mapping(cohort, members):
@@ -58,20 +60,58 @@ def test_an_imported_model_keeps_its_label_mapping(cohort, members):
     assert AuditEvent.objects.filter(action="import_segmentation_model").count() == 1
 
 
-@pytest.mark.parametrize(
-    ("data", "tumour", "message"),
-    [
-        (b"PK not really", "lesion", "site-model.zip: not a ZIP file"),
-        (nnunet_results_zip(), "tumour", "no label 'tumour' for tumour"),
-        (nnunet_results_zip(channels={"0": "T2"}), "lesion", "single CT channel"),
-    ],
-    ids=["not-a-zip", "labels-unmapped", "not-ct"],
-)
-def test_a_bad_model_zip_is_refused_and_nothing_stored(cohort, members, data, tumour, message):
+@pytest.mark.parametrize("tumour", [None, ""], ids=["left-out", "empty"])
+def test_a_pancreas_only_model_imports_with_no_tumour_label(cohort, members, tumour):
     client = APIClient()
     client.force_login(members[C])
-    response = post_import(client, cohort, data, tumour=tumour)
-    assert response.status_code == 400 and message in response.json()["detail"]
+    response = post_import(client, cohort, nnunet_results_zip(labels=PANCREAS_ONLY), tumour=tumour)
+    assert response.status_code == 201, response.content
+    model = SegmentationModelVersion.objects.get()
+    assert model.label_of_class == {"pancreas": 1} and not model.segments_tumour
+    assert response.json()["label_of_class"] == {"pancreas": 1}
+    assert model.card["labels"] == PANCREAS_ONLY and model.card["segments_tumour"] is False
+    event = AuditEvent.objects.get(action="import_segmentation_model")
+    assert event.detail["label_mapping"] == {"pancreas": 1}
+
+
+def test_the_core_reads_a_results_zips_labels_and_needs_the_pancreas_mapped(tmp_path):
+    path = tmp_path / "site-model.zip"
+    path.write_bytes(nnunet_results_zip(labels=PANCREAS_ONLY))
+    assert nc.read_results_labels(path) == PANCREAS_ONLY
+    imported = nc.inspect_results_zip(path, pancreas_label="1", tumour_label=None)
+    assert imported.label_of_class == {"pancreas": 1}
+    with pytest.raises(nc.NnUNetError, match="site-model.zip: no label mapped to the pancreas"):
+        nc.inspect_results_zip(path, pancreas_label="", tumour_label=None)
+
+
+@pytest.mark.parametrize(
+    ("data", "pancreas", "tumour", "message"),
+    [
+        (b"PK not really", "pancreas", "lesion", "site-model.zip: not a ZIP file"),
+        (nnunet_results_zip(), "pancreas", "tumour", "no label 'tumour' for tumour"),
+        (nnunet_results_zip(channels={"0": "T2"}), "pancreas", "lesion", "single CT channel"),
+        (nnunet_results_zip(), "lesion", "lesion", "cannot be the same label"),
+        (nnunet_results_zip(), "0", None, "pancreas cannot be label 0 (background)"),
+        (nnunet_results_zip(), "", None, "'pancreas_label': ['This field may not be blank.']"),
+        (nnunet_results_zip(labels=PANCREAS_ONLY), "duct", None, "no label 'duct' for pancreas"),
+    ],
+    ids=[
+        "not-a-zip",
+        "labels-unmapped",
+        "not-ct",
+        "same-label",
+        "pancreas-background",
+        "no-pancreas",
+        "pancreas-unmapped",
+    ],
+)
+def test_a_bad_model_zip_is_refused_and_nothing_stored(
+    cohort, members, data, pancreas, tumour, message
+):
+    client = APIClient()
+    client.force_login(members[C])
+    response = post_import(client, cohort, data, tumour=tumour, pancreas=pancreas)
+    assert response.status_code == 400 and message in str(response.json()), response.json()
     assert not SegmentationModelVersion.objects.exists()
     assert not AuditEvent.objects.filter(action="import_segmentation_model").exists()
 
@@ -129,6 +169,53 @@ def test_train_predict_store_and_review(cohort, members, tmp_path):
         "store_mask_version",
     } <= actions
     assert np.isin(version.pancreas_voxels + version.tumour_voxels, range(0, 64 * 64 * 16 + 1))
+
+
+def test_a_pancreas_only_model_predicts_flagged_masks_that_are_never_approved(
+    cohort, members, tmp_path
+):
+    """A real nnU-Net (random weights) with pancreas and background only: each prediction is
+    a mask version with pancreas only, flagged why, in the review queue; approving it is
+    refused until a reader draws the tumour."""
+    coordinator = members[C]
+    case = small_patient(0, study_id="NEW-1")
+    patient = make_patient(cohort, case.study_id)
+    dicom_series(case, tmp_path / "in" / case.study_id / "ct", private_tags=False)
+    _, ingested = ingest(cohort, coordinator, folder_files(tmp_path / "in"))
+    assert ingested.status == "succeeded", ingested.error
+    client = APIClient()
+    client.force_login(coordinator)
+    imported = post_import(client, cohort, nnunet_random_weights_zip(PANCREAS_ONLY), tumour=None)
+    assert imported.status_code == 201, imported.content
+    model = SegmentationModelVersion.objects.get()
+
+    job = start_segmentation(cohort, model, user=coordinator)
+    execute_segmentation(job.pk)
+    job.refresh_from_db()
+    assert job.status == "succeeded", job.error
+    assert job.result["without_tumour"] == ["NEW-1"]
+    assert "segments the pancreas only: readers draw the tumour" in job.result["note"]
+    version = MaskVersion.objects.get(patient=patient)
+    assert version.source == "automatic" and version.status == "needs_review"
+    assert version.flags == [PANCREAS_ONLY_FLAG]
+    assert version.tumour_voxels == 0 and version.uncertainty is None
+    # The model says pancreas everywhere (see the helper): all of it kept, as label 1.
+    assert version.pancreas_voxels == 32 * 64 * 64 and version.seg_series.modality == "SEG"
+    assert list(review_queue(cohort)) == [version]
+
+    reader = APIClient()
+    reader.force_login(members[R])
+    refused = reader.post(
+        f"/api/cohorts/{cohort.pk}/mask-versions/{version.pk}/approve/", {}, format="json"
+    )
+    assert refused.status_code == 400
+    assert refused.json()["detail"] == (
+        "Mask version 1 has no tumour; PMPD needs one. Its model segments the pancreas only: "
+        "draw the tumour in the viewer and approve the edited version."
+    )
+    version.refresh_from_db()
+    assert version.status == "needs_review"
+    assert not CanonicalVolume.objects.filter(patient=patient, kind="mask").exists()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import io
 import json
 import uuid
 import zipfile
+from datetime import timedelta
 
 import pytest
 from django.core.files.storage import default_storage
@@ -18,9 +19,10 @@ from permission_table import USERS, C, K, R, S, assert_answer_for
 from rest_framework.test import APIClient
 
 from inference.segmentation import nnunet_core as nc
-from inference.segmentation_jobs import train_segmentation_model
+from inference.segmentation_jobs import review_queue, train_segmentation_model
 from inference.segmentation_models import SegmentationModelVersion
 from pmpd_web.accounts.models import AuditEvent
+from pmpd_web.imaging.mask_versions import NO_TUMOUR_FLAG, PANCREAS_ONLY_FLAG
 from pmpd_web.imaging.models import CanonicalVolume, ImageSeries, ImagingStudy, MaskVersion
 from pmpd_web.jobs.models import Job
 from pmpd_web.jobs.runner import UserFacingError
@@ -49,7 +51,9 @@ def imaged_patient(cohort, study_id: str, *, approved_mask: bool = False):
     return patient
 
 
-def automatic_version(patient, *, number: int = 1, status: str = "needs_review") -> MaskVersion:
+def automatic_version(
+    patient, *, number: int = 1, status: str = "needs_review", **extra
+) -> MaskVersion:
     return MaskVersion.objects.create(
         patient=patient,
         ct_series=ImageSeries.objects.get(study__patient=patient),
@@ -59,6 +63,7 @@ def automatic_version(patient, *, number: int = 1, status: str = "needs_review")
         status=status,
         file="x",
         content_hash=f"h{number}",
+        **extra,
     )
 
 
@@ -309,6 +314,31 @@ def test_import_reads_the_labels_then_stores_the_mapped_model(cohort, members):
     assert again.status_code == 302 and again["Location"].endswith("/segmentation/import/")
 
 
+def test_a_pancreas_only_model_imports_with_tumour_none_and_its_card_says_so(cohort, members):
+    client = logged_in(members[C])
+    labels = {"background": 0, "pancreas": 1}
+    response = upload_step(client, cohort, nnunet_results_zip(labels=labels))
+    assert response.status_code == 302, response.content.decode()
+    page = client.get(response["Location"]).content.decode()
+    # Offered and guessed: no label looks like a tumour.
+    assert '<option value="" selected>none — this model does not segment the tumour' in page
+    assert '<option value="pancreas" selected>' in page
+
+    done = client.post(
+        response["Location"], {"name": "pancreas only", "pancreas_label": "pancreas"}
+    )
+    model = SegmentationModelVersion.objects.get()
+    assert done.status_code == 302, done.content.decode()
+    assert model.label_of_class == {"pancreas": 1} and not model.segments_tumour
+    assert model.card["labels"] == labels and model.card["segments_tumour"] is False
+    assert pending_uploads() == []
+
+    card = client.get(done["Location"]).content.decode()
+    assert "pancreas only: readers draw the tumour" in card
+    listing = client.get(f"{PAGES.format(cohort=cohort.pk)}/").content.decode()
+    assert "1, none" in listing and "pancreas only: readers draw the tumour" in listing
+
+
 def two_channel_zip() -> bytes:
     return nnunet_results_zip(channels={"0": "CT", "1": "CT"})
 
@@ -345,11 +375,12 @@ def without_checkpoint() -> bytes:
         ),
         (two_channel_zip(), "the platform predicts from a single CT channel"),
         (
-            nnunet_results_zip(labels={"background": 0, "pancreas": 1}),
-            "one label for the pancreas and another for the tumour",
+            nnunet_results_zip(labels={"background": 0}),
+            "site-model.zip: dataset.json labels are {'background': 0}; the platform needs a "
+            "label for the pancreas",
         ),
     ],
-    ids=["not-a-zip", "not-results", "no-checkpoint", "mri", "two-channels", "one-label"],
+    ids=["not-a-zip", "not-results", "no-checkpoint", "mri", "two-channels", "background-only"],
 )
 def test_a_bad_results_zip_is_refused_at_upload_and_nothing_kept(cohort, members, data, message):
     client = logged_in(members[C])
@@ -365,7 +396,7 @@ def test_a_bad_results_zip_is_refused_at_upload_and_nothing_kept(cohort, members
     [
         (
             {"pancreas_label": "pancreas", "tumour_label": "pancreas"},
-            "Pancreas and tumour cannot be the same label.",
+            "site-model.zip: pancreas and tumour cannot be the same label",
         ),
         (
             {"pancreas_label": "pancreas", "tumour_label": "tumour"},
@@ -555,6 +586,33 @@ def test_claiming_a_version_that_needs_no_review_is_refused(cohort, members):
     assert "Mask version 1 of NEW-1 is approved: nothing to review." in response.content.decode()
     version.refresh_from_db()
     assert version.reviewing_by is None
+
+
+def test_the_queue_puts_pancreas_only_masks_after_the_tumour_scored_ones(cohort, members):
+    """First the masks in which a tumour model found none, then the most uncertain tumours,
+    then the pancreas-only models' masks (nothing to measure), oldest first."""
+    patients = {s: imaged_patient(cohort, s) for s in ("A", "B", "C", "D", "E")}
+    newer_pancreas_only = automatic_version(patients["A"], flags=[PANCREAS_ONLY_FLAG])
+    older_pancreas_only = automatic_version(patients["B"], flags=[PANCREAS_ONLY_FLAG])
+    MaskVersion.objects.filter(pk=older_pancreas_only.pk).update(
+        produced_at=newer_pancreas_only.produced_at - timedelta(hours=1)
+    )
+    sure = automatic_version(patients["C"], uncertainty=0.1, tumour_voxels=50)
+    unsure = automatic_version(patients["D"], uncertainty=0.6, tumour_voxels=50)
+    missed = automatic_version(patients["E"], flags=[NO_TUMOUR_FLAG])
+    expected = [missed, unsure, sure, older_pancreas_only, newer_pancreas_only]
+    assert list(review_queue(cohort)) == expected
+    api = logged_in(members[R]).get(f"/api/cohorts/{cohort.pk}/review-queue/").json()
+    rows = api["results"] if isinstance(api, dict) else api
+    assert [row["id"] for row in rows] == [v.pk for v in expected]
+
+    page = logged_in(members[R]).get(f"/cohorts/{cohort.pk}/review/").content.decode()
+    assert [page.index(f"<td>{s}</td>") for s in "EDCBA"] == sorted(
+        page.index(f"<td>{s}</td>") for s in "EDCBA"
+    )
+    assert "then the masks of pancreas-only models, oldest first" in page
+    assert page.count('<span class="muted small">pancreas only</span>') == 2
+    assert page.count(PANCREAS_ONLY_FLAG) == 2
 
 
 # ----------------------------------------------------------------------------------------------

@@ -412,3 +412,128 @@ def nnunet_results_zip(
         archive.writestr(root + "plans.json", json.dumps({"configurations": {"2d": {}}}))
         archive.writestr(root + "fold_0/checkpoint_final.pth", b"weights")
     return buffer.getvalue()
+
+
+def nnunet_random_weights_zip(labels: dict[str, int], *, seed: int = 0) -> bytes:
+    """A ZIP of an nnU-Net v2 results folder that predicts: a tiny 2d U-Net (three stages of
+    four features, random weights) with one output per label of ``labels``, whose last layer
+    says the lowest foreground label everywhere, the same on every machine. Tests of what the
+    platform does with a model's predictions (not of their quality) need no training."""
+    import json
+    import zipfile
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    resampling = "resample_data_or_seg_to_shape"
+    plans = {
+        "dataset_name": "Dataset124_Tiny",
+        "plans_name": "nnUNetPlans",
+        # The phantoms' own spacing (``imagemaker.small_patient``): one tile per slice.
+        "original_median_spacing_after_transp": [1.25, 6.25, 6.25],
+        "original_median_shape_after_transp": [32, 64, 64],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {
+            "2d": {
+                "data_identifier": "nnUNetPlans_2d",
+                "preprocessor_name": "DefaultPreprocessor",
+                "batch_size": 2,
+                "patch_size": [64, 64],
+                "median_image_size_in_voxels": [64.0, 64.0],
+                "spacing": [6.25, 6.25],
+                "normalization_schemes": ["CTNormalization"],
+                "use_mask_for_norm": [False],
+                "resampling_fn_data": resampling,
+                "resampling_fn_seg": resampling,
+                "resampling_fn_data_kwargs": {
+                    "is_seg": False,
+                    "order": 3,
+                    "order_z": 0,
+                    "force_separate_z": None,
+                },
+                "resampling_fn_seg_kwargs": {
+                    "is_seg": True,
+                    "order": 1,
+                    "order_z": 0,
+                    "force_separate_z": None,
+                },
+                "resampling_fn_probabilities": resampling,
+                "resampling_fn_probabilities_kwargs": {
+                    "is_seg": False,
+                    "order": 1,
+                    "order_z": 0,
+                    "force_separate_z": None,
+                },
+                "architecture": {
+                    "network_class_name": (
+                        "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+                    ),
+                    "arch_kwargs": {
+                        "n_stages": 3,
+                        "features_per_stage": [4, 4, 4],
+                        "conv_op": "torch.nn.modules.conv.Conv2d",
+                        "kernel_sizes": [[3, 3]] * 3,
+                        "strides": [[1, 1], [2, 2], [2, 2]],
+                        "n_conv_per_stage": [1, 1, 1],
+                        "n_conv_per_stage_decoder": [1, 1],
+                        "conv_bias": True,
+                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+                        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+                        "dropout_op": None,
+                        "dropout_op_kwargs": None,
+                        "nonlin": "torch.nn.LeakyReLU",
+                        "nonlin_kwargs": {"inplace": True},
+                    },
+                    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+                },
+                "batch_dice": True,
+            }
+        },
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {
+            "0": {
+                "max": 200.0,
+                "mean": 60.0,
+                "median": 60.0,
+                "min": -100.0,
+                "percentile_00_5": -50.0,
+                "percentile_99_5": 180.0,
+                "std": 40.0,
+            }
+        },
+    }
+    dataset = {"channel_names": {"0": "CT"}, "labels": labels, "file_ending": ".nii.gz"}
+    plans_manager = PlansManager(plans)
+    torch.manual_seed(seed)
+    network = nnUNetTrainer.build_network_architecture(
+        plans_manager,
+        plans_manager.get_configuration("2d"),
+        1,
+        plans_manager.get_label_manager(dataset).num_segmentation_heads,
+        enable_deep_supervision=False,
+    )
+    with torch.no_grad():
+        for layer in network.decoder.seg_layers:
+            layer.weight.zero_()
+            layer.bias.zero_()
+            layer.bias[1] = 1.0
+    checkpoint = io.BytesIO()
+    torch.save(
+        {
+            "network_weights": network.state_dict(),
+            "init_args": {"configuration": "2d"},
+            "inference_allowed_mirroring_axes": (0, 1),
+            "trainer_name": "nnUNetTrainer",
+        },
+        checkpoint,
+    )
+    buffer = io.BytesIO()
+    root = "Dataset124_Tiny/nnUNetTrainer__nnUNetPlans__2d/"
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(root + "dataset.json", json.dumps(dataset))
+        archive.writestr(root + "plans.json", json.dumps(plans))
+        archive.writestr(root + "fold_0/checkpoint_final.pth", checkpoint.getvalue())
+    return buffer.getvalue()
