@@ -422,6 +422,7 @@ def nnunet_random_weights_zip(labels: dict[str, int], *, seed: int = 0) -> bytes
     import json
     import zipfile
 
+    import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
