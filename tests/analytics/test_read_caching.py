@@ -35,6 +35,7 @@ def counted(monkeypatch):
     return counts
 
 
+@pytest.mark.slow
 def test_a_repeated_api_read_is_one_stored_answer_until_the_data_change(scored, members, counted):
     api = APIClient()
     api.force_login(members["statistician"])

@@ -171,6 +171,7 @@ def test_train_predict_store_and_review(cohort, members, tmp_path):
     assert np.isin(version.pancreas_voxels + version.tumour_voxels, range(0, 64 * 64 * 16 + 1))
 
 
+@pytest.mark.slow
 def test_a_pancreas_only_model_predicts_flagged_masks_that_are_never_approved(
     cohort, members, tmp_path
 ):

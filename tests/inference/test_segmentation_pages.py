@@ -657,6 +657,7 @@ def world(cohort, members):
     return {"cohort": cohort.pk, "model": model.pk, "version": version.pk}
 
 
+@pytest.mark.sample(keep={"username": ["outsider"]})
 @pytest.mark.parametrize("username", [*USERS, R])
 @pytest.mark.parametrize(
     ("name", "method", "path", "allowed"), ENDPOINTS, ids=[e[0] for e in ENDPOINTS]
