@@ -764,13 +764,13 @@ def encode_series(datasets: list[Dataset]) -> Iterator[bytes]:
             b"\x00" * 128 + b"DICM",
             b"\x02\x00\x00\x00UL\x04\x00" + len(meta).to_bytes(4, "little") + meta,
         ]
-        for tag in sorted(ds.keys()):
+        for tag, element in sorted(_elements(ds)):
             if tag.element == 0 and tag.group > 6:
                 continue
             if tag == PIXEL_DATA:
                 parts += _pixel_data_element(ds)
             else:
-                parts.append(_cached_element(ds, tag, cache, encodings))
+                parts.append(_cached_element(ds, tag, cache, encodings, element))
         # One copy of the pixel bytes, into the file's bytes.
         yield b"".join(parts)
 
@@ -791,12 +791,32 @@ def _pixel_data_element(ds: Dataset) -> list[bytes]:
     return [_cached_element(ds, PIXEL_DATA, {}, default_encoding)]
 
 
+def _elements(ds: Dataset) -> list[tuple[Any, Any]]:
+    """(tag, element) of ``ds``'s top level as ``Dataset.get_item`` gives them (raw while
+    unread), in the dataset's order, without a tag lookup per element."""
+    return [
+        (
+            tag,
+            ds.get_item(tag)
+            if isinstance(element, RawDataElement) and element.value is None
+            else element,
+        )
+        for tag, element in ds.items()
+    ]
+
+
 def _cached_element(
-    ds: Dataset, tag: int, cache: dict[int, tuple[Any, bytes]], encodings: Any
+    ds: Dataset,
+    tag: int,
+    cache: dict[int, tuple[Any, bytes]],
+    encodings: Any,
+    element: Any = None,
 ) -> bytes:
-    """The explicit VR little endian encoding of ``ds``'s element ``tag``, reused from
-    ``cache`` when the element equals the one encoded before (pixel data is never cached)."""
-    element = ds.get_item(tag)
+    """The explicit VR little endian encoding of ``ds``'s element ``tag`` (``element`` when
+    the caller has it), reused from ``cache`` when the element equals the one encoded before
+    (pixel data is never cached)."""
+    if element is None:
+        element = ds.get_item(tag)
     cached = cache.get(tag)
     if cached is not None and _same(element, cached[0]):
         return cached[1]
@@ -930,19 +950,20 @@ def instance_metadata(datasets: list[Dataset]) -> list[dict]:
     template: dict[int, Any] | None = None
     template_json: dict[str, dict] = {}
     for ds in datasets:
+        elements = _elements(ds)
         if template is None:
-            template = {tag: ds.get_item(tag) for tag in list(ds.keys())}
+            template = dict(elements)
             template_json = {
-                f"{tag:08X}": _json_element(ds, tag) for tag in list(ds.keys()) if tag != PIXEL_DATA
+                f"{tag:08X}": _json_element(ds, tag) for tag, _ in elements if tag != PIXEL_DATA
             }
             out.append(template_json)
             continue
         entry = {}
-        for tag in list(ds.keys()):
+        for tag, element in elements:
             if tag == PIXEL_DATA:
                 continue
             key = f"{tag:08X}"
-            if key in template_json and _same(ds.get_item(tag), template.get(tag)):
+            if key in template_json and _same(element, template.get(tag)):
                 entry[key] = template_json[key]
             else:
                 entry[key] = _json_element(ds, tag)
