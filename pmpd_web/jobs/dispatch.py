@@ -10,13 +10,16 @@ for a job is harmless: ``Job.claim`` lets one run.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from celery import current_app
+from celery.exceptions import NotRegistered
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
@@ -51,10 +54,21 @@ def republish_after() -> timedelta:
     return timedelta(seconds=int(getattr(settings, "PMPD_JOB_REPUBLISH_AFTER_SECONDS", 900)))
 
 
+def registered_task(name: str) -> Any:
+    """The Celery task called ``name`` (``module.function``), importing its module when this
+    process has not: web and command processes import no task module at start (only workers
+    discover them), and modules that start jobs name their task rather than import it."""
+    try:
+        return current_app.tasks[name]
+    except NotRegistered:
+        importlib.import_module(name.rpartition(".")[0])
+        return current_app.tasks[name]
+
+
 def publish(job: Job) -> None:
     """Hand the job to the queue now; ``JobQueueUnavailable`` when the broker cannot be
     reached (the row then says it is waiting for the queue)."""
-    task = current_app.tasks[job.task]
+    task = registered_task(job.task)
     try:
         task.apply_async(
             args=[job.pk],

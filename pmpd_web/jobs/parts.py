@@ -26,7 +26,7 @@ from celery import chain, current_app, group
 from django.db import transaction
 from django.utils import timezone
 
-from .dispatch import republish_after
+from .dispatch import registered_task, republish_after
 from .files import fresh_scratch, scratch_root
 from .models import Job, JobPart, JobStatus
 from .runner import (
@@ -84,7 +84,7 @@ def publish_parts(parts: Sequence[JobPart]) -> int:
         # refuses an eager chain inside a task, so the steps run one after the other.
         for part in waiting:
             for name in part.tasks:
-                current_app.tasks[name].apply(args=[part.pk], throw=True)
+                registered_task(name).apply(args=[part.pk], throw=True)
     else:
         group(_signature(part) for part in waiting).apply_async()
     JobPart.objects.filter(pk__in=[part.pk for part in waiting]).update(published_at=timezone.now())
