@@ -66,7 +66,7 @@ def create_from_template(connection, *, test_name: str, template: str, rebuild: 
                     raise
                 finally:
                     connection.close()
-            cursor.execute(f"DROP DATABASE IF EXISTS {_quote(test_name)}")
+            cursor.execute(f"DROP DATABASE IF EXISTS {_quote(test_name)} WITH (FORCE)")
             cursor.execute(f"CREATE DATABASE {_quote(test_name)} TEMPLATE {_quote(template)}")
         finally:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK])
@@ -74,6 +74,9 @@ def create_from_template(connection, *, test_name: str, template: str, rebuild: 
 
 
 def drop(connection, test_name: str) -> None:
+    """Drop the session's test database, ending any session still connected to it (a thread
+    of a test's server or job that kept its connection would otherwise fail the whole run at
+    its very end)."""
     connection.close()
     with connection._nodb_cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {_quote(test_name)}")
+        cursor.execute(f"DROP DATABASE IF EXISTS {_quote(test_name)} WITH (FORCE)")
