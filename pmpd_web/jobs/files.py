@@ -10,12 +10,14 @@ sweeper delete what an attempt recorded and never committed (``discard_written``
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import logging
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -90,19 +92,54 @@ def save_recorded(job_id: int | None, name: str, content) -> str:
 
 
 def save_all_recorded(
-    job_id: int | None, names: Sequence[str], contents: Iterable, saved_names: list[str]
+    job_id: int | None,
+    names: Sequence[str],
+    contents: Iterable,
+    saved_names: list[str],
+    *,
+    in_flight: int = 0,
 ) -> None:
     """``save_recorded`` for many files: every name recorded first in one update (one record per
     file costs a locked read, a rewrite of the growing list and a commit each), then each
     content saved; a name the storage changed is recorded at once. ``contents`` may be a
     generator (one file in memory at a time). Each saved name is appended to ``saved_names``
-    as soon as it is written, so a caller that fails half-way knows what to delete."""
+    as soon as it is written, so a caller that fails half-way knows what to delete.
+
+    With ``in_flight`` > 0 the files are written by one writer thread while the caller's
+    generator produces the next ones (at most ``in_flight`` produced and not yet written): the
+    writes (system calls, or uploads to an object store) release the GIL, so producing and
+    writing overlap. Names are still appended in order, and a failure on either side waits
+    for the writes already started before it is raised.
+    """
     record_written(job_id, names)
-    for name, content in zip(names, contents, strict=True):
-        saved = default_storage.save(name, content)
-        if saved != name:
-            record_written(job_id, [saved])
-        saved_names.append(saved)
+    if in_flight <= 0:
+        for name, content in zip(names, contents, strict=True):
+            _saved(job_id, name, default_storage.save(name, content), saved_names)
+        return
+    pending: collections.deque[tuple[str, Future]] = collections.deque()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage-writer") as writer:
+        try:
+            for name, content in zip(names, contents, strict=True):
+                pending.append((name, writer.submit(default_storage.save, name, content)))
+                if len(pending) > in_flight:
+                    done, future = pending.popleft()
+                    _saved(job_id, done, future.result(), saved_names)
+            while pending:
+                done, future = pending.popleft()
+                _saved(job_id, done, future.result(), saved_names)
+        except BaseException:
+            # The writes already handed to the thread finish (or fail) before the caller
+            # hears of the failure: every file on disk is then in ``saved_names``.
+            for done, future in pending:
+                with contextlib.suppress(Exception):  # the first failure is the one raised
+                    _saved(job_id, done, future.result(), saved_names)
+            raise
+
+
+def _saved(job_id: int | None, name: str, saved: str, saved_names: list[str]) -> None:
+    if saved != name:
+        record_written(job_id, [saved])
+    saved_names.append(saved)
 
 
 def forget_written(job_id: int | None) -> None:

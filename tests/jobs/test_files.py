@@ -105,10 +105,13 @@ def test_the_sweeper_removes_what_dead_attempts_left(cohort):
     assert report.scratch_removed == [folder.name] and not folder.exists()
 
 
-def test_save_all_recorded_records_first_and_reports_each_file_as_it_is_written(cohort):
+@pytest.mark.parametrize("in_flight", [0, 1, 3])
+def test_save_all_recorded_records_first_and_reports_each_file_as_it_is_written(cohort, in_flight):
     """Issue 10 (ingest speed): a series' files are recorded on the job in one update before
     any is written; when producing a file fails half-way, the files already written are known
-    to the caller (the ingest deletes them) and recorded on the job (a retry deletes them)."""
+    to the caller (the ingest deletes them) and recorded on the job (a retry deletes them).
+    The same with a writer thread writing while the next files are produced (``in_flight``):
+    the files handed to it before the failure are written and reported, in order."""
     from pmpd_web.jobs.files import save_all_recorded
 
     job = Job.objects.create(kind=Job.Kind.IMAGE_INGEST, cohort=cohort, status=JobStatus.RUNNING)
@@ -121,8 +124,45 @@ def test_save_all_recorded_records_first_and_reports_each_file_as_it_is_written(
 
     saved: list[str] = []
     with pytest.raises(RuntimeError):
-        save_all_recorded(job.pk, names, contents(), saved)
+        save_all_recorded(job.pk, names, contents(), saved, in_flight=in_flight)
     assert saved == names[:2] and all(default_storage.exists(n) for n in saved)
     assert not default_storage.exists(names[2])
     job.refresh_from_db()
     assert job.written_files == names
+
+
+def test_save_all_recorded_with_a_writer_thread_keeps_order_and_reports_a_failed_write(
+    cohort, monkeypatch
+):
+    """The writer thread's writes: every name in order when all succeed; a write that fails
+    raises in the caller after the writes started before it finished, and the files written
+    are the ones reported."""
+    from pmpd_web.jobs import files
+
+    job = Job.objects.create(kind=Job.Kind.IMAGE_INGEST, cohort=cohort, status=JobStatus.RUNNING)
+    names = [f"series/threaded/{i}.dcm" for i in range(9)]
+    saved: list[str] = []
+    files.save_all_recorded(
+        job.pk, names, (ContentFile(b"%d" % i) for i in range(9)), saved, in_flight=3
+    )
+    assert saved == names
+    assert [default_storage.open(n).read() for n in names] == [b"%d" % i for i in range(9)]
+
+    storage = default_storage._wrapped  # the file-system storage behind the lazy object
+    real_save = storage.save
+
+    def failing_save(name, content, *args, **kwargs):
+        if name.endswith("/5.dcm"):
+            raise OSError("disk full")
+        return real_save(name, content, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "save", failing_save)
+    names = [f"series/failing/{i}.dcm" for i in range(9)]
+    saved = []
+    with pytest.raises(OSError, match="disk full"):
+        files.save_all_recorded(
+            job.pk, names, (ContentFile(b"%d" % i) for i in range(9)), saved, in_flight=3
+        )
+    assert names[5] not in saved and names[:5] == saved[:5]
+    assert all(default_storage.exists(n) for n in saved)
+    assert not any(default_storage.exists(n) for n in names if n not in saved)

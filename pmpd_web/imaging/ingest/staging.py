@@ -16,6 +16,10 @@ from pmpd_web.jobs.files import save_all_recorded, save_recorded
 
 from ..volumes import Grid, write_nifti
 
+# Files produced and not yet written (a series' instance is ~0.5 MB): enough to keep the writer
+# busy, little memory.
+WRITES_IN_FLIGHT = 4
+
 
 class Staging:
     """Storage names written by this ingest: deleted again when it fails, and recorded on its
@@ -32,9 +36,10 @@ class Staging:
         return saved
 
     def save_all(self, names: list[str], contents: Iterable[File]) -> list[str]:
-        """Save many files (``contents`` may be a generator), their names recorded at once."""
+        """Save many files (``contents`` may be a generator), their names recorded at once;
+        a writer thread writes each file while the generator produces the next ones."""
         start = len(self.names)
-        save_all_recorded(self.job_id, names, contents, self.names)
+        save_all_recorded(self.job_id, names, contents, self.names, in_flight=WRITES_IN_FLIGHT)
         return self.names[start:]
 
     def discard(self) -> None:
