@@ -25,6 +25,7 @@ from imagemaker import (
 from pydicom.data import get_testdata_file, get_testdata_files
 
 from pmpd_web.imaging import deid
+from pmpd_web.imaging import dicom_series as series_module
 from pmpd_web.imaging.archives import ArchiveLimits, extract_zip
 from pmpd_web.imaging.dicom_series import (
     Candidate,
@@ -343,7 +344,13 @@ def test_uncompressed_transfer_syntaxes_give_the_same_volume(tmp_path, transfer_
     )
 
 
-def test_duplicate_instances_keep_the_complete_copy_whatever_the_order(tmp_path):
+@pytest.mark.parametrize("deferred_bytes", [64 * 1024, 64], ids=["pixels read", "pixels deferred"])
+def test_duplicate_instances_keep_the_complete_copy_whatever_the_order(
+    tmp_path, monkeypatch, deferred_bytes
+):
+    """A truncated copy is told from the complete one whether its pixels were read or left in
+    the file (the file's size then says what it holds)."""
+    monkeypatch.setattr(series_module, "DEFERRED_BYTES", deferred_bytes)
     patient = small_patient()
     paths = dicom_series(patient, tmp_path / "ct", private_tags=False)
     truncated = tmp_path / "truncated.dcm"
@@ -355,6 +362,38 @@ def test_duplicate_instances_keep_the_complete_copy_whatever_the_order(tmp_path)
         assert "an incomplete second copy of the SOP instance in CT0004.dcm" in dropped[0][1]
         series = assemble_ct(files, min_slices=8, tolerance_mm=0.01)
         np.testing.assert_array_equal(series.hu, patient.ct)
+
+
+def test_pixels_left_in_the_file_are_read_when_used_and_never_kept(tmp_path, monkeypatch):
+    """Issue 10 (ingest speed, memory): a slice's pixel data stay in its file until the HU
+    volume and the stored copy need them, and are not kept in the dataset after; the volume,
+    the stored files and their DICOM JSON are byte for byte those of a full read."""
+    patient = small_patient()
+    paths = dicom_series(patient, tmp_path / "ct", private_tags=False)
+
+    def ingested(deferred_bytes):
+        monkeypatch.setattr(series_module, "DEFERRED_BYTES", deferred_bytes)
+        files = read_all(paths)
+        series = assemble_ct(files, min_slices=8, tolerance_mm=0.01)
+        return (
+            files,
+            series,
+            list(encode_series(series.datasets)),
+            instance_metadata(series.datasets),
+        )
+
+    def left_in_file(files):
+        return [f.dataset.get_item(0x7FE00010, keep_deferred=True).value is None for f in files]
+
+    files, series, encoded, metadata = ingested(64)
+    assert all(left_in_file(files))  # after the HU volume, the stored copies and the JSON
+    full_files, full_series, full_encoded, full_metadata = ingested(None)
+    assert not any(left_in_file(full_files))
+    np.testing.assert_array_equal(series.hu, patient.ct)
+    np.testing.assert_array_equal(series.hu, full_series.hu)
+    assert encoded == full_encoded and metadata == full_metadata
+    stored = pydicom.dcmread(io.BytesIO(encoded[0]))
+    assert stored.PixelData == full_files[0].dataset.PixelData
 
 
 def _stored(files, stored: np.ndarray, *, slopes=None, intercepts=None, **attributes):

@@ -20,6 +20,7 @@ from ..dicom_series import (
     assemble_ct,
     contrast_phase,
     drop_duplicate_instances,
+    load_deferred,
     read_dicom,
     role_of,
 )
@@ -83,6 +84,7 @@ def _dicom_cts(
             date_shift_max_days=options.date_shift_max_days,
         )
         if role == "seg":
+            load_deferred(dicom.dataset)  # highdicom reads it, and knows no deferred values
             segs.append((item, dicom))
         else:
             groups[original_series].append((item, dicom))
