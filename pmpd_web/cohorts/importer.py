@@ -255,10 +255,14 @@ def insert_patients(cohort: Cohort, parsed: ParsedTable, positions: np.ndarray) 
 
 
 def _copy_rows(cursor: Any, table: str, columns: list[str], data: str) -> None:
-    """One COPY of CSV ``data`` into ``table``'s ``columns`` (quoted names)."""
-    with cursor.cursor.copy(
-        f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
-    ) as copy:
+    """One COPY of CSV ``data`` into ``table``'s ``columns`` (quoted names). Its errors are
+    Django's, as those of any other statement: a refused row raises ``IntegrityError``."""
+    with (
+        cursor.db.wrap_database_errors,
+        cursor.cursor.copy(
+            f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
+        ) as copy,
+    ):
         copy.write(data)
 
 
