@@ -54,6 +54,22 @@ class Cohort(models.Model):
         self.refresh_from_db(fields=["data_version"])
 
 
+class ByteOrderCharField(models.CharField):
+    """A CharField that PostgreSQL compares and sorts byte by byte (``COLLATE "C"``) rather
+    than in the database's collation (C.UTF-8, which PostgreSQL 15 compares through strcoll,
+    and sorts without abbreviated keys): 3% of the import's COPY, which fills the indexes on
+    these columns. Only for ASCII text, where C and C.UTF-8 order alike: nothing sorts
+    differently. SQLite (the embedded default) compares bytes already (BINARY) and knows no
+    collation named "C", so the field keeps its default there (``db_collation="C"`` would
+    fail its migration)."""
+
+    def db_parameters(self, connection):
+        parameters = super().db_parameters(connection)
+        if connection.vendor == "postgresql":
+            parameters["collation"] = "C"
+        return parameters
+
+
 class Patient(models.Model):
     # No index of its own: the unique (cohort, study ID) index serves every lookup by cohort,
     # and one index less is one less to fill per imported row.
@@ -73,7 +89,9 @@ class Patient(models.Model):
         db_index=False,
         db_constraint=False,
     )
-    study_id = models.CharField(
+    # Letters, digits, '.', '_' and '-' (the validator, and the import's check): ASCII,
+    # compared byte by byte.
+    study_id = ByteOrderCharField(
         max_length=64,
         validators=[
             RegexValidator(
@@ -95,7 +113,8 @@ class Patient(models.Model):
     nccn_resectability = models.CharField(
         max_length=24, choices=_choices(v.NCCN_RESECTABILITY), blank=True
     )
-    metastasis_at_diagnosis = models.CharField(
+    # yes, no or unknown; with the cohort in an index that serves the cohort page's counts.
+    metastasis_at_diagnosis = ByteOrderCharField(
         max_length=8, choices=_choices(v.YES_NO_UNKNOWN), default="unknown"
     )
     site_liver = models.BooleanField(default=False)
