@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,40 +224,67 @@ def plan_import(cohort: Cohort, parsed: ParsedTable) -> ImportPlan:
     return plan
 
 
+@dataclass(frozen=True)
+class _OrmWrites:
+    """What a commit writes on databases other than PostgreSQL: the plan's new and changed
+    patients through the ORM."""
+
+    parsed: ParsedTable
+    plan: ImportPlan
+
+    @property
+    def created(self) -> int:
+        return len(self.plan.new_positions)
+
+    @property
+    def updated(self) -> int:
+        return len(self.plan.update_ids)
+
+    def write(self, cohort: Cohort) -> None:
+        insert_patients(cohort, self.parsed, self.plan.new_positions)
+        _update_patients(self.parsed, self.plan)
+
+
 def insert_patients(cohort: Cohort, parsed: ParsedTable, positions: np.ndarray) -> None:
-    """Insert the rows at ``positions`` as new patients; on PostgreSQL through one COPY of a
-    CSV written by columns, many times faster than INSERTs.
+    """Insert the rows at ``positions`` as new patients through the ORM (databases other than
+    PostgreSQL; there :class:`CopyPayload` writes them with one COPY).
 
     The rows were checked by ``read_table`` (types, ranges, consistency rules); the database
     still enforces the unique study ID and the column types.
     """
     if not len(positions):
         return
+    records = frame_records(parsed.frame.iloc[positions], parsed.columns, parsed.study_present)
+    Patient.objects.bulk_create(
+        [Patient(cohort=cohort, **record) for record in records], batch_size=BATCH
+    )
+
+
+def _new_rows_csv(cohort: Cohort, parsed: ParsedTable, positions: np.ndarray) -> str:
+    """The new patients' rows as the CSV of one COPY into :func:`_new_columns` (many times
+    faster than INSERTs), written by columns."""
+    if not len(positions):
+        return ""
     frame = parsed.frame.iloc[positions]
-    if connection.vendor != "postgresql":
-        records = frame_records(frame, parsed.columns, parsed.study_present)
-        Patient.objects.bulk_create(
-            [Patient(cohort=cohort, **record) for record in records], batch_size=BATCH
-        )
-        return
     cells = _copy_cells(frame, parsed)
     # created_at and updated_at are left to the database's defaults (its clock), and so are
     # the study values ({}) when the file has no study variable.
-    names = [*FIELD_NAMES, "cohort_id"]
     if parsed.study_present:
         cells.append(_quoted(_study_json(frame, parsed)))
-        names.insert(-1, "study_values")
     row_tail = f",{cohort.pk}\n"
-    data = "".join(",".join(row) + row_tail for row in zip(*cells, strict=True))
-    quote = connection.ops.quote_name
-    columns = [quote(Patient._meta.get_field(name).column) for name in names]
-    with connection.cursor() as cursor:
-        _copy_rows(cursor, quote(Patient._meta.db_table), columns, data)
+    return "".join(",".join(row) + row_tail for row in zip(*cells, strict=True))
 
 
-def _copy_rows(cursor: Any, table: str, columns: list[str], data: str) -> None:
-    """One COPY of CSV ``data`` into ``table``'s ``columns`` (quoted names). Its errors are
-    Django's, as those of any other statement: a refused row raises ``IntegrityError``."""
+def _new_columns(study_values: bool) -> list[str]:
+    """The columns of the new patients' COPY (quoted names), in the order of its CSV."""
+    names = [*FIELD_NAMES, *(["study_values"] if study_values else []), "cohort_id"]
+    return [connection.ops.quote_name(Patient._meta.get_field(name).column) for name in names]
+
+
+def _copy_rows(cursor: Any, table: str, columns: list[str], data: str | bytes) -> int:
+    """One COPY of CSV ``data`` (UTF-8) into ``table``'s ``columns`` (quoted names); returns
+    how many rows it wrote. Its errors are Django's, as those of any other statement: a
+    refused row raises ``IntegrityError``."""
     with (
         cursor.db.wrap_database_errors,
         cursor.cursor.copy(
@@ -264,6 +292,7 @@ def _copy_rows(cursor: Any, table: str, columns: list[str], data: str) -> None:
         ) as copy,
     ):
         copy.write(data)
+    return cursor.cursor.rowcount
 
 
 def _numbers(values: pd.Series, form: str) -> list[str]:
@@ -361,8 +390,9 @@ def upload_table(*, cohort: Cohort, user, data: bytes, filename: str) -> TableIm
     """Store the uploaded file and its preview, or queue the preview as a job when the file is
     larger than ``PMPD_TABLE_PREVIEW_JOB_BYTES``. Nothing in the cohort changes.
 
-    The checked rows are kept with the preview: while the file and the cohort stay as they
-    were, the commit writes them without reading and checking the file again.
+    What the commit writes is kept with the preview (on PostgreSQL its COPY payload, the rows
+    formatted as the COPY takes them): while the file and the cohort stay as they were, the
+    commit writes it without reading, checking and formatting the file again.
     """
     try:
         check_size(data, filename, max_bytes=settings.PMPD_TABLE_MAX_BYTES)
@@ -437,7 +467,7 @@ def _record_preview(table_import: TableImport, parsed: ParsedTable, state: Any) 
         table_import.status = TableImport.Status.PREVIEWED
         plan = plan_import(cohort, parsed)
         table_import.summary = plan.summary()
-        table_import.checked = pack_checked(parsed, plan.arrays())
+        table_import.checked = _kept(cohort, parsed, plan)
         table_import.checked_against = state
     else:
         table_import.status = TableImport.Status.INVALID
@@ -459,22 +489,48 @@ def _record_preview(table_import: TableImport, parsed: ParsedTable, state: Any) 
         )
 
 
-def _checked_table(table_import: TableImport) -> tuple[ParsedTable, ImportPlan | None, bool]:
-    """The preview's checked rows and its plan when the file and the cohort are unchanged
-    since, else the file read and checked again against the cohort as it is now (and no
-    plan: the caller compares it with the cohort again). Returns (table, plan, reused)."""
+def _kept(cohort: Cohort, parsed: ParsedTable, plan: ImportPlan) -> bytes:
+    """What the preview keeps for the commit: on PostgreSQL the COPY payload (the rows as the
+    commit writes them), elsewhere the checked rows and the plan as arrays."""
+    if connection.vendor == "postgresql":
+        return CopyPayload.of_plan(cohort, parsed, plan).pack(cohort)
+    return pack_checked(parsed, plan.arrays())
+
+
+@dataclass
+class _Checked:
+    """The rows a commit writes: the preview's (``reused``) or the file's, read and checked
+    again. On PostgreSQL a reused preview is its COPY payload alone (no table, no plan)."""
+
+    rows: int
+    reused: bool
+    parsed: ParsedTable | None = None
+    plan: ImportPlan | None = None
+    payload: CopyPayload | None = None
+
+
+def _checked_table(table_import: TableImport) -> _Checked:
+    """What the preview kept when the file and the cohort are unchanged since, else the file
+    read and checked again against the cohort as it is now (and no plan: the caller compares
+    it with the cohort again)."""
     cohort = table_import.cohort
     with table_import.file.open("rb") as handle:
         data = handle.read()
     same_file = hashlib.sha256(data).hexdigest() == table_import.sha256
     state, columns = cohort_state(cohort)
     if same_file and table_import.checked and table_import.checked_against == state:
+        kept, summary = bytes(table_import.checked), table_import.summary
         try:
-            parsed, arrays = unpack_checked(bytes(table_import.checked), columns)
-            return parsed, ImportPlan.of_arrays(arrays, table_import.summary), True
+            if connection.vendor == "postgresql":
+                payload = CopyPayload.unpack(kept, cohort, summary)
+                return _Checked(payload.rows, True, payload=payload)
+            parsed, arrays = unpack_checked(kept, columns)
+            plan = ImportPlan.of_arrays(arrays, summary)
+            return _Checked(len(parsed.rows), True, parsed=parsed, plan=plan)
         except (ValueError, KeyError):
-            pass  # kept in an older form (never unpickled): the file is checked again
-    return _read(data, table_import.original_filename, columns), None, False
+            pass  # kept in another form (never unpickled): the file is checked again
+    parsed = _read(data, table_import.original_filename, columns)
+    return _Checked(len(parsed.rows), False, parsed=parsed)
 
 
 def commit_import(
@@ -483,33 +539,47 @@ def commit_import(
     """Apply a previewed table: all rows or none, in one transaction.
 
     The preview's checked rows are written when the file and the cohort are unchanged since
-    the preview; otherwise the file is read and checked again, against the cohort as it is
-    now. Any problem fails the whole import and leaves the cohort unchanged.
+    the preview (on PostgreSQL its COPY payload, as it is); otherwise the file is read and
+    checked again, against the cohort as it is now. Any problem fails the whole import and
+    leaves the cohort unchanged.
     """
     cohort = table_import.cohort
     progress(5, "Reading the table")
-    parsed, plan, reused = _checked_table(table_import)
-    if not parsed.ok:
-        first = "; ".join(str(p) for p in parsed.problems[:5])
-        raise UserFacingError(f"{len(parsed.problems)} problem(s) in the table: {first}")
+    checked = _checked_table(table_import)
+    if checked.parsed is not None and not checked.parsed.ok:
+        problems = checked.parsed.problems
+        first = "; ".join(str(p) for p in problems[:5])
+        raise UserFacingError(f"{len(problems)} problem(s) in the table: {first}")
     progress(
         40,
-        f"Comparing {len(parsed.rows)} rows with the cohort"
-        + (" (checked at the preview)" if reused else " (checked again: the cohort changed)"),
+        f"Comparing {checked.rows} rows with the cohort"
+        + (
+            " (checked at the preview)"
+            if checked.reused
+            else " (checked again: the cohort changed)"
+        ),
     )
-    if plan is None:
-        plan = plan_import(cohort, parsed)
+    writes: CopyPayload | _OrmWrites
+    if checked.payload is not None:
+        writes, planned = checked.payload, dict(table_import.summary)  # the preview's plan
+    else:
+        assert checked.parsed is not None
+        plan = checked.plan or plan_import(cohort, checked.parsed)
+        writes = (
+            CopyPayload.of_plan(cohort, checked.parsed, plan)
+            if connection.vendor == "postgresql"
+            else _OrmWrites(checked.parsed, plan)
+        )
+        planned = plan.summary()
     progress(
         60,
-        f"Writing {len(plan.new_positions)} new and {len(plan.update_ids)} changed "
-        "patients in one transaction",
+        f"Writing {writes.created} new and {writes.updated} changed patients in one transaction",
     )
     with transaction.atomic():
-        insert_patients(cohort, parsed, plan.new_positions)
-        _update_patients(parsed, plan)
-        if len(plan.new_positions) or plan.update_ids:
+        writes.write(cohort)
+        if writes.created or writes.updated:
             cohort.bump_data_version()
-        summary = plan.summary() | {"rows": len(parsed.rows), "checked_at_preview": reused}
+        summary = planned | {"rows": checked.rows, "checked_at_preview": checked.reused}
         TableImport.objects.filter(pk=table_import.pk).update(
             status=TableImport.Status.COMMITTED, summary=summary, checked=None
         )
@@ -527,14 +597,10 @@ def commit_import(
 
 
 def _update_patients(parsed: ParsedTable, plan: ImportPlan) -> None:
-    """Write the changed patients: their checked rows, all their template fields (the
-    unchanged ones equal what is stored), and the study values the plan merged. On PostgreSQL
-    one COPY of their rows into a temporary table and one UPDATE from it (``bulk_update``'s
-    CASE per row and field took seconds for 10,000 changed patients)."""
+    """Write the changed patients through the ORM (databases other than PostgreSQL; there
+    :class:`CopyPayload` writes them): their checked rows, all their template fields (the
+    unchanged ones equal what is stored), and the study values the plan merged."""
     if not plan.update_ids:
-        return
-    if connection.vendor == "postgresql":
-        _copy_updates(parsed, plan)
         return
     now = timezone.now()
     records = frame_records(
@@ -558,19 +624,29 @@ def _update_patients(parsed: ParsedTable, plan: ImportPlan) -> None:
         )
 
 
-def _copy_updates(parsed: ParsedTable, plan: ImportPlan) -> None:
-    """The changed patients' checked rows and their merged study values (NULL: left as
-    stored), through a temporary table."""
+def _changed_rows_csv(parsed: ParsedTable, plan: ImportPlan) -> str:
+    """The changed patients' rows as the CSV of :func:`_copy_updates`: their id, their checked
+    row and their merged study values (NULL: left as stored)."""
+    if not plan.update_ids:
+        return ""
     cells = _copy_cells(parsed.frame.iloc[plan.update_positions], parsed)
     cells.append([_csv_text(merged) if merged else "" for merged in plan.update_study_values])
     cells.insert(0, [str(pk) for pk in plan.update_ids])
-    data = "".join(",".join(row) + "\n" for row in zip(*cells, strict=True))
+    return "".join(",".join(row) + "\n" for row in zip(*cells, strict=True))
+
+
+def _copy_updates(cohort: Cohort, data: bytes) -> int:
+    """Write the changed patients' rows (CSV of :func:`_changed_rows_csv`) with one COPY into
+    a temporary table and one UPDATE from it (``bulk_update``'s CASE per row and field took
+    seconds for 10,000 changed patients); only patients of ``cohort`` are written. Returns
+    how many were."""
     quote = connection.ops.quote_name
     table = quote(Patient._meta.db_table)
     staged = quote("pmpd_import_updates")
     fields = [quote(Patient._meta.get_field(name).column) for name in FIELD_NAMES]
     columns = ["id", *fields, "study_values"]
     assignments = ", ".join(f"{name} = t.{name}" for name in fields)
+    cohort_column = quote(Patient._meta.get_field("cohort").column)
     with connection.cursor() as cursor:
         cursor.execute(
             f"CREATE TEMPORARY TABLE {staged} AS SELECT {', '.join(columns)} FROM {table} "
@@ -581,10 +657,115 @@ def _copy_updates(parsed: ParsedTable, plan: ImportPlan) -> None:
         cursor.execute(
             f"UPDATE {table} AS p SET {assignments}, "
             "study_values = COALESCE(t.study_values, p.study_values), updated_at = %s "
-            f"FROM {staged} AS t WHERE p.id = t.id",
-            [timezone.now()],
+            f"FROM {staged} AS t WHERE p.id = t.id AND p.{cohort_column} = %s",
+            [timezone.now(), cohort.pk],
         )
+        updated = cursor.rowcount
         cursor.execute(f"DROP TABLE {staged}")
+    return updated
+
+
+#: The kept form of a preview's COPY payload: this prefix (its version), a line of JSON (the
+#: counts and the byte lengths of the two texts), then the two texts (zlib).
+PAYLOAD_MAGIC = b"PMPD-COPY/1\n"
+
+
+@dataclass(frozen=True)
+class CopyPayload:
+    """What a commit writes on PostgreSQL, formatted by the preview: the new patients' rows
+    (CSV of :func:`_new_columns`, cohort id included) for one COPY into the patients, and the
+    changed patients' rows (CSV of :func:`_changed_rows_csv`) for one COPY into a temporary
+    table and one UPDATE from it.
+
+    Kept with the preview (``TableImport.checked``), the commit COPYs them as they are while
+    the file and the cohort are unchanged: it neither loads nor formats the rows again. Read
+    back, it is text for ``COPY ... FORMAT csv`` into fixed column lists and nothing else
+    (no pickle, nothing that runs code): a tampered payload can at worst fail the COPY or the
+    database's checks (types, the unique study ID, the patient's cohort), or be refused for
+    writing other counts of rows than it says.
+    """
+
+    rows: int
+    created: int
+    updated: int
+    #: The new rows carry their study values (the file has study variables).
+    study_values: bool
+    new_rows: bytes
+    changed_rows: bytes
+
+    @classmethod
+    def of_plan(cls, cohort: Cohort, parsed: ParsedTable, plan: ImportPlan) -> CopyPayload:
+        return cls(
+            rows=len(parsed.rows),
+            created=len(plan.new_positions),
+            updated=len(plan.update_ids),
+            study_values=bool(parsed.study_present),
+            new_rows=_new_rows_csv(cohort, parsed, plan.new_positions).encode(),
+            changed_rows=_changed_rows_csv(parsed, plan).encode(),
+        )
+
+    def pack(self, cohort: Cohort) -> bytes:
+        head = {
+            "cohort": cohort.pk,
+            "rows": self.rows,
+            "created": self.created,
+            "updated": self.updated,
+            "study_values": self.study_values,
+            "new_bytes": len(self.new_rows),
+            "changed_bytes": len(self.changed_rows),
+        }
+        body = zlib.compress(self.new_rows + self.changed_rows, 1)
+        return PAYLOAD_MAGIC + json.dumps(head).encode() + b"\n" + body
+
+    @classmethod
+    def unpack(cls, data: bytes, cohort: Cohort, summary: dict[str, Any]) -> CopyPayload:
+        """What :meth:`pack` wrote for ``cohort`` with the preview's ``summary``;
+        ``ValueError`` when ``data`` is not that (another form, another cohort, other counts
+        than the summary's, inconsistent)."""
+        if not data.startswith(PAYLOAD_MAGIC):
+            raise ValueError("not a COPY payload")
+        line, _, body = data[len(PAYLOAD_MAGIC) :].partition(b"\n")
+        try:
+            head = json.loads(line)
+            text = zlib.decompress(body)
+        except (ValueError, zlib.error) as exc:
+            raise ValueError(f"not a COPY payload ({exc})") from None
+        counts = ("rows", "created", "updated", "new_bytes", "changed_bytes")
+        if (
+            not isinstance(head, dict)
+            or not all(type(head.get(name)) is int and head[name] >= 0 for name in counts)
+            or head.get("cohort") != cohort.pk
+            or type(head["cohort"]) is not int
+            or type(head.get("study_values")) is not bool
+            or head["new_bytes"] + head["changed_bytes"] != len(text)
+            or [head[name] for name in counts[:3]] != [summary.get(name) for name in counts[:3]]
+        ):
+            raise ValueError("not this preview's COPY payload")
+        return cls(
+            rows=head["rows"],
+            created=head["created"],
+            updated=head["updated"],
+            study_values=head["study_values"],
+            new_rows=text[: head["new_bytes"]],
+            changed_rows=text[head["new_bytes"] :],
+        )
+
+    def write(self, cohort: Cohort) -> None:
+        """COPY the rows (inside the caller's transaction); refused when they are not as many
+        as the payload says."""
+        created = updated = 0
+        if self.new_rows:
+            table = connection.ops.quote_name(Patient._meta.db_table)
+            with connection.cursor() as cursor:
+                created = _copy_rows(cursor, table, _new_columns(self.study_values), self.new_rows)
+        if self.changed_rows:
+            updated = _copy_updates(cohort, self.changed_rows)
+        if (created, updated) != (self.created, self.updated):
+            raise UserFacingError(
+                f"The import wrote {created} new and {updated} changed patients where its "
+                f"preview counted {self.created} and {self.updated}: nothing was imported. "
+                "Upload the file again."
+            )
 
 
 def start_commit(table_import: TableImport, user) -> Any:

@@ -299,6 +299,9 @@ class TableImport(models.Model):
     job = models.OneToOneField(
         "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="table_import"
     )
+    # On PostgreSQL the rows formatted as the commit's COPY takes them (importer.CopyPayload),
+    # elsewhere the checked rows and the plan as NumPy arrays (table.pack_checked); never a
+    # pickle.
     checked = models.BinaryField(
         null=True,
         blank=True,

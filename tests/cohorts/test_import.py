@@ -160,15 +160,19 @@ def test_commit_is_all_or_nothing_when_the_database_refuses(
     table_import = TableImport.objects.get()
     from pmpd_web.cohorts import importer
 
-    original = importer.insert_patients
+    original = importer._copy_rows
+    written = []
 
-    def explode(cohort, records):
-        original(cohort, records[:10])  # half-written when it fails
+    def explode(cursor, table, columns, data):
+        # A third written when it fails. (This stand-in replaced insert_patients, with a
+        # signature it no longer had: it failed before writing anything.)
+        written.append(original(cursor, table, columns, b"".join(data.splitlines(True)[:10])))
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(importer, "insert_patients", explode)
+    monkeypatch.setattr(importer, "_copy_rows", explode)
     commit(client, cohort, table_import.pk, django_capture_on_commit_callbacks)
     job = Job.objects.get()
+    assert written == [10]
     assert job.status == "failed" and "Internal error" in job.error
     assert Patient.objects.count() == 0
     table_import.refresh_from_db()
