@@ -405,3 +405,42 @@ def test_a_preview_kept_as_a_pickle_is_checked_again_never_unpickled(cohort, mem
     # The COPY leaves both times to the database's clock: one time for the whole import.
     times = set(imported.values_list("created_at", "updated_at"))
     assert len(times) == 1 and len(set(next(iter(times)))) == 1
+
+
+def test_the_cohort_state_is_two_queries_and_sees_every_change(cohort, other_cohort):
+    """What a preview is checked against: one query for the data version and the patients (one
+    pass over them), one for the study variables. Any change of the cohort's patients, version
+    or variables changes it; another cohort's changes do not."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from factories import make_patient
+
+    from pmpd_web.cohorts.importer import cohort_state
+    from pmpd_web.cohorts.models import StudyVariable
+
+    with CaptureQueriesContext(connection) as queries:
+        state, columns = cohort_state(cohort)
+    assert len(queries.captured_queries) == 2
+    assert [c.name for c in columns][:1] == ["study_id"]
+    seen = {state}
+
+    def changed() -> None:
+        now, _ = cohort_state(cohort)
+        assert now not in seen
+        seen.add(now)
+
+    make_patient(other_cohort, "P-1")
+    assert cohort_state(cohort)[0] == state
+    patient = make_patient(cohort, "P-1")
+    changed()
+    patient.centre = "Lyon"
+    patient.save()  # the same count, a later change
+    changed()
+    cohort.bump_data_version()
+    changed()
+    variable = StudyVariable.objects.create(cohort=cohort, name="ecog", label="E", kind="int")
+    changed()
+    variable.maximum = 4
+    variable.save()
+    changed()
+    assert cohort_state(cohort)[0] in seen  # nothing changed since
