@@ -657,8 +657,12 @@ def _series_index(study: str, series: str, *, fresh: bool) -> SeriesFiles | None
 
 
 def _instance_file(user, study: str, series: str, sop: str, *, fresh: bool = False) -> str:
-    """The stored file of an instance ``user`` may view (404 otherwise, whatever the reason)."""
+    """The stored file of an instance ``user`` may view (404 otherwise, whatever the reason).
+    An instance the kept index of its series does not know (stored since: a SEG saved from
+    the viewer, a series ingested again) is looked up again before it is refused."""
     entry = _series_index(study, series, fresh=fresh)
+    if not fresh and entry is not None and sop not in entry.files:
+        entry = _series_index(study, series, fresh=True)
     if (
         entry is None
         or sop not in entry.files

@@ -51,6 +51,27 @@ def test_a_frame_request_reads_the_database_once(imaged, client_for, members):
         assert len(queries) == 1, [query["sql"] for query in queries]
 
 
+def test_an_instance_stored_since_the_series_was_indexed_is_served(imaged, client_for, members):
+    """The kept index of a series' files (30 s) does not hide an instance stored after it
+    was read (a SEG saved from the viewer into a known series, a series ingested again):
+    it was 404 until the index expired (seen as a flaky STOW test of OHIF's two SEG kinds)."""
+    from pmpd_web.imaging.models import DicomInstance
+
+    client = client_for(members["clinician"])
+    assert client.get(frame_url(imaged, 0), HTTP_ACCEPT=FRAME_ACCEPT).status_code == 200
+    first = imaged.ct.instances.order_by("instance_number").first()
+    added = DicomInstance.objects.get(pk=first.pk)
+    added.pk, added.sop_instance_uid = None, "1.2.826.0.1.3680043.8.498.99"
+    added.save()
+    url = (
+        f"/dicomweb/studies/{imaged.study.study_instance_uid}"
+        f"/series/{imaged.ct.series_instance_uid}/instances/{added.sop_instance_uid}/frames/1"
+    )
+    assert client.get(url, HTTP_ACCEPT=FRAME_ACCEPT).status_code == 200
+    missing = url.replace(added.sop_instance_uid, "1.2.826.0.1.3680043.8.498.98")
+    assert client.get(missing, HTTP_ACCEPT=FRAME_ACCEPT).status_code == 404
+
+
 def test_a_revoked_membership_stops_the_next_frame(imaged, client_for, members, cohort):
     client = client_for(members["clinician"])
     assert client.get(frame_url(imaged, 0), HTTP_ACCEPT=FRAME_ACCEPT).status_code == 200
