@@ -39,7 +39,7 @@ from pydicom.uid import (
 
 from . import deid
 from .errors import IngestError
-from .volumes import CANONICAL_PANCREAS, CANONICAL_TUMOUR, Grid, check_grid
+from .volumes import CANONICAL_PANCREAS, CANONICAL_TUMOUR, Grid, StreamedHash, check_grid
 
 ENHANCED_CT_CLASSES = {"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -288,6 +288,9 @@ class CtSeries:
     phase: str
     study_date: str
     labels: list[str] = field(default_factory=list)
+    # The volume's content hash, computed while the volume was filled (``assemble_ct`` with
+    # ``hash_while_filling``); None otherwise.
+    streamed_hash: StreamedHash | None = None
 
     @property
     def datasets(self) -> list[Dataset]:
@@ -499,12 +502,20 @@ def drop_duplicate_instances(
     return kept, dropped
 
 
-def assemble_ct(files: list[DicomFile], *, min_slices: int, tolerance_mm: float) -> CtSeries:
+def assemble_ct(
+    files: list[DicomFile],
+    *,
+    min_slices: int,
+    tolerance_mm: float,
+    hash_while_filling: bool = False,
+) -> CtSeries:
     """Check one CT series and build its volume; IngestError names the series and the file.
 
     Slices are sorted along the normal of their orientation (like SimpleITK/GDCM): the origin
     is the first slice's position, the direction's columns are row, column and normal.
-    Duplicate SOP instances count once (``drop_duplicate_instances``).
+    Duplicate SOP instances count once (``drop_duplicate_instances``). With
+    ``hash_while_filling`` the volume's content hash is computed while the volume is filled
+    (``CtSeries.streamed_hash``).
     """
     files, _ = drop_duplicate_instances(files)
     first = files[0]
@@ -608,7 +619,18 @@ def assemble_ct(files: list[DicomFile], *, min_slices: int, tolerance_mm: float)
         direction=tuple(np.column_stack([row, column, normal]).reshape(-1).tolist()),
     )
     check_grid(grid, label=series_label, min_slices=min_slices)
-    hu = _hounsfield(files)
+    rows, columns = int(peek(reference, "Rows")), int(peek(reference, "Columns"))
+    hasher = (
+        StreamedHash(np.dtype(np.int16), (len(files), rows, columns), grid)
+        if hash_while_filling
+        else None
+    )
+    try:
+        hu = _hounsfield(files, hasher)
+    except BaseException:
+        if hasher is not None:
+            hasher.cancel()
+        raise
     ds0 = files[0].dataset
     thickness = peek(ds0, "SliceThickness")
     series_number = peek(ds0, "SeriesNumber")
@@ -629,10 +651,11 @@ def assemble_ct(files: list[DicomFile], *, min_slices: int, tolerance_mm: float)
         ),
         study_date=str(peek(ds0, "StudyDate", "")),
         labels=[f.label for f in files],
+        streamed_hash=hasher,
     )
 
 
-def _hounsfield(files: list[DicomFile]) -> np.ndarray:
+def _hounsfield(files: list[DicomFile], hasher: StreamedHash | None = None) -> np.ndarray:
     """The series' slices as int16 HU. The usual series (slope 1, one integer intercept) is
     converted slice by slice straight from each file's pixel bytes into the volume, while the
     slice is in the cache; any other is stacked and rescaled in floating point."""
@@ -647,9 +670,13 @@ def _hounsfield(files: list[DicomFile]) -> np.ndarray:
         and np.all(intercepts == intercepts[0])
         and intercepts[0] == np.rint(intercepts[0])
     ):
-        hu = _shifted_slices(files, first, bits_stored=bits_stored, intercept=int(intercepts[0]))
+        hu = _shifted_slices(
+            files, first, bits_stored=bits_stored, intercept=int(intercepts[0]), hasher=hasher
+        )
         if hu is not None:
             return hu
+        if hasher is not None:
+            hasher.restart()
     stored = np.empty((len(files), *first.shape), dtype=first.dtype)
     stored[0] = first
     for index, dicom in enumerate(files[1:], start=1):
@@ -658,7 +685,10 @@ def _hounsfield(files: list[DicomFile]) -> np.ndarray:
     values = np.rint(stored * slopes[:, None, None] + intercepts[:, None, None])
     if values.min() < -32768 or values.max() > 32767:
         raise IngestError(files[0].label, "the rescaled values do not fit 16-bit Hounsfield units")
-    return values.astype(np.int16)
+    hu = values.astype(np.int16)
+    if hasher is not None:
+        hasher.add(hu)
+    return hu
 
 
 def _volume_buffer(shape: tuple[int, ...], dtype: type) -> np.ndarray:
@@ -689,14 +719,25 @@ def _stored_bits(stored: np.ndarray, bits_stored: int) -> np.ndarray:
     return stored
 
 
+# Slices converted before they are handed to the hash thread together.
+HASH_SLAB = 16
+
+
 def _shifted_slices(
-    files: list[DicomFile], first: np.ndarray, *, bits_stored: int, intercept: int
+    files: list[DicomFile],
+    first: np.ndarray,
+    *,
+    bits_stored: int,
+    intercept: int,
+    hasher: StreamedHash | None = None,
 ) -> np.ndarray | None:
     """HU = stored value + ``intercept``, written slice by slice into one int16 volume (one
     pass over the pixel bytes); None when a stored value does not fit int16 (the floating-point
-    path decides then)."""
+    path decides then, and ``hasher`` starts again). Each finished slab of ``HASH_SLAB``
+    slices goes to ``hasher``."""
     hu = _volume_buffer((len(files), *first.shape), np.int16)
     offset = np.int16(intercept) if -32768 <= intercept <= 32767 else None
+    hashed = 0
     for index, dicom in enumerate(files):
         stored = _stored_bits(first if index == 0 else _native_pixels(dicom), bits_stored)
         low, high = int(stored.min()), int(stored.max())
@@ -709,6 +750,11 @@ def _shifted_slices(
         if stored.dtype == np.uint16:
             stored = stored.view(np.int16)  # every value is below 32768: the same numbers
         np.add(stored, offset, out=hu[index], casting="unsafe")
+        if hasher is not None and index + 1 - hashed >= HASH_SLAB:
+            hasher.add(hu[hashed : index + 1])
+            hashed = index + 1
+    if hasher is not None and hashed < len(files):
+        hasher.add(hu[hashed:])
     return hu
 
 

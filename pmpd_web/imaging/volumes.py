@@ -31,12 +31,52 @@ CANONICAL_PANCREAS = 1
 CANONICAL_TUMOUR = 2
 
 
+def _hash_header(dtype: np.dtype, shape: tuple[int, ...], grid: Grid) -> bytes:
+    return json.dumps([str(dtype), list(shape), grid.as_dict()]).encode()
+
+
 def content_hash(array: np.ndarray, grid: Grid) -> str:
     """SHA-256 of a volume's voxels (with their type and shape) and its grid."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps([str(array.dtype), list(array.shape), grid.as_dict()]).encode())
+    digest = hashlib.sha256(_hash_header(array.dtype, array.shape, grid))
     digest.update(np.ascontiguousarray(array).data)
     return digest.hexdigest()
+
+
+class StreamedHash:
+    """``content_hash`` of a volume that is filled slab by slab: each finished slab (in order,
+    C-contiguous) is hashed by a thread of its own (hashlib releases the GIL for large
+    buffers) while the caller fills the next, so the hash is ready about when the volume is
+    rather than a whole pass over it later. ``hexdigest`` gives the same value as
+    ``content_hash`` of the whole volume."""
+
+    def __init__(self, dtype: np.dtype, shape: tuple[int, ...], grid: Grid) -> None:
+        self._header = _hash_header(np.dtype(dtype), tuple(shape), grid)
+        self._digest = hashlib.sha256(self._header)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volume-hash")
+        self._pending: list = []
+
+    def add(self, slab: np.ndarray) -> None:
+        """Hash ``slab`` next (the caller leaves it unchanged from now on)."""
+        self._pending.append(self._thread.submit(self._update, np.ascontiguousarray(slab)))
+
+    def restart(self) -> None:
+        """Forget the slabs given so far (the volume is being filled again)."""
+        self._pending.append(self._thread.submit(self._reset))
+
+    def _update(self, slab: np.ndarray) -> None:
+        self._digest.update(slab.data)
+
+    def _reset(self) -> None:
+        self._digest = hashlib.sha256(self._header)
+
+    def hexdigest(self) -> str:
+        self._thread.shutdown(wait=True)
+        for future in self._pending:
+            future.result()
+        return self._digest.hexdigest()
+
+    def cancel(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
 
 
 def check_grid(grid: Grid, *, label: str, min_slices: int) -> None:

@@ -52,6 +52,7 @@ from pmpd_web.imaging.volumes import (
     Volume,
     align_to_grid,
     canonical_mask,
+    content_hash,
     distinct_values,
     label_values,
     read_volume,
@@ -421,12 +422,16 @@ def _pixels(rng, shape, dtype, low, high):
         "an intercept per slice",
         "slope 0.5",
         "unsigned 16 bits above 32767",
+        "unsigned 16 bits, above 32767 in the last slice only",
         "8-bit pixels",
     ],
 )
-def test_stored_values_become_hounsfield_units(tmp_path, case):
+def test_stored_values_become_hounsfield_units(tmp_path, monkeypatch, case):
     """The usual series is converted slice by slice; the answer is that of the whole series'
-    stored values rescaled at once (the bits past BitsStored cleared or sign-extended)."""
+    stored values rescaled at once (the bits past BitsStored cleared or sign-extended). The
+    content hash computed while the volume is filled (slabs of 2 slices here) is that of the
+    finished volume, also when a late slice sends the series to the floating-point path."""
+    monkeypatch.setattr(series_module, "HASH_SLAB", 2)
     rng = np.random.default_rng(11)
     patient = small_patient()
     files = read_all(dicom_series(patient, tmp_path / "ct", private_tags=False))
@@ -452,6 +457,12 @@ def test_stored_values_become_hounsfield_units(tmp_path, case):
         stored = _pixels(rng, shape, np.uint16, 0, 4095)
         slopes = [0.5] * n
         expected = np.rint(stored * 0.5 - 1024).astype(np.int32)
+    elif case == "unsigned 16 bits, above 32767 in the last slice only":
+        header.update(BitsStored=16, HighBit=15)
+        stored = _pixels(rng, shape, np.uint16, 0, 4095)
+        stored[-1, 0, 0] = 40000
+        intercepts = [-32768] * n
+        expected = stored.astype(np.int32) - 32768
     elif case.startswith("unsigned 16"):
         header.update(BitsStored=16, HighBit=15)
         stored = _pixels(rng, shape, np.uint16, 30000, 40000)
@@ -463,9 +474,10 @@ def test_stored_values_become_hounsfield_units(tmp_path, case):
         intercepts = [-100] * n
         expected = stored.astype(np.int32) - 100
     files = _stored(files, stored, slopes=slopes, intercepts=intercepts, **header)
-    series = assemble_ct(files, min_slices=8, tolerance_mm=0.01)
+    series = assemble_ct(files, min_slices=8, tolerance_mm=0.01, hash_while_filling=True)
     assert series.hu.dtype == np.int16
     np.testing.assert_array_equal(series.hu, expected)
+    assert series.streamed_hash.hexdigest() == content_hash(series.hu, series.grid)
 
 
 def test_hounsfield_units_that_do_not_fit_16_bits_are_refused(tmp_path):

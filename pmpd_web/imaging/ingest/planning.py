@@ -110,6 +110,7 @@ def _dicom_cts(
                     [dicom for _, dicom in members],
                     min_slices=options.min_slices,
                     tolerance_mm=options.tolerance_mm,
+                    hash_while_filling=True,
                 )
             )
         except IngestError as exc:
@@ -202,15 +203,18 @@ def prepare_patient(
         if item.kind not in VOLUME_KINDS and item.kind != Kind.DICOM:
             problems.append((item, f"{item.label}: {describe_unknown(item.path)}"))
     # The volume files (masks mostly) are read in the pool while the DICOM files are read
-    # here, and the series' hashes computed there after (SimpleITK, zlib, numpy and hashlib
-    # release the GIL).
+    # here, and each series' content hash is computed by a thread of its own while its volume
+    # is filled (SimpleITK, zlib, numpy and hashlib release the GIL).
     volume_problems: list[tuple[Item, str]] = []
     volumes = pool.submit(_volume_items, volume_items, upload, options, volume_problems)
     dicom_series, seg_files = _dicom_cts(patient, dicom_items, options, problems)
-    hashes = [pool.submit(content_hash, ct.hu, ct.grid) for ct in dicom_series]
+    hashes = [ct.streamed_hash for ct in dicom_series]
     ct_volumes, mask_volumes = volumes.result()
     problems += volume_problems
     if problems:
+        for digest in hashes:
+            if digest is not None:
+                digest.cancel()
         raise PatientFailed(problems)
 
     existing = {
@@ -236,7 +240,7 @@ def prepare_patient(
                 slice_thickness_mm=ct.slice_thickness_mm,
                 pixel_spacing_mm=ct.pixel_spacing_mm,
                 series_number=ct.series_number,
-                content_hash=digest.result(),
+                content_hash=digest.hexdigest() if digest else content_hash(ct.hu, ct.grid),
                 items=[i for i in dicom_items if i.label in labels],
                 source_patient_key=_source_key("patient", ct.files[0].source_patient_id, patient),
                 source_study_key=_source_key("study", ct.files[0].source_study_uid, patient),
