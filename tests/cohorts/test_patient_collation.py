@@ -4,6 +4,7 @@ for a cheaper import; nothing sorts differently, and SQLite keeps its default.""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -56,9 +57,11 @@ def test_the_field_has_no_collation_on_sqlite():
 
 
 @pytest.mark.slow
-def test_the_embedded_sqlite_database_migrates(tmp_path):
+def test_the_embedded_sqlite_database_migrates_and_keeps_the_patients_cohort(tmp_path):
     """``make demo``'s default database: the migrations of the import's speed (no foreign
-    key, triggers and collation on PostgreSQL only) apply on SQLite."""
+    key, statement-level triggers and collation on PostgreSQL only) apply on SQLite, and
+    SQLite's own triggers keep a patient's cohort there (a later migration that rebuilds a
+    table would drop them: this test says so)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PMPD_"))}
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'pmpd.sqlite3'}"
     result = subprocess.run(
@@ -70,3 +73,41 @@ def test_the_embedded_sqlite_database_migrates(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    database = sqlite3.connect(tmp_path / "pmpd.sqlite3")
+    triggers = {
+        row[0] for row in database.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+    }
+    assert {
+        "pmpd_patient_cohort_insert",
+        "pmpd_patient_cohort_update",
+        "pmpd_cohort_delete",
+        "pmpd_cohort_update",
+    } <= triggers
+
+    def row(table: str, **values) -> None:
+        """A row of ``table`` with ``values`` and a blank or zero in every other required
+        column (the test does not depend on them)."""
+        for _, name, kind, required, default, key in database.execute(
+            f"PRAGMA table_info({table})"
+        ):
+            if required and default is None and not key and name not in values:
+                values[name] = 0 if kind.lower().startswith(("int", "bool", "real")) else ""
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        database.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(values.values()))
+
+    with database:
+        row("cohorts_cohort", id=1, name="A")
+        row("cohorts_cohort", id=2, name="B")
+    with pytest.raises(sqlite3.IntegrityError, match="cohort does not exist"), database:
+        row("cohorts_patient", cohort_id=9, study_id="P-9")
+    with database:
+        row("cohorts_patient", cohort_id=1, study_id="P-1")
+        row("cohorts_patient", cohort_id=2, study_id="P-2")
+    with pytest.raises(sqlite3.IntegrityError, match="cohort does not exist"), database:
+        database.execute("UPDATE cohorts_patient SET cohort_id = 9 WHERE study_id = 'P-1'")
+    with pytest.raises(sqlite3.IntegrityError, match="still has patients"), database:
+        database.execute("UPDATE cohorts_cohort SET id = 7 WHERE id = 1")
+    with database:
+        database.execute("DELETE FROM cohorts_cohort WHERE id = 1")
+    assert [row[0] for row in database.execute("SELECT study_id FROM cohorts_patient")] == ["P-2"]
