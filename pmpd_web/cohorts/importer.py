@@ -270,7 +270,7 @@ def _new_rows_csv(cohort: Cohort, parsed: ParsedTable, positions: np.ndarray) ->
     # created_at and updated_at are left to the database's defaults (its clock), and so are
     # the study values ({}) when the file has no study variable.
     if parsed.study_present:
-        cells.append(_quoted(_study_json(frame, parsed)))
+        cells.append(_study_fields(frame, parsed))
     return _csv_rows(cells, tail=f",{cohort.pk}\n")
 
 
@@ -345,21 +345,26 @@ def _copy_cells(frame: pd.DataFrame, parsed: ParsedTable) -> list[list[str]]:
     return cells
 
 
-def _study_json(frame: pd.DataFrame, parsed: ParsedTable) -> pd.Series:
-    """Each row's ``study_values`` as JSON text, written by columns (a blank is null: no value).
-    Codes are letters, digits and '_', dates ISO text: they need no escaping."""
+def _study_fields(frame: pd.DataFrame, parsed: ParsedTable) -> list[str]:
+    """Each row's ``study_values`` as JSON text in a quoted CSV field (its double quotes
+    doubled), written by columns: each distinct value of a variable is formatted once (a blank
+    is null: no value). Codes are letters, digits and '_', dates ISO text: they need no
+    escaping."""
     kinds = {c.name: c.kind for c in parsed.columns}
-    text = pd.Series("{", index=frame.index)
+    columns: list[list[str]] = []
     for position, name in enumerate(parsed.study_present):
-        values = frame[name]
-        if kinds[name] == "int":
-            shown = values.astype("Int64").astype(str).where(values.notna(), "null")
-        elif kinds[name] == "number":
-            shown = values.astype(str).where(values.notna(), "null")
+        key = ("" if position == 0 else ", ") + f'""{name}"": '
+        values = frame[name].to_numpy()
+        if kinds[name] in ("int", "number"):
+            codes, uniques = pd.factorize(values.astype(float))
+            whole = kinds[name] == "int"
+            shown = [key + (str(int(u)) if whole else str(u)) for u in uniques.tolist()]
         else:
-            shown = ('"' + values.astype(str) + '"').where(values != "", "null")
-        text = text + ("" if position == 0 else ", ") + f'"{name}": ' + shown
-    return text + "}"
+            codes, uniques = pd.factorize(values.astype(object))
+            shown = [key + (f'""{u}""' if u != "" else "null") for u in uniques.tolist()]
+        # Code -1 (a missing number) picks the trailing null.
+        columns.append(np.array([*shown, key + "null"], dtype=object)[codes].tolist())
+    return ['"{' + "".join(parts) + '}"' for parts in zip(*columns, strict=True)]
 
 
 def cohort_state(cohort: Cohort) -> tuple[str, tuple[Column, ...]]:

@@ -90,21 +90,34 @@ def test_the_commit_copies_the_kept_payload_without_reading_the_rows_again(
 
 
 def test_study_values_go_with_the_new_rows(cohort, members):
+    """Every kind of study variable, blanks as no value (null), each distinct value formatted
+    once into the COPY's JSON."""
     StudyVariable.objects.create(
         cohort=cohort, name="ecog", label="ECOG", kind="choice", choices=["0", "1", "2"]
     )
+    StudyVariable.objects.create(cohort=cohort, name="weight_loss", label="WL", kind="number")
+    StudyVariable.objects.create(cohort=cohort, name="cycles", label="Cycles", kind="int")
+    StudyVariable.objects.create(cohort=cohort, name="surgery", label="Surgery", kind="date")
     names = [c.name for c in table_columns(cohort)]
-    table = [{**row, "ecog": str(i % 3)} for i, row in enumerate(rows(3))]
+    values = [
+        {"ecog": "0", "weight_loss": "12.5", "cycles": "3", "surgery": "2024-02-29"},
+        {"ecog": "1", "weight_loss": "", "cycles": "", "surgery": ""},
+        {"ecog": "", "weight_loss": "12.5", "cycles": "3", "surgery": "2024-02-29"},
+        {"ecog": "2", "weight_loss": "7", "cycles": "0", "surgery": "2023-01-01"},
+    ]
+    table = [{**row, **extra} for row, extra in zip(rows(4), values, strict=True)]
     preview = upload_table(
         cohort=cohort, user=members["coordinator"], data=to_csv(table, columns=names), filename="s"
     )
     assert CopyPayload.unpack(bytes(preview.checked), cohort, preview.summary).study_values is True
     summary, _ = commit_as_the_job_does(preview)
     assert summary["checked_at_preview"] is True
-    assert [p.study_values for p in Patient.objects.filter(cohort=cohort)] == [
-        {"ecog": "0"},
-        {"ecog": "1"},
-        {"ecog": "2"},
+    stored = [p.study_values for p in Patient.objects.filter(cohort=cohort)]
+    assert stored == [
+        {"ecog": "0", "weight_loss": 12.5, "cycles": 3, "surgery": "2024-02-29"},
+        {"ecog": "1", "weight_loss": None, "cycles": None, "surgery": None},
+        {"ecog": None, "weight_loss": 12.5, "cycles": 3, "surgery": "2024-02-29"},
+        {"ecog": "2", "weight_loss": 7.0, "cycles": 0, "surgery": "2023-01-01"},
     ]
 
 
