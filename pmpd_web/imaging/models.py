@@ -19,8 +19,9 @@ endpoints and the PMPD engine:
   references the CT instances, segment 1 pancreas and segment 2 tumour;
 * each CT series has a ``CanonicalVolume`` of kind "ct" (int16 Hounsfield units), and, with a
   mask, one of kind "mask" (uint8: 0 background, 1 pancreas, 2 tumour, whatever the upload's
-  label convention), both pointing at the CT series, both NIfTI (.nii.gz) in storage on the
-  same grid: ``geometry`` = size (x, y, z), spacing and origin (x, y, z, mm, LPS) and the
+  label convention), both pointing at the CT series, both NIfTI in storage on the same grid
+  (the CT as plain ``.nii`` at the default ``PMPD_CANONICAL_GZIP_LEVEL`` 0, ``.nii.gz`` above;
+  the mask always ``.nii.gz``): ``geometry`` = size (x, y, z), spacing and origin (x, y, z, mm, LPS) and the
   row-major direction matrix, as SimpleITK reports them; ``content_hash`` is the SHA-256 of
   the voxels and the grid (``volumes.content_hash``).
 
