@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from analytics.services import cohort_risk_groups
 from inference.models import ModelVersion, PatientPrediction
-from inference.reading import patient_reading
 from pmpd_web.accounts.permissions import Action, can
 from pmpd_web.cohorts.models import Cohort
 from pmpd_web.cohorts.results import CohortResults, PatientResult
@@ -23,6 +21,12 @@ def _version_for(cohort: Cohort) -> tuple[ModelVersion | None, str]:
 
 
 def cohort_results(user: Any, cohort: Cohort) -> CohortResults | None:
+    # Imported here: this module is imported at start-up (AnalyticsConfig.ready), and the
+    # statistics and figures behind the readings and the risk groups (SciPy, Plotly) are not
+    # needed until a page shows results.
+    from analytics.services import cohort_risk_groups
+    from inference.reading import patient_reading
+
     if not can(user, cohort, Action.VIEW_RESULTS):
         return None
     version, source = _version_for(cohort)

@@ -10,20 +10,19 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import QuerySet
-from django.dispatch import receiver
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction, acting_user
 from pmpd_web.cohorts.models import Cohort
 from pmpd_web.jobs.dispatch import start_on_commit
-from pmpd_web.jobs.models import FINISHED, Job, job_stopped
+from pmpd_web.jobs.models import FINISHED, Job
 from pmpd_web.jobs.parts import PlannedPart, hand_over, run_parts_here, split
 from pmpd_web.jobs.runner import ProgressCallback, UserFacingError, run_job
 
 from .models import ModelVersion
 from .registry import TrainingChoices, default_name, new_model_version
 from .scoring import merge_scoring, plan_scoring, score_part
-from .training import check_class_sizes, mark_failed, train_model_version, training_candidates
+from .training import check_class_sizes, train_model_version, training_candidates
 
 OnProgress = Callable[[int, str], None] | None
 # Named rather than imported: the tasks module imports this one.
@@ -196,11 +195,3 @@ def execute_training(job_id: int, *, on_progress: OnProgress = None) -> None:
 def execute_scoring(job_id: int, *, on_progress: OnProgress = None) -> None:
     """Run a scoring job here and now (commands and the demo; the task runs the same work)."""
     run_job(job_id, _reporting(functools.partial(scoring_work, here=True), on_progress))
-
-
-@receiver(job_stopped)
-def _training_stopped(sender, *, job: Job, status: str, **kwargs: Any) -> None:
-    """A training job that gave up or was cancelled leaves its version failed, not
-    "training" forever."""
-    if job.kind == Job.Kind.TRAINING and job.parameters.get("model_version"):
-        mark_failed(job.parameters["model_version"])

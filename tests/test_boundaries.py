@@ -55,6 +55,32 @@ def test_django_free_modules_import_without_django_or_celery():
 
 
 @pytest.mark.slow
+def test_starting_django_imports_no_engine_statistics_or_figures():
+    """The web and every management command start without the training and scoring code, the
+    statistics and the figures (SciPy, Plotly, PyTorch): django.setup() took 1.6 s with them
+    (the engine's job receiver and the patients table's results imported them), 0.65 s
+    without. They are imported when a job or a page needs them."""
+    heavy = (
+        "inference.jobs",
+        "inference.training",
+        "inference.scoring",
+        "analytics.services",
+        "analytics.stats",
+        "scipy.stats",
+        "plotly",
+        "torch",
+    )
+    done = _python(
+        "import django, json, sys\n"
+        "django.setup()\n"
+        f"print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))",
+        DJANGO_SETTINGS_MODULE="pmpd_web.settings",
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.slow
 def test_the_celery_app_is_built_when_a_worker_or_django_asks_for_it():
     done = _python(
         "import django, pmpd_web\n"

@@ -250,6 +250,30 @@ def test_scoring_refuses_a_version_that_is_not_ready(cohort, members):
         start_scoring(cohort, version, user=members["coordinator"])
 
 
+@pytest.mark.parametrize("stopped", ["failed", "cancelled"])
+def test_a_training_job_that_stops_leaves_its_version_failed(cohort, stopped):
+    """The engine's receiver of job_stopped (connected at start-up without importing the
+    training code): a version whose training job failed or was cancelled is failed, not
+    "training" forever; a scoring job's stop leaves its version as it was."""
+    from pmpd_web.jobs.models import Job, JobStatus
+
+    training = make_random_version(cohort)
+    ModelVersion.objects.filter(pk=training.pk).update(status=ModelVersion.Status.TRAINING)
+    scored = make_random_version(cohort, name="random-weights-2")
+    for kind, version in ((Job.Kind.TRAINING, training), (Job.Kind.SCORING, scored)):
+        job = Job.objects.create(
+            kind=kind,
+            cohort=cohort,
+            status=JobStatus.RUNNING,
+            parameters={"model_version": version.pk},
+        )
+        job.update_status(JobStatus(stopped), error="worker lost")
+    training.refresh_from_db()
+    scored.refresh_from_db()
+    assert training.status == ModelVersion.Status.FAILED
+    assert scored.status == ModelVersion.Status.READY
+
+
 def test_a_second_scoring_of_the_same_cohort_and_version_waits_for_the_first(
     cohort, members, monkeypatch
 ):
