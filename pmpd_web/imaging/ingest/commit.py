@@ -3,12 +3,13 @@ volumes of every patient, the pick rule applied, the upload and its files marked
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
 import pydicom
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Value
 from django.utils import timezone
 
@@ -50,6 +51,74 @@ def _json_value(value: dict[str, Any]) -> Value:
     PostgreSQL), whose quoting of every double quote of 300 DICOM JSON documents costs more
     than the insert itself."""
     return Value(value, output_field=DicomInstance._meta.get_field("metadata"))
+
+
+# The columns the COPY of a series' instances fills, in its CSV's order.
+_INSTANCE_COLUMNS = (
+    "series_id",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "instance_number",
+    "number_of_frames",
+    "transfer_syntax_uid",
+    "file",
+    "metadata",
+)
+
+
+def _insert_instances(series: ImageSeries, instances: list[dict[str, Any]]) -> None:
+    """The stored instances of a new series, each with its DICOM JSON: on PostgreSQL one COPY
+    (the 300 rows of a CT series as one INSERT took 70 ms, most of it building and sending
+    its 2,400 parameters), elsewhere ``bulk_create``."""
+    syntax = str(pydicom.uid.ExplicitVRLittleEndian)
+    if connection.vendor != "postgresql":
+        DicomInstance.objects.bulk_create(
+            [
+                DicomInstance(
+                    series=series,
+                    transfer_syntax_uid=syntax,
+                    number_of_frames=1,
+                    **{**instance, "metadata": _json_value(instance["metadata"])},
+                )
+                for instance in instances
+            ],
+            batch_size=200,
+        )
+        return
+    rows = [
+        ",".join(
+            (
+                str(series.pk),
+                _csv_field(instance["sop_instance_uid"]),
+                _csv_field(instance["sop_class_uid"]),
+                ""
+                if instance["instance_number"] is None
+                else str(int(instance["instance_number"])),
+                "1",
+                syntax,
+                _csv_field(instance["file"]),
+                _csv_field(json.dumps(instance["metadata"], separators=(",", ":"))),
+            )
+        )
+        for instance in instances
+    ]
+    quote = connection.ops.quote_name
+    columns = ", ".join(
+        quote(DicomInstance._meta.get_field(name.removesuffix("_id")).column)
+        for name in _INSTANCE_COLUMNS
+    )
+    with (
+        connection.cursor() as cursor,
+        cursor.cursor.copy(
+            f"COPY {quote(DicomInstance._meta.db_table)} ({columns}) FROM STDIN WITH (FORMAT csv)"
+        ) as copy,
+    ):
+        copy.write("\n".join(rows) + "\n")
+
+
+def _csv_field(text: str) -> str:
+    """A text as a quoted CSV field (a UID or a storage name may hold anything a file does)."""
+    return '"' + text.replace('"', '""') + '"'
 
 
 def _series_files(series: ImageSeries) -> list[str]:
@@ -113,18 +182,7 @@ def _commit_patient(plan: PatientPlan, upload: ImageUpload) -> dict[str, Any]:
             contrast_phase=output.phase,
             source_upload=upload,
         )
-        DicomInstance.objects.bulk_create(
-            [
-                DicomInstance(
-                    series=output.row,
-                    transfer_syntax_uid=str(pydicom.uid.ExplicitVRLittleEndian),
-                    number_of_frames=1,
-                    **{**instance, "metadata": _json_value(instance["metadata"])},
-                )
-                for instance in output.instances
-            ],
-            batch_size=200,
-        )
+        _insert_instances(output.row, output.instances)
         CanonicalVolume.objects.create(
             patient=patient,
             series=output.row,
