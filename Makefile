@@ -22,7 +22,7 @@ TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL
 	PMPD_TEST_REDIS_URL=$(TEST_REDIS_URL) PYTHONDONTWRITEBYTECODE= \
 	PYTHONPYCACHEPREFIX=$(CURDIR)/var/pycache
 
-.PHONY: install frontend browser orthanc test test-fast e2e lint lock demo serve worker bench \
+.PHONY: install frontend browser orthanc nginx test test-fast e2e lint lock demo serve worker bench \
 	bench-gpu clean
 
 # The page assets and the OHIF viewer (frontend/build.mjs), both build outputs outside git.
@@ -72,6 +72,14 @@ orthanc:
 		apt-get update -q && apt-get install -y -q orthanc orthanc-dicomweb; \
 	fi
 
+# Debian's nginx, for tests/test_deployment.py's `nginx -t` of docker/nginx.conf (the binary only:
+# the test runs it on a configuration of its own; no server is started).
+nginx:
+	@if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q && apt-get install -y -q --no-install-recommends nginx; \
+	fi
+
 # Style, the import contracts (.importlinter) and the type checker (pyproject's [tool.mypy]).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -80,7 +88,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 # Everything, with coverage reported (not gated).
-test: install browser orthanc lint
+test: install browser orthanc nginx lint
 	$(PY) manage.py makemigrations --check --dry-run
 	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider --cov --cov-report=term:skip-covered \
 		$(PYTEST_ARGS)
