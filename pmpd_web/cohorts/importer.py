@@ -19,12 +19,10 @@ import pandas as pd
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import connection, transaction
-from django.dispatch import receiver
 from django.utils import timezone
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction, acting_user
-from pmpd_web.jobs.models import job_stopped
 from pmpd_web.jobs.runner import UserFacingError
 
 from .models import Cohort, Patient, StudyVariable, TableImport, table_columns
@@ -818,24 +816,3 @@ def start_commit(table_import: TableImport, user) -> Any:
         start_on_commit(job)
     table_import.refresh_from_db()
     return job
-
-
-@receiver(job_stopped)
-def _import_stopped(sender, *, job, status, **kwargs) -> None:
-    """A failed commit leaves the import failed; a cancelled one can be committed again; a
-    stopped preview leaves it refused with the reason."""
-    if job.kind != job.Kind.TABLE_IMPORT:
-        return
-    back_to = TableImport.Status.PREVIEWED if status == "cancelled" else TableImport.Status.FAILED
-    TableImport.objects.filter(job=job, status=TableImport.Status.COMMITTING).update(status=back_to)
-    # A preview job that stopped leaves the import with the reason, never "being checked".
-    TableImport.objects.filter(job=job, status=TableImport.Status.PREVIEWING).update(
-        status=TableImport.Status.INVALID,
-        problems=[
-            {
-                "row": None,
-                "column": None,
-                "message": f"The check of the table was {status}: upload the file again.",
-            }
-        ],
-    )

@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # imported where a record is checked: Django starts without pandas
+    import pandas as pd
 
 from .vocabulary import (
     AGE_RANGE_YEARS,
@@ -216,6 +218,8 @@ def _frame_value(name: str, value: Any) -> Any:
 
 def check_patient(values: Mapping[str, Any]) -> list[Problem]:
     """Return every rule the record breaks (empty when it is consistent)."""
+    import pandas as pd
+
     names = (*NUMBER_FIELDS, *SITE_FIELDS, *(name for rule in RULES for name in rule.uses))
     row = {
         name: [_frame_value(name, values.get(name))]
