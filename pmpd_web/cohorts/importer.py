@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction, acting_user
+from pmpd_web.dbcopy import copy_csv, csv_field
 from pmpd_web.jobs.runner import UserFacingError
 
 from .models import Cohort, Patient, StudyVariable, TableImport, table_columns
@@ -283,20 +284,6 @@ def _new_columns(study_values: bool) -> list[str]:
     return [connection.ops.quote_name(Patient._meta.get_field(name).column) for name in names]
 
 
-def _copy_rows(cursor: Any, table: str, columns: list[str], data: str | bytes) -> int:
-    """One COPY of CSV ``data`` (UTF-8) into ``table``'s ``columns`` (quoted names); returns
-    how many rows it wrote. Its errors are Django's, as those of any other statement: a
-    refused row raises ``IntegrityError``."""
-    with (
-        cursor.db.wrap_database_errors,
-        cursor.cursor.copy(
-            f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
-        ) as copy,
-    ):
-        copy.write(data)
-    return cursor.cursor.rowcount
-
-
 def _numbers(values: pd.Series, form: str) -> list[str]:
     """Numbers as CSV fields (blank, NaN, as an unquoted empty field: NULL), each distinct
     number formatted once."""
@@ -311,12 +298,8 @@ def _quoted(values: pd.Series) -> list[str]:
     # A NumPy array, not a Series: factorize then returns its distinct values as an array
     # (building a pandas Index of them cost more than the quoting).
     codes, uniques = pd.factorize(values.to_numpy(dtype=object))
-    quoted = np.array([*(_csv_text(str(u)) for u in uniques), '""'], dtype=object)
+    quoted = np.array([*(csv_field(str(u)) for u in uniques), '""'], dtype=object)
     return quoted[codes].tolist()  # code -1 (a missing value) picks the trailing empty text
-
-
-def _csv_text(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"'
 
 
 def _copy_cells(frame: pd.DataFrame, parsed: ParsedTable) -> list[list[str]]:
@@ -651,7 +634,7 @@ def _changed_rows_csv(parsed: ParsedTable, plan: ImportPlan) -> str:
     if not plan.update_ids:
         return ""
     cells = _copy_cells(parsed.frame.iloc[plan.update_positions], parsed)
-    cells.append([_csv_text(merged) if merged else "" for merged in plan.update_study_values])
+    cells.append([csv_field(merged) if merged else "" for merged in plan.update_study_values])
     cells.insert(0, [str(pk) for pk in plan.update_ids])
     return _csv_rows(cells)
 
@@ -674,7 +657,7 @@ def _copy_updates(cohort: Cohort, data: bytes) -> int:
             "WITH NO DATA"
         )
         # Inside the import's transaction: a failure rolls the table back with the rest.
-        _copy_rows(cursor, staged, columns, data)
+        copy_csv(cursor, staged, columns, data)
         cursor.execute(
             f"UPDATE {table} AS p SET {assignments}, "
             "study_values = COALESCE(t.study_values, p.study_values), updated_at = %s "
@@ -778,7 +761,7 @@ class CopyPayload:
         if self.new_rows:
             table = connection.ops.quote_name(Patient._meta.db_table)
             with connection.cursor() as cursor:
-                created = _copy_rows(cursor, table, _new_columns(self.study_values), self.new_rows)
+                created = copy_csv(cursor, table, _new_columns(self.study_values), self.new_rows)
         if self.changed_rows:
             updated = _copy_updates(cohort, self.changed_rows)
         if (created, updated) != (self.created, self.updated):

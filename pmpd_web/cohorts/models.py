@@ -57,8 +57,8 @@ class Cohort(models.Model):
 class ByteOrderCharField(models.CharField):
     """A CharField that PostgreSQL compares and sorts byte by byte (``COLLATE "C"``) rather
     than in the database's collation (C.UTF-8, which PostgreSQL 15 compares through strcoll,
-    and sorts without abbreviated keys): 3% of the import's COPY, which fills the indexes on
-    these columns. Only for ASCII text, where C and C.UTF-8 order alike: nothing sorts
+    and sorts without abbreviated keys): 3% of the import's COPY, which fills the unique
+    (cohort, study ID) index. Only for ASCII text, where C and C.UTF-8 order alike: nothing sorts
     differently. SQLite (the embedded default) compares bytes already (BINARY) and knows no
     collation named "C", so the field keeps its default there (``db_collation="C"`` would
     fail its migration)."""
@@ -113,7 +113,7 @@ class Patient(models.Model):
     nccn_resectability = models.CharField(
         max_length=24, choices=_choices(v.NCCN_RESECTABILITY), blank=True
     )
-    # yes, no or unknown; with the cohort in an index that serves the cohort page's counts.
+    # yes, no or unknown (ASCII codes: compared byte by byte in the cohort page's filters).
     metastasis_at_diagnosis = ByteOrderCharField(
         max_length=8, choices=_choices(v.YES_NO_UNKNOWN), default="unknown"
     )

@@ -96,7 +96,7 @@ def phases():
         (importer, "_changed_rows_csv"): "format the rows",
         (payload, "pack"): "keep the COPY payload",
         (payload, "unpack"): "load the COPY payload",
-        (importer, "_copy_rows"): "COPY",
+        (importer, "copy_csv"): "COPY",
     }
     originals = {(owner, name): vars(owner)[name] for owner, name in wrapped}
     for (owner, name), phase in wrapped.items():

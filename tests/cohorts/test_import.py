@@ -160,7 +160,7 @@ def test_commit_is_all_or_nothing_when_the_database_refuses(
     table_import = TableImport.objects.get()
     from pmpd_web.cohorts import importer
 
-    original = importer._copy_rows
+    original = importer.copy_csv
     written = []
 
     def explode(cursor, table, columns, data):
@@ -169,7 +169,7 @@ def test_commit_is_all_or_nothing_when_the_database_refuses(
         written.append(original(cursor, table, columns, b"".join(data.splitlines(True)[:10])))
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(importer, "_copy_rows", explode)
+    monkeypatch.setattr(importer, "copy_csv", explode)
     commit(client, cohort, table_import.pk, django_capture_on_commit_callbacks)
     job = Job.objects.get()
     assert written == [10]

@@ -19,6 +19,7 @@ from factories import make_cohort, make_patient
 from tablemaker import rows, to_csv
 
 from pmpd_web.cohorts.models import Cohort, Patient
+from pmpd_web.dbcopy import copy_csv
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -137,9 +138,9 @@ def test_the_import_copy_is_checked_too(cohort, members):
     tail = ',"","","","","","no",f,f,f,f,f,"","",""\n'
     data = f'{cohort.pk},"X-1"{tail}{missing},"X-2"{tail}'
     with refused(not_present(missing)), connection.cursor() as cursor:
-        importer._copy_rows(cursor, "cohorts_patient", columns, data)
+        copy_csv(cursor, "cohorts_patient", columns, data)
     with refused("study_id_unique_in_cohort"), connection.cursor() as cursor:
-        importer._copy_rows(cursor, "cohorts_patient", columns, f'{cohort.pk},"P-00001"{tail}')
+        copy_csv(cursor, "cohorts_patient", columns, f'{cohort.pk},"P-00001"{tail}')
     assert Patient.objects.filter(cohort=cohort).count() == 5
 
 

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.cohorts.models import Cohort, Patient
+from pmpd_web.dbcopy import copy_csv, csv_field
 from pmpd_web.jobs.files import forget_written
 from pmpd_web.jobs.runner import UserFacingError
 
@@ -89,36 +90,26 @@ def _insert_instances(series: ImageSeries, instances: list[dict[str, Any]]) -> N
         ",".join(
             (
                 str(series.pk),
-                _csv_field(instance["sop_instance_uid"]),
-                _csv_field(instance["sop_class_uid"]),
+                csv_field(instance["sop_instance_uid"]),
+                csv_field(instance["sop_class_uid"]),
                 ""
                 if instance["instance_number"] is None
                 else str(int(instance["instance_number"])),
                 "1",
                 syntax,
-                _csv_field(instance["file"]),
-                _csv_field(json.dumps(instance["metadata"], separators=(",", ":"))),
+                csv_field(instance["file"]),
+                csv_field(json.dumps(instance["metadata"], separators=(",", ":"))),
             )
         )
         for instance in instances
     ]
     quote = connection.ops.quote_name
-    columns = ", ".join(
+    columns = [
         quote(DicomInstance._meta.get_field(name.removesuffix("_id")).column)
         for name in _INSTANCE_COLUMNS
-    )
-    with (
-        connection.cursor() as cursor,
-        cursor.cursor.copy(
-            f"COPY {quote(DicomInstance._meta.db_table)} ({columns}) FROM STDIN WITH (FORMAT csv)"
-        ) as copy,
-    ):
-        copy.write("\n".join(rows) + "\n")
-
-
-def _csv_field(text: str) -> str:
-    """A text as a quoted CSV field (a UID or a storage name may hold anything a file does)."""
-    return '"' + text.replace('"', '""') + '"'
+    ]
+    with connection.cursor() as cursor:
+        copy_csv(cursor, quote(DicomInstance._meta.db_table), columns, "\n".join(rows) + "\n")
 
 
 def _series_files(series: ImageSeries) -> list[str]:

@@ -208,13 +208,13 @@ def prepare_patient(
     volume_problems: list[tuple[Item, str]] = []
     volumes = pool.submit(_volume_items, volume_items, upload, options, volume_problems)
     dicom_series, seg_files = _dicom_cts(patient, dicom_items, options, problems)
-    hashes = [ct.streamed_hash for ct in dicom_series]
+    # assemble_ct(..., hash_while_filling=True): every series has its hash.
+    hashes = [ct.streamed_hash for ct in dicom_series if ct.streamed_hash is not None]
     ct_volumes, mask_volumes = volumes.result()
     problems += volume_problems
     if problems:
         for digest in hashes:
-            if digest is not None:
-                digest.cancel()
+            digest.cancel()
         raise PatientFailed(problems)
 
     existing = {
@@ -240,7 +240,7 @@ def prepare_patient(
                 slice_thickness_mm=ct.slice_thickness_mm,
                 pixel_spacing_mm=ct.pixel_spacing_mm,
                 series_number=ct.series_number,
-                content_hash=digest.hexdigest() if digest else content_hash(ct.hu, ct.grid),
+                content_hash=digest.hexdigest(),  # hashed while filled
                 items=[i for i in dicom_items if i.label in labels],
                 source_patient_key=_source_key("patient", ct.files[0].source_patient_id, patient),
                 source_study_key=_source_key("study", ct.files[0].source_study_uid, patient),
