@@ -1,5 +1,5 @@
 """Scoring a cohort with a model version's five-fold ensemble: the shell around
-``inference.pmpd.predict.score_patients`` and ``inference.pmpd.gradcam.ensemble_gradcam``.
+``inference.pmpd.gradcam.score_and_explain`` (the ensemble's scores and Grad-CAM).
 
 The cohort is split into parts of ``PMPD_SCORING_PATIENTS_PER_PART`` patients
 (``plan_scoring``); each part is preprocessed on the cpu queue and then scored on the gpu queue,
@@ -81,22 +81,17 @@ def score_patients_with(
     code_version: str,
 ) -> list[PatientPrediction]:
     """Score several patients' un-rotated patches with every fold model in shared batches,
-    draw the ensemble's Grad-CAM over each scored slice, and store both, patient by patient."""
-    import numpy as np
-
-    from inference.pmpd.gradcam import ensemble_gradcam
-    from inference.pmpd.predict import PredictConfig, score_patients
+    with the ensemble's Grad-CAM over each scored slice from the same forward passes
+    (``score_and_explain``), and store both, patient by patient."""
+    from inference.pmpd.gradcam import score_and_explain
+    from inference.pmpd.predict import PredictConfig
 
     if not patients:
         return []
-    stacks = [patches.inference_patches() for _, patches in patients]
-    results = score_patients(
-        stacks, fold_models, config=PredictConfig(patient_call_rule=patient_call_rule_of(version))
-    )
-    # Grad-CAM is per patch (eval mode), so one pass over all patches splits exactly.
-    heatmaps = np.split(
-        ensemble_gradcam(fold_models, np.concatenate(stacks)),
-        np.cumsum([len(stack) for stack in stacks])[:-1],
+    results, heatmaps = score_and_explain(
+        [patches.inference_patches() for _, patches in patients],
+        fold_models,
+        config=PredictConfig(patient_call_rule=patient_call_rule_of(version)),
     )
     stored = []
     for (patient, patches), result, maps in zip(patients, results, heatmaps, strict=True):

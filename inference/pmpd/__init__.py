@@ -65,6 +65,7 @@ _EXPORTS: dict[str, str] = {
     # gradcam
     "gradcam": "gradcam",
     "ensemble_gradcam": "gradcam",
+    "score_and_explain": "gradcam",
     "save_overlay_png": "gradcam",
 }
 

@@ -3,6 +3,7 @@ of a slice drove its metastasis probability (PMPD_METHOD.md, "Model")."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,8 +11,16 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from inference.pmpd.model import PMPDNet
-from inference.pmpd.predict import FoldModel
+from inference.pmpd.model import PMPDNet, autocast_context
+from inference.pmpd.predict import (
+    FoldModel,
+    FoldThresholds,
+    PatientPrediction,
+    PredictConfig,
+    SlicePredictions,
+    scoring_inputs,
+    summarise_patients,
+)
 
 
 def gradcam(model: PMPDNet, patches: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -20,45 +29,129 @@ def gradcam(model: PMPDNet, patches: np.ndarray | torch.Tensor) -> np.ndarray:
     Grad-CAM: the layer4 activation maps are weighted by the spatial mean of the metastasis
     logit's gradient with respect to them, summed, passed through ReLU (only evidence *for*
     metastasis), upsampled bilinearly and scaled to a maximum of 1 per patch (a patch with no
-    positive evidence stays all zero). Runs in fp32 with gradients, model in eval mode.
+    positive evidence stays all zero). Runs in fp32, model in eval mode.
     """
-    device = next(model.parameters()).device
-    inputs = torch.as_tensor(np.asarray(patches, dtype=np.float32)).to(device)
-    model.eval()
-    captured: dict[str, torch.Tensor] = {}
-
-    def keep(_module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        output.retain_grad()
-        captured["activations"] = output
-
-    handle = model.backbone.layer4.register_forward_hook(keep)
-    try:
-        with torch.enable_grad():
-            output = model(inputs)
-            # Samples do not interact in eval mode, so one backward pass of the sum gives each
-            # patch's own gradient.
-            output.metastasis_logit.sum().backward()
-    finally:
-        handle.remove()
-    activations = captured["activations"]
-    if activations.grad is None:
-        raise RuntimeError("Grad-CAM: the target layer received no gradient")
-    weights = activations.grad.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * activations).sum(dim=1, keepdim=True))
-    cam = functional.interpolate(
-        cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False
-    ).squeeze(1)
-    peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None]
-    model.zero_grad(set_to_none=True)
-    return (cam / peak).detach().cpu().numpy().astype(np.float32)
+    inputs = torch.as_tensor(np.asarray(patches, dtype=np.float32))
+    return _slices_and_gradcam(model, inputs, PredictConfig(), autocast=False)[1]
 
 
 def ensemble_gradcam(fold_models: Sequence[FoldModel], patches: np.ndarray) -> np.ndarray:
     """Mean of the fold models' heatmaps, rescaled to a maximum of 1 per patch: the map that
     goes with the mean-over-folds MRS."""
-    maps = np.mean([gradcam(f.model, patches) for f in fold_models], axis=0)
-    peak = np.maximum(maps.reshape(len(maps), -1).max(axis=1), 1e-12)[:, None, None]
-    return (maps / peak).astype(np.float32)
+    return _ensemble_map([gradcam(f.model, patches) for f in fold_models])
+
+
+def score_and_explain(
+    patches_per_patient: Sequence[np.ndarray],
+    fold_models: Sequence[FoldModel],
+    thresholds: Sequence[FoldThresholds] | None = None,
+    *,
+    config: PredictConfig | None = None,
+) -> tuple[list[PatientPrediction], list[np.ndarray]]:
+    """``score_patients`` and each patient's ensemble Grad-CAM ([n, H, W], as
+    ``ensemble_gradcam``) from one forward pass per fold model.
+
+    The forward pass runs as scoring does (``predict_slices``: the config's batches, memory
+    format and autocast, so the scores are the same), with gradients recorded only from layer4
+    on; the backward pass goes from the metastasis logit to layer4 and no further (no backbone
+    and no weight gradients). ``tests/bench/bench_inference_cpu.py`` prints it beside scoring
+    followed by the textbook Grad-CAM (a second forward pass and the whole backward pass).
+    Under bf16 autocast (CUDA, or a CPU with native bf16) the heatmaps come from the bf16
+    activations.
+    """
+    config = config or PredictConfig()
+    stacks, thresholds = scoring_inputs(patches_per_patient, fold_models, thresholds)
+    if not stacks:
+        return [], []
+    everything = torch.as_tensor(np.concatenate(stacks))
+    per_fold, maps = [], []
+    for fold_model in fold_models:
+        predictions, heatmaps = _slices_and_gradcam(
+            fold_model.model, everything, config, autocast=True
+        )
+        per_fold.append(predictions)
+        maps.append(heatmaps)
+    counts = [len(patches) for patches in stacks]
+    results = summarise_patients(per_fold, counts, thresholds, config)
+    ensemble = _ensemble_map(maps)
+    return results, np.split(ensemble, np.cumsum(counts)[:-1])
+
+
+def _ensemble_map(maps: Sequence[np.ndarray]) -> np.ndarray:
+    mean = np.mean(maps, axis=0)
+    peak = np.maximum(mean.reshape(len(mean), -1).max(axis=1), 1e-12)[:, None, None]
+    return (mean / peak).astype(np.float32)
+
+
+def _slices_and_gradcam(
+    model: PMPDNet, inputs: torch.Tensor, config: PredictConfig, *, autocast: bool
+) -> tuple[SlicePredictions, np.ndarray]:
+    """One model's slice predictions and Grad-CAM heatmaps of ``inputs`` [n, C, H, W] (float32,
+    any device), in batches of ``config.batch_size``.
+
+    Layer4's output is handed on as a new leaf tensor and the parameters are frozen for the
+    pass, so autograd records only the fusion and heads after layer4, and the gradient is
+    asked for that leaf alone.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    captured: list[torch.Tensor] = []
+
+    def as_leaf(_module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf
+
+    metastasis: list[torch.Tensor] = []
+    sites: list[torch.Tensor] = []
+    maps: list[torch.Tensor] = []
+    frozen = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    handle = model.backbone.layer4.register_forward_hook(as_leaf)
+    try:
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+        for start in range(0, inputs.shape[0], config.batch_size):
+            batch = inputs[start : start + config.batch_size].to(
+                device, non_blocking=True, memory_format=memory_format
+            )
+            captured.clear()
+            with torch.enable_grad():
+                context = (
+                    autocast_context(device, bf16_on_cpu=config.bf16_on_cpu)
+                    if autocast
+                    else contextlib.nullcontext()
+                )
+                with context:
+                    output = model(batch)
+                if len(captured) != 1:
+                    raise RuntimeError("Grad-CAM: layer4 did not run once in the forward pass")
+                (gradient,) = torch.autograd.grad(
+                    output.metastasis_logit.float().sum(), captured[0], allow_unused=True
+                )
+            if gradient is None:
+                raise RuntimeError("Grad-CAM: the target layer received no gradient")
+            # Samples do not interact in eval mode, so the gradient of the sum is each patch's
+            # own.
+            activations = captured[0].detach().float()
+            weights = gradient.float().mean(dim=(2, 3), keepdim=True)
+            cam = torch.relu((weights * activations).sum(dim=1, keepdim=True))
+            cam = functional.interpolate(
+                cam, size=batch.shape[-2:], mode="bilinear", align_corners=False
+            ).squeeze(1)
+            peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None]
+            maps.append((cam / peak).cpu())
+            metastasis.append(torch.sigmoid(output.metastasis_logit.detach().float()).cpu())
+            sites.append(torch.sigmoid(output.site_logits.detach().float()).cpu())
+    finally:
+        handle.remove()
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+    predictions = SlicePredictions(
+        metastasis_probability=torch.cat(metastasis).numpy().astype(np.float64),
+        site_probabilities=torch.cat(sites).numpy().astype(np.float64),
+    )
+    return predictions, torch.cat(maps).numpy().astype(np.float32)
 
 
 def jet_colormap(values: np.ndarray) -> np.ndarray:

@@ -197,6 +197,20 @@ def score_patients(
     ``score_patient`` does. The models are in eval mode, so a patch's output does not depend
     on the patches beside it in a batch."""
     config = config or PredictConfig()
+    stacks, thresholds = scoring_inputs(patches_per_patient, fold_models, thresholds)
+    if not stacks:
+        return []
+    everything = np.concatenate(stacks)
+    per_fold = [predict_slices(f.model, everything, config=config) for f in fold_models]
+    return summarise_patients(per_fold, [len(patches) for patches in stacks], thresholds, config)
+
+
+def scoring_inputs(
+    patches_per_patient: Sequence[np.ndarray],
+    fold_models: Sequence[FoldModel],
+    thresholds: Sequence[FoldThresholds] | None,
+) -> tuple[list[np.ndarray], list[FoldThresholds]]:
+    """The patients' patch stacks as float32 and one threshold pair per fold, checked."""
     if not fold_models:
         raise ValueError("score_patient needs at least one fold model")
     thresholds = list(thresholds) if thresholds is not None else [f.thresholds for f in fold_models]
@@ -206,11 +220,18 @@ def score_patients(
     for patches in stacks:
         if patches.ndim != 4 or patches.shape[0] == 0:
             raise ValueError(f"patches must be [n>0, channels, H, W], got {patches.shape}")
-    if not stacks:
-        return []
-    bounds = np.cumsum([0] + [len(patches) for patches in stacks])
-    everything = np.concatenate(stacks)
-    per_fold = [predict_slices(f.model, everything, config=config) for f in fold_models]
+    return stacks, thresholds
+
+
+def summarise_patients(
+    per_fold: Sequence[SlicePredictions],
+    patches_per_patient: Sequence[int],
+    thresholds: Sequence[FoldThresholds],
+    config: PredictConfig,
+) -> list[PatientPrediction]:
+    """Each patient's prediction from every fold's slice predictions over the patients'
+    patches, concatenated in order (``patches_per_patient`` of them each)."""
+    bounds = np.cumsum([0, *patches_per_patient])
     return [
         _summarise(
             np.stack([p.metastasis_probability[start:stop] for p in per_fold]),

@@ -11,6 +11,10 @@ Prints, each beside its baseline from the same run:
     (AVX512-BF16/AMX), and the same with bf16 forced on;
   * the achieved GFLOP/s (the model's FLOPs counted by FlopCounterMode) beside the measured
     fp32 matrix-multiply peak (torch.mm 2048x2048);
+  * scoring with the ensemble's Grad-CAM as the scoring step runs it (``score_and_explain``:
+    one forward pass per fold, the backward pass from the logit to layer4 only) beside
+    ``score_patient`` followed by the textbook Grad-CAM (a second fp32 forward pass and the
+    whole network's backward pass per fold);
   * the process's peak resident memory.
 Asserts nothing: the machine's cores may be shared, so read the numbers as a person would.
 """
@@ -29,8 +33,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "support")]
 
+from gradcam_reference import textbook_ensemble_gradcam  # noqa: E402
+
+from inference.pmpd.gradcam import score_and_explain  # noqa: E402
 from inference.pmpd.model import (  # noqa: E402
     ModelConfig,
     PMPDNet,
@@ -101,6 +109,13 @@ def main() -> None:
     fp32_mrs = score_patient(patches, fold_models, config=fp32).metastasis_risk_score
     bf16_mrs = score_patient(patches, fold_models, config=bf16).metastasis_risk_score
     naive_mrs = float(np.mean(naive()))
+    one_pass_s = median_seconds(lambda: score_and_explain([patches], fold_models), repeats=3)
+
+    def apart() -> None:
+        score_patient(patches, fold_models)
+        textbook_ensemble_gradcam([f.model for f in fold_models], patches)
+
+    apart_s = median_seconds(apart, repeats=3)
 
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         plain_models[0](tensor[:1])
@@ -146,6 +161,10 @@ def main() -> None:
         f"{total_flops / naive_s / 1e9:.1f} GFLOP/s ({100 * total_flops / naive_s / 1e9 / peak_gflops:.0f}% "
         f"of the fp32 peak), so no scoring at the bf16 peak is more than "
         f"x{peak16_gflops / (total_flops / naive_s / 1e9):.2f} faster than it"
+    )
+    print(
+        f"  scoring with Grad-CAM in one pass (score_and_explain): {one_pass_s:.2f} s   vs  "
+        f"score_patient then the textbook Grad-CAM: {apart_s:.2f} s   (x{apart_s / one_pass_s:.2f})"
     )
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(

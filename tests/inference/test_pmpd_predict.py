@@ -5,10 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from gradcam_reference import textbook_ensemble_gradcam
 from PIL import Image
 
-from inference.pmpd.gradcam import ensemble_gradcam, gradcam, jet_colormap, save_overlay_png
-from inference.pmpd.model import ModelConfig, PMPDNet
+from inference.pmpd.gradcam import (
+    ensemble_gradcam,
+    gradcam,
+    jet_colormap,
+    save_overlay_png,
+    score_and_explain,
+)
+from inference.pmpd.model import ModelConfig, PMPDNet, fuse_batchnorm
 from inference.pmpd.phantom import PhantomConfig, generate_cohort
 from inference.pmpd.predict import (
     FoldModel,
@@ -119,6 +126,67 @@ def test_gradcam_heatmaps_and_overlay_png(tmp_path):
     path = save_overlay_png(patches[0, 0], ensemble[0], tmp_path / "overlay.png")
     image = Image.open(path)
     assert image.size == (48, 48) and image.mode == "RGB"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fused", [False, True], ids=["as trained", "batchnorm fused"])
+def test_score_and_explain_is_scoring_and_gradcam_apart(fused):
+    """One forward pass per fold gives each patient the scores of ``score_patients`` and the
+    heatmaps of the textbook Grad-CAM, across batch boundaries, leaving the models as found."""
+    folds = random_fold_models()
+    if fused:
+        for fold in folds:
+            fuse_batchnorm(fold.model)
+    rng = np.random.default_rng(5)
+    stacks = [rng.random((n, 2, 48, 48), dtype=np.float32) for n in (4, 3, 1)]
+    config = PredictConfig(batch_size=3, bf16_on_cpu=False)
+    trainable = [[p.requires_grad for p in f.model.parameters()] for f in folds]
+    results, heatmaps = score_and_explain(stacks, folds, config=config)
+    assert [[p.requires_grad for p in f.model.parameters()] for f in folds] == trainable
+    assert all(p.grad is None for f in folds for p in f.model.parameters())
+    expected = score_patients(stacks, folds, config=config)
+    for got, want in zip(results, expected, strict=True):
+        assert np.allclose(got.slice_probabilities, want.slice_probabilities, atol=1e-6)
+        assert got.metastasis_risk_score == pytest.approx(want.metastasis_risk_score, abs=1e-6)
+        assert got.site_probabilities == pytest.approx(want.site_probabilities, abs=1e-6)
+        assert got.fold_calls == want.fold_calls
+    reference = textbook_ensemble_gradcam([f.model for f in folds], np.concatenate(stacks))
+    assert [len(maps) for maps in heatmaps] == [4, 3, 1]
+    assert np.allclose(np.concatenate(heatmaps), reference, atol=1e-5)
+    assert np.allclose(np.concatenate(heatmaps), ensemble_gradcam(folds, np.concatenate(stacks)))
+    assert score_and_explain([], folds) == ([], [])
+
+
+@pytest.mark.slow
+def test_gradcam_backward_stops_at_layer4():
+    """The backward pass of Grad-CAM goes from the logit to layer4 and no further: no gradient
+    flows into layer3 or the first convolution, and no parameter gets one."""
+    fold = random_fold_models(1)[0]
+    reached = []
+    hooks = [
+        fold.model.backbone.layer3.register_full_backward_hook(lambda *a: reached.append("layer3")),
+        fold.model.backbone.conv1.register_full_backward_hook(lambda *a: reached.append("conv1")),
+    ]
+    patches = np.random.default_rng(6).random((2, 2, 48, 48), dtype=np.float32)
+    score_and_explain([patches], [fold], config=PredictConfig(bf16_on_cpu=False))
+    gradcam(fold.model, patches)
+    for hook in hooks:
+        hook.remove()
+    assert reached == []
+    assert all(p.grad is None for p in fold.model.parameters())
+
+
+@pytest.mark.slow
+def test_score_and_explain_under_bf16_autocast_scores_as_scoring_does():
+    """Under bf16 autocast (a CPU with native bf16, or CUDA) the scores are those of
+    ``score_patients`` under the same autocast, and the heatmaps stay close to fp32's."""
+    folds = random_fold_models(2)
+    patches = np.random.default_rng(7).random((4, 2, 48, 48), dtype=np.float32)
+    config = PredictConfig(bf16_on_cpu=True)
+    (result,), (maps,) = score_and_explain([patches], folds, config=config)
+    (expected,) = score_patients([patches], folds, config=config)
+    assert np.allclose(result.slice_probabilities, expected.slice_probabilities, atol=1e-3)
+    assert np.abs(maps - ensemble_gradcam(folds, patches)).max() <= 0.1
 
 
 def test_jet_colormap_ends():
