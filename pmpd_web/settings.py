@@ -287,6 +287,10 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(_broker_dir / "processed"),
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
+        # A worker with nothing queued lists the folder again after this many seconds (kombu's
+        # default is 1 s: each step of a chain, e.g. a part's preprocessing then its scoring,
+        # could wait up to a second for an idle worker to look).
+        "polling_interval": float(os.environ.get("PMPD_FILESYSTEM_BROKER_POLL_SECONDS", "0.1")),
     }
 else:
     # Redis hands a task that a worker took but never acknowledged (the worker was killed) to

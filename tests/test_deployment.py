@@ -68,7 +68,9 @@ def test_embedded_defaults_need_no_server(tmp_path):
         "import django, os; os.environ.pop('DATABASE_URL', None); django.setup();"
         "from django.conf import settings as s;"
         "print(s.DATABASES['default']['ENGINE'], s.DATABASES['default']['NAME']);"
-        "print(s.CELERY_BROKER_URL, s.CELERY_TASK_ALWAYS_EAGER, s.DEBUG)"
+        "print(s.CELERY_BROKER_URL, s.CELERY_TASK_ALWAYS_EAGER, s.DEBUG);"
+        "from pmpd_web.celery import app;"
+        "print(app.connection_for_read().transport.polling_interval)"
     )
     clean = embedded_environment()
     result = subprocess.run(
@@ -80,10 +82,13 @@ def test_embedded_defaults_need_no_server(tmp_path):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    engine_line, broker_line = result.stdout.strip().splitlines()
+    engine_line, broker_line, polling_line = result.stdout.strip().splitlines()
     assert engine_line == f"django.db.backends.sqlite3 {tmp_path / 'pmpd.sqlite3'}"
     # A real worker consumes the file-system broker: not eager mode.
     assert broker_line == "filesystem:// False True"
+    # An idle worker looks at the queue folder ten times a second, not kombu's once: each step
+    # of a chain (a part's preprocessing, then its scoring) no longer waits up to a second.
+    assert float(polling_line) == 0.1
     # The file-system broker's folders exist before any worker or web process lists them.
     assert (tmp_path / "celery-broker" / "queue").is_dir()
     assert (tmp_path / "celery-broker" / "processed").is_dir()
