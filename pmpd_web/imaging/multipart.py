@@ -15,6 +15,7 @@ import contextlib
 from datetime import datetime
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.files.storage import default_storage
 
 #: S3's smallest part but the last (5 MiB).
@@ -25,7 +26,9 @@ def bucket_storage() -> Any | None:
     """The default storage when it is an S3 bucket (django-storages), else None."""
     try:
         from storages.backends.s3 import S3Storage
-    except ImportError:  # django-storages is a dependency; a trimmed install has no bucket
+    except (ImportError, ImproperlyConfigured):
+        # A trimmed install (no django-storages, or no boto3: django-storages then raises
+        # ImproperlyConfigured) has no bucket, and its default storage is not one.
         return None
     return default_storage if isinstance(default_storage, S3Storage) else None
 

@@ -95,6 +95,20 @@ def test_the_file_system_stays_the_embedded_default(settings):
     assert entry["OPTIONS"]["file_overwrite"] is False
 
 
+def test_without_boto3_the_file_system_store_still_takes_uploads(monkeypatch):
+    """An install without boto3 (the GPU kit leaves the S3 client out) keeps the file-system
+    store: asking whether the store is a bucket says no instead of failing on the import
+    (django-storages raises ImproperlyConfigured, not ImportError, when boto3 is missing)."""
+    import sys
+
+    from pmpd_web.imaging import multipart
+
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    monkeypatch.delitem(sys.modules, "storages.backends.s3", raising=False)
+    monkeypatch.delitem(sys.modules, "storages.backends.s3boto3", raising=False)
+    assert multipart.bucket_storage() is None
+
+
 @pytest.mark.django_db
 def test_files_go_to_the_bucket_and_local_copies_only_to_the_job_scratch(
     bucket_storage, s3_endpoint, settings, tmp_path
