@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,26 +80,34 @@ def score_patients_with(
     fold_models: list[Any],
     *,
     code_version: str,
+    seconds: dict[str, float] | None = None,
 ) -> list[PatientPrediction]:
     """Score several patients' un-rotated patches with every fold model in shared batches,
     with the ensemble's Grad-CAM over each scored slice from the same forward passes
-    (``score_and_explain``), and store both, patient by patient."""
+    (``score_and_explain``), and store both, patient by patient. ``seconds``, when given,
+    receives the time of each stage: "score_and_explain" (the models) and "store" (overlays
+    drawn and written, predictions saved)."""
     from inference.pmpd.gradcam import score_and_explain
     from inference.pmpd.predict import PredictConfig
 
     if not patients:
         return []
+    started = time.perf_counter()
     results, heatmaps = score_and_explain(
         [patches.inference_patches() for _, patches in patients],
         fold_models,
         config=PredictConfig(patient_call_rule=patient_call_rule_of(version)),
     )
+    scored = time.perf_counter()
     stored = []
     for (patient, patches), result, maps in zip(patients, results, heatmaps, strict=True):
         stored.append(
             _store_prediction(patient, version, patches, result, maps, code_version=code_version)
         )
         log.info("Scored %s with model version %s", patient.study_id, version.pk)
+    if seconds is not None:
+        seconds["score_and_explain"] = scored - started
+        seconds["store"] = time.perf_counter() - scored
     return stored
 
 
@@ -227,6 +236,7 @@ def _code_version() -> str:
 
 def score_part(job: Job, payload: dict[str, Any], scratch: Path | None) -> dict[str, Any]:
     """Score a part's patients (the gpu step); the part's result."""
+    started = time.perf_counter()
     version = ready_version(payload["model_version"])
     config = preprocess_config_of(version)
     skipped: list[dict[str, str]] = []
@@ -244,12 +254,12 @@ def score_part(job: Job, payload: dict[str, Any], scratch: Path | None) -> dict[
             ready.append((patient, preprocessed_for(patient, config)))
         except PreprocessError as exc:
             skipped.append({"study_id": patient.study_id, "reason": str(exc)})
+    fold_models = fold_models_of(version) if ready else []
+    # Where the scoring step spends its time (the benchmark adds them up over the parts).
+    seconds = {"prepare": time.perf_counter() - started, "score_and_explain": 0.0, "store": 0.0}
     if ready:
         score_patients_with(
-            ready,
-            version,
-            fold_models_of(version),
-            code_version=_code_version(),
+            ready, version, fold_models, code_version=_code_version(), seconds=seconds
         )
     return {
         "scored": [patient.study_id for patient, _ in ready],
@@ -259,6 +269,7 @@ def score_part(job: Job, payload: dict[str, Any], scratch: Path | None) -> dict[
         ],
         "skipped": skipped,
         "rescored_inputs_changed": inputs_changed,
+        "seconds": {stage: round(value, 4) for stage, value in seconds.items()},
     }
 
 
@@ -277,4 +288,9 @@ def merge_scoring(job: Job, part_results: list[dict[str, Any]]) -> dict[str, Any
         name for part in part_results for name in part.get("rescored_inputs_changed", [])
     )
     result["parts"] = len(part_results)
+    # The scoring steps' time by stage, summed over the parts (what the workers spent).
+    result["scoring_step_seconds"] = {
+        stage: round(sum(part.get("seconds", {}).get(stage, 0.0) for part in part_results), 3)
+        for stage in ("prepare", "score_and_explain", "store")
+    }
     return result

@@ -180,6 +180,10 @@ def test_train_then_score_end_to_end(
     assert result["kept_out_of_fold"] == 10 and result["scored"] == 2
     assert result["already_scored"] == 0
     assert result["fewer_than_4_tumour_slices"] == ["THIN"]
+    # Where the scoring steps spent their time, summed over the parts (bench_scoring.py).
+    steps = result["scoring_step_seconds"]
+    assert set(steps) == {"prepare", "score_and_explain", "store"}
+    assert steps["score_and_explain"] > 0 and steps["store"] > 0 and steps["prepare"] >= 0
     reasons = {row["study_id"]: row["reason"] for row in result["skipped"]}
     assert set(reasons) == {"BAD-MASK", "NO-MASK"}
     assert "no pancreas and tumour mask" in reasons["NO-MASK"]
