@@ -23,7 +23,7 @@ TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL
 	PYTHONPYCACHEPREFIX=$(CURDIR)/var/pycache
 
 .PHONY: install frontend browser orthanc nginx test test-fast e2e lint lock demo serve worker bench \
-	bench-gpu clean
+	bench-gpu gpu-kit clean
 
 # The page assets and the OHIF viewer (frontend/build.mjs), both build outputs outside git.
 FRONTEND_BUILT := pmpd_web/static/vendor/.built pmpd_web/ohif/.build-info.json
@@ -134,6 +134,11 @@ bench-gpu:
 	PYTHONPATH=. python3 tests/bench/gpu_bench.py
 	PYTHONPATH=. python3 tests/bench/bench_train_cpu.py --device cuda --depth 50 \
 		--input-size 224 --epochs 4 --skip-shuffled
+
+# The packages a lent GPU machine lacks (Python 3.12 wheels), packed as .gpu-kit/site.tar.xz
+# for the device tool to carry; tests/bench/gpu_session.sh runs the GPU checks with it there.
+gpu-kit: install
+	$(PY) tests/bench/gpu_kit.py build
 
 clean:
 	rm -rf var/staticfiles var/celery-broker var/pycache

@@ -78,3 +78,41 @@ def test_the_training_check_runs_on_the_device_it_is_given():
     assert "device cpu" in completed.stdout
     assert "real labels: out-of-fold patient AUROC (MRS) " in completed.stdout
     assert "shuffled labels: out-of-fold patient AUROC (MRS) " in completed.stdout
+
+
+def test_the_gpu_session_script_runs_its_steps_at_toy_sizes(tmp_path):
+    """tests/bench/gpu_session.sh, the one script a lent GPU machine runs, at toy sizes on the
+    CPU (``GPU_SESSION_SMOKE=1``): the training and the end-to-end scoring with a gpu-queue
+    worker beside a cpu-queue worker, each step's exit status said, the log kept in $OUT.
+    (The GPU benchmark's smoke run is the test above; nnU-Net's has tests of its own.)"""
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        # The benchmarks' own throw-away SQLite and file-system broker, not the test servers.
+        if key not in ("DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE")
+    }
+    environment.update(
+        OUT=str(tmp_path),
+        PYTHON=sys.executable,
+        GPU_SESSION_SMOKE="1",
+        GPU_SESSION_STEPS="train scoring",
+        GPU_SESSION_KIT=str(tmp_path / "no-kit.tar.xz"),
+        GPU_SESSION_SECONDS="400",
+        PMPD_DATA_DIR=str(tmp_path / "var"),
+    )
+    completed = subprocess.run(
+        ["bash", "tests/bench/gpu_session.sh"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = (tmp_path / "gpu_session.log").read_text()
+    assert completed.returncode == 0, log[-3000:]
+    assert "modules import" in log and "cannot import" not in log
+    assert "== train: exit status 0" in log, log[-3000:]
+    assert "== scoring: exit status 0" in log, log[-3000:]
+    assert "layout gpu-host: gpu-queue workers beside 1 cpu-queue workers" in log
+    assert "end to end, 2 scoring worker(s)" in log and "model only" in log
+    assert "== gpu_bench" not in log and "== nnunet" not in log
