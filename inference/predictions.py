@@ -3,22 +3,55 @@ version) and its Grad-CAM overlays, one PNG per scored slice."""
 
 from __future__ import annotations
 
-import tempfile
+import os
 from collections.abc import Sequence
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from pmpd_web.cohorts.models import Patient
-from pmpd_web.jobs.files import current_scratch
 
 from .models import ModelVersion, PatientPrediction
-from .storage import json_safe, store_local_file
+from .storage import json_safe, replace_file
 
 
 def overlay_folder(version: ModelVersion, patient: Patient) -> str:
     return f"predictions/{version.pk}/{patient.pk}"
+
+
+def draw_overlays(slices: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[bytes]:
+    """The PNG of each (CT slice, heatmap) pair, in order, encoded by a pool of threads (a
+    scoring step draws all its patients' overlays at once)."""
+    from inference.pmpd.gradcam import overlay_png  # torch: only workers load it
+
+    if len(slices) <= 1:
+        return [overlay_png(ct, heatmap) for ct, heatmap in slices]
+    return list(_drawing_pool().map(lambda pair: overlay_png(*pair), slices))
+
+
+def _drawing_pool() -> ThreadPoolExecutor:
+    """This process's pool of drawing threads (one per core, at most 8), made anew in a forked
+    child (a pool's threads do not survive a fork)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        threads = max(1, min(8, os.cpu_count() or 1))
+        _POOL = (os.getpid(), ThreadPoolExecutor(threads, thread_name_prefix="pmpd-overlay"))
+    return _POOL[1]
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def store_overlays(
+    version: ModelVersion, patient: Patient, pngs: Sequence[bytes], slice_indices: Sequence[int]
+) -> list[str]:
+    """Store a patient's overlay PNGs, one per scored slice, named after the slice (its index
+    in the 2 mm volume) so that a re-run replaces them; returns the stored names."""
+    return [
+        replace_file(f"{overlay_folder(version, patient)}/slice_{int(slice_index)}.png", png)
+        for png, slice_index in zip(pngs, slice_indices, strict=True)
+    ]
 
 
 def save_overlays(
@@ -28,21 +61,12 @@ def save_overlays(
     heatmaps: np.ndarray,
     slice_indices: Sequence[int],
 ) -> list[str]:
-    """One PNG per scored slice: the windowed CT of its patch (channel 0) under the heatmap.
-    Named after the slice (its index in the 2 mm volume), so a re-run replaces them. Drawn in
-    the running job's scratch folder (the only local files a worker writes)."""
-    from inference.pmpd.gradcam import save_overlay_png  # torch: only workers load it
-
-    names = []
-    with tempfile.TemporaryDirectory(prefix="pmpd-gradcam-", dir=current_scratch()) as folder:
-        for patch, heatmap, slice_index in zip(patches, heatmaps, slice_indices, strict=True):
-            local = save_overlay_png(patch[0], heatmap, Path(folder) / f"{slice_index}.png")
-            names.append(
-                store_local_file(
-                    f"{overlay_folder(version, patient)}/slice_{int(slice_index)}.png", local
-                )
-            )
-    return names
+    """One PNG per scored slice: the windowed CT of its patch (channel 0) under the heatmap,
+    drawn in memory and stored (``store_overlays``)."""
+    pngs = draw_overlays(
+        [(patch[0], heatmap) for patch, heatmap in zip(patches, heatmaps, strict=True)]
+    )
+    return store_overlays(version, patient, pngs, slice_indices)
 
 
 def upsert_prediction(

@@ -17,6 +17,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from pmpd_web.jobs.runner import UserFacingError
 
 from .cache import input_hash_for, preprocessed_for, with_images
 from .models import ModelVersion, PatientPrediction
-from .predictions import save_overlays, upsert_prediction
+from .predictions import draw_overlays, store_overlays, upsert_prediction
 from .registry import fold_models_of, patient_call_rule_of, preprocess_config_of
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,12 @@ def _store_prediction(
     version: ModelVersion,
     patches: Patches,
     result: Any,
-    heatmaps: Any,
+    overlays: list[bytes],
     *,
     code_version: str,
 ) -> PatientPrediction:
-    """Draw the patient's Grad-CAM overlays and store them with its prediction."""
-    inference_patches = patches.inference_patches()
-    gradcam_files = save_overlays(
-        version, patient, inference_patches, heatmaps, patches.selected_slices
-    )
+    """Store the patient's Grad-CAM overlays (drawn, PNG) and its prediction."""
+    gradcam_files = store_overlays(version, patient, overlays, patches.selected_slices)
     return upsert_prediction(
         patient,
         version,
@@ -99,10 +97,22 @@ def score_patients_with(
         config=PredictConfig(patient_call_rule=patient_call_rule_of(version)),
     )
     scored = time.perf_counter()
+    # Every patient's overlays drawn at once by the drawing threads, then stored in order.
+    counts = [len(maps) for maps in heatmaps]
+    pngs = draw_overlays(
+        [
+            (patch[0], heatmap)
+            for (_, patches), maps in zip(patients, heatmaps, strict=True)
+            for patch, heatmap in zip(patches.inference_patches(), maps, strict=True)
+        ]
+    )
+    overlays = [
+        pngs[start - count : start] for start, count in zip(accumulate(counts), counts, strict=True)
+    ]
     stored = []
-    for (patient, patches), result, maps in zip(patients, results, heatmaps, strict=True):
+    for (patient, patches), result, drawn in zip(patients, results, overlays, strict=True):
         stored.append(
-            _store_prediction(patient, version, patches, result, maps, code_version=code_version)
+            _store_prediction(patient, version, patches, result, drawn, code_version=code_version)
         )
         log.info("Scored %s with model version %s", patient.study_id, version.pk)
     if seconds is not None:

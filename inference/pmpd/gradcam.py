@@ -182,13 +182,23 @@ def overlay_rgb(
     return (blended + 0.5).astype(np.uint8)
 
 
+def overlay_png(ct_slice: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45) -> bytes:
+    """The Grad-CAM overlay of one slice encoded as PNG (Pillow). Pillow's encoder releases the
+    GIL, so several threads encode at once."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(overlay_rgb(ct_slice, heatmap, alpha=alpha)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_overlay_png(
     ct_slice: np.ndarray, heatmap: np.ndarray, path: str | Path, *, alpha: float = 0.45
 ) -> Path:
-    """Write the Grad-CAM overlay of one slice as a PNG (Pillow); returns the path."""
-    from PIL import Image
-
+    """Write the Grad-CAM overlay of one slice as a PNG file; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay_rgb(ct_slice, heatmap, alpha=alpha)).save(path)
+    path.write_bytes(overlay_png(ct_slice, heatmap, alpha=alpha))
     return path

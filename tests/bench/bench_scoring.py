@@ -13,9 +13,11 @@ start to its last part, with the workers already started.
 Two layouts of the workers:
 - ``shared`` (the default without CUDA): each worker takes both queues, as on this 2-core
   machine; 1 then 2 workers (goal: 2 workers >= 1.7x one).
-- ``gpu-host`` (the default with CUDA): 1 then 2 workers on the gpu queue, beside
-  ``--cpu-workers`` workers on the cpu queue (all cores but two by default) that preprocess
-  the parts ahead of them, as on a GPU host; the model defaults to the paper's ResNet50 at 224.
+- ``gpu-host`` (the default with CUDA): 1, 2 then 4 workers on the gpu queue (several worker
+  processes can share one GPU: each one's CPU work, reading patches and storing overlays, runs
+  beside the others'), beside ``--cpu-workers`` workers on the cpu queue (all cores but two by
+  default) that preprocess the parts ahead of them, as on a GPU host; the model defaults to
+  the paper's ResNet50 at 224.
 
 Prints patients/s of each run with where its scoring steps spent their time (prepare: the
 part's patients and their cached patches; models: scores and Grad-CAM; store: overlays and
@@ -24,7 +26,8 @@ in parts as the workers score them) with the end-to-end share of it (goal on a G
 On a GPU the figures are also written to tests/bench/results/bench_scoring_<device>_<date>.json.
 
     PYTHONPATH=. .venv/bin/python tests/bench/bench_scoring.py [--patients 200] [--size 64]
-        [--layout shared|gpu-host] [--cpu-workers N] [--depth 10] [--input-size 32]
+        [--layout shared|gpu-host] [--scoring-workers 1 2] [--cpu-workers N] [--depth 10]
+        [--input-size 32]
 
 The database and broker are throw-away ones in a temporary folder (SQLite and the file-system
 broker of the embedded default) unless DATABASE_URL / CELERY_BROKER_URL name others.
@@ -65,6 +68,14 @@ def parse_args() -> argparse.Namespace:
         "(gpu-host); auto: gpu-host with CUDA",
     )
     parser.add_argument(
+        "--scoring-workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="the numbers of scoring workers to run with, in turn (1 2; 1 2 4 on CUDA: several "
+        "worker processes can share one GPU)",
+    )
+    parser.add_argument(
         "--cpu-workers",
         type=int,
         default=max(1, (os.cpu_count() or 1) - 2),
@@ -80,6 +91,10 @@ def parse_args() -> argparse.Namespace:
         args.depth = 50 if cuda else 10
     if args.input_size is None:
         args.input_size = 224 if cuda else 32
+    if args.scoring_workers is None:
+        args.scoring_workers = [1, 2, 4] if cuda else [1, 2]
+    if not {1, 2} <= set(args.scoring_workers):
+        parser.error("--scoring-workers must include 1 and 2 (their ratio is the figure)")
     return args
 
 
@@ -238,7 +253,7 @@ def main() -> None:
         )
         print(f"layout {args.layout}: {layout}", flush=True)
         rates, stages = {}, {}
-        for n_workers in (1, 2):
+        for n_workers in args.scoring_workers:
             forget_results(version)
             seconds, stages[n_workers] = score_with_workers(
                 cohort, warm_up, version, n_workers, work, args
@@ -256,10 +271,12 @@ def main() -> None:
         speed_up = rates[2] / rates[1]
         device = "cuda" if torch.cuda.is_available() else "cpu"
         print(f"2 workers / 1 worker: {speed_up:.2f}x (goal >= 1.7x)")
+        shares = ", ".join(
+            f"with {n} worker(s) {rate / model_rate:.0%}" for n, rate in rates.items()
+        )
         print(
             f"model only (same patches, one process, {device}): {model_rate:.2f} patients/s; "
-            f"end to end with 1 worker is {rates[1] / model_rate:.0%} of it, with 2 workers "
-            f"{rates[2] / model_rate:.0%} (goal on a GPU >= 50%)"
+            f"end to end {shares} of it (goal on a GPU >= 50%)"
         )
         if device == "cuda":
             figures = {
@@ -268,13 +285,12 @@ def main() -> None:
                 "synthetic": True,
                 "model_version": version.name,
                 "arguments": vars(args),
-                "patients_per_second": {"1 worker": rates[1], "2 workers": rates[2]},
-                "scoring_step_seconds": {"1 worker": stages[1], "2 workers": stages[2]},
+                "patients_per_second": {f"{n} workers": rate for n, rate in rates.items()},
+                "scoring_step_seconds": {f"{n} workers": stage for n, stage in stages.items()},
                 "speed_up_2_workers": speed_up,
                 "model_only_patients_per_second": model_rate,
                 "end_to_end_share_of_model_only": {
-                    "1 worker": rates[1] / model_rate,
-                    "2 workers": rates[2] / model_rate,
+                    f"{n} workers": rate / model_rate for n, rate in rates.items()
                 },
             }
             results = REPO / "tests" / "bench" / "results"
