@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 
 from inference.pmpd.preprocess import PreprocessedPatient as Patches
 from inference.pmpd.preprocess import PreprocessError
@@ -37,39 +38,27 @@ from .registry import fold_models_of, patient_call_rule_of, preprocess_config_of
 log = logging.getLogger(__name__)
 
 
-def _store_prediction(
-    patient: Patient,
-    version: ModelVersion,
-    patches: Patches,
-    result: Any,
-    overlays: list[bytes],
-    *,
-    code_version: str,
-) -> PatientPrediction:
-    """Store the patient's Grad-CAM overlays (drawn, PNG) and its prediction."""
-    gradcam_files = store_overlays(version, patient, overlays, patches.selected_slices)
-    return upsert_prediction(
-        patient,
-        version,
-        source=PatientPrediction.Source.ENSEMBLE,
-        values={
-            "metastasis_risk_score": result.metastasis_risk_score,
-            "mrs_std": result.mrs_std,
-            "mrs_min": result.mrs_min,
-            "mrs_max": result.mrs_max,
-            "mrs_per_fold": list(result.mrs_per_fold),
-            "positive_fraction": result.positive_fraction,
-            "predicted_metastasis": result.predicted_metastasis,
-            "site_probabilities": result.site_probabilities,
-            "slice_indices": list(patches.selected_slices),
-            "slice_probabilities": result.slice_probabilities.tolist(),
-            "n_slices": result.n_slices,
-            "fewer_than_4_tumour_slices": patches.fewer_than_4_tumour_slices,
-            "gradcam_files": gradcam_files,
-            "input_hash": patches.input_hash,
-            "code_version": code_version,
-        },
-    )
+def _prediction_values(
+    patches: Patches, result: Any, gradcam_files: list[str], *, code_version: str
+) -> dict[str, Any]:
+    """The stored fields of a patient's ensemble prediction."""
+    return {
+        "metastasis_risk_score": result.metastasis_risk_score,
+        "mrs_std": result.mrs_std,
+        "mrs_min": result.mrs_min,
+        "mrs_max": result.mrs_max,
+        "mrs_per_fold": list(result.mrs_per_fold),
+        "positive_fraction": result.positive_fraction,
+        "predicted_metastasis": result.predicted_metastasis,
+        "site_probabilities": result.site_probabilities,
+        "slice_indices": list(patches.selected_slices),
+        "slice_probabilities": result.slice_probabilities.tolist(),
+        "n_slices": result.n_slices,
+        "fewer_than_4_tumour_slices": patches.fewer_than_4_tumour_slices,
+        "gradcam_files": gradcam_files,
+        "input_hash": patches.input_hash,
+        "code_version": code_version,
+    }
 
 
 def score_patients_with(
@@ -82,7 +71,8 @@ def score_patients_with(
 ) -> list[PatientPrediction]:
     """Score several patients' un-rotated patches with every fold model in shared batches,
     with the ensemble's Grad-CAM over each scored slice from the same forward passes
-    (``score_and_explain``), and store both, patient by patient. ``seconds``, when given,
+    (``score_and_explain``), and store both: the overlays, then the predictions in one
+    transaction. ``seconds``, when given,
     receives the time of each stage: "score_and_explain" (the models) and "store" (overlays
     drawn and written, predictions saved)."""
     from inference.pmpd.gradcam import score_and_explain
@@ -109,11 +99,22 @@ def score_patients_with(
     overlays = [
         pngs[start - count : start] for start, count in zip(accumulate(counts), counts, strict=True)
     ]
+    gradcam_files = [
+        store_overlays(version, patient, drawn, patches.selected_slices)
+        for (patient, patches), drawn in zip(patients, overlays, strict=True)
+    ]
+    # The part's predictions in one transaction: one commit, and a worker that dies here
+    # leaves none of them (the part, run again, scores them all; the overlays are replaced).
     stored = []
-    for (patient, patches), result, drawn in zip(patients, results, overlays, strict=True):
-        stored.append(
-            _store_prediction(patient, version, patches, result, drawn, code_version=code_version)
-        )
+    with transaction.atomic():
+        for (patient, patches), result, files in zip(patients, results, gradcam_files, strict=True):
+            values = _prediction_values(patches, result, files, code_version=code_version)
+            stored.append(
+                upsert_prediction(
+                    patient, version, source=PatientPrediction.Source.ENSEMBLE, values=values
+                )
+            )
+    for patient, _ in patients:
         log.info("Scored %s with model version %s", patient.study_id, version.pk)
     if seconds is not None:
         seconds["score_and_explain"] = scored - started

@@ -70,9 +70,9 @@ if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then
         --train-size 64 --held-out 1
 else
     step gpu_bench 100 "$PY" tests/bench/gpu_bench.py --budget-s 70
-    step train 150 "$PY" tests/bench/bench_train_cpu.py --device cuda --depth 50 \
+    step train 140 "$PY" tests/bench/bench_train_cpu.py --device cuda --depth 50 \
         --input-size 224 --epochs 4 --skip-shuffled
-    step scoring 170 "$PY" tests/bench/bench_scoring.py --layout gpu-host --timeout 120
+    step scoring 200 "$PY" tests/bench/bench_scoring.py --layout gpu-host --timeout 120
     step nnunet 200 "$PY" tests/bench/bench_nnunet.py --device cuda
 fi
 

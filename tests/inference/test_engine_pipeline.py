@@ -303,3 +303,33 @@ def test_a_second_scoring_of_the_same_cohort_and_version_waits_for_the_first(
     assert AuditEvent.objects.filter(action="start_scoring").count() == 3
     event = AuditEvent.objects.filter(action="start_scoring").first()
     assert event.get_action_display() == "Started scoring"
+
+
+def test_a_scoring_step_that_fails_while_storing_leaves_none_of_its_predictions(
+    cohort, monkeypatch
+):
+    """The predictions of a scoring step are saved in one transaction: when saving one fails
+    (a worker stopped, the database refused), none of the step's patients keeps a prediction,
+    and the step run again scores them all."""
+    from inference import scoring
+
+    patients = [add_phantom_patient(cohort, phantom(index), label="unknown") for index in (0, 1)]
+    version = make_random_version(cohort)
+    payload = {"model_version": version.pk, "patients": [p.pk for p in patients]}
+    real = scoring.upsert_prediction
+    calls = []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the database went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "upsert_prediction", second_fails)
+    with pytest.raises(RuntimeError, match="went away"):
+        scoring.score_part(None, payload, None)
+    assert len(calls) == 2 and not PatientPrediction.objects.filter(model_version=version).exists()
+    monkeypatch.setattr(scoring, "upsert_prediction", real)
+    result = scoring.score_part(None, payload, None)
+    assert sorted(result["scored"]) == sorted(p.study_id for p in patients)
+    assert PatientPrediction.objects.filter(model_version=version).count() == 2
