@@ -14,8 +14,8 @@ published only as a source archive is built into a wheel here), installs them in
 pip would there, and packs that folder as ``.gpu-kit/site.tar.xz`` (git ignores ``.gpu-kit``).
 The folder must stay under the tool's 64 MiB with the working tree; the build says its size.
 
-On the GPU machine, ``tests/bench/gpu_session.sh`` unpacks it into ``/tmp/site``, puts it first
-on ``PYTHONPATH`` and runs
+On the GPU machine, ``tests/bench/gpu_session.sh`` unpacks it into ``/tmp/site``
+(``gpu_kit.py unpack``: Python's own tarfile and lzma), puts it first on ``PYTHONPATH`` and runs
 
     python3 tests/bench/gpu_kit.py check
 
@@ -466,12 +466,32 @@ def check() -> int:
     return 1 if failures else 0
 
 
+def unpack(archive: Path, site: Path) -> int:
+    """Unpack the kit into ``site`` with Python's own tarfile and lzma (the machine need not
+    have the xz program); returns the number of files."""
+    site.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with tarfile.open(archive, "r:xz") as kit:
+        for member in kit:
+            parts = Path(member.name).parts
+            if len(parts) < 2 or parts[0] != "site":
+                continue
+            member.name = str(Path(*parts[1:]))
+            kit.extract(member, site, filter="data")
+            count += member.isfile()
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["build", "check"])
+    parser.add_argument("action", choices=["build", "check", "unpack"])
+    parser.add_argument("archive", nargs="?", type=Path, default=ARCHIVE)
+    parser.add_argument("site", nargs="?", type=Path, default=Path("/tmp/site"))
     args = parser.parse_args()
     if args.action == "build":
         build()
+    elif args.action == "unpack":
+        print(f"{unpack(args.archive, args.site)} files unpacked into {args.site}")
     else:
         raise SystemExit(check())
 

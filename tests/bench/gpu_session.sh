@@ -22,19 +22,18 @@ STARTED=$(date +%s)
 MARK=$(mktemp)
 exec > >(tee -a "$OUT/gpu_session.log") 2>&1
 
+PY=${PYTHON:-python3}
 KIT=${GPU_SESSION_KIT:-.gpu-kit/site.tar.xz}
 SITE=${GPU_SESSION_SITE:-/tmp/site}
 STEPS=" ${GPU_SESSION_STEPS:-gpu_bench train scoring nnunet} "
 if [ -f "$KIT" ]; then
-    mkdir -p "$SITE"
-    tar -xJf "$KIT" -C "$SITE" --strip-components=1
+    "$PY" tests/bench/gpu_kit.py unpack "$KIT" "$SITE"
     export PYTHONPATH=$SITE:$PWD
 else
     echo "no $KIT: run 'make gpu-kit' here and carry .gpu-kit (the checks need its packages)"
     export PYTHONPATH=$PWD
 fi
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 echo "unpacked in $(($(date +%s) - STARTED)) s; $(nproc) CPU cores"
 "$PY" tests/bench/gpu_kit.py check || { echo "packages missing: no check run"; exit 3; }

@@ -116,3 +116,35 @@ def test_the_gpu_session_script_runs_its_steps_at_toy_sizes(tmp_path):
     assert "layout gpu-host: gpu-queue workers beside 1 cpu-queue workers" in log
     assert "end to end, 2 scoring worker(s)" in log and "model only" in log
     assert "== gpu_bench" not in log and "== nnunet" not in log
+
+
+def gpu_kit_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_kit", ROOT / "tests/bench/gpu_kit.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_kit_carries_what_the_machine_lacks_and_unpacks_without_xz(tmp_path):
+    """The kit holds the pinned platform packages the GPU machine's image lacks (not PyTorch,
+    NumPy or pandas, which it has; not the S3 client or PostgreSQL driver, which no check
+    uses), and unpacks with Python's own tarfile, the top folder dropped."""
+    import tarfile
+
+    kit = gpu_kit_module()
+    pins = kit.pinned_requirements()
+    carried = kit.wanted(pins)
+    for name in ("django", "celery", "simpleitk", "pydicom", "nnunetv2", "lifelines"):
+        assert carried[name] == pins[name]
+    for name in ("torch", "numpy", "pandas", "scipy", "boto3", "psycopg", "gunicorn"):
+        assert name in pins and name not in carried
+    archive = tmp_path / "site.tar.xz"
+    (tmp_path / "site" / "package").mkdir(parents=True)
+    (tmp_path / "site" / "package" / "__init__.py").write_text("VALUE = 7\n")
+    with tarfile.open(archive, "w:xz") as packed:
+        packed.add(tmp_path / "site", arcname="site")
+    assert kit.unpack(archive, tmp_path / "unpacked") == 1
+    assert (tmp_path / "unpacked" / "package" / "__init__.py").read_text() == "VALUE = 7\n"
