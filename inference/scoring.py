@@ -229,7 +229,7 @@ def preprocess_part(part_payload: dict[str, Any]) -> int:
     done = 0
     for patient in patients:
         try:
-            preprocessed_for(patient, config)
+            preprocessed_for(patient, config, inference_only=True)
             done += 1
         except PreprocessError as exc:
             log.warning("patient %s cannot be preprocessed: %s", patient.study_id, exc)
@@ -262,7 +262,7 @@ def score_part(job: Job, payload: dict[str, Any], scratch: Path | None) -> dict[
     ready: list[tuple[Patient, Patches]] = []
     for patient in patients:
         try:
-            ready.append((patient, preprocessed_for(patient, config)))
+            ready.append((patient, preprocessed_for(patient, config, inference_only=True)))
         except PreprocessError as exc:
             skipped.append({"study_id": patient.study_id, "reason": str(exc)})
     fold_models = fold_models_of(version) if ready else []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.template.loader import render_to_string
 from engine_fixtures import (  # noqa: F401 (one_torch_thread is an autouse fixture)
@@ -68,6 +69,55 @@ def test_the_second_preprocessing_is_a_cache_hit(cohort, count_preprocessing):
     version = make_random_version(cohort, rotation_angles_deg=(0.0, 180.0))
     result = cpu_preprocess_patient.delay(patient.pk, version.pk).get()
     assert result["input_hash"] == first.input_hash and len(count_preprocessing) == 2
+
+
+def test_scoring_reads_only_the_unrotated_patches_of_a_cache_entry(cohort):
+    """The cache keeps the un-rotated patches as a member of their own: scoring decompresses
+    only them, training gets every rotation back in its order, and an entry written before
+    (one member with every patch) still reads both ways."""
+    import io
+
+    import numpy as np
+
+    patient = add_phantom_patient(cohort, phantom(0))
+    config = PreprocessConfig(input_size=32, rotation_angles_deg=(0.0, 90.0, 180.0))
+    computed = cache.preprocessed_for(patient, config)
+    entry = PreprocessedPatient.objects.get(patient=patient)
+    with default_storage.open(entry.file.name, "rb") as handle:
+        members = np.load(io.BytesIO(handle.read())).files
+    assert {"patches_unrotated", "patches_rotated"} <= set(members) and "patches" not in members
+
+    def check_both_ways() -> None:
+        full = cache.preprocessed_for(patient, config)
+        assert np.array_equal(full.patches, computed.patches)
+        assert np.array_equal(full.angles_deg, computed.angles_deg)
+        assert np.array_equal(full.slice_indices, computed.slice_indices)
+        scored = cache.preprocessed_for(patient, config, inference_only=True)
+        assert np.array_equal(scored.inference_patches(), computed.inference_patches())
+        assert (
+            len(scored.patches) in (len(computed.patches), 4)
+            and scored.input_hash == full.input_hash
+        )
+        assert scored.selected_slices == computed.selected_slices
+
+    check_both_ways()
+    assert len(cache.preprocessed_for(patient, config, inference_only=True).patches) == 4
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        patches=computed.patches,
+        slice_indices=computed.slice_indices,
+        angles_deg=computed.angles_deg,
+        selected_slices=np.asarray(computed.selected_slices),
+        slice_positions_mm=np.asarray(computed.slice_positions_mm),
+        tumour_areas_mm2=np.asarray(computed.tumour_areas_mm2),
+        n_tumour_slices=np.asarray(computed.n_tumour_slices),
+        fewer_than_4_tumour_slices=np.asarray(computed.fewer_than_4_tumour_slices),
+        warnings=np.asarray(computed.warnings, dtype=str),
+    )
+    default_storage.delete(entry.file.name)
+    default_storage.save(entry.file.name, ContentFile(buffer.getvalue()))
+    check_both_ways()
 
 
 def test_missing_and_bad_images_say_why(cohort):
