@@ -27,7 +27,10 @@ On a GPU the figures are also written to tests/bench/results/bench_scoring_<devi
 
     PYTHONPATH=. .venv/bin/python tests/bench/bench_scoring.py [--patients 200] [--size 64]
         [--layout shared|gpu-host] [--scoring-workers 1 2] [--cpu-workers N] [--depth 10]
-        [--input-size 32]
+        [--input-size 32] [--rotations 1]
+
+On CUDA the defaults are the gpu-host layout, 1 2 4 scoring workers, ResNet50 at 224 and six
+rotations per slice in the version's preprocessing (the paper's), as a real version has.
 
 The database and broker are throw-away ones in a temporary folder (SQLite and the file-system
 broker of the embedded default) unless DATABASE_URL / CELERY_BROKER_URL name others.
@@ -57,6 +60,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--input-size", type=int, default=None, help="patch size in pixels (32; 224 on CUDA)"
+    )
+    parser.add_argument(
+        "--rotations",
+        type=int,
+        default=None,
+        help="training rotations per slice in the version's preprocessing (1; 6 on CUDA, as the "
+        "paper's): the cache holds them all, scoring reads the un-rotated patches",
     )
     parser.add_argument("--per-part", type=int, default=4, help="patients per part")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
@@ -91,6 +101,8 @@ def parse_args() -> argparse.Namespace:
         args.depth = 50 if cuda else 10
     if args.input_size is None:
         args.input_size = 224 if cuda else 32
+    if args.rotations is None:
+        args.rotations = 6 if cuda else 1
     if args.scoring_workers is None:
         args.scoring_workers = [1, 2, 4] if cuda else [1, 2]
     if not {1, 2} <= set(args.scoring_workers):
@@ -237,13 +249,18 @@ def main() -> None:
         # load in every worker before the clock starts.
         warm_up, _ = build_cohort(args, "Warm-up cohort", 4 * args.per_part, first=args.patients)
         version = make_random_version(
-            cohort, name="random-weights (synthetic)", depth=args.depth, input_size=args.input_size
+            cohort,
+            name="random-weights (synthetic)",
+            depth=args.depth,
+            input_size=args.input_size,
+            rotation_angles_deg=tuple(360.0 * k / args.rotations for k in range(args.rotations)),
         )
         print(
             f"{args.patients} synthetic phantom patients ({args.size}^2) written in "
             f"{time.perf_counter() - t0:.0f} s; model version {version.name}: ResNet{args.depth}"
-            f" at {args.input_size} px, five folds with random weights, each fold's default "
-            f"thresholds; {args.per_part} patients per part",
+            f" at {args.input_size} px, {args.rotations} rotation(s) per slice in the cache, five"
+            f" folds with random weights, each fold's default thresholds; {args.per_part} "
+            "patients per part",
             flush=True,
         )
         layout = (
