@@ -456,10 +456,13 @@ def check() -> int:
             importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, then the status
             failures.append(f"{module}: {type(exc).__name__}: {exc}")
-    import torch
-
-    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
-    print(f"Python {sys.version.split()[0]}, torch {torch.__version__}, {cuda}")
+    try:
+        import torch
+    except ImportError:
+        print(f"Python {sys.version.split()[0]}, no torch")
+    else:
+        cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+        print(f"Python {sys.version.split()[0]}, torch {torch.__version__}, {cuda}")
     for line in failures:
         print(f"cannot import {line}")
     print(f"{len(MODULES) - len(failures)} of {len(MODULES)} modules import")

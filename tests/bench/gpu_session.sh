@@ -21,6 +21,7 @@ BUDGET=${GPU_SESSION_SECONDS:-480}
 STARTED=$(date +%s)
 MARK=$(mktemp)
 exec > >(tee -a "$OUT/gpu_session.log") 2>&1
+TEE=$!
 
 PY=${PYTHON:-python3}
 KIT=${GPU_SESSION_KIT:-.gpu-kit/site.tar.xz}
@@ -77,3 +78,6 @@ fi
 
 find tests/bench/results -type f -newer "$MARK" -exec cp {} "$OUT"/ \;
 echo "session: $(($(date +%s) - STARTED)) s"
+# The log is complete in $OUT before the tool collects it: tee ends once its input closes.
+exec >&- 2>&-
+wait "$TEE"
