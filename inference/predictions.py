@@ -30,6 +30,18 @@ def draw_overlays(slices: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[bytes
     return list(_drawing_pool().map(lambda pair: overlay_png(*pair), slices))
 
 
+def draw_patient_overlays(patients: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[list[bytes]]:
+    """Each patient's overlay PNGs from its (patches, heatmaps): the windowed CT of each patch
+    (channel 0) under its heatmap, every patient's drawn at once (``draw_overlays``)."""
+    slices = [
+        (patch[0], heatmap)
+        for patches, heatmaps in patients
+        for patch, heatmap in zip(patches, heatmaps, strict=True)
+    ]
+    pngs = iter(draw_overlays(slices))
+    return [[next(pngs) for _ in patches] for patches, _ in patients]
+
+
 def _drawing_pool() -> ThreadPoolExecutor:
     """This process's pool of drawing threads (one per core, at most 8), made anew in a forked
     child (a pool's threads do not survive a fork)."""
@@ -63,9 +75,7 @@ def save_overlays(
 ) -> list[str]:
     """One PNG per scored slice: the windowed CT of its patch (channel 0) under the heatmap,
     drawn in memory and stored (``store_overlays``)."""
-    pngs = draw_overlays(
-        [(patch[0], heatmap) for patch, heatmap in zip(patches, heatmaps, strict=True)]
-    )
+    (pngs,) = draw_patient_overlays([(patches, heatmaps)])
     return store_overlays(version, patient, pngs, slice_indices)
 
 

@@ -17,7 +17,6 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
-from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from pmpd_web.jobs.runner import UserFacingError
 
 from .cache import input_hash_for, preprocessed_for, with_images
 from .models import ModelVersion, PatientPrediction
-from .predictions import draw_overlays, store_overlays, upsert_prediction
+from .predictions import draw_patient_overlays, store_overlays, upsert_prediction
 from .registry import fold_models_of, patient_call_rule_of, preprocess_config_of
 
 log = logging.getLogger(__name__)
@@ -72,33 +71,22 @@ def score_patients_with(
     """Score several patients' un-rotated patches with every fold model in shared batches,
     with the ensemble's Grad-CAM over each scored slice from the same forward passes
     (``score_and_explain``), and store both: the overlays, then the predictions in one
-    transaction. ``seconds``, when given,
-    receives the time of each stage: "score_and_explain" (the models) and "store" (overlays
-    drawn and written, predictions saved)."""
+    transaction. ``seconds``, when given, receives the time of each stage: "score_and_explain"
+    (the models) and "store" (overlays drawn and written, predictions saved)."""
     from inference.pmpd.gradcam import score_and_explain
     from inference.pmpd.predict import PredictConfig
 
     if not patients:
         return []
     started = time.perf_counter()
+    stacks = [patches.inference_patches() for _, patches in patients]
     results, heatmaps = score_and_explain(
-        [patches.inference_patches() for _, patches in patients],
+        stacks,
         fold_models,
         config=PredictConfig(patient_call_rule=patient_call_rule_of(version)),
     )
     scored = time.perf_counter()
-    # Every patient's overlays drawn at once by the drawing threads, then stored in order.
-    counts = [len(maps) for maps in heatmaps]
-    pngs = draw_overlays(
-        [
-            (patch[0], heatmap)
-            for (_, patches), maps in zip(patients, heatmaps, strict=True)
-            for patch, heatmap in zip(patches.inference_patches(), maps, strict=True)
-        ]
-    )
-    overlays = [
-        pngs[start - count : start] for start, count in zip(accumulate(counts), counts, strict=True)
-    ]
+    overlays = draw_patient_overlays(list(zip(stacks, heatmaps, strict=True)))
     gradcam_files = [
         store_overlays(version, patient, drawn, patches.selected_slices)
         for (patient, patches), drawn in zip(patients, overlays, strict=True)

@@ -3,7 +3,6 @@ of a slice drove its metastasis probability (PMPD_METHOD.md, "Model")."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -117,12 +116,7 @@ def _slices_and_gradcam(
             )
             captured.clear()
             with torch.enable_grad():
-                context = (
-                    autocast_context(device, bf16_on_cpu=config.bf16_on_cpu)
-                    if autocast
-                    else contextlib.nullcontext()
-                )
-                with context:
+                with autocast_context(device, bf16_on_cpu=config.bf16_on_cpu, enabled=autocast):
                     output = model(batch)
                 if len(captured) != 1:
                     raise RuntimeError("Grad-CAM: layer4 did not run once in the forward pass")
