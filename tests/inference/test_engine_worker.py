@@ -39,12 +39,12 @@ def _environment(settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def two_workers(tmp_path, settings):
+def two_workers(tmp_path, settings, **extra_env: str):
     if app.conf.broker_url != redis_url():
         pytest.fail(f"run the tests with CELERY_BROKER_URL={redis_url()} (make test does)")
     app.conf.task_always_eager = False
     logs = [tmp_path / "first-worker.log", tmp_path / "second-worker.log"]
-    environment = _environment(settings)
+    environment = {**_environment(settings), **extra_env}
     with (
         celery_worker(queues="gpu,cpu", log=logs[0], extra_env=environment) as first,
         celery_worker(queues="gpu,cpu", log=logs[1], extra_env=environment, flush=False) as second,
@@ -92,11 +92,13 @@ def test_two_workers_share_one_cohorts_scoring(tmp_path, settings, cohort, membe
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_killed_mid_way_leaves_its_part_to_the_other(tmp_path, settings, cohort, members):
     patients = [add_phantom_patient(cohort, phantom(index), label="unknown") for index in range(6)]
-    # Random ResNet18 weights at 64 pixels on one thread: a few seconds per patient (five fold
-    # models and their Grad-CAM), time enough to kill a worker in the middle of a part.
-    version = make_random_version(cohort, depth=18, input_size=64)
+    # The scoring of a small model takes a fraction of a second: each scoring call of the
+    # workers is delayed by three seconds (tests/support/engine_worker_settings.py), time enough
+    # to kill a worker in the middle of a part whatever the speed of the machine.
+    version = make_random_version(cohort, depth=10, input_size=32)
     predictions = PatientPrediction.objects.filter(model_version=version)
-    with two_workers(tmp_path, settings) as (workers, logs):
+    delayed = {"PMPD_TEST_SCORING_DELAY_SECONDS": "3"}
+    with two_workers(tmp_path, settings, **delayed) as (workers, logs):
         job = start_scoring(cohort, version, user=members["coordinator"])
 
         def a_scoring_part_running_after_the_first_patient() -> JobPart | None:
