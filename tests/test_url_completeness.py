@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import string
+import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,14 +64,24 @@ def project_routes(urlconf: Any = None) -> dict[str, str]:
     }
 
 
+def _table_module(path: Path) -> Any:
+    """The table file as a module, executed once a session: a second execution would register
+    its job tasks (``@job_task``) again under the same names."""
+    name = f"_table_{path.stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
 def table_paths() -> dict[str, list[str]]:
     """{table file: the paths of its entries}; an entry without a path (the DICOMweb table
     names its routes) gives its URL name."""
     found = {}
     for path in TABLE_FILES:
-        spec = importlib.util.spec_from_file_location(f"_table_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = _table_module(path)
         entries = [entry for name in TABLE_NAMES for entry in getattr(module, name, [])]
         found[str(path.relative_to(TESTS))] = [
             next(
