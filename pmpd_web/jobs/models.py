@@ -48,6 +48,15 @@ class IllegalTransition(Exception):
 job_stopped = Signal()
 
 
+class RunningElsewhere(Exception):
+    """The redelivery of the message that started a job (or part) whose worker still beats:
+    the broker gave the message out again while its first delivery is still being worked on
+    (a Redis visibility timeout shorter than the work, a consumer that lost its connection).
+    Taking it over would run the work twice at once; dropping it would lose the message should
+    that worker die after all. The caller checks again once the heartbeat would be stale
+    (``pmpd_web.jobs.runner.defer_redelivery``)."""
+
+
 def heartbeat_stale_after() -> timedelta:
     """A running job whose worker has not written for this long is taken as lost."""
     return timedelta(seconds=int(getattr(settings, "PMPD_JOB_HEARTBEAT_STALE_SECONDS", 120)))
@@ -187,19 +196,20 @@ class Job(models.Model):
     def claim(self, message_id: str) -> bool:
         """Take the job for the queue message ``message_id``; ``False`` when it must not run.
 
-        A queued job is claimed. A running job is taken over only by the redelivery of the
-        message that started it (its worker died) or when its heartbeat is stale; a second
-        message for a job that is running well (the sweeper published it again while it
-        waited in a long queue) is refused, so a job never runs twice at once.
+        A queued job is claimed. A running job is taken over only when its heartbeat is
+        stale (its worker died); a second message for a job that is running well (the sweeper
+        published it again while it waited in a long queue) is refused, so a job never runs
+        twice at once. The redelivery of the message that started it, while its worker still
+        beats, raises ``RunningElsewhere``: the caller looks again later.
         """
         with transaction.atomic():
             job = Job.objects.select_for_update().get(pk=self.pk)
             if job.finished:
                 return False
-            if job.status == JobStatus.RUNNING:
-                redelivered = bool(message_id) and message_id == job.message_id
-                if not (redelivered or job.worker_lost):
-                    return False
+            if job.status == JobStatus.RUNNING and not job.worker_lost:
+                if message_id and message_id == job.message_id:
+                    raise RunningElsewhere(f"job {job.pk}")
+                return False
             now = timezone.now()
             job.attempts += 1
             job.status = JobStatus.RUNNING

@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from .dispatch import registered_task, republish_after
 from .files import fresh_scratch, scratch_root
-from .models import Job, JobPart, JobStatus
+from .models import Job, JobPart, JobStatus, RunningElsewhere
 from .runner import (
     PARTS_RUNNING,
     TRANSIENT_ERRORS,
@@ -37,6 +37,7 @@ from .runner import (
     _give_up_message,
     _Heartbeat,
     _settle,
+    defer_redelivery,
     retry_countdown,
 )
 from .tasks import reliable_task
@@ -131,15 +132,16 @@ def _worker_name() -> str:
 
 def claim_part(part_id: int, message_id: str) -> JobPart | None:
     """Take the part for this message; ``None`` when it must not run: it is done, its job is
-    no longer running (cancelled, failed, finished), or another worker runs it well."""
+    no longer running (cancelled, failed, finished), or another worker runs it well (for the
+    redelivery of the message that worker runs: ``RunningElsewhere``, look again later)."""
     with transaction.atomic():
         part = JobPart.objects.select_for_update().select_related("job").get(pk=part_id)
         if part.status == JobPart.Status.DONE or part.job.status != JobStatus.RUNNING:
             return None
-        if part.status == JobPart.Status.RUNNING:
-            redelivered = bool(message_id) and message_id == part.message_id
-            if not (redelivered or part.worker_lost):
-                return None
+        if part.status == JobPart.Status.RUNNING and not part.worker_lost:
+            if message_id and message_id == part.message_id:
+                raise RunningElsewhere(f"part {part.index} of job {part.job_id}")
+            return None
         part.status = JobPart.Status.RUNNING
         part.attempts += 1
         part.heartbeat_at = timezone.now()
@@ -200,7 +202,11 @@ def _finish_part(part: JobPart, result: dict[str, Any], finish: Finish) -> None:
 def run_part(part_id: int, work: PartWork, finish: Finish, *, task: Any = None) -> None:
     """Run ``work(job, payload, scratch)`` for the part, as ``run_job`` runs a job's work."""
     message_id = str(getattr(getattr(task, "request", None), "id", None) or "")
-    part = claim_part(part_id, message_id)
+    try:
+        part = claim_part(part_id, message_id)
+    except RunningElsewhere:
+        defer_redelivery(task, f"part {part_id}")
+        return
     if part is None:
         log.info("part %s has nothing to do (done, running elsewhere, or its job stopped)", part_id)
         return

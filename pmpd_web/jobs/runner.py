@@ -15,7 +15,7 @@ from django.db import OperationalError, connection
 from django.utils import timezone
 
 from .files import discard_written, job_scratch
-from .models import IllegalTransition, Job, JobStatus
+from .models import IllegalTransition, Job, JobStatus, RunningElsewhere, heartbeat_stale_after
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,28 @@ class _Heartbeat:
         self.thread.join(timeout=10)
 
 
+def defer_redelivery(task: Any, what: str) -> None:
+    """The broker delivered again the message of ``what`` (a job or a part) while the worker
+    that took it first still beats: send the same message (same task ID, same retry count)
+    to be looked at once that heartbeat would be stale, and let this delivery go. If that
+    worker died meanwhile, the copy takes the work over; if it finished, the copy has nothing
+    to do; while it still works, the copy is deferred again."""
+    countdown = int(heartbeat_stale_after().total_seconds()) + 1
+    request = task.request
+    log.info(
+        "%s: delivered again while its worker still works on it; looking again in %s s",
+        what,
+        countdown,
+    )
+    task.apply_async(
+        args=request.args,
+        kwargs=request.kwargs,
+        task_id=request.id,
+        countdown=countdown,
+        retries=request.retries,
+    )
+
+
 def _give_up_message(exc: BaseException, attempts: int) -> str:
     return (
         f"Gave up after {attempts} attempt(s): a service the job needs (the database, the "
@@ -97,7 +119,12 @@ def run_job(
     """
     job = Job.objects.get(pk=job_id)
     message_id = str(getattr(getattr(task, "request", None), "id", None) or "")
-    if not job.claim(message_id):
+    try:
+        claimed = job.claim(message_id)
+    except RunningElsewhere:
+        defer_redelivery(task, f"job {job_id}")
+        return
+    if not claimed:
         log.info("job %s is %s; this message has nothing to do", job_id, job.status)
         return
     discard_written(job)

@@ -5,6 +5,7 @@ a job (or an admin) can retry or cancel it; a dead worker is named as such (item
 
 from __future__ import annotations
 
+import types
 from datetime import timedelta
 
 import pytest
@@ -17,7 +18,7 @@ from pmpd_web.cohorts import tasks as cohort_tasks
 from pmpd_web.cohorts.importer import start_commit, upload_table
 from pmpd_web.cohorts.models import Patient, TableImport
 from pmpd_web.jobs import dispatch
-from pmpd_web.jobs.models import Job, JobStatus
+from pmpd_web.jobs.models import Job, JobStatus, RunningElsewhere
 from pmpd_web.jobs.runner import run_job
 
 
@@ -111,12 +112,53 @@ def test_a_message_for_a_job_that_runs_well_elsewhere_is_refused(cohort):
     assert job.claim("message-1") and job.attempts == 1
     # The sweeper's second message, while the first worker is alive: refused.
     assert not Job.objects.get(pk=job.pk).claim("message-2")
-    # The redelivery of the first message (its worker was killed): taken over.
+    # The first message delivered again while its worker still beats (a visibility timeout
+    # shorter than the work): not taken over, to be looked at again later.
+    with pytest.raises(RunningElsewhere):
+        Job.objects.get(pk=job.pk).claim("message-1")
+    # A stale heartbeat (its worker died): the redelivery, or any message, takes it over.
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
     assert Job.objects.get(pk=job.pk).claim("message-1")
-    # A stale heartbeat: any message takes it over.
     Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
     again = Job.objects.get(pk=job.pk)
     assert again.claim("message-3") and again.attempts == 3
+
+
+class _Delivery:
+    """What a Celery task shows ``run_job`` of its delivery, and the copies it sends."""
+
+    def __init__(self, message_id: str, retries: int = 0) -> None:
+        self.request = types.SimpleNamespace(id=message_id, args=[], kwargs={}, retries=retries)
+        self.sent: list[dict] = []
+        self.max_retries = 3
+
+    def apply_async(self, **options) -> None:
+        self.sent.append(options)
+
+
+@pytest.mark.django_db
+def test_a_redelivery_while_the_worker_beats_is_looked_at_again_once_it_would_be_stale(
+    cohort, settings
+):
+    settings.PMPD_JOB_HEARTBEAT_STALE_SECONDS = 120
+    job = Job.objects.create(kind=Job.Kind.ANALYSIS, cohort=cohort, task="x")
+    assert job.claim("message-1")
+    ran = []
+    delivery = _Delivery("message-1", retries=1)
+    run_job(job.pk, lambda job, progress: ran.append(job.pk) or {}, task=delivery)
+    assert ran == [], "the work runs once at a time"
+    assert delivery.sent == [
+        {"args": [], "kwargs": {}, "task_id": "message-1", "countdown": 121, "retries": 1}
+    ]
+    job.refresh_from_db()
+    assert job.status == JobStatus.RUNNING and job.attempts == 1
+    # Its worker died meanwhile: the copy takes the job over and runs it.
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    copy = _Delivery("message-1", retries=1)
+    run_job(job.pk, lambda job, progress: ran.append(job.pk) or {"done": True}, task=copy)
+    job.refresh_from_db()
+    assert ran == [job.pk] and copy.sent == []
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 2
 
 
 @pytest.mark.django_db

@@ -3,6 +3,7 @@ part settles the job, and the sweeper publishes again a part whose worker died."
 
 from __future__ import annotations
 
+import types
 from datetime import timedelta
 
 import pytest
@@ -10,7 +11,7 @@ from django.utils import timezone
 
 from pmpd_web.jobs import parts as job_parts
 from pmpd_web.jobs.dispatch import sweep
-from pmpd_web.jobs.models import Job, JobPart, JobStatus
+from pmpd_web.jobs.models import Job, JobPart, JobStatus, RunningElsewhere
 
 TASKS = ["inference.tasks.gpu_score_part"]
 
@@ -40,15 +41,37 @@ def test_a_part_runs_once_at_a_time(running_job, settings):
     assert job_parts.claim_part(part.pk, "message-a") is not None
     # Another message (the sweeper's copy) while the first runs well: refused.
     assert job_parts.claim_part(part.pk, "message-b") is None
-    # The redelivery of the message that started it (its worker died): taken.
+    # The message that started it, delivered again while its worker still beats: not taken
+    # (both would run it), to be looked at again later.
+    with pytest.raises(RunningElsewhere):
+        job_parts.claim_part(part.pk, "message-a")
+    # A stale heartbeat (its worker died): the redelivery, or any message, takes it.
+    stale = timezone.now() - timedelta(seconds=settings.PMPD_JOB_HEARTBEAT_STALE_SECONDS + 5)
+    JobPart.objects.filter(pk=part.pk).update(heartbeat_at=stale)
     assert job_parts.claim_part(part.pk, "message-a") is not None
-    # A stale heartbeat: any message takes it.
-    JobPart.objects.filter(pk=part.pk).update(
-        heartbeat_at=timezone.now()
-        - timedelta(seconds=settings.PMPD_JOB_HEARTBEAT_STALE_SECONDS + 5)
-    )
+    JobPart.objects.filter(pk=part.pk).update(heartbeat_at=stale)
     taken = job_parts.claim_part(part.pk, "message-c")
     assert taken is not None and taken.attempts == 3
+
+
+@pytest.mark.django_db
+def test_a_part_delivered_again_while_its_worker_beats_is_sent_again_for_later(
+    running_job, settings
+):
+    settings.PMPD_JOB_HEARTBEAT_STALE_SECONDS = 30
+    part = _split(running_job)[0]
+    assert job_parts.claim_part(part.pk, "message-a") is not None
+    sent, ran = [], []
+    delivery = types.SimpleNamespace(
+        request=types.SimpleNamespace(id="message-a", args=[part.pk], kwargs={}, retries=0),
+        apply_async=lambda **options: sent.append(options),
+    )
+    job_parts.run_part(part.pk, lambda *a: ran.append(a) or {}, lambda job, r: {}, task=delivery)
+    assert ran == [] and sent == [
+        {"args": [part.pk], "kwargs": {}, "task_id": "message-a", "countdown": 31, "retries": 0}
+    ]
+    part.refresh_from_db()
+    assert part.status == JobPart.Status.RUNNING and part.attempts == 1
 
 
 @pytest.mark.django_db

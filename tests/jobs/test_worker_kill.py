@@ -43,6 +43,10 @@ def test_a_killed_ingest_leaves_no_orphan_file_and_the_redelivered_job_finishes(
         "DJANGO_SETTINGS_MODULE": "engine_worker_settings",  # a 2 s visibility timeout
         "PYTHONPATH": str(REPO / "tests" / "support"),
         "PMPD_JOB_SCRATCH_DIR": str(scratch),
+        # The killed worker's job is taken over once its heartbeat is stale: a few seconds
+        # here (the redelivered message waits for that rather than run beside a live worker).
+        "PMPD_JOB_HEARTBEAT_SECONDS": "1",
+        "PMPD_JOB_HEARTBEAT_STALE_SECONDS": "6",
     }
     first_log, second_log = tmp_path / "first-worker.log", tmp_path / "second-worker.log"
     try:
