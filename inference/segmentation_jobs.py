@@ -3,17 +3,24 @@ elsewhere, and predict masks that become "automatic" mask versions needing revie
 
 The work is ``inference.segmentation.nnunet_core``'s; this module loads rows, calls it and
 stores what it returns (the results folder as a ZIP in storage, the card, the mask versions).
+
+A cohort's masks are predicted in parts of ``PMPD_SEGMENTATION_PATIENTS_PER_PART`` patients on
+the gpu queue (``pmpd_web.jobs.parts``, as a scoring job's), so N GPU workers share one cohort,
+and a part whose worker died is finished by another with every patient's mask stored once.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.files.base import File
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -31,6 +38,7 @@ from pmpd_web.imaging.mask_versions import (
 from pmpd_web.imaging.models import CanonicalVolume, ImageSeries, MaskVersion
 from pmpd_web.jobs.dispatch import start_on_commit
 from pmpd_web.jobs.models import Job
+from pmpd_web.jobs.parts import PlannedPart, hand_over, run_parts_here, split
 from pmpd_web.jobs.runner import UserFacingError, run_job
 
 from .cache import read_canonical, selected_volumes
@@ -40,8 +48,12 @@ from .segmentation_models import SegmentationModelVersion
 # Named rather than imported: the tasks module imports this one.
 SEGMENTATION_TRAINING_TASK = "inference.tasks.gpu_train_segmentation_model"
 SEGMENTATION_TASK = "inference.tasks.gpu_predict_masks"
+# A segmentation job's parts: predicted on the gpu queue (nnU-Net preprocesses each case itself).
+SEGMENTATION_PART_TASKS = ("inference.tasks.gpu_predict_masks_part",)
 
 Progress = Callable[[int, str], None]
+
+log = logging.getLogger(__name__)
 
 # nnU-Net's five-fold split needs five cases; the train form and the API say so before starting.
 MIN_TRAINING_PATIENTS = 5
@@ -361,28 +373,70 @@ def start_segmentation(
     return job
 
 
-def predict_masks(
-    cohort_id: int, model_id: int, progress: Progress, study_ids: list[str] | None = None
-) -> dict[str, Any]:
-    """The segmentation job's body: each patient's predicted mask becomes a new mask version
-    "automatic: model X", needing review; one without tumour is stored and flagged."""
-    cohort = Cohort.objects.get(pk=cohort_id)
-    model = SegmentationModelVersion.objects.get(pk=model_id)
-    patients = list(patients_to_segment(cohort, study_ids))
-    stored, without_tumour = [], []
-    with tempfile.TemporaryDirectory() as scratch:
-        archive = Path(scratch) / "results.zip"
-        with default_storage.open(model.results_zip.name, "rb") as handle:
-            archive.write_bytes(handle.read())
-        progress(5, f"Loading {model}")
-        folder = nc.extract_results_zip(archive, Path(scratch) / "model")
-        segmenter = nc.Segmenter(
-            folder, folds=model.folds, label_of_class=model.label_of_class, device=_device()
+def patients_per_segmentation_part() -> int:
+    """Patients in a part of a segmentation job (``PMPD_SEGMENTATION_PATIENTS_PER_PART``, 1 by
+    default: nnU-Net predicts one case at a time, so a part of one patient shares the work
+    most evenly between the workers and loses least when a worker dies)."""
+    return max(1, int(getattr(settings, "PMPD_SEGMENTATION_PATIENTS_PER_PART", 1)))
+
+
+# The model a worker predicts with stays loaded between the parts of the same model (nnU-Net
+# keeps every fold's weights in memory): only the last one used is kept.
+_segmenters: dict[tuple[Any, ...], nc.Segmenter] = {}
+
+
+def segmenter_of(model: SegmentationModelVersion, scratch: Path) -> nc.Segmenter:
+    """The model loaded for prediction on this worker's device, once per worker process (its
+    results ZIP is extracted into ``scratch``, which may go once it is loaded)."""
+    key = (model.pk, model.results_zip.name, tuple(model.folds), _device())
+    if key not in _segmenters:
+        _segmenters.clear()
+        archive = scratch / "results.zip"
+        try:
+            with default_storage.open(model.results_zip.name, "rb") as handle:
+                archive.write_bytes(handle.read())
+        except FileNotFoundError:
+            raise UserFacingError(
+                f"The results ZIP of {model} is missing from storage; import or train it again."
+            ) from None
+        folder = nc.extract_results_zip(archive, scratch / "model")
+        _segmenters[key] = nc.Segmenter(
+            folder, folds=model.folds, label_of_class=model.label_of_class, device=key[-1]
         )
-        no_tumour_reason = NO_TUMOUR_FLAG if model.segments_tumour else PANCREAS_ONLY_FLAG
-        for done, patient in enumerate(patients, start=1):
-            prediction = segmenter.predict(_case(patient, with_mask=False))
-            ct = ImageSeries.objects.get(study__patient=patient, modality="CT", is_selected=True)
+        archive.unlink()
+    return _segmenters[key]
+
+
+def _ready_segmentation_model(model_id: int) -> SegmentationModelVersion:
+    model = SegmentationModelVersion.objects.get(pk=model_id)
+    if model.status != SegmentationModelVersion.Status.READY:
+        raise UserFacingError(f"{model} is {model.get_status_display().lower()}, not ready.")
+    return model
+
+
+def predict_part(job: Job, payload: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    """Predict the masks of a part's patients (the gpu step); the part's result. Each mask is
+    stored with the job in one transaction, so a part run again after its worker died skips
+    the patients whose mask this job already stored: every patient once."""
+    model = _ready_segmentation_model(payload["segmentation_model"])
+    patients = list(Patient.objects.filter(pk__in=payload["patients"]).order_by("study_id"))
+    stored_before = {
+        version.patient_id: version
+        for version in MaskVersion.objects.filter(produced_by_job=job, patient__in=patients)
+    }
+    no_tumour_reason = NO_TUMOUR_FLAG if model.segments_tumour else PANCREAS_ONLY_FLAG
+    stored, without_tumour, skipped = [], [], []
+    for patient in patients:
+        version = stored_before.get(patient.pk)
+        if version is None:
+            ct = ImageSeries.objects.filter(
+                study__patient=patient, modality="CT", is_selected=True
+            ).first()
+            if ct is None:
+                reason = "no CT selected for PMPD any more (deselected after the job started)"
+                skipped.append({"study_id": patient.study_id, "reason": reason})
+                continue
+            prediction = segmenter_of(model, scratch).predict(_case(patient, with_mask=False))
             version = store_mask_version(
                 ct_series=ct,
                 mask=prediction.mask,
@@ -390,18 +444,35 @@ def predict_masks(
                 source_label=model.provenance_label,
                 uncertainty=prediction.tumour_uncertainty,
                 no_tumour_reason=no_tumour_reason,
+                job=job,
             )
-            stored.append({"study_id": patient.study_id, "mask_version": version.number})
-            if prediction.tumour_voxels == 0:
-                without_tumour.append(patient.study_id)
-            progress(5 + int(95 * done / len(patients)), f"{done} of {len(patients)} segmented")
+            log.info("Segmented %s with %s: mask version %s", patient.study_id, model, version)
+        stored.append({"study_id": patient.study_id, "mask_version": version.number})
+        if version.tumour_voxels == 0:
+            without_tumour.append(patient.study_id)
+    return {
+        "stored": stored,
+        "already_stored": sorted(p.study_id for p in patients if p.pk in stored_before),
+        "without_tumour": without_tumour,
+        "skipped": skipped,
+    }
+
+
+def merge_segmentation(job: Job, part_results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The segmentation job's result: what its parts stored, in study ID order."""
+    model = SegmentationModelVersion.objects.get(pk=job.parameters["segmentation_model"])
     note = "Automatic masks need a reader's review; PMPD reads approved masks only."
     if not model.segments_tumour:
         note += f" {model.name} segments the pancreas only: readers draw the tumour."
     return {
         "segmentation_model": model.pk,
-        "stored": stored,
-        "without_tumour": without_tumour,
+        "stored": sorted(
+            (entry for part in part_results for entry in part["stored"]),
+            key=lambda entry: entry["study_id"],
+        ),
+        "without_tumour": sorted(name for part in part_results for name in part["without_tumour"]),
+        "skipped": [entry for part in part_results for entry in part["skipped"]],
+        "parts": len(part_results),
         "note": note,
     }
 
@@ -411,14 +482,35 @@ def segmentation_training_work(job: Job, progress: Progress) -> dict[str, Any]:
     return train_segmentation_model(job.parameters["segmentation_model"], progress)
 
 
-def segmentation_work(job: Job, progress: Progress) -> dict[str, Any]:
-    """The body of a segmentation job: predict the masks of the job's cohort."""
-    return predict_masks(
-        job.cohort_id,
-        job.parameters["segmentation_model"],
-        progress,
-        job.parameters.get("study_ids") or [],
-    )
+def segmentation_work(job: Job, progress: Progress, *, here: bool = False) -> Any:
+    """The body of a segmentation job: predict the masks of the job's cohort.
+
+    The patients are split into parts (once: a resumed job keeps its parts and what they did)
+    handed to the gpu queue as a group, so N GPU workers share one cohort; the last part to
+    finish settles the job. ``here``: run the parts in this process instead (the demo)."""
+    parts = list(job.parts.all())
+    if not parts:
+        model = _ready_segmentation_model(job.parameters["segmentation_model"])
+        study_ids = job.parameters.get("study_ids") or []
+        patients = list(
+            patients_to_segment(Cohort.objects.get(pk=job.cohort_id), study_ids).values_list(
+                "pk", flat=True
+            )
+        )
+        if not patients:
+            return merge_segmentation(job, [])
+        progress(5, f"Segmenting {len(patients)} patients with {model}")
+        size = patients_per_segmentation_part()
+        planned = [
+            PlannedPart({"segmentation_model": model.pk, "patients": chunk}, len(chunk))
+            for chunk in (patients[start : start + size] for start in range(0, len(patients), size))
+        ]
+        parts = split(job, planned, tasks=SEGMENTATION_PART_TASKS)
+    if here:
+        return run_parts_here(job, parts, predict_part, merge_segmentation, progress)
+    # Said before publishing: the parts may finish (and settle the job) at once.
+    progress(job.progress, f"{len(parts)} part(s) of the cohort handed to the GPU workers")
+    return hand_over(job, parts, merge_segmentation)
 
 
 def execute_segmentation_training(job_id: int, *, on_progress: Progress | None = None) -> None:
@@ -428,7 +520,7 @@ def execute_segmentation_training(job_id: int, *, on_progress: Progress | None =
 
 def execute_segmentation(job_id: int, *, on_progress: Progress | None = None) -> None:
     """Run a segmentation job here and now (the demo and the benchmark)."""
-    run_job(job_id, _reporting(segmentation_work, on_progress))
+    run_job(job_id, _reporting(functools.partial(segmentation_work, here=True), on_progress))
 
 
 def review_queue(cohort: Cohort):

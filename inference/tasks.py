@@ -22,7 +22,12 @@ from .jobs import scoring_work, training_work
 from .models import ModelVersion
 from .registry import preprocess_config_of
 from .scoring import merge_scoring, preprocess_part, score_part
-from .segmentation_jobs import segmentation_training_work, segmentation_work
+from .segmentation_jobs import (
+    merge_segmentation,
+    predict_part,
+    segmentation_training_work,
+    segmentation_work,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +52,15 @@ def gpu_train_segmentation_model(job, progress):
 
 @job_task
 def gpu_predict_masks(job, progress):
-    """Predict masks as automatic mask versions needing review."""
+    """Split a cohort's mask prediction into parts for the GPU workers; each mask becomes an
+    automatic mask version needing review (see ``inference.segmentation_jobs``)."""
     return segmentation_work(job, progress)
+
+
+@part_task(finish=merge_segmentation)
+def gpu_predict_masks_part(job, payload, scratch):
+    """Predict the masks of one part of a cohort with nnU-Net (the gpu step)."""
+    return predict_part(job, payload, scratch)
 
 
 @part_task(finish=merge_scoring)

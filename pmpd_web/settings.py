@@ -316,6 +316,10 @@ PMPD_JOB_HEARTBEAT_STALE_SECONDS = int(os.environ.get("PMPD_JOB_HEARTBEAT_STALE_
 PMPD_JOB_SCRATCH_DIR = Path(os.environ.get("PMPD_JOB_SCRATCH_DIR", DATA_DIR / "job-scratch"))
 # A cohort's scoring is split into parts of this many patients, shared by the workers.
 PMPD_SCORING_PATIENTS_PER_PART = int(os.environ.get("PMPD_SCORING_PATIENTS_PER_PART", "4"))
+# A cohort's nnU-Net mask prediction, likewise (one case at a time: one patient a part).
+PMPD_SEGMENTATION_PATIENTS_PER_PART = int(
+    os.environ.get("PMPD_SEGMENTATION_PATIENTS_PER_PART", "1")
+)
 
 # Security. The production profile is what `check --deploy` vets.
 # Pages may not be framed; the embedded viewer's own responses opt in to SAMEORIGIN.

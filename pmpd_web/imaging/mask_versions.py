@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 
 from pmpd_web.accounts.audit import record as audit
 from pmpd_web.accounts.models import AuditAction, acting_user
+from pmpd_web.jobs.models import Job
 from pmpd_web.jobs.runner import UserFacingError
 
 from .dicom_series import build_segmentation, encode, instance_metadata
@@ -96,11 +97,13 @@ def store_mask_version(
     uncertainty: float | None = None,
     flags: list[str] | None = None,
     no_tumour_reason: str = NO_TUMOUR_FLAG,
+    job: Job | None = None,
 ) -> MaskVersion:
     """Store ``mask`` (z, y, x; 0 background, 1 pancreas, 2 tumour, on the CT's grid) as the
     next version of ``ct_series``, "needs review". ``seg`` is the DICOM SEG as received (a
     reader's edit); without it the platform builds one from the mask. A mask without tumour is
-    stored and flagged with ``no_tumour_reason``."""
+    stored and flagged with ``no_tumour_reason``. ``job``: the segmentation job that predicted
+    it, stored with the version in the same transaction."""
     grid = Grid.from_dict(ct_series.geometry)
     expected = tuple(reversed(grid.size))
     if mask.shape != expected:
@@ -150,6 +153,7 @@ def store_mask_version(
                 uncertainty=uncertainty,
                 flags=flags,
                 produced_by=acting_user(user),
+                produced_by_job=job,
             )
             if seg is not None:
                 version.seg_series = _store_seg(

@@ -6,58 +6,15 @@ scoring that skips what is already scored)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-
 import pytest
 from engine_fixtures import add_phantom_patient, make_random_version, phantom
-from workers import REPO, celery_worker, redis_url, wait_for
+from workers import kill_mid_part, two_engine_workers, wait_until_finished
 
 from inference import tasks
 from inference.jobs import start_scoring
 from inference.models import PatientPrediction
 from pmpd_web.celery import app
-from pmpd_web.jobs.models import Job, JobPart
-
-
-def _environment(settings) -> dict[str, str]:
-    return {
-        "DJANGO_MEDIA_ROOT": str(settings.MEDIA_ROOT),
-        "DJANGO_SETTINGS_MODULE": "engine_worker_settings",
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(REPO / "tests" / "support"), os.environ.get("PYTHONPATH")])
-        ),
-        "OMP_NUM_THREADS": "1",
-        # One patient per part, so that two workers share even a small cohort; a dead worker's
-        # part is seen as lost after a few seconds and published again by the other's sweeper.
-        "PMPD_SCORING_PATIENTS_PER_PART": "1",
-        "PMPD_JOB_HEARTBEAT_SECONDS": "1",
-        "PMPD_JOB_HEARTBEAT_STALE_SECONDS": "6",
-        "PMPD_JOB_SWEEP_SECONDS": "2",
-    }
-
-
-@contextlib.contextmanager
-def two_workers(tmp_path, settings, **extra_env: str):
-    if app.conf.broker_url != redis_url():
-        pytest.fail(f"run the tests with CELERY_BROKER_URL={redis_url()} (make test does)")
-    app.conf.task_always_eager = False
-    logs = [tmp_path / "first-worker.log", tmp_path / "second-worker.log"]
-    environment = {**_environment(settings), **extra_env}
-    with (
-        celery_worker(queues="gpu,cpu", log=logs[0], extra_env=environment) as first,
-        celery_worker(queues="gpu,cpu", log=logs[1], extra_env=environment, flush=False) as second,
-    ):
-        yield [first, second], logs
-
-
-def _wait_until_finished(job: Job, logs) -> None:
-    def finished() -> bool:
-        job.refresh_from_db()
-        return job.finished
-
-    wait_for(finished, timeout=300, log=logs[-1])
+from pmpd_web.jobs.models import JobPart
 
 
 def _assert_each_patient_scored_once(job, version, patients, logs) -> None:
@@ -77,9 +34,9 @@ def _assert_each_patient_scored_once(job, version, patients, logs) -> None:
 def test_two_workers_share_one_cohorts_scoring(tmp_path, settings, cohort, members):
     patients = [add_phantom_patient(cohort, phantom(index), label="unknown") for index in range(6)]
     version = make_random_version(cohort, depth=10, input_size=32)
-    with two_workers(tmp_path, settings) as (workers, logs):
+    with two_engine_workers(tmp_path, settings) as (workers, logs):
         job = start_scoring(cohort, version, user=members["coordinator"])
-        _wait_until_finished(job, logs)
+        wait_until_finished(job, logs)
     _assert_each_patient_scored_once(job, version, patients, logs)
     pids = {part.worker.rsplit(":", 1)[1] for part in JobPart.objects.filter(job=job)}
     assert pids == {str(worker.pid) for worker in workers}, "both workers scored parts"
@@ -97,25 +54,14 @@ def test_a_worker_killed_mid_way_leaves_its_part_to_the_other(tmp_path, settings
     # to kill a worker in the middle of a part whatever the speed of the machine.
     version = make_random_version(cohort, depth=10, input_size=32)
     predictions = PatientPrediction.objects.filter(model_version=version)
-    delayed = {"PMPD_TEST_SCORING_DELAY_SECONDS": "3"}
-    with two_workers(tmp_path, settings, **delayed) as (workers, logs):
+    delayed = {"PMPD_TEST_WORK_DELAY_SECONDS": "3"}
+    with two_engine_workers(tmp_path, settings, **delayed) as (workers, logs):
         job = start_scoring(cohort, version, user=members["coordinator"])
 
-        def a_scoring_part_running_after_the_first_patient() -> JobPart | None:
-            if not predictions.exists():
-                return None
-            return JobPart.objects.filter(job=job, status="running").first()
-
-        running = wait_for(
-            a_scoring_part_running_after_the_first_patient, timeout=240, interval=0.1, log=logs[0]
+        running, pid = kill_mid_part(
+            job, workers, logs, patients_done=predictions.values_list("patient_id", flat=True)
         )
-        pid = int(running.worker.rsplit(":", 1)[1])
-        victim = next(worker for worker in workers if worker.pid == pid)
-        os.kill(pid, signal.SIGKILL)
-        victim.wait(timeout=30)
-        job.refresh_from_db()
-        assert job.status == "running", "the job ended before a worker could be killed"
-        _wait_until_finished(job, logs)
+        wait_until_finished(job, logs)
     _assert_each_patient_scored_once(job, version, patients, logs)
     taken_over = JobPart.objects.get(pk=running.pk)
     assert taken_over.status == "done" and taken_over.attempts >= 2

@@ -19,6 +19,8 @@ from inference.segmentation import nnunet_core as nc
 from inference.segmentation_jobs import (
     execute_segmentation,
     execute_segmentation_training,
+    merge_segmentation,
+    predict_part,
     review_queue,
     start_segmentation,
     start_segmentation_training,
@@ -196,13 +198,24 @@ def test_a_pancreas_only_model_predicts_flagged_masks_that_are_never_approved(
     assert job.status == "succeeded", job.error
     assert job.result["without_tumour"] == ["NEW-1"]
     assert "segments the pancreas only: readers draw the tumour" in job.result["note"]
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert "1 automatic mask stored, needing a reader's review (1 without tumour: NEW-1)" in page
+    assert f'href="/cohorts/{cohort.pk}/review/"' in page
     version = MaskVersion.objects.get(patient=patient)
     assert version.source == "automatic" and version.status == "needs_review"
     assert version.flags == [PANCREAS_ONLY_FLAG]
     assert version.tumour_voxels == 0 and version.uncertainty is None
     # The model says pancreas everywhere (see the helper): all of it kept, as label 1.
     assert version.pancreas_voxels == 32 * 64 * 64 and version.seg_series.modality == "SEG"
+    assert version.produced_by_job == job
     assert list(review_queue(cohort)) == [version]
+
+    # The job's one part, run again (a worker died after storing the mask, before the part was
+    # marked done): the mask is found, not predicted and stored a second time.
+    part = job.parts.get()
+    again = predict_part(job, part.payload, tmp_path / "again")
+    assert again["already_stored"] == ["NEW-1"] and again["stored"] == job.result["stored"]
+    assert MaskVersion.objects.filter(patient=patient).count() == 1
 
     reader = APIClient()
     reader.force_login(members[R])
@@ -304,3 +317,35 @@ def test_the_demo_trains_once_and_predicts_the_withheld_masks(
     assert "no mask to predict" in again.getvalue()
     assert SegmentationModelVersion.objects.count() == 1
     assert MaskVersion.objects.filter(patient__study_id="DEMO-WITHHELD").count() == 1
+
+
+def test_a_patient_whose_ct_was_deselected_after_the_job_started_is_skipped_by_name(
+    cohort, members
+):
+    """Nothing to predict (no model is loaded): the part says why, and the job page too."""
+    model = SegmentationModelVersion.objects.create(
+        cohort=cohort, name="m", origin="imported", status="ready", folds=[0]
+    )
+    patient = make_patient(cohort, "GONE-1")
+    job = Job.objects.create(
+        kind=Job.Kind.SEGMENTATION,
+        cohort=cohort,
+        created_by=members[C],
+        status="running",
+        parameters={"segmentation_model": model.pk, "study_ids": []},
+    )
+    part = predict_part(job, {"segmentation_model": model.pk, "patients": [patient.pk]}, None)
+    assert part["stored"] == [] and part["skipped"] == [
+        {
+            "study_id": "GONE-1",
+            "reason": "no CT selected for PMPD any more (deselected after the job started)",
+        }
+    ]
+    result = merge_segmentation(job, [part])
+    assert result["parts"] == 1 and result["skipped"] == part["skipped"]
+    job.update_status("succeeded", result=result)
+    client = APIClient()
+    client.force_login(members[C])
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert "0 automatic masks stored" in page
+    assert "Not segmented: GONE-1 (no CT selected for PMPD any more" in page

@@ -7,11 +7,12 @@ has passed since it was delivered, checked when a worker starts. Deployments kee
 timeout of ``pmpd_web.settings`` (longer than any training); the test shortens it so that the
 second worker takes over at once.
 
-``PMPD_TEST_SCORING_DELAY_SECONDS`` makes each scoring call of the worker that long at least,
-so that the kill test finds a part in the middle of its scoring however fast the model is on
-this machine (the scoring itself is unchanged: the delay is added before it).
+``PMPD_TEST_WORK_DELAY_SECONDS`` makes each scoring call and each nnU-Net prediction of the
+worker that long at least, so that the kill tests find a part in the middle of its work however
+fast the model is on this machine (the work itself is unchanged: the delay comes before it).
 """
 
+import functools
 import importlib
 import os
 import time
@@ -21,19 +22,23 @@ from pmpd_web.settings import *  # noqa: F403
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2}
 
 
-def _slow_down_scoring(delay: float) -> None:
-    # The module, not the package's function of the same name; the pure core (no Django) is
-    # safe to import from settings.
-    gradcam = importlib.import_module("inference.pmpd.gradcam")
-
-    score_and_explain = gradcam.score_and_explain
-
+def _delayed(function, delay: float):
+    @functools.wraps(function)
     def delayed(*args, **kwargs):
         time.sleep(delay)
-        return score_and_explain(*args, **kwargs)
+        return function(*args, **kwargs)
 
-    gradcam.score_and_explain = delayed
+    return delayed
 
 
-if float(os.environ.get("PMPD_TEST_SCORING_DELAY_SECONDS", "0")) > 0:
-    _slow_down_scoring(float(os.environ["PMPD_TEST_SCORING_DELAY_SECONDS"]))
+def _slow_down_the_work(delay: float) -> None:
+    # The modules, not the package's function of the same name; the pure cores (no Django)
+    # are safe to import from settings.
+    gradcam = importlib.import_module("inference.pmpd.gradcam")
+    gradcam.score_and_explain = _delayed(gradcam.score_and_explain, delay)
+    nnunet_core = importlib.import_module("inference.segmentation.nnunet_core")
+    nnunet_core.Segmenter.predict = _delayed(nnunet_core.Segmenter.predict, delay)
+
+
+if float(os.environ.get("PMPD_TEST_WORK_DELAY_SECONDS", "0")) > 0:
+    _slow_down_the_work(float(os.environ["PMPD_TEST_WORK_DELAY_SECONDS"]))

@@ -44,8 +44,12 @@ def move_inputs(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
+    # move_inputs reads the rows pointing at a job: their apps' tables must exist first.
     dependencies = [
         ("jobs", "0002_job_kinds"),
+        ("cohorts", "0002_initial"),
+        ("imaging", "0001_initial"),
+        ("inference", "0001_initial"),
     ]
 
     operations = [
