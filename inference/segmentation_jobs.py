@@ -345,8 +345,7 @@ def start_segmentation(
     user: Any,
     study_ids: list[str] | None = None,
 ) -> Job:
-    if model.status != SegmentationModelVersion.Status.READY:
-        raise UserFacingError(f"{model} is {model.get_status_display().lower()}, not ready.")
+    _ensure_ready(model)
     if not patients_to_segment(cohort, study_ids).exists():
         raise UserFacingError(
             "No patient to segment: each patient with a CT has an approved mask or one "
@@ -407,10 +406,14 @@ def segmenter_of(model: SegmentationModelVersion, scratch: Path) -> nc.Segmenter
     return _segmenters[key]
 
 
-def _ready_segmentation_model(model_id: int) -> SegmentationModelVersion:
-    model = SegmentationModelVersion.objects.get(pk=model_id)
+def _ensure_ready(model: SegmentationModelVersion) -> None:
     if model.status != SegmentationModelVersion.Status.READY:
         raise UserFacingError(f"{model} is {model.get_status_display().lower()}, not ready.")
+
+
+def _ready_segmentation_model(model_id: int) -> SegmentationModelVersion:
+    model = SegmentationModelVersion.objects.get(pk=model_id)
+    _ensure_ready(model)
     return model
 
 
