@@ -12,8 +12,7 @@ from typing import Any
 
 from inference.pmpd.preprocess import PreprocessConfig, PreprocessError
 from pmpd_web.cohorts.models import Patient
-from pmpd_web.jobs.models import JobPart
-from pmpd_web.jobs.parts import part_task
+from pmpd_web.jobs.parts import part_task, run_warming
 from pmpd_web.jobs.runner import TRANSIENT_ERRORS, retry_countdown
 from pmpd_web.jobs.tasks import job_task, reliable_task
 
@@ -30,6 +29,23 @@ from .segmentation_jobs import (
 )
 
 log = logging.getLogger(__name__)
+
+SHOWN_PATIENTS = 10
+
+
+def part_patients(payload: dict[str, Any]) -> str:
+    """The study IDs of a part's patients, for the error of a part given up (its workers died
+    while on it): the person knows which scan to look at."""
+    ids = list(
+        Patient.objects.filter(pk__in=payload.get("patients", []))
+        .order_by("study_id")
+        .values_list("study_id", flat=True)
+    )
+    if not ids:
+        return ""
+    shown = ", ".join(ids[:SHOWN_PATIENTS])
+    more = f" and {len(ids) - SHOWN_PATIENTS} more" if len(ids) > SHOWN_PATIENTS else ""
+    return f"patient{'s' if len(ids) > 1 else ''} {shown}{more}"
 
 
 @job_task
@@ -57,13 +73,13 @@ def gpu_predict_masks(job, progress):
     return segmentation_work(job, progress)
 
 
-@part_task(finish=merge_segmentation)
+@part_task(finish=merge_segmentation, describe=part_patients)
 def gpu_predict_masks_part(job, payload, scratch):
     """Predict the masks of one part of a cohort with nnU-Net (the gpu step)."""
     return predict_part(job, payload, scratch)
 
 
-@part_task(finish=merge_scoring)
+@part_task(finish=merge_scoring, describe=part_patients)
 def gpu_score_part(job, payload, scratch):
     """Score one part of a cohort, its patients' patches in shared batches (the gpu step)."""
     return score_part(job, payload, scratch)
@@ -72,19 +88,24 @@ def gpu_score_part(job, payload, scratch):
 @reliable_task
 def cpu_preprocess_part(self, part_id: int) -> int:
     """Preprocess one part of a cohort before its gpu step (the next task of its chain), so the
-    GPU finds the patches ready. A part already done, or whose job stopped, is skipped."""
-    part = JobPart.objects.select_related("job").get(pk=part_id)
-    if part.status == JobPart.Status.DONE or part.job.finished:
-        return 0
+    GPU finds the patches ready. A part already done, or whose job stopped, is skipped; a part
+    whose workers died too often while on it fails its job (``run_warming``)."""
+
+    def warm(payload: dict[str, Any]) -> int:
+        try:
+            return preprocess_part(payload)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception:
+            # A cache warmer: the gpu step preprocesses what is missing and reports the error,
+            # so the chain goes on.
+            log.exception("part %s: preprocessing failed; the scoring step will try again", part_id)
+            return 0
+
     try:
-        return preprocess_part(part.payload)
+        return run_warming(part_id, warm, part_patients)
     except TRANSIENT_ERRORS as exc:
         raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
-    except Exception:
-        # A cache warmer: the gpu step preprocesses what is missing and reports the error, so
-        # the chain goes on.
-        log.exception("part %s: preprocessing failed; the scoring step will try again", part_id)
-        return 0
 
 
 @reliable_task

@@ -313,6 +313,9 @@ PMPD_JOB_SWEEP_SECONDS = int(os.environ.get("PMPD_JOB_SWEEP_SECONDS", "300"))
 PMPD_JOB_REPUBLISH_AFTER_SECONDS = int(os.environ.get("PMPD_JOB_REPUBLISH_AFTER_SECONDS", "900"))
 PMPD_JOB_HEARTBEAT_SECONDS = float(os.environ.get("PMPD_JOB_HEARTBEAT_SECONDS", "30"))
 PMPD_JOB_HEARTBEAT_STALE_SECONDS = int(os.environ.get("PMPD_JOB_HEARTBEAT_STALE_SECONDS", "120"))
+# A job (or a part of one) whose worker died this many times fails with the reason instead of
+# being handed to the next worker (work that kills every worker, e.g. out of memory on one scan).
+PMPD_JOB_MAX_WORKERS_LOST = int(os.environ.get("PMPD_JOB_MAX_WORKERS_LOST", "3"))
 PMPD_JOB_SCRATCH_DIR = Path(os.environ.get("PMPD_JOB_SCRATCH_DIR", DATA_DIR / "job-scratch"))
 # A cohort's scoring is split into parts of this many patients, shared by the workers.
 PMPD_SCORING_PATIENTS_PER_PART = int(os.environ.get("PMPD_SCORING_PATIENTS_PER_PART", "4"))

@@ -28,7 +28,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from rest_framework.exceptions import APIException
 
 from .files import discard_written, scratch_folder, scratch_root
-from .models import FINISHED, Job, JobStatus
+from .models import FINISHED, Job, JobPart, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,10 @@ def retry(job: Job) -> Job:
     """Queue a failed, waiting or lost job again and publish it (``JobQueueUnavailable`` when
     the queue is down: the job stays queued and the sweeper publishes it later)."""
     job = job.update_status(JobStatus.QUEUED, phrase="Queued again; waiting for a worker")
+    # A retry is a person's decision to try again: the count of dead workers starts afresh.
+    Job.objects.filter(pk=job.pk).update(workers_lost=0)
+    JobPart.objects.filter(job=job).update(workers_lost=0, warming_at=None)
+    job.workers_lost = 0
     discard_written(job)
     publish(job)
     return job

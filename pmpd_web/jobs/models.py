@@ -62,6 +62,24 @@ def heartbeat_stale_after() -> timedelta:
     return timedelta(seconds=int(getattr(settings, "PMPD_JOB_HEARTBEAT_STALE_SECONDS", 120)))
 
 
+def max_workers_lost() -> int:
+    """A job (or part) whose worker died this many times is failed instead of run again: work
+    that kills its worker every time (out of memory on one huge scan, a crashing library) would
+    otherwise go round the workers for ever, taking each down in turn."""
+    return max(1, int(getattr(settings, "PMPD_JOB_MAX_WORKERS_LOST", 3)))
+
+
+def workers_lost_message(times: int, doing: str = "") -> str:
+    """The error of a job given up because its worker kept dying (``doing``: what it was doing,
+    e.g. "while scoring patients A, B")."""
+    doing = f" {doing}" if doing else ""
+    return (
+        f"The worker stopped {times} times{doing} before finishing (killed, out of memory, or "
+        "its host went down), so the job is not started again by itself. The administrators can "
+        "see why in the worker's log; Retry starts it once more."
+    )
+
+
 class Job(models.Model):
     class Kind(models.TextChoices):
         TABLE_IMPORT = "table_import", "Clinical table import"
@@ -102,6 +120,9 @@ class Job(models.Model):
         help_text="Storage names the running attempt wrote and no row references yet",
     )
     attempts = models.PositiveSmallIntegerField(default=0)
+    workers_lost = models.PositiveSmallIntegerField(
+        default=0, help_text="How many times its worker died mid-run (reset by a retry)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -200,7 +221,8 @@ class Job(models.Model):
         stale (its worker died); a second message for a job that is running well (the sweeper
         published it again while it waited in a long queue) is refused, so a job never runs
         twice at once. The redelivery of the message that started it, while its worker still
-        beats, raises ``RunningElsewhere``: the caller looks again later.
+        beats, raises ``RunningElsewhere``: the caller looks again later. A job whose worker died
+        ``PMPD_JOB_MAX_WORKERS_LOST`` times is failed with the reason instead (``False``).
         """
         with transaction.atomic():
             job = Job.objects.select_for_update().get(pk=self.pk)
@@ -211,14 +233,27 @@ class Job(models.Model):
                     raise RunningElsewhere(f"job {job.pk}")
                 return False
             now = timezone.now()
-            job.attempts += 1
-            job.status = JobStatus.RUNNING
-            job.started_at = job.started_at or now
-            job.heartbeat_at = now
-            job.message_id = message_id[:64]
-            job.phrase = "Started"
+            gave_up = False
+            if job.status == JobStatus.RUNNING:  # its worker died
+                job.workers_lost += 1
+                gave_up = job.workers_lost >= max_workers_lost()
+            if gave_up:
+                job.status = JobStatus.FAILED
+                job.finished_at = now
+                job.phrase = "Failed"
+                job.error = workers_lost_message(job.workers_lost)
+            else:
+                job.attempts += 1
+                job.status = JobStatus.RUNNING
+                job.started_at = job.started_at or now
+                job.heartbeat_at = now
+                job.message_id = message_id[:64]
+                job.phrase = "Started"
             job.save()
         self._copy_from(job)
+        if gave_up:
+            job_stopped.send(sender=Job, job=job, status=JobStatus.FAILED)
+            return False
         return True
 
     def beat(self) -> None:
@@ -237,6 +272,7 @@ class Job(models.Model):
             "finished_at",
             "heartbeat_at",
             "message_id",
+            "workers_lost",
         ):
             setattr(self, field, getattr(job, field))
 
@@ -263,6 +299,15 @@ class JobPart(models.Model):
     message_id = models.CharField(max_length=64, blank=True)
     worker = models.CharField(max_length=200, blank=True, help_text="Who ran it (host, pid)")
     attempts = models.PositiveSmallIntegerField(default=0)
+    workers_lost = models.PositiveSmallIntegerField(
+        default=0, help_text="How many times a worker died while on it (reset by a job retry)"
+    )
+    warming_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When its cpu step (preprocessing ahead of the gpu step) started; cleared when "
+        "that step ends, so one still set at the next start means its worker died",
+    )
     published_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
 

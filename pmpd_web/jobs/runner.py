@@ -125,6 +125,9 @@ def run_job(
         defer_redelivery(task, f"job {job_id}")
         return
     if not claimed:
+        if job.status == JobStatus.FAILED and job.workers_lost:
+            log.error("job %s: its worker died %s times; given up", job_id, job.workers_lost)
+            discard_written(job)
         log.info("job %s is %s; this message has nothing to do", job_id, job.status)
         return
     discard_written(job)

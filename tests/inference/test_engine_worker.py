@@ -7,8 +7,17 @@ scoring that skips what is already scored)."""
 from __future__ import annotations
 
 import pytest
+import redis
 from engine_fixtures import add_phantom_patient, make_random_version, phantom
-from workers import kill_mid_part, two_engine_workers, wait_until_finished
+from workers import (
+    celery_worker,
+    engine_environment,
+    kill_mid_part,
+    redis_url,
+    two_engine_workers,
+    wait_for,
+    wait_until_finished,
+)
 
 from inference import tasks
 from inference.jobs import start_scoring
@@ -66,6 +75,46 @@ def test_a_worker_killed_mid_way_leaves_its_part_to_the_other(tmp_path, settings
     taken_over = JobPart.objects.get(pk=running.pk)
     assert taken_over.status == "done" and taken_over.attempts >= 2
     assert taken_over.worker.rsplit(":", 1)[1] != str(pid), "the other worker finished it"
+
+
+def _died_or_finished(worker, job) -> bool:
+    job.refresh_from_db()
+    return worker.poll() is not None or job.finished
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_patient_that_kills_every_worker_fails_the_job_naming_it(
+    tmp_path, settings, cohort, members
+):
+    """A scan that kills its worker each time (the out-of-memory killer on a host too small)
+    is tried PMPD_JOB_MAX_WORKERS_LOST times, then the job fails naming the patient; it does
+    not take down worker after worker for ever."""
+    add_phantom_patient(cohort, phantom(0), study_id="HUGE-SCAN-01", label="unknown")
+    version = make_random_version(cohort, depth=10, input_size=32)
+    environment = {
+        **engine_environment(settings.MEDIA_ROOT),
+        "PMPD_TEST_KILL_WORKER_WHEN_SCORING": "1",
+        "PMPD_JOB_MAX_WORKERS_LOST": "2",
+    }
+    app.conf.task_always_eager = False
+    redis.Redis.from_url(redis_url()).flushdb()
+    job = start_scoring(cohort, version, user=members["coordinator"])
+    started = 0
+    # A fresh worker each time the last one died (a supervisor restarting it), at most 4.
+    while started < 4 and not job.finished:
+        log = tmp_path / f"worker-{started}.log"
+        with celery_worker(queues="gpu,cpu", log=log, extra_env=environment, flush=False) as worker:
+            started += 1
+            wait_for(lambda: _died_or_finished(worker, job), timeout=120, log=log)
+    job.refresh_from_db()
+    part = JobPart.objects.get(job=job)
+    assert job.status == "failed" and part.workers_lost == 2, (job.status, part.workers_lost)
+    assert started == 3, "two workers died, the third gave the job up"
+    assert job.error.startswith(
+        "The worker stopped 2 times on part 1 of 1 (patient HUGE-SCAN-01) before finishing"
+    )
+    assert not PatientPrediction.objects.filter(model_version=version).exists()
 
 
 def test_the_engine_tasks_are_routed_and_retried_as_the_architecture_says():

@@ -18,7 +18,7 @@ from pmpd_web.cohorts import tasks as cohort_tasks
 from pmpd_web.cohorts.importer import start_commit, upload_table
 from pmpd_web.cohorts.models import Patient, TableImport
 from pmpd_web.jobs import dispatch
-from pmpd_web.jobs.models import Job, JobStatus, RunningElsewhere
+from pmpd_web.jobs.models import Job, JobStatus, RunningElsewhere, job_stopped
 from pmpd_web.jobs.runner import run_job
 
 
@@ -159,6 +159,31 @@ def test_a_redelivery_while_the_worker_beats_is_looked_at_again_once_it_would_be
     job.refresh_from_db()
     assert ran == [job.pk] and copy.sent == []
     assert job.status == JobStatus.SUCCEEDED and job.attempts == 2
+
+
+@pytest.mark.django_db
+def test_a_job_whose_worker_dies_every_time_is_failed_not_run_for_ever(cohort, settings):
+    """Work that kills its worker each time (out of memory on one scan) would go round the
+    workers for ever: the third dead worker fails the job with the reason."""
+    settings.PMPD_JOB_MAX_WORKERS_LOST = 3
+    job = Job.objects.create(kind=Job.Kind.ANALYSIS, cohort=cohort, task="x")
+    stopped = []
+    job_stopped.connect(lambda **kw: stopped.append(kw["status"]), weak=False, dispatch_uid="t")
+    ran = []
+    try:
+        assert job.claim("message-1")
+        for taken_over in (1, 2):
+            Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+            assert job.claim("message-1") and job.workers_lost == taken_over
+        Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+        run_job(job.pk, lambda job, progress: ran.append(job.pk) or {}, task=_Delivery("message-1"))
+    finally:
+        job_stopped.disconnect(dispatch_uid="t")
+    job.refresh_from_db()
+    assert ran == [] and stopped == [JobStatus.FAILED]
+    assert job.status == JobStatus.FAILED and job.attempts == 3 and job.workers_lost == 3
+    assert job.error.startswith("The worker stopped 3 times before finishing (killed, out of")
+    assert "Retry starts it once more" in job.error and job.can_retry
 
 
 @pytest.mark.django_db

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from pmpd_web.jobs import parts as job_parts
 from pmpd_web.jobs.dispatch import sweep
-from pmpd_web.jobs.models import Job, JobPart, JobStatus, RunningElsewhere
+from pmpd_web.jobs.models import Job, JobPart, JobStatus, RunningElsewhere, job_stopped
 
 TASKS = ["inference.tasks.gpu_score_part"]
 
@@ -146,3 +146,89 @@ def test_a_job_whose_parts_are_all_done_is_settled_by_its_next_attempt(running_j
         running_job, parts, lambda job, results: {"n": sum(r["n"] for r in results)}
     )
     assert result == {"n": 2}
+
+
+def _worker_dies(part, settings):
+    """The part's worker stops beating (killed): its heartbeat goes stale."""
+    stale = timezone.now() - timedelta(seconds=settings.PMPD_JOB_HEARTBEAT_STALE_SECONDS + 5)
+    JobPart.objects.filter(pk=part.pk).update(heartbeat_at=stale)
+
+
+@pytest.mark.django_db
+def test_a_part_whose_worker_dies_every_time_fails_the_job_naming_the_part(
+    running_job, settings, monkeypatch
+):
+    settings.PMPD_JOB_MAX_WORKERS_LOST = 3
+    monkeypatch.setattr(job_parts, "publish_parts", lambda chosen: None)
+    stopped = []
+    part = _split(running_job, n=2)[1]
+    ran = []
+
+    def work(job, payload, scratch):
+        ran.append(payload)
+        return {}
+
+    # Taken over twice after a dead worker (by the redelivered message, then the sweeper's copy).
+    assert job_parts.claim_part(part.pk, "first") is not None
+    _worker_dies(part, settings)
+    assert job_parts.claim_part(part.pk, "first").workers_lost == 1
+    _worker_dies(part, settings)
+    job_parts.republish_lost_parts()
+    assert JobPart.objects.get(pk=part.pk).workers_lost == 2
+    assert job_parts.claim_part(part.pk, "sweeper-copy") is not None
+    # The third dead worker: the next message does not run it again, it fails the job.
+    _worker_dies(part, settings)
+    job_stopped.connect(lambda **kw: stopped.append(kw["status"]), weak=False, dispatch_uid="t")
+    try:
+        job_parts.run_part(
+            part.pk, work, lambda job, results: {}, describe=lambda p: f"patients {p['patients']}"
+        )
+    finally:
+        job_stopped.disconnect(dispatch_uid="t")
+    running_job.refresh_from_db()
+    assert ran == [] and stopped == [JobStatus.FAILED]
+    assert running_job.status == JobStatus.FAILED
+    assert running_job.error.startswith(
+        "The worker stopped 3 times on part 2 of 2 (patients [1]) before finishing (killed, "
+        "out of memory, or its host went down), so the job is not started again by itself."
+    )
+    part.refresh_from_db()
+    assert part.status == JobPart.Status.QUEUED and part.workers_lost == 3
+
+
+@pytest.mark.django_db
+def test_a_retry_gives_a_given_up_part_its_workers_again(running_job, settings, monkeypatch):
+    from pmpd_web.jobs import dispatch
+
+    settings.PMPD_JOB_MAX_WORKERS_LOST = 1
+    part = _split(running_job, n=1)[0]
+    job_parts.claim_part(part.pk, "first")
+    _worker_dies(part, settings)
+    with pytest.raises(job_parts.PartAbandoned):
+        job_parts.claim_part(part.pk, "first")
+    running_job.update_status(JobStatus.FAILED, error="given up")
+    monkeypatch.setattr(dispatch, "publish", lambda job: None)
+    dispatch.retry(running_job)
+    assert JobPart.objects.get(pk=part.pk).workers_lost == 0
+    assert running_job.claim("retry")
+    assert job_parts.claim_part(part.pk, "retry-part") is not None
+
+
+@pytest.mark.django_db
+def test_a_worker_that_died_in_a_parts_cpu_step_is_counted(running_job, settings):
+    settings.PMPD_JOB_MAX_WORKERS_LOST = 2
+    part = _split(running_job, n=1)[0]
+    warmed = []
+    assert job_parts.run_warming(part.pk, lambda payload: warmed.append(1) or 7) == 7
+    assert JobPart.objects.get(pk=part.pk).warming_at is None, "a finished step clears its mark"
+    # A worker killed in the step leaves its mark; the next start counts it.
+    JobPart.objects.filter(pk=part.pk).update(warming_at=timezone.now())
+    assert job_parts.run_warming(part.pk, lambda payload: warmed.append(2) or 1) == 1
+    assert JobPart.objects.get(pk=part.pk).workers_lost == 1
+    JobPart.objects.filter(pk=part.pk).update(warming_at=timezone.now())
+    assert job_parts.run_warming(part.pk, lambda payload: warmed.append(3) or 1) == 0
+    assert warmed == [1, 2]
+    running_job.refresh_from_db()
+    assert running_job.status == JobStatus.FAILED
+    assert "stopped 2 times on part 1 of 1" in running_job.error
+    assert JobPart.objects.get(pk=part.pk).warming_at is None

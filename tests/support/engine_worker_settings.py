@@ -10,11 +10,16 @@ second worker takes over at once.
 ``PMPD_TEST_WORK_DELAY_SECONDS`` makes each scoring call and each nnU-Net prediction of the
 worker that long at least, so that the kill tests find a part in the middle of its work however
 fast the model is on this machine (the work itself is unchanged: the delay comes before it).
+
+``PMPD_TEST_KILL_WORKER_WHEN_SCORING=1`` makes each scoring call kill its own worker process with
+SIGKILL, as the kernel's out-of-memory killer would on a scan too big for the host: work that
+takes down every worker that tries it.
 """
 
 import functools
 import importlib
 import os
+import signal
 import time
 
 from pmpd_web.settings import *  # noqa: F403
@@ -42,3 +47,11 @@ def _slow_down_the_work(delay: float) -> None:
 
 if float(os.environ.get("PMPD_TEST_WORK_DELAY_SECONDS", "0")) > 0:
     _slow_down_the_work(float(os.environ["PMPD_TEST_WORK_DELAY_SECONDS"]))
+
+
+def _kill_the_worker(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+if os.environ.get("PMPD_TEST_KILL_WORKER_WHEN_SCORING") == "1":
+    importlib.import_module("inference.pmpd.gradcam").score_and_explain = _kill_the_worker

@@ -95,7 +95,7 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.3, log: Path | No
     raise AssertionError(f"timed out after {timeout}s\n{detail}")
 
 
-def _engine_environment(media_root) -> dict[str, str]:
+def engine_environment(media_root) -> dict[str, str]:
     return {
         "DJANGO_MEDIA_ROOT": str(media_root),
         "DJANGO_SETTINGS_MODULE": "engine_worker_settings",
@@ -126,7 +126,7 @@ def two_engine_workers(tmp_path: Path, settings, **extra_env: str):
         pytest.fail(f"run the tests with CELERY_BROKER_URL={redis_url()} (make test does)")
     app.conf.task_always_eager = False
     logs = [tmp_path / "first-worker.log", tmp_path / "second-worker.log"]
-    environment = {**_engine_environment(settings.MEDIA_ROOT), **extra_env}
+    environment = {**engine_environment(settings.MEDIA_ROOT), **extra_env}
     with (
         celery_worker(queues="gpu,cpu", log=logs[0], extra_env=environment) as first,
         celery_worker(queues="gpu,cpu", log=logs[1], extra_env=environment, flush=False) as second,
