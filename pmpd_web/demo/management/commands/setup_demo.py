@@ -7,6 +7,9 @@ to run again: it reuses what exists."""
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.core.management.base import BaseCommand, CommandError
@@ -69,29 +72,43 @@ class Command(BaseCommand):
     ):
         if getattr(settings, "PRODUCTION", False):
             raise CommandError("The demo has fixed passwords: never run it in production.")
-        users = self._users()
-        cohort = self._cohort(users)
+        started = time.monotonic()
+        with self._stage("Users and cohort"):
+            users = self._users()
+            cohort = self._cohort(users)
         if cohort.patients.exists():
             self.stdout.write(f"{cohort}: {cohort.patients.count()} patients already there.")
         else:
-            self._import_table(
-                cohort, users["coordinator"], patients=patients, seed=seed, size=size
+            with self._stage("Clinical table import"):
+                self._import_table(
+                    cohort, users["coordinator"], patients=patients, seed=seed, size=size
+                )
+        with self._stage("Phantom images and their ingest"):
+            self._images(
+                cohort,
+                users["coordinator"],
+                patients=min(patients, image_patients if image_patients is not None else patients),
+                seed=seed,
+                size=size,
+                withheld_masks=withheld_masks,
             )
-        self._images(
-            cohort,
-            users["coordinator"],
-            patients=min(patients, image_patients if image_patients is not None else patients),
-            seed=seed,
-            size=size,
-            withheld_masks=withheld_masks,
-        )
         from inference.demo import run_demo_engine
         from inference.segmentation_demo import run_demo_segmentation
 
-        run_demo_engine(cohort, stdout=self.stdout)
+        with self._stage("PMPD training and scoring"):
+            run_demo_engine(cohort, stdout=self.stdout)
         if withheld_masks:
-            run_demo_segmentation(cohort, stdout=self.stdout)
+            with self._stage("nnU-Net annotation step"):
+                run_demo_segmentation(cohort, stdout=self.stdout)
+        self.stdout.write(f"Demo set up in {time.monotonic() - started:.0f} s.")
         self._print_accounts()
+
+    @contextlib.contextmanager
+    def _stage(self, name: str):
+        """Say how long each stage took (a second run, which reuses what exists, takes seconds)."""
+        started = time.monotonic()
+        yield
+        self.stdout.write(f"{name}: {time.monotonic() - started:.1f} s")
 
     def _users(self) -> dict[str, User]:
         users = {}
