@@ -27,6 +27,7 @@ class JobSerializer(serializers.ModelSerializer):
             "parameters",
             "result",
             "attempts",
+            "workers_lost",
             "created_at",
             "started_at",
             "finished_at",

@@ -162,7 +162,9 @@ def test_a_redelivery_while_the_worker_beats_is_looked_at_again_once_it_would_be
 
 
 @pytest.mark.django_db
-def test_a_job_whose_worker_dies_every_time_is_failed_not_run_for_ever(cohort, settings):
+def test_a_job_whose_worker_dies_every_time_is_failed_not_run_for_ever(
+    cohort, settings, client_for, members
+):
     """Work that kills its worker each time (out of memory on one scan) would go round the
     workers for ever: the third dead worker fails the job with the reason."""
     settings.PMPD_JOB_MAX_WORKERS_LOST = 3
@@ -184,6 +186,11 @@ def test_a_job_whose_worker_dies_every_time_is_failed_not_run_for_ever(cohort, s
     assert job.status == JobStatus.FAILED and job.attempts == 3 and job.workers_lost == 3
     assert job.error.startswith("The worker stopped 3 times before finishing (killed, out of")
     assert "Retry starts it once more" in job.error and job.can_retry
+    page = client_for(members["clinician"]).get(f"/jobs/{job.pk}/").content.decode()
+    assert "workers lost: 3" in page and "The worker stopped 3 times" in page
+    api = APIClient()
+    api.force_login(members["clinician"])
+    assert api.get(f"/api/jobs/{job.pk}/").json()["workers_lost"] == 3
 
 
 @pytest.mark.django_db
