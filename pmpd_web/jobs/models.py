@@ -70,8 +70,8 @@ def max_workers_lost() -> int:
 
 
 def workers_lost_message(times: int, doing: str = "") -> str:
-    """The error of a job given up because its worker kept dying (``doing``: what it was doing,
-    e.g. "while scoring patients A, B")."""
+    """The error of a job given up because its worker kept dying (``doing``: where it was, e.g.
+    "on part 4 of 12 (patient PDAC-017)")."""
     doing = f" {doing}" if doing else ""
     return (
         f"The worker stopped {times} times{doing} before finishing (killed, out of memory, or "

@@ -238,11 +238,10 @@ def run_warming(
             part.workers_lost += 1
         part.warming_at = timezone.now()
         part.save(update_fields=["workers_lost", "warming_at"])
-    if part.workers_lost >= max_workers_lost():
-        JobPart.objects.filter(pk=part.pk).update(warming_at=None)
-        give_up(part, describe)
-        return 0
     try:
+        if part.workers_lost >= max_workers_lost():
+            give_up(part, describe)
+            return 0
         return warm(part.payload)
     finally:
         JobPart.objects.filter(pk=part.pk).update(warming_at=None)
